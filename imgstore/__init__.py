@@ -1,0 +1,53 @@
+"""imgstore: store virtual-machine images in many kinds of storage behind one interface."""
+
+from imgstore.api import AddResult, BackendInfo, Stores
+from imgstore.capabilities import Capability
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    ChecksumMismatch,
+    Duplicate,
+    ImgstoreError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    NotSupported,
+    ReadOnlyStore,
+    SizeCapExceeded,
+    SizeMismatch,
+    StorageFull,
+    UnknownBackend,
+    UnknownScheme,
+)
+from imgstore.pipeline import ImageReader
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddResult",
+    "AuthenticationFailed",
+    "BackendError",
+    "BackendInfo",
+    "BackendUnavailable",
+    "BadConfiguration",
+    "BadLocation",
+    "Capability",
+    "ChecksumMismatch",
+    "Duplicate",
+    "ImageReader",
+    "ImgstoreError",
+    "IntegrityError",
+    "InvalidArgument",
+    "NotFound",
+    "NotSupported",
+    "ReadOnlyStore",
+    "SizeCapExceeded",
+    "SizeMismatch",
+    "StorageFull",
+    "Stores",
+    "UnknownBackend",
+    "UnknownScheme",
+]

@@ -1,0 +1,404 @@
+"""The public entry point: :class:`Stores`, the configured set of backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from oslo_config import cfg
+
+from imgstore import config as config_mod
+from imgstore.capabilities import Capability
+from imgstore.driver import Driver
+from imgstore.exceptions import (
+    BadLocation,
+    ChecksumMismatch,
+    ImgstoreError,
+    InvalidArgument,
+    NotSupported,
+    ReadOnlyStore,
+    UnknownBackend,
+)
+from imgstore.location import Location, parse
+from imgstore.pipeline import ImageReader, Progress, new_hash, scrub, write_image
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_HASH_ALGO = "sha512"
+
+_IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class AddResult:
+    """What :meth:`Stores.add` stored, and where."""
+
+    location: str
+    size: int
+    checksum: str | None
+    """md5 hex digest (None when md5 is turned off for FIPS)."""
+    multihash: str
+    hash_algo: str
+    backend: str
+    metadata: Mapping[str, Any]
+    image_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready values."""
+        out = dataclasses.asdict(self)
+        out["metadata"] = dict(self.metadata)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    """A configured backend as :meth:`Stores.describe` shows it."""
+
+    name: str
+    driver: str
+    capabilities: Capability
+    default: bool
+    schemes: tuple[str, ...]
+
+
+def validate_image_id(image_id: object) -> str:
+    """Image ids become object and file names: letters, digits, ``.``, ``_``, ``-`` only."""
+    if not isinstance(image_id, str) or not _IMAGE_ID_RE.match(image_id):
+        raise InvalidArgument(
+            f"invalid image id {str(image_id)[:80]!r}: use 1-255 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (a UUID is typical)"
+        )
+    return image_id
+
+
+class Stores:
+    """The configured backends and the operations on them.
+
+    Build it from your own :class:`oslo_config.cfg.ConfigOpts`
+    (``Stores(conf)``), from configuration files (:meth:`from_config_files`)
+    or with no configuration at all (:meth:`default`).
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        settings = config_mod.read_settings(conf)
+        self._conf = conf
+        self._size_cap = settings.image_size_cap
+        self._md5 = settings.md5_checksum
+        self.default_backend = settings.default_backend
+        self._drivers: dict[str, Driver] = {}
+        try:
+            for name, spec in settings.backends.items():
+                self._drivers[name] = spec.instantiate()
+        except BaseException:
+            self.close()
+            raise
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config_files(cls, *paths: str | os.PathLike[str]) -> Stores:
+        """Stores configured by ``paths`` (e.g. an existing glance-api.conf)."""
+        return cls(config_mod.config_from_files(paths))
+
+    @classmethod
+    def default(cls) -> Stores:
+        """One filesystem store in ``$IMGSTORE_DATA_DIR`` or the XDG data home."""
+        return cls(config_mod.default_config())
+
+    # -- introspection -------------------------------------------------
+
+    @property
+    def backends(self) -> list[str]:
+        """The names of the configured backends."""
+        return list(self._drivers)
+
+    def driver(self, backend: str | None = None) -> Driver:
+        """The driver serving ``backend`` (the default when None)."""
+        name = self.default_backend if backend is None else backend
+        try:
+            return self._drivers[name]
+        except KeyError:
+            raise UnknownBackend(
+                f"no backend named {name!r}; configured: {', '.join(self._drivers)}"
+            ) from None
+
+    def capabilities(self, backend: str | None = None) -> Capability:
+        """What ``backend`` can do."""
+        return self.driver(backend).capabilities
+
+    def chunk_size(self, backend: str | None = None) -> int:
+        """The chunk size the pipeline uses for ``backend``."""
+        return self.driver(backend).chunk_size
+
+    def describe(self) -> list[BackendInfo]:
+        """Every backend with its driver, capabilities and whether it is the default."""
+        return [
+            BackendInfo(name, d.name, d.capabilities, name == self.default_backend, d.schemes)
+            for name, d in self._drivers.items()
+        ]
+
+    def backend_for(self, location: str | Location) -> str:
+        """The name of the backend that holds ``location``."""
+        loc = parse(location)
+        candidates = [n for n, d in self._drivers.items() if isinstance(loc, d.location_class)]
+        if not candidates:
+            raise BadLocation(
+                f"no configured backend reads {loc.scheme}:// locations ({loc.redacted()})"
+            )
+        for name in candidates:
+            if self._drivers[name].owns(loc):
+                return name
+        raise BadLocation(f"{loc.redacted()} is not inside any configured {loc.scheme} backend")
+
+    def _resolve(self, location: str | Location, backend: str | None) -> tuple[Driver, Location]:
+        if backend is not None:
+            drv = self.driver(backend)
+            loc = drv.parse(location)
+            if not drv.owns(loc):
+                raise BadLocation(f"{loc.redacted()} is not inside backend {backend!r}")
+            return drv, loc
+        loc = parse(location)
+        return self._drivers[self.backend_for(loc)], loc
+
+    def _wrap(self, drv: Driver, what: str) -> Any:
+        secrets = drv.secrets()
+
+        def wrap(exc: BaseException) -> ImgstoreError:
+            if isinstance(exc, ImgstoreError):
+                return exc
+            from imgstore.exceptions import BackendError
+
+            return BackendError(
+                scrub(
+                    f"backend {drv.backend!r}: {what} failed: {type(exc).__name__}: {exc}", secrets
+                )
+            )
+
+        return wrap
+
+    def _call(self, drv: Driver, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ImgstoreError:
+            raise
+        except Exception as exc:
+            raise self._wrap(drv, what)(exc) from exc
+
+    # -- operations ----------------------------------------------------
+
+    def add(
+        self,
+        image_id: str,
+        data: Any,
+        size: int | None = None,
+        backend: str | None = None,
+        hash_algo: str = DEFAULT_HASH_ALGO,
+        progress: Progress | None = None,
+    ) -> AddResult:
+        """Store ``data`` (file object, bytes or iterable of bytes) as ``image_id``.
+
+        ``size`` is the declared size, or None when unknown. Returns the
+        location, size, md5 ``checksum`` and ``multihash``. On any failure
+        nothing is left in the backend.
+        """
+        validate_image_id(image_id)
+        if size is not None and (not isinstance(size, int) or size < 0):
+            raise InvalidArgument(f"size must be a non-negative integer or None, not {size!r}")
+        new_hash(hash_algo)
+        drv = self.driver(backend)
+        if Capability.WRITE not in drv.capabilities:
+            raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) is read-only")
+        describe = f"image {image_id} on backend {drv.backend!r}"
+        writer = self._call(drv, "starting a write", drv.begin_write, image_id, size)
+        result = write_image(
+            data,
+            writer,
+            chunk_size=drv.chunk_size,
+            size=size,
+            size_cap=self._size_cap,
+            hash_algo=hash_algo,
+            md5=self._md5,
+            progress=progress,
+            describe=describe,
+            on_backend_error=self._wrap(drv, "writing"),
+        )
+        location = result.written.location
+        metadata = {"store": drv.backend, **result.written.metadata}
+        LOG.info("added %s: %d bytes at %s", describe, result.size, location.redacted())
+        return AddResult(
+            location=str(location),
+            size=result.size,
+            checksum=result.checksum,
+            multihash=result.multihash,
+            hash_algo=hash_algo,
+            backend=drv.backend,
+            metadata=metadata,
+            image_id=image_id,
+        )
+
+    def get(
+        self,
+        location: str | Location,
+        offset: int = 0,
+        length: int | None = None,
+        backend: str | None = None,
+        *,
+        hash_algo: str | None = None,
+        expected_multihash: str | None = None,
+        expected_checksum: str | None = None,
+    ) -> ImageReader:
+        """Open an image, or ``length`` bytes of it from ``offset``.
+
+        Returns a context-managed :class:`ImageReader` that iterates ``bytes``
+        chunks and knows its ``size``. Given ``expected_multihash`` (with
+        ``hash_algo``) or ``expected_checksum`` it raises
+        :class:`ChecksumMismatch` at the end if the bytes differ.
+        """
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument(f"offset must be a non-negative integer, not {offset!r}")
+        if length is not None and (not isinstance(length, int) or length < 0):
+            raise InvalidArgument(f"length must be a non-negative integer or None, not {length!r}")
+        if expected_multihash is not None and hash_algo is None:
+            raise InvalidArgument("expected_multihash needs hash_algo")
+        drv, loc = self._resolve(location, backend)
+        if Capability.READ not in drv.capabilities:
+            raise NotSupported(f"backend {drv.backend!r} ({drv.name}) cannot read images")
+        ranged = offset != 0 or length is not None
+        native = not ranged or Capability.READ_RANDOM in drv.capabilities
+        stream = self._call(
+            drv, "opening", drv.open, loc, *((offset, length) if native else (0, None))
+        )
+        if ranged and not native and offset > stream.size:
+            stream.close()
+            raise InvalidArgument(
+                f"offset {offset} is past the end of the image ({stream.size} bytes)"
+            )
+        return ImageReader(
+            stream,
+            describe=loc.redacted(),
+            skip=0 if native else offset,
+            limit=None if native else length,
+            hash_algo=hash_algo,
+            expected_multihash=expected_multihash,
+            expected_checksum=expected_checksum,
+            on_error=self._wrap(drv, "reading"),
+        )
+
+    def size(self, location: str | Location, backend: str | None = None) -> int:
+        """The size in bytes of the image at ``location``."""
+        drv, loc = self._resolve(location, backend)
+        return int(self._call(drv, "size", drv.size, loc))
+
+    def delete(self, location: str | Location, backend: str | None = None) -> None:
+        """Delete the image at ``location``; :class:`NotFound` if it is not there."""
+        drv, loc = self._resolve(location, backend)
+        if Capability.DELETE not in drv.capabilities:
+            raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) cannot delete images")
+        self._call(drv, "delete", drv.delete, loc)
+        LOG.info("deleted %s", loc.redacted())
+
+    def copy(
+        self,
+        location: str | Location,
+        to_backend: str,
+        verify: bool = True,
+        image_id: str | None = None,
+        hash_algo: str = DEFAULT_HASH_ALGO,
+        progress: Progress | None = None,
+        backend: str | None = None,
+    ) -> AddResult:
+        """Copy the image at ``location`` into ``to_backend``.
+
+        With ``verify`` the copy is read back and its multihash compared with
+        what was read from the source; on mismatch the copy is deleted and
+        :class:`ChecksumMismatch` raised. The source is never modified.
+        """
+        drv, loc = self._resolve(location, backend)
+        target = self.driver(to_backend)
+        if image_id is None:
+            image_id = _image_id_from(loc)
+        with self.get(loc, backend=drv.backend) as reader:
+            result = self.add(
+                image_id,
+                reader,
+                size=reader.size,
+                backend=target.backend,
+                hash_algo=hash_algo,
+                progress=progress,
+            )
+        if verify:
+            self._verify_copy(result)
+        return result
+
+    def _verify_copy(self, result: AddResult) -> None:
+        try:
+            with self.get(
+                result.location,
+                backend=result.backend,
+                hash_algo=result.hash_algo,
+                expected_multihash=result.multihash,
+            ) as reader:
+                for _ in reader:
+                    pass
+        except ChecksumMismatch:
+            LOG.error("copy at %s does not match its source; deleting it", result.location)
+            self.delete(result.location, backend=result.backend)
+            raise
+
+    def verify(
+        self,
+        location: str | Location,
+        hash_algo: str,
+        multihash: str | None = None,
+        checksum: str | None = None,
+        size: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        """Re-read the image and check it against recorded size and hashes."""
+        with self.get(
+            location,
+            backend=backend,
+            hash_algo=hash_algo,
+            expected_multihash=multihash,
+            expected_checksum=checksum,
+        ) as reader:
+            if size is not None and reader.size != size:
+                from imgstore.exceptions import SizeMismatch
+
+                raise SizeMismatch(
+                    f"{reader!r}: stored size {reader.size} differs from the recorded {size}"
+                )
+            for _ in reader:
+                pass
+
+    def close(self) -> None:
+        """Release every driver's connections."""
+        for drv in getattr(self, "_drivers", {}).values():
+            try:
+                drv.close()
+            except Exception:
+                LOG.warning("closing backend %r failed", drv.backend, exc_info=True)
+
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Stores default={self.default_backend!r} backends={self.backends}>"
+
+
+def _image_id_from(location: Location) -> str:
+    tail = location.to_uri().rstrip("/").rsplit("/", 1)[-1]
+    return validate_image_id(tail.split("?", 1)[0])
+
+
+def open_stores(config_files: Iterable[str] = ()) -> Stores:
+    """Stores from ``config_files``, or the embedded default when there are none."""
+    files = list(config_files)
+    return Stores.from_config_files(*files) if files else Stores.default()

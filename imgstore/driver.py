@@ -1,0 +1,181 @@
+"""The contract between the core and a storage driver.
+
+A driver moves bytes and speaks its location URI; nothing else. The core
+(:mod:`imgstore.pipeline`, :mod:`imgstore.api`) does chunking, hashing, size
+checks, caps, progress and cleanup for every driver, so a driver author writes:
+
+* :meth:`Driver.options` - the oslo.config options the driver reads;
+* :meth:`Driver.begin_write` - returns a :class:`Writer` that receives chunks
+  and, on :meth:`Writer.commit`, makes the image visible at its location
+  (or, on :meth:`Writer.abort`, removes whatever was written);
+* :meth:`Driver.open`, :meth:`Driver.size`, :meth:`Driver.delete`.
+
+Drivers are found through the ``imgstore.drivers`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+from oslo_config import cfg
+
+from imgstore.capabilities import Capability
+from imgstore.exceptions import BadLocation, InvalidArgument, NotSupported
+from imgstore.location import Location, parse
+
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+
+
+class DriverConf:
+    """Read-only view of one backend's option values.
+
+    ``conf.filesystem_store_datadir`` reads the backend's group; where that
+    group leaves an option at its default, a value set in ``[backend_defaults]``
+    applies (multi-store form only).
+    """
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of ``name``, or ``default`` when the driver declared no such option."""
+        return self._values.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"<DriverConf {sorted(self._values)}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What a writer reports on commit: where the image is, and extra metadata."""
+
+    location: Location
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Writer(abc.ABC):
+    """Receives one image's bytes; created by :meth:`Driver.begin_write`.
+
+    The core calls :meth:`write` with consecutive chunks, then exactly one of
+    :meth:`commit` (after it verified size and cap) or :meth:`abort`. The
+    buffer passed to :meth:`write` is reused by the core once ``write``
+    returns: a writer that keeps the bytes for later must copy them.
+    """
+
+    @abc.abstractmethod
+    def write(self, chunk: memoryview) -> None:
+        """Store the next chunk."""
+
+    @abc.abstractmethod
+    def commit(self) -> Written:
+        """Make the image visible under its final location and return it."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Remove everything written so far. Idempotent; should not raise."""
+
+
+class ReadStream(abc.ABC):
+    """An open image (or byte range of one), as returned by :meth:`Driver.open`."""
+
+    size: int
+    """How many bytes iterating will yield."""
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield the bytes in order, in chunks of any size."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the stream holds; called once by the core."""
+
+
+class Driver(abc.ABC):
+    """Base class of storage drivers. One instance serves one configured backend."""
+
+    name: ClassVar[str] = ""
+    """The entry-point name, as used in ``stores`` / ``enabled_backends``."""
+
+    location_class: ClassVar[type[Location]]
+    """The :class:`Location` subclass this driver emits and reads."""
+
+    capabilities: Capability = Capability.RW | Capability.READ_RANDOM
+
+    def __init__(self, conf: DriverConf, backend: str) -> None:
+        self.conf = conf
+        self.backend = backend
+        self.chunk_size = DEFAULT_CHUNK_SIZE
+        self.configure()
+
+    @classmethod
+    def options(cls) -> list[cfg.Opt]:
+        """The oslo.config options this driver reads, with help text."""
+        return []
+
+    def configure(self) -> None:  # noqa: B027 - optional hook
+        """Check ``self.conf`` and prepare; raise :class:`BadConfiguration` when wrong."""
+
+    def secrets(self) -> list[str]:
+        """Configured values that must never appear in output (tests check this)."""
+        return []
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        """The URI schemes this driver reads."""
+        return self.location_class.schemes
+
+    def parse(self, uri: str | Location) -> Location:
+        """Parse ``uri`` and check it is one of this driver's locations."""
+        location = parse(uri)
+        if not isinstance(location, self.location_class):
+            raise BadLocation(f"{location.redacted()} is not a {self.name} location")
+        return location
+
+    def owns(self, location: Location) -> bool:
+        """Whether ``location`` belongs to this backend (not merely this scheme)."""
+        return isinstance(location, self.location_class)
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        """Start writing image ``image_id``; ``size`` is None when unknown."""
+        raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot add images")
+
+    @abc.abstractmethod
+    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+        """Open ``length`` bytes (None: to the end) from ``offset``.
+
+        Only called with a non-zero ``offset`` or a ``length`` when the driver
+        declares :attr:`Capability.READ_RANDOM`; use :func:`clamp_range`.
+        """
+
+    @abc.abstractmethod
+    def size(self, location: Location) -> int:
+        """The image's size in bytes."""
+
+    def delete(self, location: Location) -> None:
+        """Delete the image; :class:`NotFound` if it is not there."""
+        raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot delete images")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and sessions."""
+
+
+def clamp_range(total: int, offset: int, length: int | None) -> tuple[int, int]:
+    """Return ``(offset, count)`` for a read of ``length`` from ``offset`` in ``total`` bytes.
+
+    An offset past the end is an error; a length running past the end is cut.
+    """
+    if offset > total:
+        raise InvalidArgument(f"offset {offset} is past the end of the image ({total} bytes)")
+    remaining = total - offset
+    return offset, remaining if length is None else min(length, remaining)

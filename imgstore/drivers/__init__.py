@@ -1,0 +1,1 @@
+"""Drivers shipped with imgstore, found through the ``imgstore.drivers`` entry points."""

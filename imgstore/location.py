@@ -1,0 +1,186 @@
+"""Location URIs: a base class, a registry from scheme to class, parse().
+
+Each driver contributes a :class:`Location` subclass for its schemes. The
+registry is fed by explicit :func:`register` calls and, lazily, by the
+``imgstore.locations`` entry-point group (scheme name -> class), so a URI can
+be parsed without loading any driver's backend library.
+
+``str(location)`` is the URI to store; ``location.redacted()`` is the form for
+logs, reprs and error messages; ``parse(str(location)) == location``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import re
+import threading
+import urllib.parse
+from typing import Any, ClassVar, TypeVar
+
+from imgstore.exceptions import BadLocation, UnknownScheme
+
+LOG = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "imgstore.locations"
+
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
+
+L = TypeVar("L", bound="Location")
+
+
+class Location(abc.ABC):
+    """Where one image lives. Subclasses are immutable value objects."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    """URI schemes this class parses; the first is the one it emits."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_uri(cls: type[L], uri: str) -> L:
+        """Parse ``uri``; raise :class:`BadLocation` when it is malformed."""
+
+    @abc.abstractmethod
+    def to_uri(self) -> str:
+        """The URI that :meth:`from_uri` reads back to an equal location."""
+
+    @property
+    def scheme(self) -> str:
+        """The scheme of :meth:`to_uri`."""
+        return self.to_uri().split("://", 1)[0]
+
+    def redacted(self) -> str:
+        """The URI with every secret replaced by ``***``; safe to show anywhere."""
+        return redact_uri(self.to_uri())
+
+    def _key(self) -> tuple[Any, ...]:
+        return (type(self), self.to_uri())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Location):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        return self.to_uri()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.redacted()}>"
+
+
+def redact_uri(uri: str) -> str:
+    """Hide the user-info part of any ``scheme://user:secret@host`` string.
+
+    Used for URIs that could not even be parsed, so that an error about a bad
+    location never repeats a password that was in it.
+    """
+    return _USERINFO_RE.sub(lambda m: m.group(1) + "***@", uri, count=1)
+
+
+_lock = threading.Lock()
+_registry: dict[str, type[Location]] = {}
+_entry_points_loaded = False
+
+
+def register(location_class: type[Location]) -> type[Location]:
+    """Register ``location_class`` for each of its schemes; usable as a decorator."""
+    if not location_class.schemes:
+        raise ValueError(f"{location_class.__name__} declares no schemes")
+    with _lock:
+        for scheme in location_class.schemes:
+            _registry[scheme.lower()] = location_class
+    return location_class
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    from importlib.metadata import entry_points
+
+    found: dict[str, type[Location]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken third-party package must not break parsing
+            LOG.warning("cannot load location class %s (%s): %s", ep.name, ep.value, exc)
+            continue
+        if isinstance(cls, type) and issubclass(cls, Location):
+            found[ep.name.lower()] = cls
+    with _lock:
+        for scheme, cls in found.items():
+            _registry.setdefault(scheme, cls)
+        _entry_points_loaded = True
+
+
+def location_class_for(scheme: str) -> type[Location]:
+    """The class registered for ``scheme``; :class:`UnknownScheme` when none is."""
+    key = scheme.lower()
+    if key not in _registry:
+        _load_entry_points()
+    try:
+        return _registry[key]
+    except KeyError:
+        raise UnknownScheme(
+            f"no installed imgstore driver handles the scheme {scheme!r}; "
+            f"known schemes: {', '.join(known_schemes()) or 'none'}"
+        ) from None
+
+
+def known_schemes() -> list[str]:
+    """Every scheme a location class is registered for, sorted."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def split_scheme(uri: object) -> str:
+    """The scheme of ``uri``, validating only the ``scheme://`` prefix."""
+    if not isinstance(uri, str):
+        raise BadLocation(f"a location must be a string, not {type(uri).__name__}")
+    match = _SCHEME_RE.match(uri)
+    if match is None:
+        raise BadLocation(f"not a location URI (expected scheme://...): {redact_uri(uri)[:200]!r}")
+    return match.group(1)
+
+
+def parse(uri: str | Location) -> Location:
+    """Parse a location URI with the class registered for its scheme.
+
+    Raises :class:`UnknownScheme` or :class:`BadLocation`, never a raw
+    ``ValueError``/``KeyError``.
+    """
+    if isinstance(uri, Location):
+        return uri
+    cls = location_class_for(split_scheme(uri))
+    try:
+        return cls.from_uri(uri)
+    except BadLocation:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeError) as exc:
+        raise BadLocation(
+            f"malformed {cls.schemes[0]} location {redact_uri(uri)[:200]!r}: {exc}"
+        ) from None
+
+
+def urlsplit(uri: str) -> urllib.parse.SplitResult:
+    """``urllib.parse.urlsplit`` that raises :class:`BadLocation` instead of ValueError."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise BadLocation(f"malformed location {redact_uri(uri)[:200]!r}: {exc}") from None
+    return parts
+
+
+def quote_path(path: str) -> str:
+    """Percent-encode a path for a URI, leaving the usual path characters readable."""
+    return urllib.parse.quote(path, safe="/:@!$&'()*+,;=-._~", errors="surrogateescape")
+
+
+def unquote_path(path: str) -> str:
+    """The inverse of :func:`quote_path`."""
+    return urllib.parse.unquote(path, errors="surrogateescape")

@@ -1,0 +1,405 @@
+"""The byte pipeline every backend shares.
+
+``add``: the source is read in fixed-size chunks into two reused buffers;
+md5 and the multihash of each chunk run on two worker threads (hashlib
+releases the GIL on large buffers) while the driver writes the same chunk and
+the next chunk is read; bytes are counted against the declared size and the
+size cap before they reach the driver; on any failure the driver's writer is
+aborted so nothing is left behind.
+
+``get``: :class:`ImageReader` wraps a driver's stream, checks that it yields
+exactly the promised number of bytes, and can verify a hash at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+from imgstore.driver import ReadStream, Writer, Written
+from imgstore.exceptions import (
+    BackendError,
+    ChecksumMismatch,
+    ImgstoreError,
+    InvalidArgument,
+    SizeCapExceeded,
+    SizeMismatch,
+)
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Progress = Callable[[int, "int | None"], None]
+"""``progress(bytes_done, total_or_None)``, called after every chunk."""
+
+_MIN_THREADED_CHUNK = 64 * 1024
+
+
+class _Hash(Protocol):
+    def update(self, data: Any, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def new_hash(algo: str) -> _Hash:
+    """A hashlib object for ``algo``; :class:`InvalidArgument` if it is not usable."""
+    if not isinstance(algo, str) or algo.lower().startswith("shake") or algo.lower() == "md5":
+        raise InvalidArgument(f"unsupported hash algorithm {algo!r} for the multihash")
+    try:
+        return hashlib.new(algo.lower())
+    except (ValueError, TypeError):
+        raise InvalidArgument(
+            f"unknown hash algorithm {algo!r}; try sha256, sha384, sha512, sha3_256 or blake2b"
+        ) from None
+
+
+def new_md5() -> _Hash:
+    """md5 for the legacy ``checksum`` field; not used for security."""
+    return hashlib.md5(usedforsecurity=False)
+
+
+class ChunkSource:
+    """Fills caller-owned buffers from a file object, bytes, or an iterable of bytes."""
+
+    def __init__(self, source: Any) -> None:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(source)
+        self._readinto: Callable[[memoryview], int | None] | None = None
+        self._read: Callable[[int], bytes] | None = None
+        self._iter: Iterator[bytes] | None = None
+        self._pending = memoryview(b"")
+        if hasattr(source, "readinto"):
+            self._readinto = source.readinto
+        elif hasattr(source, "read"):
+            self._read = source.read
+        elif isinstance(source, Iterable) and not isinstance(source, str):
+            self._iter = iter(source)
+        else:
+            raise InvalidArgument(
+                f"image data must be a file object, bytes or an iterable of bytes, "
+                f"not {type(source).__name__}"
+            )
+
+    def fill(self, buf: bytearray) -> int:
+        """Fill ``buf`` completely unless the source ends first; return the byte count."""
+        view = memoryview(buf)
+        filled = 0
+        size = len(buf)
+        while filled < size:
+            got = self._next_into(view[filled:])
+            if got == 0:
+                break
+            filled += got
+        return filled
+
+    def _next_into(self, view: memoryview) -> int:
+        if self._readinto is not None:
+            got = self._readinto(view)
+            return got or 0
+        if not self._pending:
+            data = self._read(len(view)) if self._read is not None else self._next_item()
+            if not data:
+                return 0
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise InvalidArgument(f"image data yielded {type(data).__name__}, not bytes")
+            self._pending = memoryview(data).cast("B")
+        take = min(len(view), len(self._pending))
+        view[:take] = self._pending[:take]
+        self._pending = self._pending[take:]
+        return take
+
+    def _next_item(self) -> bytes:
+        assert self._iter is not None
+        for item in self._iter:
+            if item:
+                return item
+        return b""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineResult:
+    """What the pipeline measured while a writer stored an image."""
+
+    written: Written
+    size: int
+    checksum: str | None
+    multihash: str
+
+
+class _Hashers:
+    """md5 and the multihash, fed chunk by chunk on worker threads."""
+
+    def __init__(self, hash_algo: str, md5: bool) -> None:
+        self.hashes: list[_Hash] = [new_hash(hash_algo)]
+        if md5:
+            self.hashes.append(new_md5())
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self.hashes), thread_name_prefix="imgstore-hash"
+        )
+        self._pending: list[concurrent.futures.Future[None]] = []
+
+    def start(self, chunk: memoryview) -> None:
+        if len(chunk) < _MIN_THREADED_CHUNK:
+            for h in self.hashes:
+                h.update(chunk)
+            return
+        self._pending = [self._pool.submit(h.update, chunk) for h in self.hashes]
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        self.wait_quietly()
+        self._pool.shutdown(wait=True)
+
+    def wait_quietly(self) -> None:
+        concurrent.futures.wait(self._pending)
+        self._pending = []
+
+    @property
+    def multihash(self) -> str:
+        return self.hashes[0].hexdigest()
+
+    @property
+    def md5(self) -> str | None:
+        return self.hashes[1].hexdigest() if len(self.hashes) > 1 else None
+
+
+def write_image(
+    source: Any,
+    writer: Writer,
+    *,
+    chunk_size: int,
+    size: int | None,
+    size_cap: int | None,
+    hash_algo: str,
+    md5: bool,
+    progress: Progress | None = None,
+    describe: str = "image",
+    on_backend_error: Callable[[Exception], ImgstoreError] | None = None,
+) -> PipelineResult:
+    """Stream ``source`` into ``writer``; commit on success, abort on any failure.
+
+    Raises :class:`SizeMismatch` when the stream is shorter or longer than
+    ``size`` and :class:`SizeCapExceeded` as soon as ``size_cap`` is crossed;
+    either way, and on any error from the source or the writer, the writer is
+    aborted before the error propagates. Errors from the source propagate
+    unchanged; unexpected errors from the writer pass through ``on_backend_error``.
+    """
+    try:
+        hashers = _Hashers(hash_algo, md5)
+    except BaseException:
+        writer.abort()
+        raise
+    try:
+        if size is not None and size_cap and size > size_cap:
+            raise SizeCapExceeded(
+                f"{describe} is declared as {size} bytes, more than image_size_cap ({size_cap})"
+            )
+        chunks = ChunkSource(source)
+        buffers = (bytearray(chunk_size), bytearray(chunk_size))
+        current = 0
+        total = 0
+        count = chunks.fill(buffers[current])
+        while count:
+            total += count
+            if size is not None and total > size:
+                raise SizeMismatch(f"{describe}: the data is longer than the declared size {size}")
+            if size_cap and total > size_cap:
+                raise SizeCapExceeded(
+                    f"{describe} is larger than image_size_cap ({size_cap} bytes); upload stopped"
+                )
+            chunk = memoryview(buffers[current])[:count]
+            hashers.start(chunk)
+            _backend_call(writer.write, on_backend_error, chunk)
+            current ^= 1
+            count = chunks.fill(buffers[current]) if count == chunk_size else 0
+            hashers.wait()
+            if progress is not None:
+                progress(total, size)
+        if size is not None and total != size:
+            raise SizeMismatch(
+                f"{describe}: the data ended after {total} bytes, but {size} were declared"
+            )
+        written = _backend_call(writer.commit, on_backend_error)
+    except BaseException:
+        hashers.wait_quietly()
+        _abort(writer, describe)
+        raise
+    finally:
+        hashers.close()
+    return PipelineResult(written, total, hashers.md5, hashers.multihash)
+
+
+def _backend_call(
+    fn: Callable[..., T], on_error: Callable[[Exception], ImgstoreError] | None, *args: Any
+) -> T:
+    try:
+        return fn(*args)
+    except ImgstoreError:
+        raise
+    except Exception as exc:
+        if on_error is None:
+            raise
+        raise on_error(exc) from exc
+
+
+def _abort(writer: Writer, describe: str) -> None:
+    try:
+        writer.abort()
+    except Exception:
+        LOG.exception("cleanup of a failed write of %s failed; leftovers may remain", describe)
+
+
+class ImageReader:
+    """An open image: iterate it for ``bytes`` chunks; use it as a context manager.
+
+    It yields exactly :attr:`size` bytes or raises :class:`SizeMismatch`; with
+    ``expected_multihash`` it raises :class:`ChecksumMismatch` at the end when
+    the bytes differ from what was recorded.
+    """
+
+    def __init__(
+        self,
+        stream: ReadStream,
+        *,
+        describe: str,
+        skip: int = 0,
+        limit: int | None = None,
+        hash_algo: str | None = None,
+        expected_multihash: str | None = None,
+        expected_checksum: str | None = None,
+        on_error: Callable[[BaseException], BaseException] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._describe = describe
+        self._skip = skip
+        available = stream.size - skip
+        self.size: int = available if limit is None else min(limit, available)
+        self._hash = new_hash(hash_algo) if hash_algo else None
+        self._expected = expected_multihash
+        self._md5 = new_md5() if expected_checksum else None
+        self._expected_md5 = expected_checksum
+        self._on_error = on_error
+        self._closed = False
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._chunks()
+        except ImgstoreError:
+            raise
+        except Exception as exc:
+            if self._on_error is None:
+                raise
+            raise self._on_error(exc) from exc
+        finally:
+            self.close()
+
+    def _chunks(self) -> Iterator[bytes]:
+        streamed = 0
+        for data in self._stream:
+            if not data:
+                continue
+            streamed += len(data)
+            if streamed > self._stream.size:
+                raise SizeMismatch(
+                    f"{self._describe}: the backend sent more than the {self._stream.size} "
+                    "bytes it announced"
+                )
+            if self._skip:
+                cut = min(self._skip, len(data))
+                self._skip -= cut
+                data = data[cut:]
+                if not data:
+                    continue
+            room = self.size - self.bytes_read
+            if len(data) > room:
+                data = data[:room]
+            if not data:
+                break
+            self._update(data)
+            self.bytes_read += len(data)
+            yield bytes(data) if not isinstance(data, bytes) else data
+            if self.bytes_read == self.size:
+                break
+        if self.bytes_read != self.size:
+            raise SizeMismatch(
+                f"{self._describe}: the backend sent {self.bytes_read} of {self.size} bytes; "
+                "the read was cut short"
+            )
+        self._verify()
+
+    def _update(self, data: bytes) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
+
+    def _verify(self) -> None:
+        if self._hash is not None and self._expected is not None:
+            got = self._hash.hexdigest()
+            if got != self._expected.lower():
+                raise ChecksumMismatch(
+                    f"{self._describe}: multihash {got} differs from the recorded {self._expected}"
+                )
+        if self._md5 is not None and self._expected_md5 is not None:
+            got = self._md5.hexdigest()
+            if got != self._expected_md5.lower():
+                raise ChecksumMismatch(
+                    f"{self._describe}: md5 {got} differs from the recorded {self._expected_md5}"
+                )
+
+    @property
+    def multihash(self) -> str | None:
+        """The hash of what was read so far, when the reader was asked to hash."""
+        return self._hash.hexdigest() if self._hash is not None else None
+
+    def read_all(self) -> bytes:
+        """All the bytes at once; only for small images."""
+        return b"".join(self)
+
+    def close(self) -> None:
+        """Release the driver's stream; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._stream.close()
+            except Exception:
+                LOG.warning("closing the stream of %s failed", self._describe, exc_info=True)
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ImageReader {self._describe} size={self.size}>"
+
+
+def wrap_backend_error(exc: BaseException, what: str, secrets: Iterable[str] = ()) -> ImgstoreError:
+    """Turn an unexpected driver exception into :class:`BackendError`, scrubbing secrets."""
+    if isinstance(exc, ImgstoreError):
+        return exc
+    return BackendError(scrub(f"{what} failed: {type(exc).__name__}: {exc}", secrets))
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret in ``text`` with ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
