@@ -1,0 +1,87 @@
+"""The real servers the functional tests talk to, started by the project itself.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m tests.functional.services up [NAME ...]
+    .venv/bin/python -m tests.functional.services status [NAME ...]
+    .venv/bin/python -m tests.functional.services down [NAME ...]
+
+No NAME means every server in :data:`SERVICES`. Each server is one module
+here with ``up(ctx) -> dict`` (install, start on 127.0.0.1, wait until it
+answers, return the connection details) and ``down(ctx)``; the generic parts
+(apt, venvs, PID files, waiting, ``details.json``) are in ``_common``. To add
+a server: write ``<name>.py`` and add one line to :data:`SERVICES`.
+
+State lives in ``.cache/services/<name>/`` (git-ignored). ``up`` twice is
+fine (a server that is up is left alone), ``down`` when nothing runs is fine,
+and only the PIDs the harness recorded are ever signalled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from types import ModuleType
+from typing import Any
+
+from tests.functional.services._common import (
+    Context,
+    ServiceError,
+    remove_details,
+    service_status,
+    write_details,
+)
+
+LOG = logging.getLogger("imgstore.services")
+
+SERVICES: dict[str, str] = {
+    # name -> module; `up` starts them in this order, `down` stops them in reverse
+    "nginx": "tests.functional.services.nginx",
+}
+
+
+def module(name: str) -> ModuleType:
+    """The module of server ``name``."""
+    try:
+        return importlib.import_module(SERVICES[name])
+    except KeyError:
+        raise ServiceError(f"unknown server {name!r}; known: {', '.join(SERVICES)}") from None
+
+
+def bring_up(name: str) -> dict[str, Any]:
+    """Start server ``name`` unless it is already up; return its details."""
+    mod = module(name)
+    ctx = Context(name)
+    up, _reason, details = service_status(name)
+    if up and details is not None:
+        check = getattr(mod, "check", None)
+        if check is None or check(ctx, details):
+            LOG.info("%s is already up", name)
+            return details
+        LOG.info("%s runs but does not answer properly; restarting it", name)
+    # leftovers of a crashed or half-finished run: stop only what we recorded
+    _stop(mod, ctx)
+    start = time.monotonic()
+    try:
+        details = dict(mod.up(ctx))
+    except BaseException:
+        _stop(mod, ctx)
+        raise
+    details["up_seconds"] = round(time.monotonic() - start, 3)
+    write_details(ctx, details)
+    LOG.info("%s is up in %.2f s", name, details["up_seconds"])
+    return details
+
+
+def _stop(mod: ModuleType, ctx: Context) -> None:
+    remove_details(ctx)
+    try:
+        mod.down(ctx)
+    finally:
+        ctx.stop_all()
+
+
+def bring_down(name: str) -> None:
+    """Stop server ``name`` (nothing happens when it is not running)."""
+    _stop(module(name), Context(name))
