@@ -1,0 +1,594 @@
+"""The ``imgstore`` command: add, get, size, delete and copy images; list stores.
+
+Configuration: ``--config-file FILE`` (repeatable; later files override
+earlier ones, as with oslo.config). Without it, ``$IMGSTORE_CONFIG`` (a
+colon-separated list of files) is used when set, and otherwise the embedded
+default: one filesystem store in ``$IMGSTORE_DATA_DIR`` or the XDG data home.
+
+Standard output carries only results (image bytes for ``get``, a JSON
+document with ``--json``); messages, logs and the progress bar go to standard
+error. The progress bar appears for add, get and copy only when standard
+error is a terminal and ``--quiet`` is not given.
+
+Exit codes::
+
+    0    success
+    1    any other failure: Duplicate, StorageFull, ReadOnlyStore, NotSupported,
+         BackendError, an output file that cannot be written, standard output
+         closed early ("imgstore: error: output closed")
+    2    bad usage or configuration: bad arguments, BadConfiguration,
+         UnknownBackend, InvalidArgument, BadLocation, UnknownScheme, an input
+         file that is missing or unreadable, an output path that cannot be used
+    3    NotFound: no image at that location
+    4    integrity: SizeMismatch, SizeCapExceeded, ChecksumMismatch
+    5    BackendUnavailable or AuthenticationFailed
+    130  interrupted (Ctrl-C)
+
+On failure exactly one line ``imgstore: error: ...`` is written to standard
+error; ``--debug`` adds the traceback and DEBUG logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import stat
+import sys
+import tempfile
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any, NoReturn
+
+from imgstore.api import DEFAULT_HASH_ALGO, AddResult, Stores, open_stores
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    ImgstoreError,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+)
+from imgstore.location import redact_uri
+from imgstore.progress import ProgressBar, progress_bar
+
+PROG = "imgstore"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_INTEGRITY = 4
+EXIT_UNAVAILABLE = 5
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    any other failure: Duplicate, StorageFull, ReadOnlyStore, NotSupported,
+       BackendError, an output file that cannot be written, standard output
+       closed early ("imgstore: error: output closed")
+  2    bad usage or configuration: bad arguments, BadConfiguration,
+       UnknownBackend, InvalidArgument, BadLocation, UnknownScheme, an input
+       file that is missing or unreadable, an output path that cannot be used
+  3    NotFound: no image at that location
+  4    integrity: SizeMismatch, SizeCapExceeded, ChecksumMismatch
+  5    BackendUnavailable or AuthenticationFailed
+  130  interrupted (Ctrl-C)
+"""
+
+RESULT_KEYS = ("location", "size", "checksum", "multihash", "hash_algo", "backend", "image_id")
+"""The keys of the JSON object ``add`` and ``copy`` print with ``--json``."""
+
+LOG = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A problem with the command line or local files; exit code 2."""
+
+
+class OutputError(Exception):
+    """The output file could not be written; exit code 1."""
+
+
+class OutputClosed(Exception):
+    """Standard output was closed by the reader (a broken pipe)."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code for ``exc``."""
+    if isinstance(exc, (UsageError, BadConfiguration, InvalidArgument, BadLocation)):
+        return EXIT_USAGE
+    if isinstance(exc, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, IntegrityError):
+        return EXIT_INTEGRITY
+    if isinstance(exc, (BackendUnavailable, AuthenticationFailed)):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE
+
+
+# -- argument parsing --------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sub = self.prog[len(PROG) :].strip()
+        where = f"{sub}: " if sub else ""
+        self.exit(EXIT_USAGE, f"{PROG}: error: {where}{message} (see '{self.prog} --help')\n")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+_GLOBALS = ("config_file", "json", "debug", "quiet")
+
+
+def _add_globals(parser: argparse.ArgumentParser, late: bool) -> None:
+    """The global options, accepted before and after the sub-command.
+
+    After the sub-command they land in ``late_*`` attributes (default
+    suppressed) so they do not overwrite what came before; :func:`parse_args`
+    merges both.
+    """
+    prefix = "late_" if late else ""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if late else value
+
+    parser.add_argument(
+        "--config-file",
+        dest=prefix + "config_file",
+        action="append",
+        metavar="FILE",
+        default=default([]),
+        help="configuration file (repeatable; later files override earlier ones); "
+        "default: $IMGSTORE_CONFIG (colon-separated), else one filesystem store in "
+        "$IMGSTORE_DATA_DIR",
+    )
+    parser.add_argument(
+        "--json",
+        dest=prefix + "json",
+        action="store_true",
+        default=default(False),
+        help="print results as JSON",
+    )
+    parser.add_argument(
+        "--debug",
+        dest=prefix + "debug",
+        action="store_true",
+        default=default(False),
+        help="DEBUG logging and tracebacks on standard error",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        dest=prefix + "quiet",
+        action="store_true",
+        default=default(False),
+        help="no progress bar; add/copy print only the location, delete prints nothing",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for the whole command line."""
+    parser = _Parser(
+        prog=PROG,
+        description="Store, fetch and copy virtual-machine images in any configured backend.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(parser, late=False)
+    common = _Parser(add_help=False)
+    _add_globals(common, late=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, func: Callable[[argparse.Namespace, Stores], None], text: str) -> Any:
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            parents=[common],
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = command("add", cmd_add, "store an image from FILE (or standard input with '-')")
+    p.add_argument("file", metavar="FILE", help="image file, or '-' for standard input")
+    p.add_argument("--backend", metavar="NAME", help="backend to store in (default: the default)")
+    p.add_argument("--id", metavar="IMAGE_ID", help="image id (default: a new UUID4)")
+    p.add_argument(
+        "--size",
+        type=_non_negative,
+        metavar="N",
+        help="declared size in bytes (default: FILE's size; unknown for '-')",
+    )
+    p.add_argument(
+        "--hash-algo",
+        default=DEFAULT_HASH_ALGO,
+        metavar="ALG",
+        help=f"multihash algorithm (default: {DEFAULT_HASH_ALGO})",
+    )
+
+    p = command("get", cmd_get, "write an image (or a byte range of it) to standard output")
+    p.add_argument("location", metavar="LOCATION")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE instead (via a temporary file renamed on success)",
+    )
+    p.add_argument("--offset", type=_non_negative, default=0, metavar="N")
+    p.add_argument("--length", type=_non_negative, metavar="N")
+
+    p = command("size", cmd_size, "print the size of an image in bytes")
+    p.add_argument("location", metavar="LOCATION")
+
+    p = command("delete", cmd_delete, "delete an image")
+    p.add_argument("location", metavar="LOCATION")
+
+    command("stores", cmd_stores, "list the configured backends")
+
+    p = command("copy", cmd_copy, "copy an image into another backend")
+    p.add_argument("location", metavar="LOCATION")
+    p.add_argument("--to", required=True, metavar="BACKEND", help="target backend")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="do not read the copy back to compare its hash",
+    )
+    p.add_argument("--id", metavar="IMAGE_ID", help="image id of the copy (default: the source's)")
+    p.add_argument("--hash-algo", default=DEFAULT_HASH_ALGO, metavar="ALG")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` and merge global options given after the sub-command."""
+    args = build_parser().parse_args(argv)
+    args.config_file = list(args.config_file) + list(getattr(args, "late_config_file", []))
+    for name in _GLOBALS[1:]:
+        setattr(args, name, bool(getattr(args, name)) or bool(getattr(args, "late_" + name, False)))
+    return args
+
+
+def config_files(args: argparse.Namespace) -> list[str]:
+    """The configuration files to load: ``--config-file`` or ``$IMGSTORE_CONFIG``."""
+    if args.config_file:
+        return list(args.config_file)
+    env = os.environ.get("IMGSTORE_CONFIG", "")
+    return [p for p in env.split(os.pathsep) if p]
+
+
+# -- output helpers ------------------------------------------------------------
+
+
+def _out(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
+def _out_bytes(data: bytes) -> None:
+    """Write all of ``data`` to file descriptor 1.
+
+    ``sys.stdout.buffer.write`` can report a short count instead of raising
+    when the reader goes away mid-write, which would cut the image silently;
+    ``os.write`` in a loop sees every short write and the EPIPE.
+    """
+    view = memoryview(data)
+    fd = sys.stdout.fileno()
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
+def _emit_json(value: Any) -> None:
+    _out(json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def _emit_result(args: argparse.Namespace, result: AddResult) -> None:
+    data = result.as_dict()
+    picked = {key: data[key] for key in RESULT_KEYS}
+    if args.json:
+        _emit_json(picked)
+    elif args.quiet:
+        _out(result.location + "\n")
+    else:
+        _out("".join(f"{key + ':':<11}{'' if v is None else v}\n" for key, v in picked.items()))
+
+
+def _bar(args: argparse.Namespace, label: str, total: int | None) -> ProgressBar | None:
+    return progress_bar(sys.stderr, label, total, enabled=not args.quiet)
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, label: str, total: int | None) -> Iterator[Any]:
+    """A progress callback (or None), finished on success and erased on failure."""
+    bar = _bar(args, label, total)
+    try:
+        yield bar
+    except BaseException:
+        if bar is not None:
+            bar.finish(ok=False)
+        raise
+    if bar is not None:
+        bar.finish()
+
+
+# -- commands -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
+    """The image source and its size when it is a regular file."""
+    if path == "-":
+        yield sys.stdin.buffer, None
+        return
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        st = os.fstat(fh.fileno())
+        yield fh, st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def cmd_add(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore add``."""
+    image_id = args.id if args.id is not None else str(uuid.uuid4())
+    with _open_input(args.file) as (source, file_size):
+        size = args.size if args.size is not None else file_size
+        with _progress(args, "add", size) as bar:
+            result = stores.add(
+                image_id,
+                source,
+                size=size,
+                backend=args.backend,
+                hash_algo=args.hash_algo,
+                progress=bar,
+            )
+    _emit_result(args, result)
+
+
+def cmd_get(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore get``."""
+    if args.output is not None and args.output != "-":
+        _get_to_file(args, stores, args.output)
+        return
+    if sys.stdout.isatty():
+        raise UsageError("refusing to write image data to a terminal; use -o FILE or a redirect")
+    _flush_stdout()
+    with stores.get(args.location, offset=args.offset, length=args.length) as reader:
+        with _progress(args, "get", reader.size) as bar:
+            done = 0
+            for chunk in reader:
+                _out_bytes(chunk)
+                done += len(chunk)
+                if bar is not None:
+                    bar(done, reader.size)
+
+
+def _file_mode(path: str) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def _get_to_file(args: argparse.Namespace, stores: Stores, output: str) -> None:
+    """Write the image to a temporary file beside ``output``; rename it on success."""
+    target = os.path.abspath(output)
+    if os.path.isdir(target):
+        raise UsageError(f"cannot write {output}: it is a directory")
+    directory, name = os.path.split(target)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".imgstore-part", dir=directory)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+    done = False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with stores.get(args.location, offset=args.offset, length=args.length) as reader:
+                with _progress(args, "get", reader.size) as bar:
+                    count = 0
+                    for chunk in reader:
+                        try:
+                            fh.write(chunk)
+                        except OSError as exc:
+                            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
+                        count += len(chunk)
+                        if bar is not None:
+                            bar(count, reader.size)
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.fchmod(fh.fileno(), _file_mode(target))
+            except OSError as exc:
+                raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
+        try:
+            os.replace(temp, target)
+        except OSError as exc:
+            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+    if args.json:
+        _emit_json({"location": args.location, "output": output, "size": count})
+
+
+def cmd_size(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore size``."""
+    size = stores.size(args.location)
+    if args.json:
+        _emit_json({"location": args.location, "size": size})
+    else:
+        _out(f"{size}\n")
+
+
+def cmd_delete(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore delete``."""
+    stores.delete(args.location)
+    if args.json:
+        _emit_json({"location": args.location, "deleted": True})
+    elif not args.quiet:
+        _out(f"deleted {redact_uri(args.location)}\n")
+
+
+def cmd_stores(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore stores``."""
+    infos = stores.describe()
+    rows = [
+        {
+            "name": info.name,
+            "driver": info.driver,
+            "default": info.default,
+            "capabilities": info.capabilities.names(),
+            "schemes": list(info.schemes),
+        }
+        for info in infos
+    ]
+    if args.json:
+        _emit_json(rows)
+        return
+    table = [("", "NAME", "DRIVER", "SCHEMES", "CAPABILITIES")]
+    table += [
+        (
+            "*" if info.default else "",
+            info.name,
+            info.driver,
+            ",".join(info.schemes),
+            ",".join(info.capabilities.names()),
+        )
+        for info in infos
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
+    _out("\n".join(lines) + "\n(* = default backend)\n")
+
+
+def cmd_copy(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore copy``."""
+    with _progress(args, "copy", None) as bar:
+        result = stores.copy(
+            args.location,
+            args.to,
+            verify=args.verify,
+            image_id=args.id,
+            hash_algo=args.hash_algo,
+            progress=bar,
+        )
+    _emit_result(args, result)
+
+
+# -- main ------------------------------------------------------------------------
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname_lower = record.levelname.lower()
+        return super().format(record)
+
+
+def setup_logging(debug: bool) -> None:
+    """Library logs to standard error: WARNING and up, or everything with ``debug``."""
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(prog)s: %(levelname_lower)s: " + ("%(name)s: " if debug else "") + "%(message)s"
+    handler.setFormatter(_Formatter(fmt.replace("%(prog)s", PROG)))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_imgstore_cli", False)]:
+        root.removeHandler(old)
+    handler._imgstore_cli = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _error(message: str) -> None:
+    line = " ".join(str(message).split()) or "failed"
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{PROG}: error: {line}\n")
+        sys.stderr.flush()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (UsageError, OutputError, ImgstoreError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null so the exit-time flush cannot fail again."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    setup_logging(args.debug)
+    try:
+        with open_stores(config_files(args)) as stores:
+            args.func(args, stores)
+        return EXIT_OK
+    except OutputClosed:
+        if args.debug:
+            traceback.print_exc()
+        _silence_stdout()
+        _error("output closed")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        _error(_describe(exc))
+        return exit_code(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
