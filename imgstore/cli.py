@@ -290,18 +290,21 @@ def _out(text: str) -> None:
         raise OutputClosed from None
 
 
-def _out_bytes(data: bytes) -> None:
-    """Write all of ``data`` to file descriptor 1.
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, looping over short writes.
 
-    ``sys.stdout.buffer.write`` can report a short count instead of raising
-    when the reader goes away mid-write, which would cut the image silently;
-    ``os.write`` in a loop sees every short write and the EPIPE.
+    Buffered file objects can report a short count instead of raising when a
+    pipe's reader goes away mid-write, which would cut an image silently;
+    ``os.write`` in a loop sees every short write and every error.
     """
     view = memoryview(data)
-    fd = sys.stdout.fileno()
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _out_bytes(data: bytes) -> None:
     try:
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(sys.stdout.fileno(), data)
     except BrokenPipeError:
         raise OutputClosed from None
 
@@ -381,6 +384,19 @@ def cmd_add(args: argparse.Namespace, stores: Stores) -> None:
     _emit_result(args, result)
 
 
+def _stream_image(args: argparse.Namespace, stores: Stores, write: Callable[[bytes], None]) -> int:
+    """Read the requested image or range, hand every chunk to ``write``; return the count."""
+    with stores.get(args.location, offset=args.offset, length=args.length) as reader:
+        with _progress(args, "get", reader.size) as bar:
+            count = 0
+            for chunk in reader:
+                write(chunk)
+                count += len(chunk)
+                if bar is not None:
+                    bar(count, reader.size)
+    return count
+
+
 def cmd_get(args: argparse.Namespace, stores: Stores) -> None:
     """``imgstore get``."""
     if args.output is not None and args.output != "-":
@@ -389,14 +405,7 @@ def cmd_get(args: argparse.Namespace, stores: Stores) -> None:
     if sys.stdout.isatty():
         raise UsageError("refusing to write image data to a terminal; use -o FILE or a redirect")
     _flush_stdout()
-    with stores.get(args.location, offset=args.offset, length=args.length) as reader:
-        with _progress(args, "get", reader.size) as bar:
-            done = 0
-            for chunk in reader:
-                _out_bytes(chunk)
-                done += len(chunk)
-                if bar is not None:
-                    bar(done, reader.size)
+    _stream_image(args, stores, _out_bytes)
 
 
 def _file_mode(path: str) -> int:
@@ -409,7 +418,12 @@ def _file_mode(path: str) -> int:
 
 
 def _get_to_file(args: argparse.Namespace, stores: Stores, output: str) -> None:
-    """Write the image to a temporary file beside ``output``; rename it on success."""
+    """Write the image to a temporary file beside ``output``; rename it on success.
+
+    The temporary file is created before the backend is asked, so an unusable
+    output path fails fast; on any failure it is removed and ``output`` is
+    left as it was.
+    """
     target = os.path.abspath(output)
     if os.path.isdir(target):
         raise UsageError(f"cannot write {output}: it is a directory")
@@ -418,32 +432,28 @@ def _get_to_file(args: argparse.Namespace, stores: Stores, output: str) -> None:
         fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".imgstore-part", dir=directory)
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+    def write(chunk: bytes) -> None:
+        try:
+            write_all(fd, chunk)
+        except OSError as exc:
+            raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+
     done = False
     try:
-        with os.fdopen(fd, "wb") as fh:
-            with stores.get(args.location, offset=args.offset, length=args.length) as reader:
-                with _progress(args, "get", reader.size) as bar:
-                    count = 0
-                    for chunk in reader:
-                        try:
-                            fh.write(chunk)
-                        except OSError as exc:
-                            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
-                        count += len(chunk)
-                        if bar is not None:
-                            bar(count, reader.size)
-            try:
-                fh.flush()
-                os.fsync(fh.fileno())
-                os.fchmod(fh.fileno(), _file_mode(target))
-            except OSError as exc:
-                raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
+        count = _stream_image(args, stores, write)
         try:
+            os.fsync(fd)
+            os.fchmod(fd, _file_mode(target))
+            os.close(fd)
+            fd = -1
             os.replace(temp, target)
         except OSError as exc:
-            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
+            raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
         done = True
     finally:
+        if fd >= 0:
+            os.close(fd)
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
