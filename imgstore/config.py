@@ -202,6 +202,8 @@ def _is_default(conf: cfg.ConfigOpts, name: str, group: str) -> bool:
         where = conf.get_location(name, group)
     except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
         return True
+    except (cfg.ConfigFileValueError, ValueError):
+        return False  # set, but invalid: _read() reports it as BadConfiguration
     return where is None or where.location in (cfg.Locations.opt_default, cfg.Locations.set_default)
 
 

@@ -25,7 +25,12 @@ LOG = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "imgstore.locations"
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
+# User info is everything up to the LAST '@' once the authority (the text up to
+# the first '/', '?' or '#') holds a ':' or an '@': glance_store's s3 and swift
+# URIs carry secrets that may themselves contain '/', '?', '#' or '@'
+# ("s3://key:se/cret@host/bucket/obj"). Over-redacting an odd host:port URI
+# with an '@' in its path is the price of never leaking such a secret.
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(?=[^/?#]*[:@]).*@", re.DOTALL)
 
 L = TypeVar("L", bound="Location")
 

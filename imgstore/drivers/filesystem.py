@@ -32,7 +32,14 @@ from imgstore.exceptions import (
     NotFound,
     StorageFull,
 )
-from imgstore.location import Location, quote_path, register, unquote_path, urlsplit
+from imgstore.location import (
+    Location,
+    quote_path,
+    redact_uri,
+    register,
+    unquote_path,
+    urlsplit,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -51,17 +58,22 @@ class FileLocation(Location):
     def __init__(self, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
             raise BadLocation("a file location needs an absolute path without NUL bytes")
+        try:  # a path the OS could return (surrogateescape) is fine; a lone surrogate is not
+            path.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise BadLocation("a file location path must be encodable as UTF-8") from None
         self.path = path
 
     @classmethod
     def from_uri(cls, uri: str) -> FileLocation:
         parts = urlsplit(uri)
+        shown = redact_uri(uri)[:200]
         if parts.scheme.lower() != "file":
-            raise BadLocation(f"not a file location: {uri[:200]!r}")
+            raise BadLocation(f"not a file location: {shown!r}")
         if parts.netloc not in ("", "localhost"):
-            raise BadLocation(f"file locations cannot name a host: {uri[:200]!r}")
+            raise BadLocation(f"file locations cannot name a host: {shown!r}")
         if parts.query or parts.fragment or "?" in uri or "#" in uri:
-            raise BadLocation(f"file locations take no query or fragment: {uri[:200]!r}")
+            raise BadLocation(f"file locations take no query or fragment: {shown!r}")
         return cls(unquote_path(parts.path))
 
     def to_uri(self) -> str:
