@@ -1,0 +1,68 @@
+"""The conformance suite against the filesystem driver, on a real temporary directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgstore import Stores
+from imgstore.testing import ConformanceTests, StoreUnderTest
+
+
+def _listing(root: Path) -> set[str]:
+    """Every entry below ``root``, hidden and partial files included."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            found.add(os.path.relpath(os.path.join(dirpath, name), root))
+    return found
+
+
+def _write_config(path: Path, datadir: Path, extra: dict[str, Any]) -> Path:
+    lines = [
+        "[glance_store]",
+        "stores = file",
+        "default_store = file",
+        f"filesystem_store_datadir = {datadir}",
+        *(f"{key} = {value}" for key, value in extra.items()),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class TestFilesystemConformance(ConformanceTests):
+    """Legacy ``[glance_store]`` configuration, default 4 MiB chunks."""
+
+    extra: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
+
+    @pytest.fixture
+    def store_under_test(self, tmp_path: Path) -> Iterator[StoreUnderTest]:
+        datadir = tmp_path / "images"
+        configs = iter(range(1000))
+
+        def make_stores(overrides: dict[str, Any]) -> Stores:
+            conf = tmp_path / f"imgstore-{next(configs)}.conf"
+            return Stores.from_config_files(
+                _write_config(conf, datadir, {**self.extra, **overrides})
+            )
+
+        with make_stores({}) as stores:
+            yield StoreUnderTest(
+                stores=stores,
+                backend="file",
+                listing=lambda: _listing(datadir),
+                make_stores=make_stores,
+            )
+
+
+class TestFilesystemConformanceSmallChunksThin(TestFilesystemConformance):
+    """Smallest chunk size and thin provisioning: many chunk edges, sparse files."""
+
+    extra = {  # noqa: RUF012
+        "filesystem_store_chunk_size": 4096,
+        "filesystem_thin_provisioning": True,
+    }
