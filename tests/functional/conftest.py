@@ -1,0 +1,56 @@
+"""Fixtures for tests against real servers started by ``tests.functional.services``.
+
+A test that needs a server asks for its fixture (``nginx``...) or calls
+:func:`require_service`. When the server is not up the test is skipped with
+the reason, except when the environment has ``CI=true``: then it fails, so a
+CI run can never pass with a backend silently left out. At the end, the
+terminal summary lists every backend that did not run and why.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.functional.services._common import service_status
+
+NOT_RUN: dict[str, str] = {}
+"""Servers some test wanted but that were not up, with the reason."""
+
+
+def in_ci() -> bool:
+    """Whether missing servers are an error (``CI=true``) rather than a skip."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require_service(name: str) -> dict[str, Any]:
+    """The details of server ``name``; skip (fail when CI=true) if it is not up."""
+    up, reason, details = service_status(name)
+    if up and details is not None:
+        return details
+    hint = f"start it with: .venv/bin/python -m tests.functional.services up {name}"
+    NOT_RUN[name] = reason
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true, so this is an error); {hint}", pytrace=False)
+    pytest.skip(f"{reason}; {hint}")
+
+
+@pytest.fixture(scope="session")
+def nginx() -> dict[str, Any]:
+    """nginx's details (URLs, ports, CA file, docroot); see services/nginx.py."""
+    return require_service("nginx")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """Say which backends' servers were missing, so a skip is never overlooked."""
+    if not NOT_RUN:
+        return
+    verb = "FAILED (CI=true)" if in_ci() else "skipped"
+    terminalreporter.write_sep("=", "backends that did not run")
+    for name, reason in sorted(NOT_RUN.items()):
+        terminalreporter.write_line(f"{name}: {verb}: {reason}")
+    terminalreporter.write_line(
+        "bring servers up with: .venv/bin/python -m tests.functional.services up"
+    )
