@@ -1,0 +1,387 @@
+"""The byte pipeline: ChunkSource, write_image and ImageReader, without any backend."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgstore.driver import ReadStream, Writer, Written
+from imgstore.drivers.filesystem import FileLocation
+from imgstore.exceptions import (
+    BackendError,
+    ChecksumMismatch,
+    InvalidArgument,
+    SizeCapExceeded,
+    SizeMismatch,
+)
+from imgstore.pipeline import ChunkSource, ImageReader, new_hash, write_image
+
+DATA = bytes(range(256)) * 41 + b"tail"  # 10500 bytes, no repeating chunk alignment
+
+
+def drain_source(source: ChunkSource, bufsize: int) -> list[bytes]:
+    """Fill buffers of ``bufsize`` until the source ends; return what each fill gave."""
+    out = []
+    buf = bytearray(bufsize)
+    while True:
+        n = source.fill(buf)
+        if n == 0:
+            return out
+        out.append(bytes(buf[:n]))
+
+
+# -- ChunkSource ------------------------------------------------------------------
+
+
+class ShortReads(io.RawIOBase):
+    """A raw file whose readinto hands out at most 7 bytes at a time (like a pipe)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data.read(min(7, len(buffer)))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+class ReadOnly:
+    """Only ``read(n)``; hands back odd amounts, sometimes more than asked."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+        self._calls = 0
+
+    def read(self, n: int) -> bytes:
+        self._calls += 1
+        want = n + 5 if self._calls % 2 else max(1, n // 3)
+        out = self._data[self._pos : self._pos + want]
+        self._pos += len(out)
+        return out
+
+
+def odd_pieces(data: bytes) -> Iterator[bytes]:
+    sizes = [1, 0, 999, 3, 0, 4096, 17]
+    pos = 0
+    i = 0
+    while pos < len(data):
+        n = sizes[i % len(sizes)]
+        yield data[pos : pos + n]
+        pos += n
+        i += 1
+
+
+SOURCES = {
+    "bytesio": lambda: io.BytesIO(DATA),
+    "short-readinto": lambda: ShortReads(DATA),
+    "read-only": lambda: ReadOnly(DATA),
+    "bytes": lambda: DATA,
+    "bytearray": lambda: bytearray(DATA),
+    "memoryview": lambda: memoryview(DATA),
+    "odd-pieces-with-empties": lambda: odd_pieces(DATA),
+    "list-of-mixed-buffers": lambda: [DATA[:10], bytearray(DATA[10:5000]), memoryview(DATA[5000:])],
+}
+
+
+@pytest.mark.parametrize("bufsize", [1, 1000, 4096, len(DATA), len(DATA) + 1])
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_chunk_source_fills_buffers_completely(kind: str, bufsize: int) -> None:
+    fills = drain_source(ChunkSource(SOURCES[kind]()), bufsize)
+    assert b"".join(fills) == DATA
+    assert all(len(f) == bufsize for f in fills[:-1]), "only the last fill may be short"
+
+
+def test_chunk_source_real_file(tmp_path: Path) -> None:
+    path = tmp_path / "image"
+    path.write_bytes(DATA)
+    with open(path, "rb") as fh:
+        assert b"".join(drain_source(ChunkSource(fh), 4096)) == DATA
+    with open(path, "rb", buffering=0) as raw:
+        assert b"".join(drain_source(ChunkSource(raw), 333)) == DATA
+
+
+@pytest.mark.parametrize(
+    "source", ["text", 42, None, 3.5, object()], ids=["str", "int", "none", "float", "object"]
+)
+def test_chunk_source_rejects_non_byte_sources(source: object) -> None:
+    with pytest.raises(InvalidArgument):
+        ChunkSource(source)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [[b"ok", "text"], [b"ok", 7], [[1, 2, 3]], [b"ok", {"a": 1}]],
+    ids=["str-item", "int-item", "list-item", "dict-item"],
+)
+def test_chunk_source_rejects_non_bytes_items(items: list[object]) -> None:
+    source = ChunkSource(iter(items))
+    with pytest.raises(InvalidArgument):
+        drain_source(source, 64)
+
+
+def test_chunk_source_rejects_text_file() -> None:
+    with pytest.raises(InvalidArgument):
+        drain_source(ChunkSource(io.StringIO("text, not bytes")), 64)
+
+
+# -- write_image -----------------------------------------------------------------
+
+
+class MemoryWriter(Writer):
+    """Collects the chunks it is given; records commit and abort."""
+
+    def __init__(self, fail_on_write: int | None = None) -> None:
+        self.data = bytearray()
+        self.writes = 0
+        self.committed = False
+        self.aborted = 0
+        self._fail_on_write = fail_on_write
+
+    def write(self, chunk: memoryview) -> None:
+        self.writes += 1
+        if self._fail_on_write is not None and self.writes >= self._fail_on_write:
+            raise OSError("fault injected: the device went away")
+        self.data += chunk
+
+    def commit(self) -> Written:
+        assert not self.aborted
+        self.committed = True
+        return Written(FileLocation("/images/x"), {"k": "v"})
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def run(source: Any, writer: Writer | None = None, **kw: Any) -> tuple[Any, MemoryWriter]:
+    w = writer or MemoryWriter()
+    assert isinstance(w, MemoryWriter)
+    options: dict[str, Any] = {
+        "chunk_size": 1000,
+        "size": None,
+        "size_cap": None,
+        "hash_algo": "sha512",
+        "md5": True,
+    }
+    options.update(kw)
+    return write_image(source, w, **options), w
+
+
+@pytest.mark.parametrize("size", [len(DATA), None])
+@pytest.mark.parametrize("chunk_size", [1, 999, 1000, 65536, 1 << 20])
+def test_write_image_round_trip(chunk_size: int, size: int | None) -> None:
+    result, writer = run(odd_pieces(DATA), chunk_size=chunk_size, size=size)
+    assert bytes(writer.data) == DATA
+    assert writer.committed and not writer.aborted
+    assert result.size == len(DATA)
+    assert result.checksum == hashlib.md5(DATA, usedforsecurity=False).hexdigest()
+    assert result.multihash == hashlib.sha512(DATA).hexdigest()
+    assert result.written.metadata == {"k": "v"}
+
+
+def test_write_image_large_chunks_hash_on_threads() -> None:
+    data = os.urandom(3 * (1 << 20) + 11)
+    result, writer = run(io.BytesIO(data), chunk_size=1 << 20, hash_algo="sha256")
+    assert result.multihash == hashlib.sha256(data).hexdigest()
+    assert result.checksum == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert bytes(writer.data) == data
+
+
+def test_write_image_md5_off() -> None:
+    result, _ = run(DATA, md5=False)
+    assert result.checksum is None
+    assert result.multihash == hashlib.sha512(DATA).hexdigest()
+
+
+def test_write_image_empty() -> None:
+    result, writer = run(b"", size=0)
+    assert result.size == 0
+    assert writer.writes == 0 and writer.committed
+    assert result.multihash == hashlib.sha512(b"").hexdigest()
+
+
+@pytest.mark.parametrize("size", [len(DATA), None])
+def test_progress_is_monotonic_and_ends_at_size(size: int | None) -> None:
+    calls: list[tuple[int, int | None]] = []
+    run(
+        odd_pieces(DATA),
+        chunk_size=1000,
+        size=size,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    done = [d for d, _ in calls]
+    assert done == sorted(set(done)), "progress must strictly increase"
+    assert done[-1] == len(DATA)
+    assert len(calls) == -(-len(DATA) // 1000)
+    assert {t for _, t in calls} == {size}
+
+
+@pytest.mark.parametrize(
+    ("declared", "actual"), [(1, 0), (len(DATA), len(DATA) - 1), (len(DATA) - 1, len(DATA))]
+)
+def test_size_mismatch_aborts(declared: int, actual: int) -> None:
+    writer = MemoryWriter()
+    with pytest.raises(SizeMismatch):
+        run(DATA[:actual], writer, size=declared)
+    assert writer.aborted == 1 and not writer.committed
+
+
+def test_longer_stream_stops_before_the_extra_bytes_reach_the_writer() -> None:
+    writer = MemoryWriter()
+    with pytest.raises(SizeMismatch):
+        run(DATA, writer, size=1500, chunk_size=1000)
+    assert len(writer.data) <= 1500
+
+
+@pytest.mark.parametrize("size", [len(DATA), None])
+def test_size_cap(size: int | None) -> None:
+    writer = MemoryWriter()
+    with pytest.raises(SizeCapExceeded):
+        run(DATA, writer, size=size, size_cap=len(DATA) - 1, chunk_size=1000)
+    assert writer.aborted == 1 and not writer.committed
+    assert len(writer.data) < len(DATA)
+    if size is not None:
+        assert writer.writes == 0, "a declared size over the cap is refused before any write"
+
+
+def test_size_cap_zero_means_no_cap() -> None:
+    result, _ = run(DATA, size_cap=0)
+    assert result.size == len(DATA)
+
+
+def test_source_error_propagates_unchanged_and_aborts() -> None:
+    boom = RuntimeError("the source broke")
+
+    def source() -> Iterator[bytes]:
+        yield DATA[:2500]
+        raise boom
+
+    writer = MemoryWriter()
+    with pytest.raises(RuntimeError) as raised:
+        run(source(), writer, chunk_size=1000)
+    assert raised.value is boom
+    assert writer.aborted == 1 and not writer.committed
+
+
+def test_writer_error_is_mapped_and_aborts() -> None:
+    writer = MemoryWriter(fail_on_write=2)
+    with pytest.raises(BackendError, match="device went away"):
+        run(DATA, writer, on_backend_error=lambda exc: BackendError(f"wrapped: {exc}"))
+    assert writer.aborted == 1
+
+
+def test_invalid_hash_algo_aborts() -> None:
+    writer = MemoryWriter()
+    with pytest.raises(InvalidArgument):
+        run(DATA, writer, hash_algo="no-such-hash")
+    assert writer.aborted == 1 and writer.writes == 0
+
+
+@pytest.mark.parametrize("algo", ["md5", "MD5", "shake_128", "nope", ""])
+def test_new_hash_refuses(algo: str) -> None:
+    with pytest.raises(InvalidArgument):
+        new_hash(algo)
+
+
+# -- ImageReader -----------------------------------------------------------------
+
+
+class ListStream(ReadStream):
+    """Fault injection: a driver stream that announces ``size`` but yields ``pieces``."""
+
+    def __init__(self, pieces: list[bytes], size: int | None = None) -> None:
+        self._pieces = pieces
+        self.size = sum(map(len, pieces)) if size is None else size
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._pieces
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_reader_yields_exactly_the_bytes() -> None:
+    stream = ListStream([DATA[:10], b"", DATA[10:]])
+    reader = ImageReader(stream, describe="test image")
+    assert reader.size == len(DATA)
+    chunks = list(reader)
+    assert all(isinstance(c, bytes) for c in chunks)
+    assert b"".join(chunks) == DATA
+    assert stream.closed == 1
+    reader.close()
+    assert stream.closed == 1
+
+
+def test_reader_short_stream_is_size_mismatch() -> None:
+    stream = ListStream([DATA[:100], DATA[100:200]], size=300)
+    with pytest.raises(SizeMismatch):
+        ImageReader(stream, describe="test image").read_all()
+    assert stream.closed == 1
+
+
+def test_reader_long_stream_is_size_mismatch() -> None:
+    stream = ListStream([DATA[:100], DATA[100:300]], size=200)
+    with pytest.raises(SizeMismatch):
+        ImageReader(stream, describe="test image").read_all()
+
+
+@pytest.mark.parametrize(("skip", "limit"), [(0, None), (10, 20), (999, None), (5, 0), (0, 10**9)])
+def test_reader_emulated_range(skip: int, limit: int | None) -> None:
+    stream = ListStream([DATA[i : i + 77] for i in range(0, len(DATA), 77)])
+    reader = ImageReader(stream, describe="test image", skip=skip, limit=limit)
+    expected = DATA[skip:] if limit is None else DATA[skip : skip + limit]
+    assert reader.size == len(expected)
+    assert reader.read_all() == expected
+
+
+def test_reader_checks_multihash() -> None:
+    good = hashlib.sha256(DATA).hexdigest()
+    reader = ImageReader(
+        ListStream([DATA]), describe="img", hash_algo="sha256", expected_multihash=good.upper()
+    )
+    assert reader.read_all() == DATA
+    assert reader.multihash == good
+    bad = ImageReader(
+        ListStream([DATA]), describe="img", hash_algo="sha256", expected_multihash="0" * 64
+    )
+    with pytest.raises(ChecksumMismatch):
+        bad.read_all()
+
+
+def test_reader_checks_md5() -> None:
+    good = hashlib.md5(DATA, usedforsecurity=False).hexdigest()
+    assert ImageReader(ListStream([DATA]), describe="img", expected_checksum=good).read_all()
+    with pytest.raises(ChecksumMismatch):
+        ImageReader(ListStream([DATA]), describe="img", expected_checksum="f" * 32).read_all()
+
+
+def test_reader_maps_stream_errors() -> None:
+    class Broken(ListStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"abc"
+            raise ConnectionResetError("fault injected: peer reset")
+
+    reader = ImageReader(
+        Broken([b"abcdef"]),
+        describe="img",
+        on_error=lambda exc: BackendError(f"reading failed: {exc}"),
+    )
+    with pytest.raises(BackendError, match="peer reset"):
+        reader.read_all()
+
+
+def test_reader_closed_when_abandoned() -> None:
+    stream = ListStream([DATA[:10], DATA[10:]])
+    with ImageReader(stream, describe="img") as reader:
+        next(iter(reader))
+    assert stream.closed == 1
