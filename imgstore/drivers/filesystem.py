@@ -346,8 +346,9 @@ class FileWriter(Writer):
         self._datadir = datadir.path
         self._final = os.path.join(datadir.path, image_id)
         self._image_id = image_id
+        # the id is cut so that the temporary name fits NAME_MAX (255) for any valid id
         self._temp = os.path.join(
-            datadir.path, f".{image_id}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
+            datadir.path, f".{image_id[:200]}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
         )
         try:
             self._fd: int | None = os.open(
