@@ -327,7 +327,6 @@ class HttpDriver(Driver):
         self.guard = NetworkGuard(conf.http_allowed_networks or [])
         session = requests.Session()
         session.trust_env = False  # no env proxies, CA bundle or .netrc credentials
-        session.max_redirects = self.max_redirects
         adapter = GuardedAdapter(self.guard, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
