@@ -17,8 +17,8 @@ from imgstore.capabilities import Capability
 from imgstore.driver import Driver
 from imgstore.exceptions import (
     BadLocation,
-    ChecksumMismatch,
     ImgstoreError,
+    IntegrityError,
     InvalidArgument,
     NotSupported,
     ReadOnlyStore,
@@ -315,7 +315,8 @@ class Stores:
 
         With ``verify`` the copy is read back and its multihash compared with
         what was read from the source; on mismatch the copy is deleted and
-        :class:`ChecksumMismatch` raised. The source is never modified.
+        :class:`ChecksumMismatch` (:class:`SizeMismatch` for a short read) raised.
+        The source is never modified.
         """
         drv, loc = self._resolve(location, backend)
         target = self.driver(to_backend)
@@ -344,7 +345,7 @@ class Stores:
             ) as reader:
                 for _ in reader:
                     pass
-        except ChecksumMismatch:
+        except IntegrityError:  # a wrong hash or a short read-back: the copy is not good
             LOG.error("copy at %s does not match its source; deleting it", result.location)
             self.delete(result.location, backend=result.backend)
             raise

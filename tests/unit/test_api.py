@@ -12,6 +12,7 @@ import pytest
 
 import imgstore
 from imgstore import Capability, Stores
+from imgstore.driver import ReadStream
 from imgstore.drivers.filesystem import PARTIAL_SUFFIX, FileLocation
 from imgstore.exceptions import (
     BadLocation,
@@ -24,7 +25,7 @@ from imgstore.exceptions import (
     UnknownBackend,
     UnknownScheme,
 )
-from imgstore.location import parse
+from imgstore.location import Location, parse
 
 CHUNK = 65536
 
@@ -159,6 +160,47 @@ def test_copy_that_fails_verification_is_deleted(stores: Stores, tmp_path: pathl
     assert (tmp_path / "slow" / "img").read_bytes() != data
     with pytest.raises(ChecksumMismatch):
         stores.verify(copied.location, "sha512", multihash=copied.multihash)
+
+
+class _ShortStream(ReadStream):
+    """Announces the real size but stops one byte early."""
+
+    def __init__(self, real: ReadStream) -> None:
+        self._real = real
+        self.size = real.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        left = self.size - 1
+        for chunk in self._real:
+            if left <= 0:
+                return
+            yield chunk[:left]
+            left -= len(chunk)
+
+    def close(self) -> None:
+        self._real.close()
+
+
+def test_copy_whose_read_back_is_short_is_deleted(
+    stores: Stores, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = payload(CHUNK + 9)
+    added = stores.add("img", data)
+    target = stores.driver("slow")
+    real_open = target.open
+
+    def short_open(location: Location, offset: int, length: int | None) -> ReadStream:
+        # FAULT INJECTION: a backend whose read stops before the size it
+        # announced (a dropped connection on a network store). A local file
+        # cannot be made to do this, so the target backend's stream is
+        # wrapped; the bytes themselves come from the real copied file.
+        return _ShortStream(real_open(location, offset, length))
+
+    monkeypatch.setattr(target, "open", short_open)
+    with pytest.raises(SizeMismatch):
+        stores.copy(added.location, "slow", verify=True)
+    assert listing(tmp_path / "slow") == []
+    assert (tmp_path / "fast" / "img").read_bytes() == data
 
 
 def test_copy_to_an_unknown_backend(stores: Stores, tmp_path: pathlib.Path) -> None:
