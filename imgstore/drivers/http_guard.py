@@ -52,8 +52,8 @@ _BLOCKED: list[tuple[str, str]] = [
     ("198.51.100.0/24", "documentation"),
     ("203.0.113.0/24", "documentation"),
     ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved"),
     ("255.255.255.255/32", "broadcast"),
+    ("240.0.0.0/4", "reserved"),
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
     ("64:ff9b:1::/48", "local-use NAT64"),
@@ -71,7 +71,7 @@ _BLOCKED_NETS = [(ipaddress.ip_network(net), why) for net, why in _BLOCKED]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _V4_COMPAT = ipaddress.ip_network("::/96")
 
-_INET_PART = re.compile(r"^(?:0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)$")
+_INET_PART = re.compile(r"^(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -95,7 +95,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     values = []
     for p in parts:
         if p[:2] in ("0x", "0X"):
-            values.append(int(p[2:] or "0", 16))
+            values.append(int(p[2:], 16))
         elif len(p) > 1 and p.startswith("0"):
             values.append(int(p, 8))
         else:
