@@ -373,14 +373,18 @@ def cmd_add(args: argparse.Namespace, stores: Stores) -> None:
     with _open_input(args.file) as (source, file_size):
         size = args.size if args.size is not None else file_size
         with _progress(args, "add", size) as bar:
-            result = stores.add(
-                image_id,
-                source,
-                size=size,
-                backend=args.backend,
-                hash_algo=args.hash_algo,
-                progress=bar,
-            )
+            try:
+                result = stores.add(
+                    image_id,
+                    source,
+                    size=size,
+                    backend=args.backend,
+                    hash_algo=args.hash_algo,
+                    progress=bar,
+                )
+            except OSError as exc:
+                # The core wraps backend errors; an OSError here came from reading the source.
+                raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     _emit_result(args, result)
 
 
@@ -547,6 +551,9 @@ def setup_logging(debug: bool) -> None:
     handler._imgstore_cli = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # stevedore warns "Could not load X" for a driver that is not installed; the
+    # error line already says so, with the installed drivers.
+    logging.getLogger("stevedore").setLevel(logging.NOTSET if debug else logging.ERROR)
 
 
 def _error(message: str) -> None:
