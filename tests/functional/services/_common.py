@@ -431,7 +431,8 @@ def service_status(name: str) -> tuple[bool, str, dict[str, Any] | None]:
     """``(up, reason, details)``: up means details exist and every recorded PID runs."""
     details = read_details(name)
     if details is None:
-        return False, f"{name} is not up (no {details_path(name).relative_to(REPO_ROOT)})", None
+        shown = os.path.relpath(details_path(name), REPO_ROOT)
+        return False, f"{name} is not up (no {shown})", None
     ctx = Context(name)
     recorded = details.get("pids") or {}
     if not recorded:

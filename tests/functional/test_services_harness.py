@@ -1,0 +1,146 @@
+"""The service harness itself: PID files, stopping only our processes, skip/fail rules."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.functional import conftest
+from tests.functional.services import _common
+from tests.functional.services._common import Context
+
+
+@pytest.fixture
+def ctx(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
+    monkeypatch.setattr(_common, "STATE_ROOT", tmp_path)
+    context = Context(f"selftest-{uuid.uuid4().hex[:6]}")
+    yield context
+    context.stop_all(timeout=2)
+
+
+def _sleeper() -> list[str]:
+    return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def _gone(pid: int) -> bool:
+    return _common._start_time(pid) is None
+
+
+def test_start_records_and_stop_ends_only_that_pid(ctx: Context) -> None:
+    first = ctx.start("first", _sleeper())
+    second = ctx.start("second", _sleeper())
+    assert ctx.pids() == {"first": first, "second": second}
+    assert ctx.keys() == ["first", "second"]
+    assert ctx.stop("first") is True
+    assert _gone(first)
+    assert not _gone(second)
+    assert ctx.stop("first") is False  # stopping again is fine
+    assert ctx.stop_all() == ["second"]
+    assert _gone(second)
+    assert ctx.stop_all() == []
+
+
+def test_a_recycled_pid_is_never_signalled(ctx: Context) -> None:
+    """A PID file whose start time does not match the running process is stale."""
+    other = subprocess.Popen(_sleeper())
+    try:
+        ctx.dir  # noqa: B018 - creates the directory
+        (ctx.dir / "pids").mkdir(exist_ok=True)
+        (ctx.dir / "pids" / "stale.pid").write_text(f"{other.pid} 1 0\n")
+        assert ctx.pid("stale") is None
+        assert ctx.stop("stale") is False
+        time.sleep(0.1)
+        assert other.poll() is None  # still running: not ours
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_sigkill_after_timeout(ctx: Context) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    pid = ctx.start("stubborn", [sys.executable, "-c", code])
+    time.sleep(0.3)  # let it install the handler
+    started = time.monotonic()
+    assert ctx.stop("stubborn", timeout=0.5)
+    assert _gone(pid)
+    assert time.monotonic() - started < 5
+
+
+def test_wait_for_port_reports_a_dead_process(ctx: Context) -> None:
+    ctx.start("dies", [sys.executable, "-c", "print('boom: bad config')"])
+    time.sleep(0.3)
+    with pytest.raises(_common.ServiceError, match="boom: bad config"):
+        _common.wait_for_port(ctx, "dies", 1, timeout=5)
+
+
+def test_details_and_status(ctx: Context) -> None:
+    up, reason, _ = _common.service_status(ctx.name)
+    assert not up and "not up" in reason
+    pid = ctx.start("server", _sleeper())
+    _common.write_details(ctx, {"url": "http://127.0.0.1:1"})
+    up, reason, details = _common.service_status(ctx.name)
+    assert up, reason
+    assert details is not None and details["pids"] == {"server": pid}
+    ctx.stop_all()
+    up, reason, _ = _common.service_status(ctx.name)
+    assert not up and "server no longer runs" in reason
+
+
+def test_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGSTORE_X_PORT", "12345")
+    assert _common.env_port("IMGSTORE_X_PORT", 1) == 12345
+    monkeypatch.setenv("IMGSTORE_X_PORT", "")
+    assert _common.env_port("IMGSTORE_X_PORT", 7) == 7
+    for bad in ("http", "0", "70000"):
+        monkeypatch.setenv("IMGSTORE_X_PORT", bad)
+        with pytest.raises(_common.ServiceError):
+            _common.env_port("IMGSTORE_X_PORT", 7)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "fail"), ("", "skip"), ("false", "skip")])
+def test_missing_server_skips_locally_and_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
+) -> None:
+    name = f"never-started-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(conftest, "NOT_RUN", {})
+    expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
+    with pytest.raises(expected, match=f"{name} is not up"):
+        conftest.require_service(name)
+    assert name in conftest.NOT_RUN
+
+    class Reporter:
+        lines: list[str] = []  # noqa: RUF012
+
+        def write_sep(self, sep: str, title: str) -> None:
+            self.lines.append(title)
+
+        def write_line(self, line: str) -> None:
+            self.lines.append(line)
+
+    reporter = Reporter()
+    conftest.pytest_terminal_summary(reporter, 0, None)
+    assert "backends that did not run" in reporter.lines
+    verb = "FAILED" if outcome == "fail" else "skipped"
+    assert any(line.startswith(f"{name}: {verb}") for line in reporter.lines)
+
+
+def test_cli_status_of_unknown_and_down_servers() -> None:
+    env = {**os.environ, "PYTHONPATH": str(_common.REPO_ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.functional.services", "status", "no-such-server"],
+        capture_output=True,
+        text=True,
+        cwd=_common.REPO_ROOT,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "unknown server" in out.stderr
