@@ -6,7 +6,7 @@ import hashlib
 import os
 import pathlib
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -320,7 +320,7 @@ def test_expected_multihash_needs_hash_algo(stores: Stores) -> None:
 
 def test_unknown_backend_everywhere(stores: Stores) -> None:
     r = stores.add("img", b"abc")
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: stores.add("other", b"abc", backend="nope"),
         lambda: stores.get(r.location, backend="nope"),
         lambda: stores.size(r.location, backend="nope"),

@@ -96,8 +96,9 @@ def test_options_appear_with_help_in_their_group(
     for name in names:
         assert name in sample[group], f"{name} missing from [{group}]"
         help_text, _default = sample[group][name]
-        assert opts[name].help, f"{name} has no help text"
-        assert squash(opts[name].help) in squash(help_text), f"help of [{group}] {name}"
+        expected = opts[name].help
+        assert expected, f"{name} has no help text"
+        assert squash(expected) in squash(help_text), f"help of [{group}] {name}"
 
 
 def test_options_stay_out_of_the_wrong_groups(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from imgstore.location import Location, known_schemes, parse, redact_uri, regist
 # Paths as the OS can hand them to us: any text without NUL, plus the
 # surrogateescape range os.fsdecode() uses for bytes that are not UTF-8.
 _PATH_CHARS = st.one_of(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     st.sampled_from(list(" %?#;:@&=+$,!'()*~[]\\\t\n\r")),
     st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
 )
@@ -171,7 +172,7 @@ _secret_chars = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 
 @given(
     scheme=st.sampled_from(["s3", "s3+https", "swift", "swift+https", "swift+http", "http"]),
-    user=st.text(st.characters(whitelist_categories=("L", "N")), min_size=1, max_size=12),
+    user=st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=12),
     secret=st.text(_secret_chars, min_size=1, max_size=40),
     rest=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30).filter(
         lambda r: "@" not in r
@@ -187,7 +188,7 @@ def test_redact_uri_never_shows_the_secret(scheme: str, user: str, secret: str, 
 
 
 @given(
-    user=st.text(st.characters(whitelist_categories=("L", "N")), min_size=1, max_size=12),
+    user=st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=12),
     secret=st.text(_secret_chars, min_size=1, max_size=40),
 )
 @settings(max_examples=500)
@@ -265,7 +266,7 @@ def clean_registry() -> Iterator[None]:
 class ThirdPartyLocation(Location):
     """A location class as another package would ship it."""
 
-    schemes = ("x-thirdparty", "x-thirdparty+tls")
+    schemes: ClassVar[tuple[str, ...]] = ("x-thirdparty", "x-thirdparty+tls")
 
     def __init__(self, key: str) -> None:
         if not key:
