@@ -381,6 +381,15 @@ class HttpDriver(Driver):
                     f"TLS failure talking to {shown}: {_reason(exc)}; check the server "
                     "certificate, or set https_ca_certificates_file to the CA that signed it"
                 ) from None
+            except requests.exceptions.ProxyError as exc:
+                reason = _reason(exc)
+                if re.search(r"\b40[17]\b", reason):
+                    raise AuthenticationFailed(
+                        f"{method} {shown}: the proxy refused our credentials ({reason}); "
+                        "check http_proxy_information"
+                    ) from None
+                problem = f"proxy error: {reason}"
+                continue
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem = f"{type(exc).__name__}: {_reason(exc)}"
                 continue
@@ -440,10 +449,11 @@ class HttpDriver(Driver):
         response.close()
         if code in (404, 410):
             raise NotFound(f"no image at {location.redacted()} (HTTP {code})")
-        if code in (401, 403):
-            raise AuthenticationFailed(
-                f"{location.redacted()}: the server refused access (HTTP {code})"
-            )
+        if code in (401, 403, 407):
+            who = "the proxy" if code == 407 else "the server"
+            if self.proxies and code != 407:
+                who = "the server (or the proxy)"
+            raise AuthenticationFailed(f"{location.redacted()}: {who} refused access (HTTP {code})")
         raise BackendError(f"{location.redacted()}: unexpected HTTP {code} {response.reason}")
 
     # -- operations ------------------------------------------------------

@@ -43,6 +43,12 @@ def nginx() -> dict[str, Any]:
     return require_service("nginx")
 
 
+@pytest.fixture(scope="session")
+def tinyproxy() -> dict[str, Any]:
+    """tinyproxy's details (proxy_url, user, password); see services/tinyproxy.py."""
+    return require_service("tinyproxy")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
     """Say which backends' servers were missing, so a skip is never overlooked."""
     if not NOT_RUN:

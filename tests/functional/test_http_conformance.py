@@ -133,6 +133,86 @@ class TestHttpsRedirectedConformance(ReadConformanceTests):
             )
 
 
+def proxy_options(proxy: dict[str, Any], password: str | None = None) -> dict[str, Any]:
+    password = proxy["password"] if password is None else password
+    url = proxy["proxy_url"].replace("http://", f"http://{proxy['user']}:{password}@")
+    return {"http_proxy_information": f"http:{url}, https:{url}"}
+
+
+class TestHttpViaProxyConformance(ReadConformanceTests):
+    """Plain HTTP through tinyproxy with Basic auth; the proxy password is the secret."""
+
+    @pytest.fixture
+    def store_under_test(
+        self, nginx: dict[str, Any], tinyproxy: dict[str, Any], docroot: Path, tmp_path: Path
+    ) -> Iterator[StoreUnderTest]:
+        options = {"http_allowed_networks": ALLOW_LOOPBACK, **proxy_options(tinyproxy)}
+        with make_stores(tmp_path, options) as stores:
+            yield StoreUnderTest(
+                stores=stores,
+                backend="web",
+                secrets=[tinyproxy["password"]],
+                seed=seeder(nginx["http_url"], docroot),
+            )
+
+
+class TestHttpsViaProxyConformance(ReadConformanceTests):
+    """HTTPS tunnelled (CONNECT) through tinyproxy, by host name, 64 KiB chunks."""
+
+    @pytest.fixture
+    def store_under_test(
+        self, nginx: dict[str, Any], tinyproxy: dict[str, Any], docroot: Path, tmp_path: Path
+    ) -> Iterator[StoreUnderTest]:
+        options = {
+            "http_allowed_networks": "localhost",
+            "https_ca_certificates_file": nginx["ca_file"],
+            "http_chunk_size": 65536,
+            **proxy_options(tinyproxy),
+        }
+        with make_stores(tmp_path, options) as stores:
+            yield StoreUnderTest(
+                stores=stores,
+                backend="web",
+                secrets=[tinyproxy["password"]],
+                seed=seeder(nginx["https_url"], docroot),
+            )
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_proxy_wrong_password(
+    nginx: dict[str, Any],
+    tinyproxy: dict[str, Any],
+    image: str,
+    tmp_path: Path,
+    scheme: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-proxy-pw-123"
+    options = {
+        "http_allowed_networks": "127.0.0.0/8, localhost",
+        "https_ca_certificates_file": nginx["ca_file"],
+        "http_retries": 0,
+        **proxy_options(tinyproxy, wrong),
+    }
+    with make_stores(tmp_path, options) as s:
+        url = f"{nginx[scheme + '_url']}/images/{image}"
+        with pytest.raises(AuthenticationFailed, match=r"proxy.*refused") as info:
+            s.get(url)
+        assert wrong not in str(info.value) and wrong not in repr(info.value)
+        assert wrong not in repr(s.describe())
+    assert wrong not in caplog.text
+
+
+def test_proxy_does_not_bypass_the_guard(
+    nginx: dict[str, Any], tinyproxy: dict[str, Any], image: str, tmp_path: Path
+) -> None:
+    """The proxy may reach 127.0.0.1, but the target is still checked first."""
+    with make_stores(tmp_path, proxy_options(tinyproxy)) as s:
+        with pytest.raises(BadLocation, match="loopback"):
+            s.get(f"{nginx['http_url']}/images/{image}")
+
+
 # -- driver behaviour against nginx -----------------------------------------------
 
 

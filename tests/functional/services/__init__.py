@@ -38,6 +38,7 @@ LOG = logging.getLogger("imgstore.services")
 SERVICES: dict[str, str] = {
     # name -> module; `up` starts them in this order, `down` stops them in reverse
     "nginx": "tests.functional.services.nginx",
+    "tinyproxy": "tests.functional.services.tinyproxy",
     "ceph": "tests.functional.services.ceph",
 }
 
