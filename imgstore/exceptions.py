@@ -46,6 +46,10 @@ class Duplicate(ImgstoreError):
     """An image with that id already exists in the backend."""
 
 
+class InUse(ImgstoreError):
+    """The image is in use (e.g. it has clones) and was left as it was."""
+
+
 class StorageFull(ImgstoreError):
     """The backend has no room for the image."""
 
@@ -95,6 +99,7 @@ __all__ = [
     "ChecksumMismatch",
     "Duplicate",
     "ImgstoreError",
+    "InUse",
     "IntegrityError",
     "InvalidArgument",
     "NotFound",

@@ -1,0 +1,753 @@
+"""The Ceph RBD driver (``rbd://``).
+
+Each image is an RBD image named after the image id, in ``rbd_store_pool``,
+with the chunk size as its object size. ``add`` writes it with librbd's
+asynchronous writes, at most ``rbd_store_write_window`` chunks in flight (each
+in a buffer of this writer's own, so the core may reuse its buffer as soon as
+``write`` returns), then creates and protects the snapshot ``snap``: Nova and
+Cinder clone from it, and the location names it. The snapshot is what makes
+an image visible: until it exists, the location does not resolve, and on any
+failure the snapshot and the image are removed.
+
+Reads come from the snapshot, at any offset (``READ_RANDOM``), with a few
+asynchronous reads ahead of the consumer. Delete refuses an image that has
+clones (:class:`~imgstore.exceptions.InUse`) and leaves it intact.
+
+Locations are glance_store's: ``rbd://<fsid>/<pool>/<image>/<snapshot>`` (each
+part percent-quoted) and the legacy ``rbd://<image>`` (configured pool, no
+snapshot). One cluster connection per backend is opened on first use, shared
+by all threads and closed by :meth:`RbdDriver.close`.
+
+The bindings (``rados``, ``rbd``) come from Debian's python3-rados and
+python3-rbd; ``scripts/setup`` links them into the venv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import urllib.parse
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from oslo_config import cfg
+
+from imgstore.capabilities import Capability
+from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    Duplicate,
+    ImgstoreError,
+    InUse,
+    NotFound,
+    StorageFull,
+)
+from imgstore.location import Location, register
+
+try:  # Debian's python3-rados / python3-rbd
+    import rados
+    import rbd
+except ImportError:  # pragma: no cover - depends on the machine
+    rados = None
+    rbd = None
+
+LOG = logging.getLogger(__name__)
+
+SNAPSHOT = "snap"
+"""The snapshot every added image gets (glance_store's name)."""
+
+MiB = 1024 * 1024
+DEFAULT_POOL = "images"
+DEFAULT_CONF = "/etc/ceph/ceph.conf"
+DEFAULT_CHUNK_MIB = 8
+MAX_GROW_STEP = 8 * 1024 * MiB
+
+FEATURE_NAMES = {
+    "layering": "RBD_FEATURE_LAYERING",
+    "striping": "RBD_FEATURE_STRIPINGV2",
+    "exclusive-lock": "RBD_FEATURE_EXCLUSIVE_LOCK",
+    "object-map": "RBD_FEATURE_OBJECT_MAP",
+    "fast-diff": "RBD_FEATURE_FAST_DIFF",
+    "deep-flatten": "RBD_FEATURE_DEEP_FLATTEN",
+    "journaling": "RBD_FEATURE_JOURNALING",
+}
+
+
+@register
+class RbdLocation(Location):
+    """``rbd://<fsid>/<pool>/<image>/<snapshot>`` or the legacy ``rbd://<image>``."""
+
+    schemes = ("rbd",)
+
+    def __init__(
+        self,
+        image: str,
+        fsid: str | None = None,
+        pool: str | None = None,
+        snapshot: str | None = None,
+    ) -> None:
+        parts = (fsid, pool, snapshot)
+        if not isinstance(image, str) or not image:
+            raise BadLocation("an rbd location needs an image name")
+        if any(p is None for p in parts) and any(p is not None for p in parts):
+            raise BadLocation("an rbd location has fsid, pool and snapshot, or none of them")
+        if any(p == "" for p in parts):
+            raise BadLocation("an rbd location cannot have empty parts")
+        if fsid is None and "/" in image:
+            raise BadLocation(f"a one-part rbd location cannot name the image {image[:200]!r}")
+        self.image = image
+        self.fsid = fsid
+        self.pool = pool
+        self.snapshot = snapshot
+
+    @property
+    def legacy(self) -> bool:
+        """Whether this is the one-part ``rbd://<image>`` form."""
+        return self.fsid is None
+
+    @classmethod
+    def from_uri(cls, uri: str) -> RbdLocation:
+        prefix = "rbd://"
+        if not uri[: len(prefix)].lower() == prefix:
+            raise BadLocation(f"not an rbd location: {uri[:200]!r}")
+        pieces = uri[len(prefix) :].split("/")
+        if any(p == "" for p in pieces):
+            raise BadLocation(f"rbd location with an empty part: {uri[:200]!r}")
+        if len(pieces) == 1:
+            return cls(pieces[0])  # glance_store writes and reads this form unquoted
+        if len(pieces) == 4:
+            fsid, pool, image, snap = (urllib.parse.unquote(p, errors="strict") for p in pieces)
+            return cls(image, fsid, pool, snap)
+        raise BadLocation(
+            f"an rbd location has 1 or 4 parts (rbd://fsid/pool/image/snapshot): {uri[:200]!r}"
+        )
+
+    def to_uri(self) -> str:
+        if self.fsid is None:
+            return "rbd://" + self.image
+        parts = (self.fsid, self.pool or "", self.image, self.snapshot or "")
+        return "rbd://" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
+
+
+class RbdDriver(Driver):
+    """Stores images as RBD images (with a protected snapshot) in one Ceph pool."""
+
+    name = "rbd"
+    location_class = RbdLocation
+    capabilities = Capability.RW | Capability.READ_RANDOM
+
+    @classmethod
+    def options(cls) -> list[cfg.Opt]:
+        return [
+            cfg.StrOpt(
+                "rbd_store_pool", default=DEFAULT_POOL, help="Ceph pool where images are stored."
+            ),
+            cfg.StrOpt(
+                "rbd_store_user",
+                help="Ceph user (without 'client.') to connect as; unset: librados' default.",
+            ),
+            cfg.StrOpt(
+                "rbd_store_ceph_conf",
+                default=DEFAULT_CONF,
+                help="Path of the ceph.conf to read (monitors, keyring).",
+            ),
+            cfg.IntOpt(
+                "rbd_store_chunk_size",
+                default=DEFAULT_CHUNK_MIB,
+                min=1,
+                help="Size in MiB of the RADOS objects an image is striped into, and of "
+                "each write; a power of two.",
+            ),
+            cfg.IntOpt(
+                "rados_connect_timeout",
+                default=30,
+                help="Seconds to wait for the cluster when connecting; <= 0 leaves "
+                "librados' client_mount_timeout (300 s unless ceph.conf says otherwise).",
+            ),
+            cfg.IntOpt(
+                "rados_op_timeout",
+                default=0,
+                min=0,
+                help="Seconds after which a single monitor or OSD request fails instead "
+                "of waiting; 0 keeps ceph.conf's rados_mon/osd_op_timeout (default: wait).",
+            ),
+            cfg.BoolOpt(
+                "rbd_thin_provisioning",
+                default=False,
+                help="Do not write all-zero chunks: they stay unallocated in the image.",
+            ),
+            cfg.ListOpt(
+                "rbd_store_image_features",
+                default=[],
+                help="Features of new images, e.g. 'layering, exclusive-lock, object-map, "
+                "fast-diff, deep-flatten'; empty: ceph.conf's rbd_default_features. "
+                "'layering' is always added (snapshots are cloned).",
+            ),
+            cfg.IntOpt(
+                "rbd_store_write_window",
+                default=8,
+                min=1,
+                max=256,
+                help="Chunks in flight while writing (asynchronous writes) and read ahead "
+                "while reading; memory use is about this many chunks per transfer.",
+            ),
+        ]
+
+    def configure(self) -> None:
+        if rados is None or rbd is None:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: the rbd driver needs Ceph's Python bindings: "
+                "apt-get install python3-rados python3-rbd, then scripts/setup to link them "
+                "into the venv (CPython 3.11)"
+            )
+        self.pool = str(self.conf.rbd_store_pool)
+        self.user = self.conf.rbd_store_user or None
+        self.conf_file = str(self.conf.rbd_store_ceph_conf)
+        mib = int(self.conf.rbd_store_chunk_size)
+        self.chunk_size = mib * MiB
+        self.order = int(math.log2(self.chunk_size))
+        if 1 << self.order != self.chunk_size:
+            LOG.warning(
+                "backend %r: rbd_store_chunk_size %d MiB is not a power of two; RBD objects "
+                "will be %d MiB",
+                self.backend,
+                mib,
+                (1 << self.order) // MiB,
+            )
+        self.connect_timeout = int(self.conf.rados_connect_timeout)
+        self.op_timeout = int(self.conf.rados_op_timeout)
+        self.thin = bool(self.conf.rbd_thin_provisioning)
+        if self.thin:
+            self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
+        self.window = int(self.conf.rbd_store_write_window)
+        self._feature_names = [f.strip().lower() for f in self.conf.rbd_store_image_features]
+        self._features: int | None = None
+        if self._feature_names:
+            self._features = _parse_features(self._feature_names, self.backend)
+        self._lock = threading.Lock()
+        self._cluster: Any = None
+        self._fsid: str | None = None
+        self._ioctxs: dict[str, Any] = {}
+
+    # -- connection ------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """The backend's cluster connection, opened on first use."""
+        with self._lock:
+            if self._cluster is not None:
+                return self._cluster
+            if not os.path.isfile(self.conf_file):
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: rbd_store_ceph_conf {self.conf_file} does not exist"
+                )
+            try:
+                cluster = rados.Rados(conffile=self.conf_file, rados_id=self.user)
+            except rados.Error as exc:
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: cannot read {self.conf_file}: {exc}"
+                ) from None
+            try:
+                # Rados.connect(timeout) ignores its argument: set librados' own knobs
+                if self.connect_timeout > 0:
+                    cluster.conf_set("client_mount_timeout", str(self.connect_timeout))
+                if self.op_timeout > 0:
+                    cluster.conf_set("rados_mon_op_timeout", str(self.op_timeout))
+                    cluster.conf_set("rados_osd_op_timeout", str(self.op_timeout))
+                cluster.connect()
+                fsid = cluster.get_fsid()
+            except rados.PermissionDeniedError:
+                cluster.shutdown()
+                raise AuthenticationFailed(
+                    f"backend {self.backend!r}: the Ceph cluster refused user "
+                    f"{self.user or '(default)'}; check the keyring named in {self.conf_file}"
+                ) from None
+            except rados.Error as exc:
+                cluster.shutdown()
+                raise BackendUnavailable(
+                    f"backend {self.backend!r}: cannot connect to the Ceph cluster of "
+                    f"{self.conf_file}: {exc}"
+                ) from None
+            self._cluster, self._fsid = cluster, fsid
+            LOG.debug("backend %r: connected to Ceph cluster %s", self.backend, fsid)
+            return cluster
+
+    def fsid(self) -> str:
+        """The cluster's fsid (connects if needed)."""
+        self._connect()
+        assert self._fsid is not None
+        return self._fsid
+
+    def _ioctx(self, pool: str, *, for_write: bool = False) -> Any:
+        """An I/O context on ``pool``, opened once and shared."""
+        cluster = self._connect()
+        with self._lock:
+            ioctx = self._ioctxs.get(pool)
+            if ioctx is not None:
+                return ioctx
+            try:
+                ioctx = cluster.open_ioctx(pool)
+            except rados.ObjectNotFound:
+                if for_write:
+                    raise BadConfiguration(
+                        f"backend {self.backend!r}: Ceph pool {pool!r} does not exist; create "
+                        f"it: ceph osd pool create {pool} && rbd pool init {pool}"
+                    ) from None
+                raise NotFound(f"Ceph pool {pool!r} does not exist") from None
+            except rados.Error as exc:
+                raise self._error(exc, f"opening pool {pool!r}") from None
+            self._ioctxs[pool] = ioctx
+            return ioctx
+
+    def _error(self, exc: BaseException, doing: str, what: str = "") -> ImgstoreError:
+        """Map a rados/rbd exception to imgstore's hierarchy."""
+        where = f"backend {self.backend!r}: {doing}" + (f" {what}" if what else "")
+        if isinstance(exc, ImgstoreError):
+            return exc
+        if isinstance(exc, rbd.ImageNotFound | rados.ObjectNotFound):
+            return NotFound(f"{where}: not found")
+        if isinstance(exc, rbd.ImageExists | rados.ObjectExists):
+            return Duplicate(f"{where}: it already exists")
+        if isinstance(exc, rbd.NoSpace | rbd.DiskQuotaExceeded | rados.NoSpace):
+            return StorageFull(f"{where}: the pool is full or over its quota")
+        if isinstance(exc, rbd.PermissionError | rados.PermissionError):
+            return AuthenticationFailed(f"{where}: permission denied for the Ceph user")
+        if isinstance(exc, rbd.Timeout | rados.TimedOut | rbd.ConnectionShutdown):
+            return BackendUnavailable(f"{where}: the cluster did not answer in time")
+        if isinstance(exc, rbd.ImageBusy | rbd.ImageHasSnapshots):
+            return InUse(f"{where}: the image is in use: {exc}")
+        return BackendError(f"{where}: {type(exc).__name__}: {exc}")
+
+    def _features_for_new(self) -> int:
+        if self._features is None:
+            value = 0
+            with contextlib.suppress(rados.Error, ValueError, TypeError):
+                value = int(self._connect().conf_get("rbd_default_features") or 0)
+            self._features = value or rbd.RBD_FEATURE_LAYERING
+        return int(self._features | rbd.RBD_FEATURE_LAYERING)
+
+    def owns(self, location: Location) -> bool:
+        if not isinstance(location, RbdLocation):
+            return False
+        if location.legacy:
+            return True
+        return location.pool == self.pool and location.fsid == self.fsid()
+
+    def _location(self, image_id: str) -> RbdLocation:
+        return RbdLocation(image_id, self.fsid(), self.pool, SNAPSHOT)
+
+    # -- operations ------------------------------------------------------
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        ioctx = self._ioctx(self.pool, for_write=True)
+        initial = size if size is not None else 0
+        try:
+            rbd.RBD().create(
+                ioctx,
+                image_id,
+                initial,
+                order=self.order,
+                old_format=False,
+                features=self._features_for_new(),
+            )
+        except rbd.ImageExists:
+            raise Duplicate(
+                f"image {image_id} already exists in backend {self.backend!r}"
+            ) from None
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "creating image", image_id) from None
+        try:
+            image = rbd.Image(ioctx, image_id)
+        except (rbd.Error, rados.Error) as exc:
+            _remove_quietly(ioctx, image_id)
+            raise self._error(exc, "opening new image", image_id) from None
+        return RbdWriter(self, ioctx, image, image_id, initial, known_size=size is not None)
+
+    def _open_image(self, location: Location, snapshot: str | None, read_only: bool) -> Any:
+        assert isinstance(location, RbdLocation)
+        if not self.owns(location):
+            raise BadLocation(f"{location.redacted()} is not in backend {self.backend!r}")
+        ioctx = self._ioctx(location.pool or self.pool)
+        try:
+            return rbd.Image(ioctx, location.image, snapshot=snapshot, read_only=read_only)
+        except rbd.ImageNotFound:
+            raise NotFound(f"no image at {location.redacted()}") from None
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "opening", location.redacted()) from None
+
+    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+        assert isinstance(location, RbdLocation)
+        image = self._open_image(location, location.snapshot, read_only=True)
+        try:
+            start, count = clamp_range(image.size(), offset, length)
+        except BaseException:
+            image.close()
+            raise
+        return RbdStream(image, start, count, self.chunk_size, self.window)
+
+    def size(self, location: Location) -> int:
+        assert isinstance(location, RbdLocation)
+        image = self._open_image(location, location.snapshot, read_only=True)
+        try:
+            return int(image.size())
+        finally:
+            image.close()
+
+    def delete(self, location: Location) -> None:
+        assert isinstance(location, RbdLocation)
+        ioctx = self._ioctx(location.pool or self.pool)
+        name, snap = location.image, location.snapshot
+        shown = location.redacted()
+        if snap is not None:
+            # the committed image is its snapshot: without it, there is nothing here
+            reader = self._open_image(location, snap, read_only=True)
+            try:
+                children = [f"{c['pool']}/{c['image']}" for c in reader.list_children2() if c]
+                others = [s["name"] for s in reader.list_snaps() if s["name"] != snap]
+            except (rbd.Error, rados.Error) as exc:
+                raise self._error(exc, "inspecting", shown) from None
+            finally:
+                reader.close()
+            if children:
+                raise InUse(
+                    f"{shown} has {len(children)} clone(s) ({', '.join(sorted(children)[:5])}); "
+                    "delete or flatten them first. The image was left intact"
+                )
+            if others:
+                raise InUse(
+                    f"{shown} has other snapshots ({', '.join(sorted(others)[:5])}); "
+                    "remove them first. The image was left intact"
+                )
+            image = self._open_image(location, None, read_only=False)
+            try:
+                if image.is_protected_snap(snap):
+                    image.unprotect_snap(snap)
+                image.remove_snap(snap)
+            except rbd.ImageBusy:
+                raise InUse(f"{shown} is in use (clones appeared meanwhile)") from None
+            except (rbd.Error, rados.Error) as exc:
+                raise self._error(exc, "removing the snapshot of", shown) from None
+            finally:
+                image.close()
+        try:
+            rbd.RBD().remove(ioctx, name)
+        except rbd.ImageNotFound:
+            raise NotFound(f"no image at {shown}") from None
+        except rbd.ImageHasSnapshots:
+            raise InUse(f"{shown} has snapshots; remove them first") from None
+        except rbd.ImageBusy:
+            raise InUse(f"{shown} is open elsewhere (it has watchers); retry later") from None
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "deleting", shown) from None
+
+    def copy_from(
+        self, source_driver: Driver, source_location: Location, image_id: str
+    ) -> Written | None:
+        """Clone the source's snapshot and flatten it, inside the cluster.
+
+        Returns None (the core streams the bytes instead) when the source is
+        not an rbd image of this same cluster with a snapshot to clone from,
+        or when this backend's user may not read the source pool.
+        """
+        if not isinstance(source_driver, RbdDriver) or not isinstance(source_location, RbdLocation):
+            return None
+        if source_location.legacy or source_location.snapshot is None:
+            return None
+        if source_driver.fsid() != self.fsid():
+            return None
+        try:
+            src_ioctx = self._ioctx(source_location.pool or self.pool)
+        except (NotFound, AuthenticationFailed):
+            return None
+        dst_ioctx = self._ioctx(self.pool, for_write=True)
+        try:
+            rbd.RBD().clone(
+                src_ioctx,
+                source_location.image,
+                source_location.snapshot,
+                dst_ioctx,
+                image_id,
+                features=self._features_for_new(),
+                order=self.order,
+            )
+        except rbd.ImageExists:
+            raise Duplicate(
+                f"image {image_id} already exists in backend {self.backend!r}"
+            ) from None
+        except rbd.ImageNotFound:
+            raise NotFound(f"no image at {source_location.redacted()}") from None
+        except (rbd.PermissionError, rbd.InvalidArgument, rbd.FunctionNotSupported) as exc:
+            LOG.info("backend %r: cannot clone (%s); copying through the client", self.backend, exc)
+            return None
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "cloning into", image_id) from None
+        try:
+            with rbd.Image(dst_ioctx, image_id) as image:
+                image.flatten()
+                image.create_snap(SNAPSHOT)
+                image.protect_snap(SNAPSHOT)
+        except BaseException as exc:
+            _remove_quietly(dst_ioctx, image_id)
+            if isinstance(exc, rbd.Error | rados.Error):
+                raise self._error(exc, "flattening the copy", image_id) from None
+            raise
+        LOG.info(
+            "backend %r: copied %s inside the cluster (clone + flatten)",
+            self.backend,
+            source_location.redacted(),
+        )
+        return Written(self._location(image_id))
+
+    def close(self) -> None:
+        with self._lock:
+            ioctxs, self._ioctxs = list(self._ioctxs.values()), {}
+            cluster, self._cluster = self._cluster, None
+        for ioctx in ioctxs:
+            with contextlib.suppress(Exception):
+                ioctx.close()
+        if cluster is not None:
+            cluster.shutdown()
+
+
+def _parse_features(names: list[str], backend: str) -> int:
+    value = 0
+    for name in names:
+        if not name:
+            continue
+        if name.isdigit():
+            value |= int(name)
+            continue
+        attr = FEATURE_NAMES.get(name)
+        if attr is None:
+            raise BadConfiguration(
+                f"backend {backend!r}: unknown RBD image feature {name!r}; "
+                f"known: {', '.join(FEATURE_NAMES)}"
+            )
+        value |= int(getattr(rbd, attr))
+    return value
+
+
+def _remove_quietly(ioctx: Any, name: str) -> None:
+    """Remove image ``name`` and its snapshot (cleanup after a failure); log, never raise."""
+    try:
+        with rbd.Image(ioctx, name) as image:
+            for snap in list(image.list_snaps()):
+                if image.is_protected_snap(snap["name"]):
+                    image.unprotect_snap(snap["name"])
+                image.remove_snap(snap["name"])
+    except rbd.ImageNotFound:
+        return
+    except Exception:
+        LOG.warning("cleanup: cannot remove the snapshots of rbd image %s", name, exc_info=True)
+    try:
+        rbd.RBD().remove(ioctx, name)
+    except rbd.ImageNotFound:
+        pass
+    except Exception:
+        LOG.warning("cleanup: cannot remove rbd image %s; remove it by hand", name, exc_info=True)
+
+
+class RbdWriter(Writer):
+    """Writes one image with asynchronous writes, at most ``window`` chunks in flight."""
+
+    def __init__(
+        self,
+        driver: RbdDriver,
+        ioctx: Any,
+        image: Any,
+        image_id: str,
+        size: int,
+        *,
+        known_size: bool,
+    ) -> None:
+        self._driver = driver
+        self._ioctx = ioctx
+        self._image: Any = image
+        self._image_id = image_id
+        self._image_size = size
+        self._known_size = known_size
+        self._grow_step = driver.chunk_size * driver.window
+        self._offset = 0
+        self._window = driver.window
+        self._chunk = driver.chunk_size
+        self._zero = bytes(driver.chunk_size) if driver.thin else b""
+        self._cond = threading.Condition()
+        self._inflight: dict[int, list[Any]] = {}
+        self._free: list[bytearray] = []
+        self._failure: int | None = None
+        self._seq = 0
+        self._done = False
+
+    # completions run on a librbd thread: record, hand the buffer back, never raise
+    def _complete(self, seq: int, completion: Any) -> None:
+        try:
+            ret = int(completion.get_return_value())
+        except Exception:
+            ret = -5  # EIO
+        with self._cond:
+            entry = self._inflight.pop(seq, None)
+            if entry is not None and isinstance(entry[1], bytearray):
+                self._free.append(entry[1])
+            if ret < 0 and self._failure is None:
+                self._failure = ret
+            self._cond.notify_all()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            err = -self._failure
+            cls: type[ImgstoreError] = BackendError
+            if err in (28, 122):  # ENOSPC, EDQUOT
+                cls = StorageFull
+            elif err == 110:  # ETIMEDOUT
+                cls = BackendUnavailable
+            raise cls(
+                f"backend {self._driver.backend!r}: writing image {self._image_id} failed: "
+                f"{os.strerror(err)}"
+            )
+
+    def _drain(self) -> None:
+        with self._cond:
+            while self._inflight:
+                self._cond.wait()
+
+    def _grow(self, needed: int) -> None:
+        self._drain()
+        self._raise_failure()
+        new = max(needed, self._image_size + self._grow_step)
+        self._grow_step = min(self._grow_step * 2, MAX_GROW_STEP)
+        try:
+            self._image.resize(new)
+        except (rbd.Error, rados.Error) as exc:
+            raise self._driver._error(exc, "growing image", self._image_id) from None
+        self._image_size = new
+
+    def write(self, chunk: memoryview) -> None:
+        assert self._image is not None and not self._done, "write after commit or abort"
+        self._raise_failure()
+        n = len(chunk)
+        offset = self._offset
+        if offset + n > self._image_size:
+            self._grow(offset + n)
+        data: bytes | bytearray
+        if n == self._chunk:
+            with self._cond:  # wait for a free slot in the window
+                while len(self._inflight) >= self._window:
+                    self._cond.wait()
+                self._raise_failure()
+                data = self._free.pop() if self._free else bytearray(self._chunk)
+            data[:] = chunk  # our own copy: the core reuses its buffer
+            zero = self._zero
+        else:  # the last, short chunk
+            with self._cond:
+                while len(self._inflight) >= self._window:
+                    self._cond.wait()
+            data = chunk.tobytes()
+            zero = self._zero[:n]
+        self._offset = offset + n
+        if zero and data == zero:  # thin provisioning: leave the range unallocated
+            if isinstance(data, bytearray):
+                with self._cond:
+                    self._free.append(data)
+            return
+        with self._cond:
+            self._seq += 1
+            seq = self._seq
+            entry: list[Any] = [None, data]
+            self._inflight[seq] = entry
+        try:
+            # the completion is kept in ``entry`` until it has fired
+            entry[0] = self._image.aio_write(
+                data, offset, lambda comp, seq=seq: self._complete(seq, comp)
+            )
+        except (rbd.Error, rados.Error) as exc:
+            self._complete_failed(seq)
+            raise self._driver._error(exc, "writing image", self._image_id) from None
+
+    def _complete_failed(self, seq: int) -> None:
+        with self._cond:
+            self._inflight.pop(seq, None)
+            self._cond.notify_all()
+
+    def commit(self) -> Written:
+        assert self._image is not None and not self._done, "commit after commit or abort"
+        self._drain()
+        self._raise_failure()
+        image = self._image
+        try:
+            image.flush()
+            if image.size() != self._offset:
+                image.resize(self._offset)  # unknown size: trim to what was written
+            image.create_snap(SNAPSHOT)
+            image.protect_snap(SNAPSHOT)
+        except (rbd.Error, rados.Error) as exc:
+            raise self._driver._error(exc, "finishing image", self._image_id) from None
+        self._done = True
+        self._image = None
+        image.close()
+        return Written(self._driver._location(self._image_id))
+
+    def abort(self) -> None:
+        image, self._image = self._image, None
+        if image is not None:
+            try:
+                self._drain()
+            finally:
+                with contextlib.suppress(Exception):
+                    image.close()
+        if not self._done:
+            self._done = True
+            _remove_quietly(self._ioctx, self._image_id)
+
+
+class RbdStream(ReadStream):
+    """Reads ``count`` bytes from ``offset`` of an open image, ``window`` chunks ahead."""
+
+    def __init__(self, image: Any, offset: int, count: int, chunk: int, window: int) -> None:
+        self._image: Any = image
+        self._offset = offset
+        self.size = count
+        self._chunk = chunk
+        self._window = max(1, min(window, 4))
+        self._pending: deque[tuple[Any, list[Any]]] = deque()
+
+    def _submit(self, offset: int, length: int) -> None:
+        slot: list[Any] = [None, 0]
+
+        def done(completion: Any, data: Any) -> None:
+            slot[0] = data
+            slot[1] = completion.get_return_value()
+
+        completion = self._image.aio_read(offset, length, done)
+        self._pending.append((completion, slot))
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._image is None:
+            return
+        next_offset, end = self._offset, self._offset + self.size
+        while next_offset < end or self._pending:
+            while next_offset < end and len(self._pending) < self._window:
+                length = min(self._chunk, end - next_offset)
+                self._submit(next_offset, length)
+                next_offset += length
+            completion, slot = self._pending.popleft()
+            completion.wait_for_complete_and_cb()
+            if slot[1] < 0 or slot[0] is None:
+                raise BackendError(f"reading from rbd failed: {os.strerror(-int(slot[1] or 5))}")
+            yield slot[0]
+
+    def close(self) -> None:
+        image, self._image = self._image, None
+        if image is None:
+            return
+        while self._pending:  # let reads in flight finish before the image goes
+            completion, _slot = self._pending.popleft()
+            with contextlib.suppress(Exception):
+                completion.wait_for_complete_and_cb()
+        image.close()
