@@ -358,7 +358,7 @@ def test_write_error_leaves_nothing(
             raise OSError(err, os.strerror(err))
         return real_write(fd, buf)
 
-    monkeypatch.setattr(fs.os, "write", failing_write)
+    monkeypatch.setattr(os, "write", failing_write)  # the driver calls os.write
     with pytest.raises(expected):
         stores.add("img1", b"q" * 20_000, size=20_000)
     monkeypatch.undo()

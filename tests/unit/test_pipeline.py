@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ DATA = bytes(range(256)) * 41 + b"tail"  # 10500 bytes, no repeating chunk align
 
 def drain_source(source: ChunkSource, bufsize: int) -> list[bytes]:
     """Fill buffers of ``bufsize`` until the source ends; return what each fill gave."""
-    out = []
+    out: list[bytes] = []
     buf = bytearray(bufsize)
     while True:
         n = source.fill(buf)
@@ -81,7 +81,7 @@ def odd_pieces(data: bytes) -> Iterator[bytes]:
         i += 1
 
 
-SOURCES = {
+SOURCES: dict[str, Callable[[], Any]] = {
     "bytesio": lambda: io.BytesIO(DATA),
     "short-readinto": lambda: ShortReads(DATA),
     "read-only": lambda: ReadOnly(DATA),
