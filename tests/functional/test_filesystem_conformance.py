@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from imgstore import Stores
-from imgstore.testing import ConformanceTests, StoreUnderTest
+from imgstore import Capability, Stores
+from imgstore.testing import ConformanceTests, ReadConformanceTests, StoreUnderTest
 
 
 def _listing(root: Path) -> set[str]:
@@ -66,3 +66,27 @@ class TestFilesystemConformanceSmallChunksThin(TestFilesystemConformance):
         "filesystem_store_chunk_size": 4096,
         "filesystem_thin_provisioning": True,
     }
+
+
+class TestFilesystemReadConformanceEmulatedRanges(ReadConformanceTests):
+    """The read suite with images placed out of band (``seed``, as a read-only backend
+    would), and the driver told not to claim READ_RANDOM, so that ranged reads go
+    through the core's emulation instead of the driver's native seek."""
+
+    @pytest.fixture
+    def store_under_test(self, tmp_path: Path) -> Iterator[StoreUnderTest]:
+        datadir = tmp_path / "images"
+        conf = _write_config(tmp_path / "imgstore.conf", datadir, {})
+
+        def seed(image_id: str, data: bytes) -> str:
+            path = datadir / image_id
+            path.write_bytes(data)
+            return path.as_uri()
+
+        with Stores.from_config_files(conf) as stores:
+            driver = stores.driver("file")
+            driver.capabilities = driver.capabilities & ~Capability.READ_RANDOM
+            assert Capability.READ_RANDOM not in stores.capabilities("file")
+            yield StoreUnderTest(
+                stores=stores, backend="file", seed=seed, listing=lambda: _listing(datadir)
+            )

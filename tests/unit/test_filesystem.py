@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -393,3 +395,25 @@ def test_glance_store_location_round_trip(
     assert parse(str(parse(result.location))) == parse(result.location)
     assert "%20" in result.location
     assert read(stores, result.location) == b"ours"
+
+
+def test_concurrent_adds_of_one_id(make_stores: Callable[..., Stores], tmp_path: Path) -> None:
+    """Eight writers race for one id: exactly one wins, the rest get Duplicate, no leftovers."""
+    data = tmp_path / "data"
+    stores = make_stores(f"filesystem_store_datadir = {data}", "filesystem_store_chunk_size = 4096")
+    barrier = threading.Barrier(8)
+    payloads = [bytes([i]) * (50_000 + i) for i in range(8)]
+
+    def add(payload: bytes) -> str:
+        barrier.wait(timeout=60)
+        try:
+            return stores.add("same-id", iter([payload[:7], payload[7:]])).location
+        except Duplicate:
+            return "duplicate"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(add, payloads))
+    winners = [o for o in outcomes if o != "duplicate"]
+    assert len(winners) == 1, outcomes
+    assert os.listdir(data) == ["same-id"]
+    assert read(stores, winners[0]) == payloads[outcomes.index(winners[0])]
