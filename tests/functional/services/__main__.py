@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name in names:
             up, reason, details = service_status(name)
-            shown = {k: v for k, v in (details or {}).items() if k != "secrets"}
+            shown = {
+                k: "***" if any(w in k.lower() for w in ("password", "secret", "key")) else v
+                for k, v in (details or {}).items()
+            }
             print(f"{name}: {'up' if up else 'down'} ({reason})")
             if up and not args.quiet:
                 print(json.dumps(shown, indent=2, sort_keys=True))
