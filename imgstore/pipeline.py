@@ -1,11 +1,12 @@
 """The byte pipeline every backend shares.
 
-``add``: the source is read in fixed-size chunks into two reused buffers;
-md5 and the multihash of each chunk run on two worker threads (hashlib
-releases the GIL on large buffers) while the driver writes the same chunk and
-the next chunk is read; bytes are counted against the declared size and the
-size cap before they reach the driver; on any failure the driver's writer is
-aborted so nothing is left behind.
+``add``: the source is read in fixed-size chunks into a small ring of reused
+buffers (about 32 MiB in all); md5 and the multihash run on one worker thread
+each (hashlib releases the GIL on large buffers), fed through queues so that
+they may trail the driver, which writes the same chunks, by a few chunks;
+bytes are counted against the declared size and the size cap before they reach
+the driver; on any failure the driver's writer is aborted so nothing is left
+behind.
 
 ``get``: :class:`ImageReader` wraps a driver's stream, checks that it yields
 exactly the promised number of bytes, and can verify a hash at the end.
@@ -13,11 +14,12 @@ exactly the promised number of bytes, and can verify a hash at the end.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import io
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -39,6 +41,9 @@ Progress = Callable[[int, "int | None"], None]
 """``progress(bytes_done, total_or_None)``, called after every chunk."""
 
 _MIN_THREADED_CHUNK = 64 * 1024
+_QUEUE_BYTES = 32 * 1024 * 1024
+"""How far (in bytes) hashing may trail the writer; bounds the buffers of one add."""
+_MAX_BUFFERS = 16
 
 
 class _Hash(Protocol):
@@ -132,36 +137,63 @@ class PipelineResult:
 
 
 class _Hashers:
-    """md5 and the multihash, fed chunk by chunk on worker threads."""
+    """md5 and the multihash, each fed chunk by chunk on its own worker thread.
+
+    Chunks are queued, so hashing may trail the writer by several chunks
+    instead of meeting it after every chunk: with as many cores as hashes plus
+    one, nothing waits, and with fewer the scheduler can still keep every core
+    busy. The caller must not refill a buffer handed to :meth:`start` until
+    :meth:`release_oldest` (or :meth:`wait`) says every hasher is done with it.
+    Small chunks are hashed inline while no thread has been started.
+    """
 
     def __init__(self, hash_algo: str, md5: bool) -> None:
         self.hashes: list[_Hash] = [new_hash(hash_algo)]
         if md5:
             self.hashes.append(new_md5())
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self.hashes), thread_name_prefix="imgstore-hash"
-        )
-        self._pending: list[concurrent.futures.Future[None]] = []
+        self._workers: list[_HashWorker] = []
+        self.in_flight = 0
+        """Chunks handed to the workers and not yet released, oldest first."""
 
     def start(self, chunk: memoryview) -> None:
-        if len(chunk) < _MIN_THREADED_CHUNK:
-            for h in self.hashes:
-                h.update(chunk)
-            return
-        self._pending = [self._pool.submit(h.update, chunk) for h in self.hashes]
+        if not self._workers:
+            if len(chunk) < _MIN_THREADED_CHUNK:
+                for h in self.hashes:
+                    h.update(chunk)
+                return
+            self._workers = [_HashWorker(h) for h in self.hashes]
+        for worker in self._workers:
+            worker.todo.put(chunk)
+        self.in_flight += 1
+
+    def release_oldest(self) -> None:
+        """Wait until every hasher is done with the oldest chunk in flight."""
+        self.in_flight -= 1
+        failure: BaseException | None = None
+        for worker in self._workers:
+            error = worker.done.get()
+            if error is not None and failure is None:
+                failure = error
+        if failure is not None:
+            raise failure
 
     def wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        """Wait until every chunk handed over so far is hashed."""
+        while self.in_flight:
+            self.release_oldest()
 
     def close(self) -> None:
         self.wait_quietly()
-        self._pool.shutdown(wait=True)
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []
 
     def wait_quietly(self) -> None:
-        concurrent.futures.wait(self._pending)
-        self._pending = []
+        while self.in_flight:
+            try:
+                self.release_oldest()
+            except Exception:
+                LOG.debug("hashing failed while an add was being cleaned up", exc_info=True)
 
     @property
     def multihash(self) -> str:
@@ -170,6 +202,40 @@ class _Hashers:
     @property
     def md5(self) -> str | None:
         return self.hashes[1].hexdigest() if len(self.hashes) > 1 else None
+
+
+class _HashWorker:
+    """One thread feeding one hash from a queue; acknowledges every chunk on ``done``."""
+
+    def __init__(self, h: _Hash) -> None:
+        self._hash = h
+        self.todo: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="imgstore-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        failed = False
+        while (chunk := self.todo.get()) is not None:
+            if failed:
+                self.done.put(None)  # the error was reported already; just keep pace
+                continue
+            try:
+                self._hash.update(chunk)
+            except BaseException as exc:  # reported to the pipeline thread
+                failed = True
+                self.done.put(exc)
+            else:
+                self.done.put(None)
+
+    def stop(self) -> None:
+        self.todo.put(None)
+        self._thread.join()
+
+
+def _buffer_count(chunk_size: int) -> int:
+    """How many chunk buffers the pipeline cycles through (hashing may trail by that many)."""
+    return max(2, min(_MAX_BUFFERS, _QUEUE_BYTES // max(chunk_size, 1)))
 
 
 def write_image(
@@ -204,7 +270,8 @@ def write_image(
                 f"{describe} is declared as {size} bytes, more than image_size_cap ({size_cap})"
             )
         chunks = ChunkSource(source)
-        buffers = (bytearray(chunk_size), bytearray(chunk_size))
+        depth = _buffer_count(chunk_size)
+        buffers = [bytearray(chunk_size)]
         current = 0
         total = 0
         count = chunks.fill(buffers[current])
@@ -219,11 +286,17 @@ def write_image(
             chunk = memoryview(buffers[current])[:count]
             hashers.start(chunk)
             _backend_call(writer.write, on_backend_error, chunk)
-            current ^= 1
-            count = chunks.fill(buffers[current]) if count == chunk_size else 0
-            hashers.wait()
             if progress is not None:
                 progress(total, size)
+            if count < chunk_size:
+                break
+            current = (current + 1) % depth
+            if current == len(buffers):
+                buffers.append(bytearray(chunk_size))
+            while hashers.in_flight >= depth:  # the next buffer may still be hashed
+                hashers.release_oldest()
+            count = chunks.fill(buffers[current])
+        hashers.wait()
         if size is not None and total != size:
             raise SizeMismatch(
                 f"{describe}: the data ended after {total} bytes, but {size} were declared"
