@@ -40,6 +40,7 @@ SERVICES: dict[str, str] = {
     "nginx": "tests.functional.services.nginx",
     "tinyproxy": "tests.functional.services.tinyproxy",
     "ceph": "tests.functional.services.ceph",
+    "mongo": "tests.functional.services.mongo",
 }
 
 
