@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from oslo_config import cfg
@@ -330,6 +332,38 @@ def _free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
+WRITEBACK_BYTES = 32 * 1024 * 1024
+"""A writer asks the kernel to start writing back every this many bytes."""
+
+
+@functools.cache
+def _writeback_starter() -> Callable[[int, int, int], None] | None:
+    """``start(fd, offset, nbytes)``: begin writeback of that range without waiting.
+
+    Linux's ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` through libc (Python's
+    ``os`` has no binding); None elsewhere. Starting writeback while the image
+    is still streaming in lets the disk work in parallel, so the fsync at
+    commit has only the tail left to wait for. It is only a hint: errors are
+    ignored, the fsync at commit still reports them.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    sync_file_range_write = 2
+
+    def start(fd: int, offset: int, nbytes: int) -> None:
+        fn(fd, offset, nbytes, sync_file_range_write)
+
+    return start
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -357,6 +391,8 @@ class FileWriter(Writer):
         except OSError as exc:
             raise self._os_error(exc, "create") from None
         self._size = 0
+        self._flushed = 0
+        self._writeback = _writeback_starter()
         self._zero = bytes(driver.chunk_size) if driver.thin else b""
 
     def _os_error(self, exc: OSError, doing: str) -> Exception:
@@ -381,6 +417,9 @@ class FileWriter(Writer):
         except OSError as exc:
             raise self._os_error(exc, "write") from None
         self._size += n
+        if self._writeback is not None and self._size - self._flushed >= WRITEBACK_BYTES:
+            self._writeback(self._fd, self._flushed, self._size - self._flushed)
+            self._flushed = self._size
 
     def commit(self) -> Written:
         fd = self._fd
