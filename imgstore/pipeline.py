@@ -68,6 +68,11 @@ def new_md5() -> _Hash:
     return hashlib.md5(usedforsecurity=False)
 
 
+_NON_BLOCKING = (
+    "the image source is non-blocking and had no data ready; pass a blocking file object"
+)
+
+
 class ChunkSource:
     """Fills caller-owned buffers from a file object, bytes, or an iterable of bytes."""
 
@@ -105,9 +110,13 @@ class ChunkSource:
     def _next_into(self, view: memoryview) -> int:
         if self._readinto is not None:
             got = self._readinto(view)
-            return got or 0
+            if got is None:  # a non-blocking source with nothing ready: not the end
+                raise InvalidArgument(_NON_BLOCKING)
+            return got
         if not self._pending:
             data = self._read(len(view)) if self._read is not None else self._next_item()
+            if data is None and self._read is not None:
+                raise InvalidArgument(_NON_BLOCKING)
             if not data:
                 return 0
             if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -356,7 +365,11 @@ class ImageReader:
         self._skip = skip
         available = stream.size - skip
         self.size: int = available if limit is None else min(limit, available)
-        self._hash = new_hash(hash_algo) if hash_algo else None
+        try:
+            self._hash = new_hash(hash_algo) if hash_algo else None
+        except BaseException:
+            stream.close()  # the reader owns the stream from here on
+            raise
         self._expected = expected_multihash
         self._md5 = new_md5() if expected_checksum else None
         self._expected_md5 = expected_checksum

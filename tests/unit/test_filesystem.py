@@ -17,6 +17,7 @@ from imgstore import (
     BackendError,
     BadLocation,
     Duplicate,
+    InvalidArgument,
     StorageFull,
     Stores,
 )
@@ -417,3 +418,15 @@ def test_concurrent_adds_of_one_id(make_stores: Callable[..., Stores], tmp_path:
     assert len(winners) == 1, outcomes
     assert os.listdir(data) == ["same-id"]
     assert read(stores, winners[0]) == payloads[outcomes.index(winners[0])]
+
+
+def test_get_with_a_bad_hash_algo_leaves_no_open_file(
+    make_stores: Callable[..., Stores], tmp_path: Path
+) -> None:
+    stores = make_stores(f"filesystem_store_datadir = {tmp_path / 'data'}")
+    location = stores.add("img1", b"abc", size=3).location
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(InvalidArgument):
+            stores.get(location, hash_algo="no-such-hash")
+    assert len(os.listdir("/proc/self/fd")) == before

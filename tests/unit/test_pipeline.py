@@ -385,3 +385,45 @@ def test_reader_closed_when_abandoned() -> None:
     with ImageReader(stream, describe="img") as reader:
         next(iter(reader))
     assert stream.closed == 1
+
+
+class NonBlocking(io.RawIOBase):
+    """A raw file in non-blocking mode: ``readinto``/``read`` give None when nothing is ready."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self.calls += 1
+        if self.calls == 1:
+            buffer[:3] = b"abc"
+            return 3
+        return None
+
+
+class NonBlockingReadOnly:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def read(self, n: int) -> bytes | None:
+        self.calls += 1
+        return b"abc" if self.calls == 1 else None
+
+
+@pytest.mark.parametrize("kind", [NonBlocking, NonBlockingReadOnly])
+def test_non_blocking_source_is_refused_not_truncated(kind: type) -> None:
+    """'No data ready' must not pass for the end of the image (it would store 3 bytes)."""
+    writer = MemoryWriter()
+    with pytest.raises(InvalidArgument, match="non-blocking"):
+        run(kind(), writer)
+    assert writer.aborted == 1 and not writer.committed
+
+
+def test_reader_closes_the_stream_when_construction_fails() -> None:
+    stream = ListStream([DATA])
+    with pytest.raises(InvalidArgument):
+        ImageReader(stream, describe="img", hash_algo="no-such-hash")
+    assert stream.closed == 1
