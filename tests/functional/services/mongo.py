@@ -188,4 +188,3 @@ def down(ctx: Context) -> None:
     """Stop the server we started and throw its storage away."""
     ctx.stop(KEY, timeout=30)
     shutil.rmtree(ctx.path("data"), ignore_errors=True)
-

@@ -1,0 +1,563 @@
+"""The GridFS driver (``gridfs://<image id>``): images in MongoDB's GridFS.
+
+An image is one GridFS file whose ``_id`` is the image id (the form Glance's
+GridFS store used), in the bucket ``mongodb_store_bucket`` (``fs``: the
+collections ``fs.files`` and ``fs.chunks``) of ``mongodb_store_db``.
+
+* ``add`` writes the chunks as they stream in (one ``insert_many`` per core
+  chunk, never holding the image) and the ``files`` document last, so a
+  reader never sees a half-written image. The unique ``(files_id, n)`` index
+  on the chunks and the ``_id`` of the files document make a second add of
+  the same id fail with :class:`Duplicate`, also when two adds race.
+* Any failure removes what this writer wrote. The driver writes the GridFS
+  documents itself (standard GridFS layout, read back with pymongo's
+  ``GridFSBucket``) rather than through ``GridIn``, because ``GridIn.abort``
+  deletes *every* chunk and the files document with that id: after losing a
+  race it would destroy the image of the writer that won. Here a writer
+  knows exactly which chunks it inserted, and it owns the id's chunks only
+  once its chunk 0 is in (the unique index lets only one writer have it).
+  Chunks are removed highest first and chunk 0 last, so no other writer can
+  start on the id before the last chunk of the old one is gone.
+* ``get`` opens a ``GridFSBucket`` download stream and seeks (READ_RANDOM);
+  ``size`` is the files document's ``length``; ``delete`` removes the files
+  document, then the chunks.
+* A server that cannot be reached raises :class:`BackendUnavailable` once
+  ``mongodb_store_server_selection_timeout`` has passed.
+
+``mongodb_store_uri`` may carry a password: it is never put in a location, a
+log line, an exception message or a repr (:meth:`GridFSDriver.secrets`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+from oslo_config import cfg
+
+from imgstore.capabilities import Capability
+from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    Duplicate,
+    ImgstoreError,
+    IntegrityError,
+    NotFound,
+    StorageFull,
+)
+from imgstore.location import Location, redact_uri, register
+from imgstore.pipeline import scrub
+
+LOG = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEME = "gridfs"
+DEFAULT_GRIDFS_CHUNK = 255 * 1024
+"""The GridFS default chunk size (pymongo's ``DEFAULT_CHUNK_SIZE``)."""
+MAX_GRIDFS_CHUNK = 15 * 1024 * 1024
+"""A chunk document must stay under MongoDB's 16 MiB BSON limit."""
+TARGET_CORE_CHUNK = 4 * 1024 * 1024
+MAX_CHUNKS_PER_CORE_CHUNK = 16
+INSERT_BATCH_BYTES = 16 * 1024 * 1024
+"""Chunk bytes per ``insert_many`` (MongoDB splits messages above 48 MB itself)."""
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_AUTH_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
+_DUPLICATE_CODES = frozenset({11000, 11001, 12582})
+_NO_SPACE_CODES = frozenset({14031})  # OutOfDiskSpace
+
+
+@register
+class GridFSLocation(Location):
+    """``gridfs://<image id>``: the GridFS file whose ``_id`` is the image id."""
+
+    schemes = (SCHEME,)
+
+    def __init__(self, file_id: str) -> None:
+        if not isinstance(file_id, str) or not _ID_RE.match(file_id):
+            raise BadLocation(
+                f"a gridfs location needs a file id of 1-255 letters, digits, '.', '_' or '-', "
+                f"not {redact_uri(str(file_id))[:80]!r}"
+            )
+        self.file_id = file_id
+
+    @classmethod
+    def from_uri(cls, uri: str) -> GridFSLocation:
+        prefix = SCHEME + "://"
+        if not isinstance(uri, str) or uri[: len(prefix)].lower() != prefix:
+            raise BadLocation(f"not a gridfs location: {redact_uri(str(uri))[:200]!r}")
+        rest = uri[len(prefix) :]
+        if not _ID_RE.match(rest):
+            raise BadLocation(
+                f"malformed gridfs location {redact_uri(uri)[:200]!r}: expected "
+                "gridfs://<file id> with no host, path, query or credentials"
+            )
+        return cls(rest)
+
+    def to_uri(self) -> str:
+        return f"{SCHEME}://{self.file_id}"
+
+
+def uri_secrets(uri: str | None) -> list[str]:
+    """The parts of a MongoDB URI that must never be shown: the URI and its password."""
+    if not uri:
+        return []
+    found = [uri]
+    try:
+        netloc = urllib.parse.urlsplit(uri).netloc
+    except ValueError:
+        netloc = uri.split("://", 1)[-1].split("/", 1)[0]
+    if "@" in netloc:
+        userinfo = netloc.rpartition("@")[0]
+        _user, sep, password = userinfo.partition(":")
+        if sep and password:
+            found += [password, urllib.parse.unquote(password), urllib.parse.unquote_plus(password)]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+class GridFSDriver(Driver):
+    """Stores images as GridFS files in a MongoDB (wire-protocol) database."""
+
+    name = SCHEME
+    location_class = GridFSLocation
+    capabilities = Capability.RW | Capability.READ_RANDOM
+
+    @classmethod
+    def options(cls) -> list[cfg.Opt]:
+        return [
+            cfg.StrOpt(
+                "mongodb_store_uri",
+                secret=True,
+                help="MongoDB connection URI, e.g. "
+                "'mongodb://user:password@db.example.com:27017/glance?authSource=admin'. "
+                "It may hold a password; it is never shown in locations, logs or errors.",
+            ),
+            cfg.StrOpt(
+                "mongodb_store_db",
+                help="Database holding the GridFS bucket; default: the URI's database.",
+            ),
+            cfg.StrOpt(
+                "mongodb_store_bucket",
+                default="fs",
+                help="GridFS bucket name: images go to <bucket>.files and <bucket>.chunks.",
+            ),
+            cfg.IntOpt(
+                "mongodb_store_chunk_size",
+                default=DEFAULT_GRIDFS_CHUNK,
+                min=1024,
+                max=MAX_GRIDFS_CHUNK,
+                help="Bytes per GridFS chunk document of new images (GridFS default 255 KiB). "
+                "The core streams a multiple of it (up to 16 chunks, about 4 MiB) at a time.",
+            ),
+            cfg.FloatOpt(
+                "mongodb_store_server_selection_timeout",
+                default=10.0,
+                min=0.1,
+                help="Seconds to wait for a usable server before an operation fails "
+                "with BackendUnavailable (pymongo's serverSelectionTimeoutMS).",
+            ),
+            cfg.FloatOpt(
+                "mongodb_store_connect_timeout",
+                default=10.0,
+                min=0.1,
+                help="Seconds to open a connection (pymongo's connectTimeoutMS).",
+            ),
+            cfg.FloatOpt(
+                "mongodb_store_socket_timeout",
+                default=120.0,
+                min=0,
+                help="Seconds to wait for a reply on an open connection; 0 waits for ever "
+                "(pymongo's socketTimeoutMS).",
+            ),
+        ]
+
+    def configure(self) -> None:
+        import pymongo
+        from pymongo.errors import ConfigurationError, InvalidURI
+
+        conf = self.conf
+        uri = conf.mongodb_store_uri
+        self._secrets = uri_secrets(uri)
+        if not uri:
+            raise BadConfiguration(f"backend {self.backend!r}: set mongodb_store_uri")
+        bucket = (conf.mongodb_store_bucket or "").strip()
+        if not bucket or "$" in bucket or "\x00" in bucket:
+            raise BadConfiguration(f"backend {self.backend!r}: bad mongodb_store_bucket {bucket!r}")
+        self.gridfs_chunk = int(conf.mongodb_store_chunk_size)
+        per_core = max(1, min(MAX_CHUNKS_PER_CORE_CHUNK, TARGET_CORE_CHUNK // self.gridfs_chunk))
+        self.chunk_size = self.gridfs_chunk * per_core
+        socket_timeout = float(conf.mongodb_store_socket_timeout)
+        try:
+            self.client: Any = pymongo.MongoClient(
+                uri,
+                serverSelectionTimeoutMS=int(conf.mongodb_store_server_selection_timeout * 1000),
+                connectTimeoutMS=int(conf.mongodb_store_connect_timeout * 1000),
+                socketTimeoutMS=int(socket_timeout * 1000) if socket_timeout else None,
+                appname="imgstore",
+                connect=False,
+            )
+        except (ConfigurationError, InvalidURI, ValueError, TypeError) as exc:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: bad mongodb_store_uri {redact_uri(uri)!r}: "
+                + scrub(str(exc), self._secrets)
+            ) from None
+        try:
+            db_name = conf.mongodb_store_db
+            if db_name:
+                self.db = self.client[db_name]
+            else:
+                try:
+                    self.db = self.client.get_default_database()
+                except ConfigurationError:
+                    raise BadConfiguration(
+                        f"backend {self.backend!r}: set mongodb_store_db or name a database "
+                        "in mongodb_store_uri"
+                    ) from None
+        except (pymongo.errors.InvalidName, ValueError, TypeError) as exc:
+            self.client.close()
+            raise BadConfiguration(
+                f"backend {self.backend!r}: bad database name: {scrub(str(exc), self._secrets)}"
+            ) from None
+        except BaseException:
+            self.client.close()
+            raise
+        self.bucket_name = bucket
+        self.files = self.db[f"{bucket}.files"]
+        self.chunks = self.db[f"{bucket}.chunks"]
+        self._indexes_ready = False
+        self._index_lock = threading.Lock()
+
+    def secrets(self) -> list[str]:
+        return list(self._secrets)
+
+    def __repr__(self) -> str:
+        return f"<GridFSDriver backend={self.backend!r} bucket={self.bucket_name!r}>"
+
+    # -- errors ------------------------------------------------------------
+
+    def _fail(self, exc: Exception, doing: str) -> NoReturn:
+        """Raise the imgstore exception for a pymongo error, secrets scrubbed."""
+        raise self.error(exc, doing) from None
+
+    def error(self, exc: Exception, doing: str) -> ImgstoreError:
+        """The imgstore exception for pymongo error ``exc`` while ``doing``."""
+        from pymongo import errors
+
+        if isinstance(exc, ImgstoreError):
+            return exc
+        what = f"backend {self.backend!r}: {doing}"
+        detail = scrub(f"{type(exc).__name__}: {exc}", self._secrets)[:500]
+        code = getattr(exc, "code", None)
+        if isinstance(exc, errors.ServerSelectionTimeoutError):
+            return BackendUnavailable(f"{what}: no MongoDB server answered ({detail})")
+        if isinstance(exc, (errors.ConnectionFailure, errors.NetworkTimeout)):
+            return BackendUnavailable(f"{what}: {detail}")
+        if isinstance(exc, errors.OperationFailure) and code in _AUTH_CODES:
+            return AuthenticationFailed(f"{what}: the server refused our credentials ({detail})")
+        if isinstance(exc, errors.OperationFailure) and code in _NO_SPACE_CODES:
+            return StorageFull(f"{what}: {detail}")
+        if isinstance(exc, errors.ConfigurationError):
+            return BadConfiguration(f"{what}: {detail}")
+        return BackendError(f"{what}: {detail}")
+
+    def _call(self, doing: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        from pymongo.errors import PyMongoError
+
+        try:
+            return fn(*args, **kwargs)
+        except PyMongoError as exc:
+            self._fail(exc, doing)
+
+    # -- helpers -----------------------------------------------------------
+
+    def _file_id(self, location: Location) -> str:
+        assert isinstance(location, GridFSLocation)
+        return location.file_id
+
+    def ensure_indexes(self) -> None:
+        """The GridFS indexes; the unique ``(files_id, n)`` one is what makes Duplicate safe."""
+        if self._indexes_ready:
+            return
+        with self._index_lock:
+            if self._indexes_ready:
+                return
+            for coll, keys, unique in (
+                (self.files, [("filename", 1), ("uploadDate", 1)], False),
+                (self.chunks, [("files_id", 1), ("n", 1)], True),
+            ):
+                existing = self._call(
+                    "listing the GridFS indexes",
+                    lambda c=coll: [dict(i) for i in c.list_indexes()],
+                )
+                match = [i for i in existing if list(i["key"].items()) == keys]
+                if unique and match and not match[0].get("unique"):
+                    raise BackendError(
+                        f"backend {self.backend!r}: the index {keys} on {coll.name} is not "
+                        "unique; duplicate adds could not be detected"
+                    )
+                if not match:
+                    self._call(
+                        "creating the GridFS indexes", coll.create_index, keys, unique=unique
+                    )
+            self._indexes_ready = True
+
+    def remove_chunks(self, file_id: str) -> None:
+        """Delete every chunk of ``file_id``, chunk 0 last.
+
+        Only called by the holder of chunk 0. While chunk 0 exists no other writer
+        can begin the id (its chunk 0 would collide), so removing it last means no
+        other writer's chunk is ever hit.
+        """
+        self.chunks.delete_many({"files_id": file_id, "n": {"$gt": 0}})
+        self.chunks.delete_one({"files_id": file_id, "n": 0})
+
+    # -- operations --------------------------------------------------------
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        self.ensure_indexes()
+        found = self._call(
+            f"looking up image {image_id}",
+            self.files.find_one,
+            {"_id": image_id},
+            projection={"_id": 1},
+        )
+        if found is not None:
+            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+        return GridFSWriter(self, image_id)
+
+    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+        from gridfs import GridFSBucket
+        from gridfs.errors import NoFile
+        from pymongo.errors import PyMongoError
+
+        file_id = self._file_id(location)
+        bucket = GridFSBucket(self.db, bucket_name=self.bucket_name)
+        try:
+            grid_out = bucket.open_download_stream(file_id)
+        except NoFile:
+            raise NotFound(f"no image at {location.redacted()}") from None
+        except PyMongoError as exc:
+            self._fail(exc, f"opening {location.redacted()}")
+        try:
+            start, count = clamp_range(int(grid_out.length), offset, length)
+            if start:
+                grid_out.seek(start)
+        except BaseException:
+            grid_out.close()
+            raise
+        return GridFSStream(self, grid_out, count, location.redacted())
+
+    def size(self, location: Location) -> int:
+        doc = self._call(
+            f"reading the size of {location.redacted()}",
+            self.files.find_one,
+            {"_id": self._file_id(location)},
+            projection={"length": 1},
+        )
+        if doc is None:
+            raise NotFound(f"no image at {location.redacted()}")
+        return int(doc["length"])
+
+    def delete(self, location: Location) -> None:
+        file_id = self._file_id(location)
+        doc = self._call(
+            f"deleting {location.redacted()}",
+            self.files.find_one_and_delete,
+            {"_id": file_id},
+            projection={"length": 1},
+        )
+        if doc is None:
+            # the chunks of an id without files document belong to an add in progress
+            raise NotFound(f"no image at {location.redacted()}")
+        if int(doc.get("length", 0)) > 0:  # an empty file has no chunks: touch none
+            self._call(f"deleting the chunks of {location.redacted()}", self.remove_chunks, file_id)
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+
+class GridFSWriter(Writer):
+    """Writes one image's chunks as they come, then its files document."""
+
+    def __init__(self, driver: GridFSDriver, image_id: str) -> None:
+        self._driver = driver
+        self._id = image_id
+        self._cs = driver.gridfs_chunk
+        self._pending = bytearray()
+        self._total = 0
+        self._inserted = 0
+        """Chunks 0.._inserted-1 are in the database and ours."""
+        self._unsure_first: bytes | None = None
+        """Chunk 0's bytes when a network error hid whether it was inserted."""
+        self._files_doc: dict[str, Any] | None = None
+        self._files_unsure = False
+        self._done = False
+
+    def _describe(self) -> str:
+        return f"image {self._id}"
+
+    def write(self, chunk: memoryview) -> None:
+        assert not self._done, "write after commit or abort"
+        view = chunk if chunk.format == "B" and chunk.ndim == 1 else chunk.cast("B")
+        self._total += len(view)
+        docs: list[bytes] = []
+        if self._pending:
+            take = min(self._cs - len(self._pending), len(view))
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) == self._cs:
+                docs.append(bytes(self._pending))
+                self._pending.clear()
+        while len(view) >= self._cs:
+            docs.append(bytes(view[: self._cs]))
+            view = view[self._cs :]
+        if view:
+            self._pending += view  # the core reuses its buffer: keep a copy of the tail
+        self._insert(docs)
+
+    def _insert(self, datas: list[bytes]) -> None:
+        from bson.binary import Binary
+        from pymongo.errors import BulkWriteError, PyMongoError
+
+        start = 0
+        while start < len(datas):
+            end, size = start, 0
+            while end < len(datas) and (
+                end == start or size + len(datas[end]) <= INSERT_BATCH_BYTES
+            ):
+                size += len(datas[end])
+                end += 1
+            docs = [
+                {"files_id": self._id, "n": self._inserted + i, "data": Binary(d)}
+                for i, d in enumerate(datas[start:end])
+            ]
+            try:
+                self._driver.chunks.insert_many(docs, ordered=True)
+            except BulkWriteError as exc:
+                self._inserted += int(exc.details.get("nInserted", 0))
+                errors = exc.details.get("writeErrors") or []
+                if any(e.get("code") in _DUPLICATE_CODES for e in errors):
+                    raise self._duplicate() from None
+                self._driver._fail(exc, f"writing {self._describe()}")
+            except PyMongoError as exc:
+                if self._inserted == 0:
+                    self._unsure_first = datas[start]
+                self._driver._fail(exc, f"writing {self._describe()}")
+            self._inserted += end - start
+            self._unsure_first = None
+            start = end
+
+    def _duplicate(self) -> Duplicate:
+        return Duplicate(f"image {self._id} already exists in backend {self._driver.backend!r}")
+
+    def commit(self) -> Written:
+        from bson.int64 import Int64
+        from pymongo.errors import DuplicateKeyError, PyMongoError
+
+        assert not self._done, "commit after commit or abort"
+        if self._pending:
+            last = bytes(self._pending)
+            self._pending.clear()
+            self._insert([last])
+        doc = {
+            "_id": self._id,
+            "length": Int64(self._total),
+            "chunkSize": self._cs,
+            "uploadDate": datetime.datetime.now(tz=datetime.timezone.utc),
+            "filename": self._id,
+            "metadata": {},
+        }
+        self._files_doc = doc
+        try:
+            self._driver.files.insert_one(dict(doc))
+        except DuplicateKeyError:
+            raise self._duplicate() from None
+        except PyMongoError as exc:
+            self._files_unsure = True
+            self._driver._fail(exc, f"finishing {self._describe()}")
+        self._done = True
+        return Written(GridFSLocation(self._id), {})
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._pending.clear()
+        driver = self._driver
+        try:
+            if self._files_unsure and self._files_doc is not None:
+                # remove our files document if it went in: the very one we built
+                doc = self._files_doc
+                driver.files.delete_one(
+                    {"_id": self._id, "length": doc["length"], "uploadDate": doc["uploadDate"]}
+                )
+            # holding chunk 0 makes every chunk of the id ours (the unique index lets
+            # no other writer begin it); when a network error hid whether our chunk 0
+            # went in, it is ours if it holds our bytes
+            owned = self._inserted > 0
+            if not owned and self._unsure_first is not None:
+                first = driver.chunks.find_one({"files_id": self._id, "n": 0})
+                owned = first is not None and bytes(first["data"]) == self._unsure_first
+            if owned:
+                driver.remove_chunks(self._id)
+        except Exception as exc:
+            LOG.warning(
+                "backend %r: cleanup of the failed add of %s failed; chunks may remain: %s",
+                driver.backend,
+                self._describe(),
+                driver.error(exc, "cleaning up"),
+            )
+
+
+class GridFSStream(ReadStream):
+    """Reads ``count`` bytes of an open GridFS download stream from where it was sought."""
+
+    def __init__(self, driver: GridFSDriver, grid_out: Any, count: int, describe: str) -> None:
+        self._driver = driver
+        self._grid_out: Any = grid_out
+        self.size = count
+        self._describe = describe
+
+    def __iter__(self) -> Iterator[bytes]:
+        from gridfs.errors import CorruptGridFile
+        from pymongo.errors import PyMongoError
+
+        grid_out = self._grid_out
+        if grid_out is None:
+            return
+        left = self.size
+        try:
+            while left > 0:
+                data = grid_out.readchunk()
+                if not data:
+                    return
+                if len(data) > left:
+                    data = data[:left]
+                left -= len(data)
+                yield data
+        except CorruptGridFile as exc:
+            raise IntegrityError(
+                f"{self._describe}: the GridFS file is damaged: "
+                + scrub(str(exc), self._driver.secrets())
+            ) from None
+        except PyMongoError as exc:
+            self._driver._fail(exc, f"reading {self._describe}")
+
+    def close(self) -> None:
+        if self._grid_out is not None:
+            try:
+                self._grid_out.close()
+            finally:
+                self._grid_out = None
