@@ -40,6 +40,7 @@ SERVICES: dict[str, str] = {
     "nginx": "tests.functional.services.nginx",
     "tinyproxy": "tests.functional.services.tinyproxy",
     "ceph": "tests.functional.services.ceph",
+    "swift": "tests.functional.services.swift",
     "mongo": "tests.functional.services.mongo",
 }
 

@@ -1,0 +1,879 @@
+"""The S3 driver (``s3://``, ``s3+http://``, ``s3+https://``), on boto3.
+
+Options keep glance_store's names (``s3_store_host``, ``s3_store_bucket``...),
+so an existing ``[glance_store]`` section works unchanged.
+
+* ``add``: an image of known size below ``s3_store_large_object_size`` goes up
+  in one ``PutObject`` at commit (its bytes are kept in one buffer of exactly
+  that size). Larger images, and images of unknown size that outgrow one part,
+  go up as a multipart upload: parts of ``s3_store_large_object_chunk_size``
+  are sent by ``s3_store_thread_pools`` threads while the next part fills; when
+  every thread is busy, :meth:`S3Writer.write` waits (back-pressure), so an add
+  holds at most ``(threads + 1)`` part buffers. The part size grows to stay
+  within S3's 10,000 parts (see :func:`part_size`). Any failure aborts the
+  upload after the parts in flight have finished, so no part and no object is
+  left behind. The object is created with ``If-None-Match: *`` (and checked
+  by HEAD before a multipart commit, for servers that ignore the header there),
+  so an existing image is never overwritten: :class:`Duplicate`.
+* ``get``: one streaming ``GetObject``; an offset/length read sends a ``Range``
+  (READ_RANDOM). ``size`` is a ``HeadObject``; ``delete`` checks existence
+  first (S3 answers 204 for a missing key).
+* errors: NoSuchKey/NoSuchBucket/404 -> :class:`NotFound`; signature, unknown
+  key or access denied -> :class:`AuthenticationFailed`; throttling, 5xx and
+  connection failures are retried by botocore ("standard" mode, exponential
+  backoff, ``s3_store_max_retries``) and then -> :class:`BackendUnavailable`.
+* locations are ``s3://host[:port]/bucket/key`` (``s3+https://`` for TLS) and
+  never carry credentials: these come from the configuration. glance_store's
+  old ``s3://access:secret@host/bucket/key`` form is still read (the
+  credentials in it are dropped, never used or shown).
+* the secret key never reaches a log record, message or repr. botocore logs
+  requests at DEBUG, but only the access key id and signatures, never the
+  secret; the driver registers no handler and changes no logger level.
+* ``s3_store_request_checksum_calculation`` and
+  ``s3_store_response_checksum_validation`` (with glance_store's switch
+  ``s3_store_enable_data_integrity_protection``) choose boto3's default
+  checksums; "when_required" (the default) is faster and works with S3 servers
+  that reject the newer checksum headers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from oslo_config import cfg
+
+from imgstore.capabilities import Capability
+from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    Duplicate,
+    ImgstoreError,
+    InvalidArgument,
+    NotFound,
+)
+from imgstore.location import Location, redact_uri, register
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1 << 20
+MIN_PART_SIZE = 5 * MiB
+"""S3's smallest part (all but the last)."""
+MAX_PART_SIZE = 5 * 1024 * MiB
+"""S3's largest part."""
+MAX_PARTS = 10_000
+"""S3's most parts in one multipart upload."""
+GROWTH_EVERY = 1000
+"""Unknown size: the part size doubles after every this many parts."""
+DEFAULT_CHUNK_SIZE = 4 * MiB
+READ_CHUNK_SIZE = 1 * MiB
+
+_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
+_AUTH = frozenset(
+    {
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidSecurity",
+        "AuthorizationHeaderMalformed",
+        "401",
+        "403",
+    }
+)
+_UNAVAILABLE = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ServiceUnavailable",
+        "InternalError",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
+_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def part_size(part_number: int, base: int, total: int | None) -> int:
+    """The size of part ``part_number`` (1-based) of a multipart upload.
+
+    With a known ``total`` every part has the same size: ``base``, or more
+    when ``total`` would otherwise need over 10,000 parts (rounded up to a
+    MiB). With an unknown total the size doubles every 1,000 parts (capped at
+    5 GiB), so 10,000 parts hold at least ``1023000 * base`` bytes (9.8 TiB
+    at the default 10 MiB) while a small image still uses small parts.
+    """
+    if part_number < 1:
+        raise ValueError("part numbers start at 1")
+    if total is not None:
+        needed = -(-total // MAX_PARTS)
+        needed = -(-needed // MiB) * MiB
+        return min(MAX_PART_SIZE, max(base, needed))
+    return min(MAX_PART_SIZE, base << ((part_number - 1) // GROWTH_EVERY))
+
+
+def max_total(base: int, total: int | None = None) -> int:
+    """The largest image that :func:`part_size` fits in 10,000 parts."""
+    if total is not None:
+        return part_size(1, base, total) * MAX_PARTS
+    return sum(part_size(n, base, None) for n in range(1, MAX_PARTS + 1))
+
+
+# -- locations ----------------------------------------------------------------
+
+
+def _split_endpoint(host: str) -> tuple[bool, str]:
+    """``(https, host[:port][/path])`` of a configured ``s3_store_host``."""
+    host = host.strip()
+    lower = host.lower()
+    if lower.startswith("https://"):
+        return True, host[8:].strip("/")
+    if lower.startswith("http://"):
+        return False, host[7:].strip("/")
+    return False, host.strip("/")
+
+
+@register
+class S3Location(Location):
+    """``s3://host[:port]/bucket/key`` (``s3+https://`` over TLS; ``s3+http://`` read too)."""
+
+    schemes = ("s3", "s3+http", "s3+https")
+
+    def __init__(self, scheme: str, host: str, bucket: str, key: str) -> None:
+        scheme = scheme.lower()
+        if scheme not in self.schemes:
+            raise BadLocation(f"not an s3 scheme: {scheme!r}")
+        for what, value in (("host", host), ("bucket", bucket), ("key", key)):
+            if not value or any(c.isspace() or ord(c) < 32 or c in "?#@" for c in value):
+                raise BadLocation(f"s3 location has a missing or malformed {what}")
+        if "/" in bucket or "/" in key or key in (".", ".."):
+            raise BadLocation("s3 location bucket and key cannot contain '/' or be '.' or '..'")
+        self._scheme = scheme
+        self.host = host
+        self.bucket = bucket
+        self.key = key
+
+    @property
+    def secure(self) -> bool:
+        """Whether the location is served over https."""
+        return self._scheme == "s3+https"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> S3Location:
+        shown = redact_uri(uri)[:200]
+        scheme, sep, rest = uri.partition("://")
+        if not sep or "://" in rest:
+            raise BadLocation(
+                f"malformed s3 location {shown!r}: use s3+https://host/bucket/key "
+                "rather than s3://https://..."
+            )
+        if "?" in rest or "#" in rest:
+            raise BadLocation(f"s3 locations take no query or fragment: {shown!r}")
+        _creds, at, tail = rest.rpartition("@")
+        if at:  # glance_store's old access:secret@ form: the credentials are dropped
+            rest = tail
+        parts = rest.strip("/").split("/")
+        if len(parts) < 3 or not all(parts):
+            raise BadLocation(f"malformed s3 location {shown!r}: expected s3://host/bucket/key")
+        key, bucket = parts[-1], parts[-2]
+        host = "/".join(parts[:-2])
+        try:
+            return cls(scheme, host, bucket, key)
+        except BadLocation as exc:
+            raise BadLocation(f"{exc}: {shown!r}") from None
+
+    def to_uri(self) -> str:
+        return f"{self._scheme}://{self.host}/{self.bucket}/{self.key}"
+
+
+# -- the driver -----------------------------------------------------------------
+
+
+def _error_code(exc: BaseException) -> tuple[str, int]:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", "") or "")
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+class S3Driver(Driver):
+    """Stores images as objects in one S3 bucket."""
+
+    name = "s3"
+    location_class = S3Location
+    capabilities = Capability.RW | Capability.READ_RANDOM
+
+    @classmethod
+    def options(cls) -> list[cfg.Opt]:
+        when = ["when_required", "when_supported"]
+        return [
+            cfg.StrOpt(
+                "s3_store_host",
+                help="The S3 endpoint: host[:port] (http) or http(s)://host[:port]. Required.",
+            ),
+            cfg.StrOpt(
+                "s3_store_region_name",
+                default="",
+                help="Region used for request signing; empty: botocore's default (us-east-1).",
+            ),
+            cfg.StrOpt("s3_store_access_key", secret=True, help="S3 access key id. Required."),
+            cfg.StrOpt("s3_store_secret_key", secret=True, help="S3 secret key. Required."),
+            cfg.StrOpt("s3_store_bucket", help="Bucket where images are stored. Required."),
+            cfg.BoolOpt(
+                "s3_store_create_bucket_on_put",
+                default=False,
+                help="Create the bucket on the first add when it does not exist.",
+            ),
+            cfg.StrOpt(
+                "s3_store_bucket_url_format",
+                default="auto",
+                choices=["auto", "virtual", "path"],
+                help="Addressing: 'path' (host/bucket/key), 'virtual' (bucket.host/key) "
+                "or 'auto' (botocore chooses).",
+            ),
+            cfg.IntOpt(
+                "s3_store_large_object_size",
+                default=100,
+                min=0,
+                help="Images of known size below this many MiB go up in one PUT; "
+                "larger ones, and images of unknown size, in a multipart upload.",
+            ),
+            cfg.IntOpt(
+                "s3_store_large_object_chunk_size",
+                default=10,
+                min=5,
+                help="Multipart part size in MiB (at least 5); grows by itself when "
+                "an image would need more than 10,000 parts.",
+            ),
+            cfg.IntOpt(
+                "s3_store_thread_pools",
+                default=10,
+                min=1,
+                help="Parts uploaded at once per add; memory per add is at most "
+                "(this + 1) x the part size.",
+            ),
+            cfg.StrOpt(
+                "s3_store_cacert",
+                default="",
+                help="CA bundle to verify the endpoint's certificate; empty: botocore's default.",
+            ),
+            cfg.BoolOpt(
+                "s3_store_enable_data_integrity_protection",
+                default=False,
+                help="Use the two checksum options below; False means 'when_required' "
+                "for both (as glance_store).",
+            ),
+            cfg.StrOpt(
+                "s3_store_request_checksum_calculation",
+                default="when_required",
+                choices=when,
+                help="boto3's request_checksum_calculation (only with "
+                "s3_store_enable_data_integrity_protection).",
+            ),
+            cfg.StrOpt(
+                "s3_store_response_checksum_validation",
+                default="when_required",
+                choices=when,
+                help="boto3's response_checksum_validation (only with "
+                "s3_store_enable_data_integrity_protection).",
+            ),
+            cfg.IntOpt(
+                "s3_store_max_retries",
+                default=3,
+                min=0,
+                help="Retries (exponential backoff) of throttled, 5xx and failed connections.",
+            ),
+            cfg.FloatOpt(
+                "s3_store_connect_timeout", default=10.0, min=0.1, help="Connect timeout, seconds."
+            ),
+            cfg.FloatOpt(
+                "s3_store_read_timeout", default=60.0, min=0.1, help="Read timeout, seconds."
+            ),
+        ]
+
+    def configure(self) -> None:
+        conf = self.conf
+        missing = [
+            name
+            for name in ("s3_store_host", "s3_store_access_key", "s3_store_secret_key",
+                         "s3_store_bucket")
+            if not conf.get(name)
+        ]  # fmt: skip
+        if missing:
+            raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
+        self.secure, self.endpoint_host = _split_endpoint(conf.s3_store_host)
+        if not self.endpoint_host:
+            raise BadConfiguration(f"backend {self.backend!r}: s3_store_host names no host")
+        self.endpoint_url = f"{'https' if self.secure else 'http'}://{self.endpoint_host}"
+        self.scheme = "s3+https" if self.secure else "s3"
+        self.bucket = conf.s3_store_bucket
+        self.url_format = conf.s3_store_bucket_url_format
+        if self.url_format == "virtual" and not _DNS_BUCKET.match(self.bucket):
+            raise BadConfiguration(
+                f"backend {self.backend!r}: bucket {self.bucket!r} is not a DNS name; "
+                "virtual-host addressing needs one (use s3_store_bucket_url_format = path)"
+            )
+        self.large_object_size = conf.s3_store_large_object_size * MiB
+        self.part_base = conf.s3_store_large_object_chunk_size * MiB
+        self.threads = conf.s3_store_thread_pools
+        self.create_bucket = conf.s3_store_create_bucket_on_put
+        if conf.s3_store_enable_data_integrity_protection:
+            self.checksums = (
+                conf.s3_store_request_checksum_calculation,
+                conf.s3_store_response_checksum_validation,
+            )
+        else:
+            self.checksums = ("when_required", "when_required")
+        self.chunk_size = DEFAULT_CHUNK_SIZE
+        self._secret = conf.s3_store_secret_key
+        self._bucket_ready = False
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._make_client()  # fails early on a broken configuration (no network used)
+
+    def _make_client(self) -> Any:
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            try:
+                import boto3.session
+                from botocore.config import Config
+            except ImportError:
+                raise BadConfiguration(
+                    "the s3 driver needs boto3: pip install 'imgstore[s3]'"
+                ) from None
+            conf = self.conf
+            config = Config(
+                s3={"addressing_style": self.url_format},
+                request_checksum_calculation=self.checksums[0],
+                response_checksum_validation=self.checksums[1],
+                retries={"mode": "standard", "total_max_attempts": conf.s3_store_max_retries + 1},
+                connect_timeout=conf.s3_store_connect_timeout,
+                read_timeout=conf.s3_store_read_timeout,
+                max_pool_connections=max(10, 2 * self.threads),
+                tcp_keepalive=True,
+            )
+            session = boto3.session.Session()
+            self._client = session.client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=conf.s3_store_region_name or "us-east-1",
+                aws_access_key_id=conf.s3_store_access_key,
+                aws_secret_access_key=self._secret,
+                verify=conf.s3_store_cacert or True,
+                config=config,
+            )
+            return self._client
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (thread-safe; shared by all operations)."""
+        return self._client if self._client is not None else self._make_client()
+
+    def secrets(self) -> list[str]:
+        return [self._secret] if self._secret else []
+
+    def __repr__(self) -> str:
+        return (
+            f"<S3Driver backend={self.backend!r} endpoint={self.endpoint_url!r} "
+            f"bucket={self.bucket!r}>"
+        )
+
+    # -- locations ---------------------------------------------------------
+
+    def owns(self, location: Location) -> bool:
+        return (
+            isinstance(location, S3Location)
+            and location.secure == self.secure
+            and location.host.lower() == self.endpoint_host.lower()
+            and location.bucket == self.bucket
+        )
+
+    def _location(self, key: str) -> S3Location:
+        return S3Location(self.scheme, self.endpoint_host, self.bucket, key)
+
+    def _checked(self, location: Location) -> S3Location:
+        if not self.owns(location):
+            raise BadLocation(f"{location.redacted()} is not inside backend {self.backend!r}")
+        assert isinstance(location, S3Location)
+        return location
+
+    # -- errors ------------------------------------------------------------
+
+    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+        """An :mod:`imgstore.exceptions` error for a boto3/botocore failure."""
+        if isinstance(exc, ImgstoreError):
+            return exc
+        from botocore import exceptions as bx
+
+        what = f"backend {self.backend!r}: {doing}"
+        if isinstance(exc, bx.ClientError):
+            code, status = _error_code(exc)
+            detail = f"{code or status} (HTTP {status})"
+            if code in _NOT_FOUND or status == 404:
+                if code == "NoSuchBucket":
+                    return NotFound(f"{what}: bucket {self.bucket!r} does not exist")
+                return NotFound(f"{what}: not found")
+            if code in _AUTH or status in (401, 403):
+                return AuthenticationFailed(
+                    f"{what}: the S3 server refused our credentials ({detail}); "
+                    "check s3_store_access_key and s3_store_secret_key"
+                )
+            if code in _UNAVAILABLE or status >= 500 or status == 429:
+                return BackendUnavailable(f"{what}: the S3 server failed ({detail}); retried")
+            return BackendError(f"{what}: {detail}")
+        if isinstance(
+            exc,
+            (
+                bx.EndpointConnectionError,
+                bx.ConnectTimeoutError,
+                bx.ReadTimeoutError,
+                bx.ConnectionClosedError,
+                bx.ConnectionError,
+                ConnectionError,
+                TimeoutError,
+            ),
+        ):
+            return BackendUnavailable(
+                f"{what}: cannot reach {self.endpoint_url} ({type(exc).__name__})"
+            )
+        if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            return BadConfiguration(f"{what}: no S3 credentials")
+        if isinstance(exc, bx.SSLError):
+            return BackendError(f"{what}: TLS failed with {self.endpoint_url}")
+        if isinstance(exc, bx.BotoCoreError):
+            return BackendError(f"{what}: {type(exc).__name__}")
+        return BackendError(f"{what}: {type(exc).__name__}")
+
+    def call(self, doing: str, fn: Any, **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` with its errors mapped."""
+        try:
+            return fn(**kwargs)
+        except Exception as exc:
+            raise self.map_error(exc, doing) from exc
+
+    # -- operations --------------------------------------------------------
+
+    def _exists(self, key: str, doing: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            err = self.map_error(exc, doing)
+            if isinstance(err, NotFound):
+                return False
+            raise err from exc
+        return True
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            err = self.map_error(exc, f"checking bucket {self.bucket!r}")
+            if not isinstance(err, NotFound):
+                raise err from exc
+            if not self.create_bucket:
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: bucket {self.bucket!r} does not exist on "
+                    f"{self.endpoint_url}; create it or set s3_store_create_bucket_on_put"
+                ) from None
+            self._create_bucket()
+        self._bucket_ready = True
+
+    def _create_bucket(self) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        region = self.conf.s3_store_region_name
+        if region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**kwargs)
+            LOG.info("backend %r: created bucket %r", self.backend, self.bucket)
+        except Exception as exc:
+            code, _ = _error_code(exc)
+            if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return
+            raise self.map_error(exc, f"creating bucket {self.bucket!r}") from exc
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        if size is not None and size > MAX_PARTS * MAX_PART_SIZE:
+            raise InvalidArgument(f"image {image_id} is larger than S3 can hold ({size} bytes)")
+        self._ensure_bucket()
+        location = self._location(image_id)
+        if self._exists(image_id, f"checking {location.redacted()}"):
+            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+        return S3Writer(self, location, size)
+
+    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+        loc = self._checked(location)
+        doing = f"reading {loc.redacted()}"
+        if offset == 0 and length is None:
+            response = self.call(doing, self.client.get_object, Bucket=loc.bucket, Key=loc.key)
+            return S3Stream(self, response, int(response["ContentLength"]), doing)
+        total = self.size(loc)
+        start, count = clamp_range(total, offset, length)
+        if count == 0:
+            return S3Stream(self, None, 0, doing)
+        response = self.call(
+            doing,
+            self.client.get_object,
+            Bucket=loc.bucket,
+            Key=loc.key,
+            Range=f"bytes={start}-{start + count - 1}",
+        )
+        got = int(response["ContentLength"])
+        if got != count:
+            S3Stream(self, response, 0, doing).close()
+            raise BackendError(f"{doing}: asked for {count} bytes, the server sent {got}")
+        return S3Stream(self, response, count, doing)
+
+    def size(self, location: Location) -> int:
+        loc = self._checked(location)
+        head = self.call(
+            f"sizing {loc.redacted()}", self.client.head_object, Bucket=loc.bucket, Key=loc.key
+        )
+        return int(head["ContentLength"])
+
+    def delete(self, location: Location) -> None:
+        loc = self._checked(location)
+        doing = f"deleting {loc.redacted()}"
+        if not self._exists(loc.key, doing):
+            raise NotFound(f"no image at {loc.redacted()}")
+        self.call(doing, self.client.delete_object, Bucket=loc.bucket, Key=loc.key)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing must not fail the caller
+                LOG.debug("closing the s3 client of backend %r failed", self.backend)
+
+
+class S3Stream(ReadStream):
+    """The body of one GetObject response."""
+
+    def __init__(self, driver: S3Driver, response: Any, size: int, doing: str) -> None:
+        self._driver = driver
+        self._body = response["Body"] if response is not None else None
+        self.size = size
+        self._doing = doing
+
+    def __iter__(self) -> Iterator[bytes]:
+        body = self._body
+        if body is None:
+            return
+        left = self.size
+        while left > 0:
+            try:
+                data = body.read(min(READ_CHUNK_SIZE, left))
+            except Exception as exc:
+                raise self._driver.map_error(exc, self._doing) from exc
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
+    def close(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            try:
+                body.close()
+            except Exception:
+                LOG.debug("closing an s3 response body failed")
+
+    def __repr__(self) -> str:
+        return f"<S3Stream size={self.size}>"
+
+
+class _Body:
+    """A part's bytes as a seekable file for botocore, without copying them.
+
+    Reads return memoryview slices of the buffer (sent and hashed as they
+    are); the short repr keeps botocore's DEBUG log of request parameters
+    from dumping the whole part (which a bare ``bytearray`` body would).
+    """
+
+    def __init__(self, buf: bytearray) -> None:
+        self._view = memoryview(buf)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, size: int | None = -1) -> memoryview:
+        total = len(self._view)
+        end = total if size is None or size < 0 else min(total, self._pos + size)
+        data = self._view[self._pos : end]
+        self._pos = max(self._pos, end)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release; botocore may call it."""
+
+    def __repr__(self) -> str:
+        return f"<part body of {len(self._view)} bytes>"
+
+
+class S3Writer(Writer):
+    """One image going up: a single PUT, or a multipart upload with parallel parts."""
+
+    def __init__(self, driver: S3Driver, location: S3Location, size: int | None) -> None:
+        self._driver = driver
+        self._location = location
+        self._key = location.key
+        self._size = size
+        self._shown = location.redacted()
+        # a known size below the threshold: one buffer of exactly that size, one PUT
+        self._single = size is not None and size < driver.large_object_size
+        self._buf: bytearray | None = bytearray(size) if self._single and size else None
+        self._filled = 0
+        self._parts_sent = 0
+        self._upload_id: str | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._futures: list[concurrent.futures.Future[None]] = []
+        self._etags: dict[int, str] = {}
+        self._slots = threading.BoundedSemaphore(driver.threads)
+        self._free: list[bytearray] = []
+        self._state_lock = threading.Lock()
+        self._failure: BaseException | None = None
+        self._done = False
+        self.buffers_allocated = 0
+        """How many part buffers this writer allocated (tests check the memory bound)."""
+
+    def __repr__(self) -> str:
+        return f"<S3Writer {self._shown}>"
+
+    # -- writing -----------------------------------------------------------
+
+    def write(self, chunk: memoryview) -> None:
+        assert not self._done, "write after commit or abort"
+        self._raise_failure()
+        n = len(chunk)
+        if self._single:
+            assert self._buf is not None and self._filled + n <= len(self._buf)
+            self._buf[self._filled : self._filled + n] = chunk
+            self._filled += n
+            return
+        view = chunk
+        while view:
+            if self._buf is None:
+                self._buf = self._take_buffer(self._next_part_size())
+                self._filled = 0
+            take = min(len(self._buf) - self._filled, len(view))
+            self._buf[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == len(self._buf):
+                self._send_part()
+
+    def _next_part_size(self) -> int:
+        number = self._parts_sent + 1
+        if number > MAX_PARTS:
+            raise InvalidArgument(
+                f"{self._shown}: the image needs more than {MAX_PARTS} parts; "
+                "raise s3_store_large_object_chunk_size"
+            )
+        return part_size(number, self._driver.part_base, self._size)
+
+    def _take_buffer(self, size: int) -> bytearray:
+        with self._state_lock:
+            while self._free:
+                buf = self._free.pop()
+                if len(buf) == size:
+                    return buf
+        self.buffers_allocated += 1
+        return bytearray(size)
+
+    def _give_back(self, buf: bytearray) -> None:
+        with self._state_lock:
+            self._free.append(buf)
+
+    def _raise_failure(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            raise failure
+
+    def _start_upload(self) -> None:
+        drv = self._driver
+        created = drv.call(
+            f"starting a multipart upload of {self._shown}",
+            drv.client.create_multipart_upload,
+            Bucket=drv.bucket,
+            Key=self._key,
+        )
+        self._upload_id = str(created["UploadId"])
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=drv.threads, thread_name_prefix="imgstore-s3-part"
+        )
+
+    def _send_part(self, last: bool = False) -> None:
+        """Hand the filled buffer to a part thread; wait for a free thread first."""
+        buf, count = self._buf, self._filled
+        assert buf is not None
+        self._buf, self._filled = None, 0
+        if last and count < len(buf):
+            del buf[count:]  # shrinks in place, no copy; this buffer is not reused
+        if self._upload_id is None:
+            self._start_upload()
+        assert self._pool is not None
+        self._slots.acquire()  # back-pressure: at most `threads` parts in flight
+        try:
+            self._raise_failure()
+            self._parts_sent += 1
+            future = self._pool.submit(self._upload_part, self._parts_sent, buf, not last)
+        except BaseException:
+            self._slots.release()
+            raise
+        self._futures.append(future)
+
+    def _upload_part(self, number: int, buf: bytearray, reuse: bool) -> None:
+        drv = self._driver
+        try:
+            if self._failure is not None or self._done:
+                return
+            response = drv.client.upload_part(
+                Bucket=drv.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=_Body(buf),
+            )
+            with self._state_lock:
+                self._etags[number] = str(response["ETag"])
+        except BaseException as exc:
+            err = drv.map_error(exc, f"uploading part {number} of {self._shown}")
+            with self._state_lock:
+                if self._failure is None:
+                    self._failure = err
+            raise err from exc
+        finally:
+            if reuse:
+                self._give_back(buf)
+            self._slots.release()
+
+    def _wait_parts(self) -> None:
+        for future in self._futures:
+            # a failed part is recorded in self._failure; wait() does not raise it
+            concurrent.futures.wait([future])
+        self._futures.clear()
+
+    # -- finishing ---------------------------------------------------------
+
+    def commit(self) -> Written:
+        assert not self._done, "commit after commit or abort"
+        self._raise_failure()
+        drv = self._driver
+        if self._upload_id is None and (self._single or self._parts_sent == 0):
+            body = self._buf if self._buf is not None else bytearray()
+            if len(body) != self._filled:
+                del body[self._filled :]
+            self._buf = None
+            self._put_new(body)
+        else:
+            if self._buf is not None and self._filled:
+                self._send_part(last=True)
+            self._wait_parts()
+            self._raise_failure()
+            # radosgw ignores If-None-Match on CompleteMultipartUpload: look first
+            if drv._exists(self._key, f"checking {self._shown}"):
+                raise Duplicate(f"image {self._key} already exists in backend {drv.backend!r}")
+            parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._etags.items())]
+            self._conditional(
+                f"completing the multipart upload of {self._shown}",
+                drv.client.complete_multipart_upload,
+                Bucket=drv.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+            self._upload_id = None
+            self._shutdown_pool()
+        self._done = True
+        return Written(self._location)
+
+    def _put_new(self, body: bytearray) -> None:
+        drv = self._driver
+        self._conditional(
+            f"writing {self._shown}",
+            drv.client.put_object,
+            Bucket=drv.bucket,
+            Key=self._key,
+            Body=_Body(body),
+        )
+
+    def _conditional(self, doing: str, fn: Any, **kwargs: Any) -> None:
+        """``fn`` with ``If-None-Match: *``: an existing key is :class:`Duplicate`."""
+        drv = self._driver
+        try:
+            fn(IfNoneMatch="*", **kwargs)
+            return
+        except Exception as exc:
+            code, status = _error_code(exc)
+            if code == "PreconditionFailed" or status == 412:
+                raise Duplicate(
+                    f"image {self._key} already exists in backend {drv.backend!r}"
+                ) from None
+            if code != "NotImplemented" and status != 501:
+                raise drv.map_error(exc, doing) from exc
+        # a server without conditional writes: the HEAD in begin_write is the check
+        drv.call(doing, fn, **kwargs)
+
+    def abort(self) -> None:
+        self._done = True
+        self._buf = None
+        try:
+            self._wait_parts()  # no part may land after the upload is aborted
+        finally:
+            self._shutdown_pool()
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        drv = self._driver
+        try:
+            drv.client.abort_multipart_upload(Bucket=drv.bucket, Key=self._key, UploadId=upload_id)
+        except Exception as exc:
+            code, _ = _error_code(exc)
+            if code != "NoSuchUpload":
+                LOG.warning(
+                    "backend %r: could not abort the multipart upload of %s (%s); "
+                    "its parts may remain until the bucket's lifecycle removes them",
+                    drv.backend,
+                    self._shown,
+                    drv.map_error(exc, "aborting"),
+                )
+
+    def _shutdown_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._free.clear()
