@@ -462,14 +462,14 @@ def _get_to_file(args: argparse.Namespace, stores: Stores, output: str) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
     if args.json:
-        _emit_json({"location": args.location, "output": output, "size": count})
+        _emit_json({"location": redact_uri(args.location), "output": output, "size": count})
 
 
 def cmd_size(args: argparse.Namespace, stores: Stores) -> None:
     """``imgstore size``."""
     size = stores.size(args.location)
     if args.json:
-        _emit_json({"location": args.location, "size": size})
+        _emit_json({"location": redact_uri(args.location), "size": size})
     else:
         _out(f"{size}\n")
 
@@ -478,7 +478,7 @@ def cmd_delete(args: argparse.Namespace, stores: Stores) -> None:
     """``imgstore delete``."""
     stores.delete(args.location)
     if args.json:
-        _emit_json({"location": args.location, "deleted": True})
+        _emit_json({"location": redact_uri(args.location), "deleted": True})
     elif not args.quiet:
         _out(f"deleted {redact_uri(args.location)}\n")
 

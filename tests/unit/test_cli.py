@@ -21,6 +21,7 @@ import pty
 import resource
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -495,6 +496,27 @@ def test_closed_stdout_exits_1_with_one_line(env: dict[str, str], tmp_path: Path
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
     assert err == b"imgstore: error: output closed\n"
+
+
+def test_interrupt_exits_130_and_leaves_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    proc = subprocess.Popen(
+        [*COMMAND, "add", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(os.urandom(100_000))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not any(n.endswith(".imgstore-partial") for n in leftovers(data_dir)):
+        assert time.monotonic() < deadline, "the add never started writing"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # stdin stays open: the add is waiting for more bytes
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    assert err == b"imgstore: error: interrupted\n"
+    proc.stdin.close()
+    assert leftovers(data_dir) == []
 
 
 # -- progress ---------------------------------------------------------------------
