@@ -22,10 +22,11 @@ from imgstore.exceptions import (
     InvalidArgument,
     NotSupported,
     ReadOnlyStore,
+    SizeCapExceeded,
     UnknownBackend,
 )
 from imgstore.location import Location, parse
-from imgstore.pipeline import ImageReader, Progress, new_hash, scrub, write_image
+from imgstore.pipeline import ImageReader, Progress, new_hash, new_md5, scrub, write_image
 
 LOG = logging.getLogger(__name__)
 
@@ -322,18 +323,83 @@ class Stores:
         target = self.driver(to_backend)
         if image_id is None:
             image_id = _image_id_from(loc)
-        with self.get(loc, backend=drv.backend) as reader:
-            result = self.add(
-                image_id,
-                reader,
-                size=reader.size,
-                backend=target.backend,
-                hash_algo=hash_algo,
-                progress=progress,
-            )
+        result = self._copy_inside(drv, loc, target, image_id, hash_algo, progress)
+        if result is None:
+            with self.get(loc, backend=drv.backend) as reader:
+                result = self.add(
+                    image_id,
+                    reader,
+                    size=reader.size,
+                    backend=target.backend,
+                    hash_algo=hash_algo,
+                    progress=progress,
+                )
         if verify:
             self._verify_copy(result)
         return result
+
+    def _copy_inside(
+        self,
+        drv: Driver,
+        loc: Location,
+        target: Driver,
+        image_id: str,
+        hash_algo: str,
+        progress: Progress | None,
+    ) -> AddResult | None:
+        """Let the target copy by itself when both backends use the same driver class.
+
+        :meth:`Driver.copy_from` copies inside the storage (e.g. RBD clone +
+        flatten) or returns None, and then the bytes are streamed as usual.
+        After a copy inside the storage the source is read once here for the
+        size, md5 and multihash (exactly what a streamed copy records), and
+        :meth:`copy`'s read-back check compares the copy with them. On any
+        failure the copy is deleted.
+        """
+        if type(target) is not type(drv) or Capability.WRITE not in target.capabilities:
+            return None
+        validate_image_id(image_id)
+        multihash = new_hash(hash_algo)
+        written = self._call(target, "copying", target.copy_from, drv, loc, image_id)
+        if written is None:
+            return None
+        try:
+            md5 = new_md5() if self._md5 else None
+            with self.get(loc, backend=drv.backend) as reader:
+                if self._size_cap and reader.size > self._size_cap:
+                    raise SizeCapExceeded(
+                        f"{loc.redacted()} has {reader.size} bytes, more than "
+                        f"image_size_cap ({self._size_cap})"
+                    )
+                for chunk in reader:
+                    multihash.update(chunk)
+                    if md5 is not None:
+                        md5.update(chunk)
+                    if progress is not None:
+                        progress(reader.bytes_read, reader.size)
+                size = reader.size
+        except BaseException:
+            try:
+                target.delete(written.location)
+            except Exception:
+                LOG.exception("cannot delete the copy at %s", written.location.redacted())
+            raise
+        LOG.info(
+            "copied %s inside backend %r to %s",
+            loc.redacted(),
+            target.backend,
+            written.location.redacted(),
+        )
+        return AddResult(
+            location=str(written.location),
+            size=size,
+            checksum=md5.hexdigest() if md5 is not None else None,
+            multihash=multihash.hexdigest(),
+            hash_algo=hash_algo,
+            backend=target.backend,
+            metadata={"store": target.backend, **written.metadata},
+            image_id=image_id,
+        )
 
     def _verify_copy(self, result: AddResult) -> None:
         try:

@@ -166,6 +166,18 @@ class Driver(abc.ABC):
         """Delete the image; :class:`NotFound` if it is not there."""
         raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot delete images")
 
+    def copy_from(self, source: Driver, location: Location, image_id: str) -> Written | None:
+        """Copy ``location`` of ``source`` into this backend as ``image_id`` by itself.
+
+        Optional hook, called by ``Stores.copy`` only when ``source`` is an
+        instance of this same driver class: copy inside the storage (without
+        the bytes passing through Python) and return where the copy is, or
+        return None to have the core stream the bytes. The core then hashes
+        the source and checks the copy against it, and deletes the copy if
+        anything fails.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and sessions."""
 
