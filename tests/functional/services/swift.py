@@ -22,7 +22,9 @@ Details written: ``auth_url`` (tempauth v1, ``/auth/v1.0``), ``user``
 (``test:tester``), ``key`` (random at every ``up``), ``storage_url``;
 ``s3_endpoint``, ``s3_access_key`` (= the Swift user), ``s3_secret_key`` (=
 the key), ``s3_region``. ``s3api`` is configured like AWS where it matters to
-a client: 10,000 parts per multipart upload, 5 MiB minimum part size.
+a client: 10,000 parts per multipart upload, 5 MiB minimum part size; and
+deleting a multipart object deletes its segments at once (``allow_async_delete
+= false``: there is no object-expirer here to do it later).
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ use = egg:swift#bulk
 use = egg:swift#copy
 [filter:slo]
 use = egg:swift#slo
+allow_async_delete = false
 [filter:dlo]
 use = egg:swift#dlo
 """
