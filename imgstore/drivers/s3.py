@@ -114,8 +114,8 @@ def part_size(part_number: int, base: int, total: int | None) -> int:
     With a known ``total`` every part has the same size: ``base``, or more
     when ``total`` would otherwise need over 10,000 parts (rounded up to a
     MiB). With an unknown total the size doubles every 1,000 parts (capped at
-    5 GiB), so 10,000 parts hold at least ``1023000 * base`` bytes (9.8 TiB
-    at the default 10 MiB) while a small image still uses small parts.
+    5 GiB), so 10,000 parts hold 9.8 TiB at the default 10 MiB (4.9 TiB at
+    the 5 MiB minimum) while a small image still uses small parts.
     """
     if part_number < 1:
         raise ValueError("part numbers start at 1")
