@@ -461,6 +461,11 @@ class Stores:
 
 
 def _image_id_from(location: Location) -> str:
+    # a location class whose URI does not end with the id (rbd://fsid/pool/ID/snap)
+    # names it in an ``image_id`` attribute
+    named = getattr(location, "image_id", None)
+    if isinstance(named, str):
+        return validate_image_id(named)
     tail = location.to_uri().rstrip("/").rsplit("/", 1)[-1]
     return validate_image_id(tail.split("?", 1)[0])
 

@@ -109,6 +109,11 @@ class RbdLocation(Location):
         self.snapshot = snapshot
 
     @property
+    def image_id(self) -> str:
+        """The image's name: the default id of a copy (``Stores.copy``)."""
+        return self.image
+
+    @property
     def legacy(self) -> bool:
         """Whether this is the one-part ``rbd://<image>`` form."""
         return self.fsid is None
