@@ -19,7 +19,11 @@ In one run it measures, on a file of random bytes held in the page cache:
 * the peak RSS of a child process adding a generated image of ``--rss-gib``.
 
 Every contender runs ``--repeat`` times, interleaved, and the best time counts
-(the machine is noisy). The page cache cannot be dropped here, so the file is
+(the machine is noisy). Writing into the page cache costs far more on memory the
+kernel freed a few seconds earlier and gave back to the hypervisor (virtio-balloon
+free page reporting) than on memory freed just before, so every add -- imgstore's
+and glance_store's -- starts after the same pause (``--settle``) since the
+previous image was deleted. The page cache cannot be dropped here, so the file is
 read once before measuring and every contender reads it from the page cache.
 imgstore fsyncs the image before it reports success; glance_store does not.
 Images go to ``.cache/bench/run-PID/`` and are deleted afterwards.
@@ -164,9 +168,10 @@ def time_hash_limit(source: Path) -> tuple[float, str, str]:
     return time.perf_counter() - start, results["md5"], results["sha512"]
 
 
-def time_imgstore(stores, source: Path, size: int) -> tuple[float, float, str, str]:  # type: ignore[no-untyped-def]
+def time_imgstore(stores, source: Path, size: int, settle: float) -> tuple[float, float, str, str]:  # type: ignore[no-untyped-def]
     """One add and one get of the image just added; the image is deleted afterwards."""
     image_id = str(uuid.uuid4())
+    time.sleep(settle)
     with open(source, "rb") as fh:
         start = time.perf_counter()
         result = stores.add(image_id, fh, size=size, hash_algo="sha512")
@@ -197,10 +202,19 @@ def run_json(cmd: list[str]) -> dict[str, object]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def time_glance(python: Path, datadir: Path, source: Path) -> dict[str, object]:
+def time_glance(python: Path, datadir: Path, source: Path, settle: float) -> dict[str, object]:
     """One glance_store add and get of ``source``, timed inside the driver process."""
     return run_json(
-        [str(python), str(GLANCE_DRIVER), "--datadir", str(datadir), "--source", str(source)]
+        [
+            str(python),
+            str(GLANCE_DRIVER),
+            "--datadir",
+            str(datadir),
+            "--source",
+            str(source),
+            "--settle",
+            str(settle),
+        ]
     )
 
 
@@ -260,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--glance-spec", default="glance_store", help="pip requirement for glance_store"
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds to pause before every add (3), so that every contender writes into "
+        "memory in the same state (see the module docstring)",
+    )
     parser.add_argument("--no-glance", action="store_true", help="skip glance_store")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -301,13 +322,13 @@ def run(args: argparse.Namespace, size: int, work: Path, glance_python: Path | N
         seconds, md5, sha512 = time_hash_limit(source)
         limit.add(seconds)
         digests = (md5, sha512)
-        add_s, get_s, checksum, multihash = time_imgstore(stores, source, size)
+        add_s, get_s, checksum, multihash = time_imgstore(stores, source, size, args.settle)
         if (checksum, multihash) != digests:
             raise SystemExit("imgstore returned hashes that differ from hashlib's")
         img_add.add(add_s)
         img_get.add(get_s)
         if glance_python is not None:
-            glance_info = time_glance(glance_python, glance_dir, source)
+            glance_info = time_glance(glance_python, glance_dir, source, args.settle)
             if (glance_info["checksum"], glance_info["multihash"]) != digests:
                 raise SystemExit("glance_store returned hashes that differ from hashlib's")
             if glance_info["read"] != size:

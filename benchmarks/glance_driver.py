@@ -20,6 +20,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datadir", required=True)
     parser.add_argument("--source", required=True)
+    parser.add_argument("--settle", type=float, default=0.0, help="pause before the add")
     args = parser.parse_args()
 
     import glance_store
@@ -43,6 +44,7 @@ def main() -> int:
 
     size = os.path.getsize(args.source)
     image_id = str(uuid.uuid4())
+    time.sleep(args.settle)
     with open(args.source, "rb") as fh:
         start = time.perf_counter()
         location, written, checksum, multihash, _meta = glance_store.add_to_backend_with_multihash(
