@@ -145,9 +145,11 @@ mgr disabled modules = {MGR_DISABLED_MODULES}
 paxos propose interval = 0.1
 
 [client]
-# test processes: no admin socket (one per process would pile up in run dir)
+# test processes: no admin socket (one per process would pile up in run dir),
+# no log file, no librbd error lines on the tests' stderr
 admin socket =
 log file =
+err to stderr = false
 
 [mon.a]
 mon data = {d}/mon.a
@@ -166,6 +168,7 @@ osd op num threads per shard = 1
 [client.rgw.x]
 admin socket = {run}/$name.asok
 log file = {d}/log/$name.log
+err to stderr = true
 rgw frontends = beast endpoint={HOST}:{ports["rgw"]}
 rgw data = {d}/rgw
 rgw dns name = localhost
