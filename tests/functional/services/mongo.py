@@ -49,6 +49,7 @@ DEFAULT_PORT = 18017
 USER = "imgstore"
 CACHE_SIZE = "256M"
 KEY = "secantusd"
+OPLOG_MAX_ENTRIES = 200
 
 # Run with the server venv's own pymongo. The URI comes in the environment (not argv: no
 # password in `ps`). Modes: "ping" waits for an authenticated ping and a read, and checks
@@ -131,6 +132,10 @@ def _start(ctx: Context, venv: Path, port: int, data: Path, auth: bool) -> None:
         "--storage-path", str(data),
         "--cache-size", CACHE_SIZE,
         "--log-level", "WARNING",
+        # the oplog copies every inserted chunk; nothing here reads it (no change
+        # streams), and by default it keeps 100000 entries: gigabytes of image data
+        "--oplog-max-entries", str(OPLOG_MAX_ENTRIES),
+        "--oplog-retention-seconds", "60",
     ]  # fmt: skip
     if auth:
         argv.append("--auth")
