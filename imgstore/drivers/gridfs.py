@@ -84,7 +84,7 @@ class GridFSLocation(Location):
     schemes = (SCHEME,)
 
     def __init__(self, file_id: str) -> None:
-        if not isinstance(file_id, str) or not _ID_RE.match(file_id):
+        if not isinstance(file_id, str) or not _ID_RE.fullmatch(file_id):
             raise BadLocation(
                 f"a gridfs location needs a file id of 1-255 letters, digits, '.', '_' or '-', "
                 f"not {redact_uri(str(file_id))[:80]!r}"
@@ -97,7 +97,7 @@ class GridFSLocation(Location):
         if not isinstance(uri, str) or uri[: len(prefix)].lower() != prefix:
             raise BadLocation(f"not a gridfs location: {redact_uri(str(uri))[:200]!r}")
         rest = uri[len(prefix) :]
-        if not _ID_RE.match(rest):
+        if not _ID_RE.fullmatch(rest):
             raise BadLocation(
                 f"malformed gridfs location {redact_uri(uri)[:200]!r}: expected "
                 "gridfs://<file id> with no host, path, query or credentials"
