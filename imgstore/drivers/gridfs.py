@@ -73,6 +73,7 @@ INSERT_BATCH_BYTES = 16 * 1024 * 1024
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _AUTH_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
+_AUTH_FAILURE_RE = re.compile(r"'code': 18\b|'codeName': 'AuthenticationFailed'")
 _DUPLICATE_CODES = frozenset({11000, 11001, 12582})
 _NO_SPACE_CODES = frozenset({14031})  # OutOfDiskSpace
 
@@ -258,6 +259,12 @@ class GridFSDriver(Driver):
         what = f"backend {self.backend!r}: {doing}"
         detail = scrub(f"{type(exc).__name__}: {exc}", self._secrets)[:500]
         code = getattr(exc, "code", None)
+        if isinstance(exc, errors.ServerSelectionTimeoutError) and _AUTH_FAILURE_RE.search(
+            str(exc)
+        ):
+            # a refused login during connection setup marks the server unusable, so
+            # pymongo reports it as a selection timeout with the server's answer inside
+            return AuthenticationFailed(f"{what}: the server refused our credentials ({detail})")
         if isinstance(exc, errors.ServerSelectionTimeoutError):
             return BackendUnavailable(f"{what}: no MongoDB server answered ({detail})")
         if isinstance(exc, (errors.ConnectionFailure, errors.NetworkTimeout)):

@@ -325,7 +325,9 @@ def test_wrong_password_is_authentication_failed(
         env.details["uri_with_password"].split("@")[0].rsplit(":", 1)[1], "not-the-password"
     )
     assert wrong != env.details["uri_with_password"]
-    with env.make({"mongodb_store_uri": wrong}) as stores:
+    with env.make(
+        {"mongodb_store_uri": wrong, "mongodb_store_server_selection_timeout": 2}
+    ) as stores:
         with pytest.raises(AuthenticationFailed) as raised:
             stores.size("gridfs://anything")
         with pytest.raises(AuthenticationFailed):
