@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -32,7 +31,7 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_HASH_ALGO = "sha512"
 
-_IMAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +68,7 @@ class BackendInfo:
 
 def validate_image_id(image_id: object) -> str:
     """Image ids become object and file names: letters, digits, ``.``, ``_``, ``-`` only."""
-    if not isinstance(image_id, str) or not _IMAGE_ID_RE.match(image_id):
+    if not isinstance(image_id, str) or not _IMAGE_ID_RE.fullmatch(image_id):
         raise InvalidArgument(
             f"invalid image id {str(image_id)[:80]!r}: use 1-255 letters, digits, '.', '_' "
             "or '-', starting with a letter or digit (a UUID is typical)"
@@ -98,7 +97,6 @@ class Stores:
         except BaseException:
             self.close()
             raise
-        self._lock = threading.Lock()
 
     @classmethod
     def from_config_files(cls, *paths: str | os.PathLike[str]) -> Stores:
