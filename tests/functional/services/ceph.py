@@ -15,6 +15,11 @@ Admin sockets are unix sockets (at most 107 bytes of path): when the state
 directory's path is too long for them, the run directory moves to
 ``/tmp/imgstore-ceph-<uid>``, recorded in ``details.json`` and removed by down.
 
+The OSD keeps its data in RAM (memstore), up to ``IMGSTORE_CEPH_OSD_MB``
+(10240 MiB); a full OSD blocks writes until the client op timeout, so tests
+delete what they add (radosgw frees deleted objects only in its garbage
+collection: ``radosgw-admin gc process --include-all``).
+
 Settings that keep it fast and small (measured): ``paxos propose interval =
 0.1`` (each pool create costs one round; the default 1 s made radosgw start
 in 9 s instead of 1.6 s) and the mgr told not to import modules nobody uses.
@@ -99,7 +104,7 @@ def _run_dir(ctx: Context) -> Path:
 
 def _conf_text(ctx: Context, fsid: str, run: Path, ports: dict[str, int]) -> str:
     d = ctx.dir
-    size = int(os.environ.get("IMGSTORE_CEPH_OSD_MB", "6144")) * 1024 * 1024
+    size = int(os.environ.get("IMGSTORE_CEPH_OSD_MB", "10240")) * 1024 * 1024
     return f"""[global]
 fsid = {fsid}
 mon host = [v2:{HOST}:{ports["mon"]}]
