@@ -1,0 +1,1256 @@
+"""The OpenStack Swift driver (``swift://``, ``swift+http(s)://``, ``swift+config://``).
+
+Built on python-swiftclient. Options keep glance_store's names
+(``swift_store_auth_address``, ``swift_store_container``...), so an existing
+``[glance_store]`` section works unchanged.
+
+* **auth**: v1 (tempauth, radosgw) with ``swift_store_user = account:user``;
+  Keystone v3 (and v2, untested) with ``swift_store_user = project:user``
+  plus the domain options. Credentials may come from
+  ``swift_store_config_file`` (glance_store's ``swift.conf`` with named
+  references, ``default_swift_reference`` chooses one). A token is shared by
+  all requests of a backend; a 401 makes swiftclient authenticate again and
+  repeat the request, so a token that expires in the middle of a segmented
+  upload costs one re-authentication, not the upload.
+* **multi-tenant** (``swift_store_multi_tenant = True``): no configured
+  credentials; the caller gives a token and storage URL per operation::
+
+      drv = stores.driver("swift")
+      with drv.credentials(token=request_token, storage_url=url):
+          stores.add(image_id, data)
+
+  :meth:`SwiftDriver.credentials` is a context manager (a ``contextvars``
+  variable, so it follows the calling thread or task); an operation captures
+  the credentials when it starts. Locations then name the storage URL
+  (``swift+https://host/v1/AUTH_project/container/object``), as
+  glance_store's multi-tenant store wrote them; reads and deletes go to that
+  storage URL with the caller's token. The same context manager also works
+  in single-tenant mode, to act for another account.
+* **add**: an image of known size below ``swift_store_large_object_size`` is
+  one streaming PUT (its last chunk is held back until commit, so the object
+  never appears early). Larger images, and images of unknown size that
+  outgrow one segment, become a Static Large Object: segments of
+  ``swift_store_large_object_chunk_size`` upload on
+  ``swift_store_thread_pools`` threads while the next one fills
+  (back-pressure: at most threads + 1 segment buffers per add), then the
+  manifest is PUT. ``swift_store_large_object_type = dlo`` writes a Dynamic
+  Large Object instead (``X-Object-Manifest``, for old readers). Segment
+  names are ``<object>-<nonce>-<n:05d>`` in the image's container (the nonce
+  keeps two racing writers of one id apart). Any failure deletes every
+  segment written. The object is created with ``If-None-Match: *`` (after a
+  HEAD), so an existing image is never overwritten: :class:`Duplicate`.
+* **get**: a streaming GET; an offset/length read sends ``Range``
+  (READ_RANDOM). When the connection drops mid-body, the driver asks again
+  for the rest with ``Range`` (up to ``swift_store_retry_get_count`` times,
+  with backoff) and checks the ETag did not change, so the caller gets
+  exactly the bytes of the image.
+* **large objects of glance_store**: a DLO manifest (``X-Object-Manifest``,
+  ``<obj>-00001`` segments) is read like any object; ``delete`` removes the
+  manifest and then every segment under its prefix, and an SLO's manifest
+  and then the segments it lists.
+* **locations** never carry credentials. glance_store's old form
+  ``swift://account:user:key@auth/container/object`` is still read (the
+  credentials are dropped: the configured ones are used) and redacted.
+* errors: 404 -> :class:`NotFound`, 401/403 and refused logins ->
+  :class:`AuthenticationFailed`, 5xx and connection failures (after
+  swiftclient's retries) -> :class:`BackendUnavailable`. No key or token
+  reaches a log record, message or repr.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import contextvars
+import dataclasses
+import json
+import logging
+import queue
+import secrets as secrets_mod
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from oslo_config import cfg
+
+from imgstore.capabilities import Capability
+from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.drivers._parallel import BoundedUploader, BufferPool
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    Duplicate,
+    ImgstoreError,
+    InvalidArgument,
+    NotFound,
+    StorageFull,
+)
+from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
+from imgstore.pipeline import scrub
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1 << 20
+READ_CHUNK_SIZE = 1 * MiB
+MAX_SEGMENTS = 1000
+"""Swift's default ``max_manifest_segments`` for an SLO."""
+MAX_DLO_SEGMENTS = 99_999
+"""Five-digit segment numbers keep a DLO's listing order right."""
+GROWTH_EVERY = 100
+"""Unknown size: the segment size doubles after every this many segments."""
+SCHEMES = ("swift", "swift+http", "swift+https", "swift+config")
+
+
+# -- locations ----------------------------------------------------------------
+
+
+@register
+class SwiftLocation(Location):
+    """``swift+http(s)://<auth address or storage URL>/<container>/<object>``.
+
+    ``swift+config://<reference>/<container>/<object>`` names a reference of
+    ``swift_store_config_file``; ``swift://`` is https (as in glance_store).
+    """
+
+    schemes = SCHEMES
+
+    def __init__(self, scheme: str, prefix: str, container: str, obj: str) -> None:
+        scheme = scheme.lower()
+        if scheme not in SCHEMES:
+            raise BadLocation(f"not a swift scheme: {scheme!r}")
+        for what, value in (("address", prefix), ("container", container), ("object", obj)):
+            if not value or any(c.isspace() or ord(c) < 32 or c in "?#@" for c in value):
+                raise BadLocation(f"swift location has a missing or malformed {what}")
+        if "/" in container or "/" in obj or obj in (".", ".."):
+            raise BadLocation("swift location container and object cannot contain '/'")
+        if scheme == "swift+config" and "/" in prefix:
+            raise BadLocation("a swift+config location names a reference, not a path")
+        self._scheme = scheme
+        self.prefix = prefix
+        self.container = container
+        self.obj = obj
+
+    @property
+    def image_id(self) -> str:
+        """The object name (the image id for images imgstore or glance_store wrote)."""
+        return self.obj
+
+    @property
+    def reference(self) -> str | None:
+        """The ``swift_store_config_file`` reference of a ``swift+config`` location."""
+        return self.prefix if self._scheme == "swift+config" else None
+
+    @property
+    def url(self) -> str | None:
+        """The http(s) URL of the prefix (auth address or storage URL); None for swift+config."""
+        if self._scheme == "swift+config":
+            return None
+        proto = "http" if self._scheme == "swift+http" else "https"
+        return f"{proto}://{self.prefix}"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> SwiftLocation:
+        shown = redact_uri(uri)[:200]
+        scheme, sep, rest = uri.partition("://")
+        if not sep or "://" in rest:
+            raise BadLocation(f"malformed swift location {shown!r}")
+        if "?" in rest or "#" in rest:
+            raise BadLocation(f"swift locations take no query or fragment: {shown!r}")
+        _creds, at, tail = rest.rpartition("@")
+        if at:  # glance_store's old user:key@ form: the credentials are dropped
+            rest = tail
+        parts = rest.split("/")
+        if len(parts) < 3:
+            raise BadLocation(
+                f"malformed swift location {shown!r}: expected swift://address/container/object"
+            )
+        obj, container = unquote_path(parts[-1]), unquote_path(parts[-2])
+        prefix = "/".join(parts[:-2]).rstrip("/")
+        try:
+            return cls(scheme, prefix, container, obj)
+        except BadLocation as exc:
+            raise BadLocation(f"{exc}: {shown!r}") from None
+
+    def to_uri(self) -> str:
+        return f"{self._scheme}://{self.prefix}/{quote_path(self.container)}/{quote_path(self.obj)}"
+
+
+def _strip_scheme(url: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of an http(s) URL, rest without trailing '/'."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {redact_uri(url)!r}")
+    return parts.scheme, (parts.netloc + parts.path).rstrip("/")
+
+
+# -- credentials ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    """How to reach one Swift account: credentials to log in, or a token and storage URL."""
+
+    auth_url: str | None = None
+    user: str | None = None
+    key: str | None = dataclasses.field(default=None, repr=False)
+    auth_version: str = "1"
+    os_options: tuple[tuple[str, str], ...] = ()
+    storage_url: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+    reference: str | None = None
+
+    def __repr__(self) -> str:
+        where = self.storage_url or self.auth_url
+        return f"<Account {self.user or 'token'} at {where}>"
+
+
+_CONTEXT: contextvars.ContextVar[Account | None] = contextvars.ContextVar(
+    "imgstore_swift_credentials", default=None
+)
+
+
+def _read_references(path: str) -> dict[str, dict[str, str]]:
+    parser = configparser.RawConfigParser()
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error) as exc:
+        raise BadConfiguration(f"cannot read swift_store_config_file {path}: {exc}") from None
+    return {name: dict(parser.items(name)) for name in parser.sections()}
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "http_status", None)
+    if status is None:
+        status = getattr(exc, "status_code", None)
+    return int(status) if isinstance(status, int) else None
+
+
+def _is_http_error(exc: BaseException, *codes: int) -> bool:
+    return _status(exc) in codes
+
+
+# -- the driver -------------------------------------------------------------------
+
+
+class SwiftDriver(Driver):
+    """Stores images as objects (or large objects) in Swift containers."""
+
+    name = "swift"
+    location_class = SwiftLocation
+    capabilities = Capability.RW | Capability.READ_RANDOM
+
+    @classmethod
+    def options(cls) -> list[cfg.Opt]:
+        return [
+            cfg.StrOpt(
+                "swift_store_auth_address",
+                help="The auth URL: tempauth/radosgw http://host:port/auth/v1.0 (auth "
+                "version 1) or Keystone http://host:5000/v3.",
+            ),
+            cfg.StrOpt(
+                "swift_store_user",
+                secret=False,
+                help="'account:user' (auth 1) or 'project:user' (Keystone).",
+            ),
+            cfg.StrOpt("swift_store_key", secret=True, help="The user's key or password."),
+            cfg.StrOpt(
+                "swift_store_auth_version",
+                default="3",
+                choices=["1", "2", "3"],
+                help="1: tempauth/radosgw; 3: Keystone v3 (2: Keystone v2, untested).",
+            ),
+            cfg.StrOpt(
+                "swift_store_user_domain_name",
+                default="Default",
+                help="Keystone v3: the user's domain (when not in swift_store_config_file).",
+            ),
+            cfg.StrOpt(
+                "swift_store_project_domain_name",
+                default="Default",
+                help="Keystone v3: the project's domain (when not in swift_store_config_file).",
+            ),
+            cfg.StrOpt(
+                "swift_store_config_file",
+                help="glance_store's swift.conf: [reference] sections with user, key, "
+                "auth_address, auth_version and the domain options. When set, "
+                "credentials come from the section named by default_swift_reference "
+                "and locations are swift+config://<reference>/...",
+            ),
+            cfg.StrOpt(
+                "default_swift_reference",
+                default="ref1",
+                help="The swift_store_config_file section to use for new images.",
+            ),
+            cfg.StrOpt("swift_store_container", default="glance", help="Container for images."),
+            cfg.BoolOpt(
+                "swift_store_create_container_on_put",
+                default=False,
+                help="Create the container on the first add when it does not exist.",
+            ),
+            cfg.IntOpt(
+                "swift_store_multiple_containers_seed",
+                default=0,
+                min=0,
+                max=32,
+                help="When > 0, an image goes to '<container>_<first N characters of its "
+                "id>' (needs swift_store_create_container_on_put).",
+            ),
+            cfg.IntOpt(
+                "swift_store_large_object_size",
+                default=5 * 1024,
+                min=0,
+                help="Images of known size below this many MiB are one object; larger "
+                "ones, and images of unknown size larger than one segment, are large "
+                "objects.",
+            ),
+            cfg.IntOpt(
+                "swift_store_large_object_chunk_size",
+                default=200,
+                min=1,
+                help="Segment size in MiB (grows by itself when an image would need "
+                "more than 1000 segments).",
+            ),
+            cfg.StrOpt(
+                "swift_store_large_object_type",
+                default="slo",
+                choices=["slo", "dlo"],
+                help="slo: Static Large Objects; dlo: Dynamic Large Objects, for readers "
+                "that know only X-Object-Manifest.",
+            ),
+            cfg.IntOpt(
+                "swift_store_thread_pools",
+                default=4,
+                min=1,
+                help="Segments uploaded at once per add; memory per add is at most "
+                "(this + 1) x the segment size.",
+            ),
+            cfg.BoolOpt(
+                "swift_store_multi_tenant",
+                default=False,
+                help="Use the caller's token and storage URL (SwiftDriver.credentials) "
+                "instead of configured credentials.",
+            ),
+            cfg.StrOpt("swift_store_cacert", help="CA bundle to verify https endpoints."),
+            cfg.BoolOpt(
+                "swift_store_auth_insecure",
+                default=False,
+                help="Do not verify the TLS certificates of the auth and Swift endpoints.",
+            ),
+            cfg.StrOpt("swift_store_region", help="Keystone: the region of the Swift endpoint."),
+            cfg.StrOpt(
+                "swift_store_endpoint_type",
+                default="publicURL",
+                choices=["publicURL", "adminURL", "internalURL"],
+                help="Keystone: which endpoint of the catalog to use.",
+            ),
+            cfg.StrOpt(
+                "swift_store_service_type",
+                default="object-store",
+                help="Keystone: the catalog's service type for Swift.",
+            ),
+            cfg.IntOpt(
+                "swift_store_retry_get_count",
+                default=0,
+                min=0,
+                help="How often a download whose connection drops is resumed (with a "
+                "Range request for the rest).",
+            ),
+            cfg.IntOpt(
+                "swift_store_retries",
+                default=3,
+                min=0,
+                help="Retries of failed requests (connection errors, 5xx), with backoff.",
+            ),
+            cfg.FloatOpt(
+                "swift_store_timeout", default=60.0, min=0.1, help="Socket timeout, seconds."
+            ),
+        ]
+
+    def configure(self) -> None:
+        conf = self.conf
+        self.multi_tenant = bool(conf.swift_store_multi_tenant)
+        self.container: str = conf.swift_store_container
+        if not self.container or "/" in self.container:
+            raise BadConfiguration(f"backend {self.backend!r}: bad swift_store_container")
+        self.seed = conf.swift_store_multiple_containers_seed
+        self.create_container = bool(conf.swift_store_create_container_on_put)
+        if self.seed and not self.create_container:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: swift_store_multiple_containers_seed needs "
+                "swift_store_create_container_on_put = True"
+            )
+        self.large_object_size = conf.swift_store_large_object_size * MiB
+        self.segment_size = conf.swift_store_large_object_chunk_size * MiB
+        self.slo = conf.swift_store_large_object_type == "slo"
+        self.threads = conf.swift_store_thread_pools
+        self.retry_get_count = conf.swift_store_retry_get_count
+        self.retries = conf.swift_store_retries
+        self.timeout = conf.swift_store_timeout
+        self.cacert = conf.swift_store_cacert or None
+        self.insecure = bool(conf.swift_store_auth_insecure)
+        self._secrets: list[str] = []
+        self._accounts: dict[str, Account] = {}
+        self._tokens: dict[Account, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+        self._containers_ready: set[tuple[str, str]] = set()
+        self.reference: str | None = None
+        self.account: Account | None = None
+        if conf.swift_store_config_file:
+            for name, section in _read_references(conf.swift_store_config_file).items():
+                self._accounts[name] = self._account(
+                    section.get("auth_address"),
+                    section.get("user"),
+                    section.get("key"),
+                    section.get("auth_version", "3"),
+                    section,
+                    reference=name,
+                )
+            self.reference = conf.default_swift_reference
+            if not self.multi_tenant:
+                if self.reference not in self._accounts:
+                    raise BadConfiguration(
+                        f"backend {self.backend!r}: default_swift_reference "
+                        f"{self.reference!r} is not a section of swift_store_config_file"
+                    )
+                self.account = self._accounts[self.reference]
+        elif not self.multi_tenant:
+            missing = [
+                n
+                for n in ("swift_store_auth_address", "swift_store_user", "swift_store_key")
+                if not conf.get(n)
+            ]
+            if missing:
+                raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
+            self.account = self._account(
+                conf.swift_store_auth_address,
+                conf.swift_store_user,
+                conf.swift_store_key,
+                conf.swift_store_auth_version,
+                {
+                    "user_domain_name": conf.swift_store_user_domain_name,
+                    "project_domain_name": conf.swift_store_project_domain_name,
+                },
+            )
+        try:
+            import swiftclient  # type: ignore[import-untyped]  # noqa: F401
+        except ImportError:
+            raise BadConfiguration(
+                "the swift driver needs python-swiftclient: pip install 'imgstore[swift]'"
+            ) from None
+
+    def _account(
+        self,
+        auth_url: str | None,
+        user: str | None,
+        key: str | None,
+        version: str,
+        extra: dict[str, str],
+        reference: str | None = None,
+    ) -> Account:
+        where = f"backend {self.backend!r}" + (f" reference {reference!r}" if reference else "")
+        if not auth_url or not user or not key:
+            raise BadConfiguration(f"{where}: auth_address, user and key are all needed")
+        version = str(version).strip().lstrip("v")
+        if version in ("1.0", "1"):
+            version = "1"
+        elif version.startswith("2"):
+            version = "2"
+        elif version.startswith("3"):
+            version = "3"
+        else:
+            raise BadConfiguration(f"{where}: unknown auth version {version!r}")
+        try:
+            _strip_scheme(auth_url)
+        except ValueError:
+            raise BadConfiguration(f"{where}: the auth address must be an http(s) URL") from None
+        self._secrets.append(key)
+        options: dict[str, str] = {}
+        if version != "1":
+            project, sep, name = user.partition(":")
+            if not sep or not project or not name:
+                raise BadConfiguration(f"{where}: the user must be 'project:user' for Keystone")
+            user = name
+            options["project_name"] = project
+            options["tenant_name"] = project
+            for opt in ("user_domain_name", "project_domain_name", "user_domain_id",
+                        "project_domain_id"):  # fmt: skip
+                if extra.get(opt):
+                    options[opt] = extra[opt]
+            conf = self.conf
+            if conf.swift_store_region:
+                options["region_name"] = conf.swift_store_region
+            options["endpoint_type"] = conf.swift_store_endpoint_type
+            options["service_type"] = conf.swift_store_service_type
+        return Account(
+            auth_url=auth_url.strip(),
+            user=user,
+            key=key,
+            auth_version=version,
+            os_options=tuple(sorted(options.items())),
+            reference=reference,
+        )
+
+    def secrets(self) -> list[str]:
+        with self._lock:
+            tokens = [t for _, t in self._tokens.values()]
+        ctx = _CONTEXT.get()
+        return [*self._secrets, *tokens, *([ctx.token] if ctx and ctx.token else [])]
+
+    def __repr__(self) -> str:
+        return f"<SwiftDriver backend={self.backend!r} container={self.container!r}>"
+
+    # -- multi-tenant --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def credentials(self, token: str, storage_url: str) -> Iterator[None]:
+        """Act with ``token`` on the account at ``storage_url`` inside the ``with`` block."""
+        if not token or not storage_url:
+            raise InvalidArgument("credentials() needs a token and a storage URL")
+        try:
+            _strip_scheme(storage_url)
+        except ValueError:
+            raise InvalidArgument("the storage URL must be an http(s) URL") from None
+        reset = _CONTEXT.set(Account(storage_url=storage_url.rstrip("/"), token=token))
+        try:
+            yield
+        finally:
+            _CONTEXT.reset(reset)
+
+    def _current(self) -> Account:
+        ctx = _CONTEXT.get()
+        if ctx is not None:
+            return ctx
+        if self.account is None:
+            raise AuthenticationFailed(
+                f"backend {self.backend!r} is multi-tenant: call it inside "
+                "SwiftDriver.credentials(token, storage_url)"
+            )
+        return self.account
+
+    def _account_for(self, loc: SwiftLocation) -> Account:
+        ctx = _CONTEXT.get()
+        if ctx is not None:
+            if loc.url is not None and loc.url.rstrip("/") != self._auth_prefix_url(loc):
+                return dataclasses.replace(ctx, storage_url=loc.url)
+            return ctx
+        if loc.reference is not None and loc.reference in self._accounts:
+            return self._accounts[loc.reference]
+        return self._current()
+
+    def _auth_prefix_url(self, loc: SwiftLocation) -> str:
+        """The auth address a single-tenant location names (not a storage URL)."""
+        acct = self.account
+        return acct.auth_url.rstrip("/") if acct and acct.auth_url else ""
+
+    # -- connections -----------------------------------------------------------
+
+    def connection(self, account: Account, retries: int | None = None) -> Any:
+        """A new swiftclient Connection for ``account`` (one per thread; cheap)."""
+        from swiftclient import client as sc
+
+        cached = self._tokens.get(account)
+        kwargs: dict[str, Any] = {
+            "retries": self.retries if retries is None else retries,
+            "starting_backoff": 0.5,
+            "max_backoff": 8,
+            "timeout": self.timeout,
+            "cacert": self.cacert,
+            "insecure": self.insecure,
+        }
+        if account.token is not None:
+            kwargs.update(preauthurl=account.storage_url, preauthtoken=account.token)
+        else:
+            kwargs.update(
+                authurl=account.auth_url,
+                user=account.user,
+                key=account.key,
+                auth_version=account.auth_version,
+                os_options=dict(account.os_options),
+            )
+            if cached is not None:
+                kwargs.update(preauthurl=cached[0], preauthtoken=cached[1])
+        return sc.Connection(**kwargs)
+
+    def call(self, account: Account, doing: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``Connection.<method>(*args, **kwargs)`` with errors mapped."""
+        conn = self.connection(account)
+        try:
+            return getattr(conn, method)(*args, **kwargs)
+        except Exception as exc:
+            raise self.map_error(exc, doing) from exc
+        finally:
+            self.remember(account, conn)
+            conn.close()
+
+    def remember(self, account: Account, conn: Any) -> None:
+        """Keep the token ``conn`` obtained, for the next connections."""
+        if account.token is None and conn.url and conn.token:
+            with self._lock:
+                self._tokens[account] = (conn.url, conn.token)
+
+    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+        """A swiftclient/keystone/requests exception as an imgstore exception."""
+        if isinstance(exc, ImgstoreError):
+            return exc
+        status = _status(exc)
+        reason = getattr(exc, "http_reason", "") or ""
+        name = type(exc).__name__
+        text = scrub(str(exc), self.secrets())
+        if status == 404:
+            return NotFound(f"{doing}: not found")
+        if status in (401, 403) or name in ("Unauthorized", "Forbidden", "AuthorizationFailure"):
+            return AuthenticationFailed(f"{doing}: refused ({status or name} {reason})".rstrip())
+        if status is None and "Unauthorized" in text:
+            return AuthenticationFailed(f"{doing}: the login was refused")
+        if status == 507:
+            return StorageFull(f"{doing}: Swift has no room ({status} {reason})")
+        if status == 412:
+            return Duplicate(f"{doing}: the object already exists")
+        if status is not None and (status >= 500 or status in (408, 429, 498, 499)):
+            return BackendUnavailable(f"{doing}: Swift answered {status} {reason}")
+        if status is None and (
+            isinstance(exc, OSError)
+            or any(
+                k in name
+                for k in ("Connection", "Timeout", "ConnectFailure", "Protocol", "IncompleteRead")
+            )
+        ):
+            return BackendUnavailable(f"{doing}: {name}: {text}")
+        return BackendError(f"{doing}: {name}: {text}")
+
+    # -- locations -----------------------------------------------------------------
+
+    def owns(self, location: Location) -> bool:
+        if not isinstance(location, SwiftLocation):
+            return False
+        if self.multi_tenant:
+            return True
+        if location.reference is not None:
+            return location.reference in self._accounts
+        acct = self.account
+        if acct is None or acct.auth_url is None:
+            return False
+        _scheme, prefix = _strip_scheme(acct.auth_url)
+        return location.prefix.lower() == prefix.lower()
+
+    def _checked(self, location: Location) -> SwiftLocation:
+        if not isinstance(location, SwiftLocation):
+            raise BadLocation(f"{location.redacted()} is not a swift location")
+        return location
+
+    def container_for(self, image_id: str) -> str:
+        """The container an image goes to (with the multiple-containers seed)."""
+        if self.seed:
+            return f"{self.container}_{image_id[: self.seed]}"
+        return self.container
+
+    def _location(self, account: Account, container: str, obj: str) -> SwiftLocation:
+        if account.token is not None and account.storage_url:
+            scheme, prefix = _strip_scheme(account.storage_url)
+            return SwiftLocation(f"swift+{scheme}", prefix, container, obj)
+        if account.reference is not None:
+            return SwiftLocation("swift+config", account.reference, container, obj)
+        assert account.auth_url is not None
+        scheme, prefix = _strip_scheme(account.auth_url)
+        return SwiftLocation(f"swift+{scheme}", prefix, container, obj)
+
+    # -- operations ----------------------------------------------------------------
+
+    def _ensure_container(self, account: Account, container: str) -> None:
+        key = (repr(account), container)
+        if key in self._containers_ready:
+            return
+        doing = f"checking container {container!r}"
+        try:
+            self.call(account, doing, "head_container", container)
+        except NotFound:
+            if not self.create_container:
+                raise NotFound(
+                    f"backend {self.backend!r}: container {container!r} does not exist; "
+                    "create it or set swift_store_create_container_on_put"
+                ) from None
+            self.call(account, f"creating container {container!r}", "put_container", container)
+            LOG.info("backend %r: created container %r", self.backend, container)
+        self._containers_ready.add(key)
+
+    def head(self, account: Account, container: str, obj: str, doing: str) -> dict[str, str]:
+        """The object's headers; :class:`NotFound` when it is not there."""
+        return dict(self.call(account, doing, "head_object", container, obj))
+
+    def _exists(self, account: Account, container: str, obj: str, doing: str) -> bool:
+        try:
+            self.head(account, container, obj, doing)
+        except NotFound:
+            return False
+        return True
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        account = self._current()
+        container = self.container_for(image_id)
+        location = self._location(account, container, image_id)
+        self._ensure_container(account, container)
+        if self._exists(account, container, image_id, f"checking {location.redacted()}"):
+            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+        if size is not None and size < self.large_object_size:
+            return SwiftPutWriter(self, account, location, size)
+        return SwiftSegmentWriter(self, account, location, size)
+
+    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+        loc = self._checked(location)
+        account = self._account_for(loc)
+        doing = f"reading {loc.redacted()}"
+        if offset == 0 and length is None:
+            stream = SwiftStream(self, account, loc, 0, None, doing)
+        else:
+            total = int(self.head(account, loc.container, loc.obj, doing)["content-length"])
+            start, count = clamp_range(total, offset, length)
+            stream = SwiftStream(self, account, loc, start, count, doing)
+        stream.start()
+        return stream
+
+    def size(self, location: Location) -> int:
+        loc = self._checked(location)
+        headers = self.head(self._account_for(loc), loc.container, loc.obj,
+                            f"sizing {loc.redacted()}")  # fmt: skip
+        return int(headers["content-length"])
+
+    def delete(self, location: Location) -> None:
+        loc = self._checked(location)
+        account = self._account_for(loc)
+        doing = f"deleting {loc.redacted()}"
+        headers = self.call(
+            account, doing, "head_object", loc.container, loc.obj,
+            query_string="multipart-manifest=get",
+        )  # fmt: skip
+        segments: list[tuple[str, str]] = []
+        if str(headers.get("x-static-large-object", "")).lower() == "true":
+            _, body = self.call(
+                account, doing, "get_object", loc.container, loc.obj,
+                query_string="multipart-manifest=get",
+            )  # fmt: skip
+            for entry in json.loads(body):
+                seg_container, _, seg_obj = entry["name"].lstrip("/").partition("/")
+                segments.append((unquote_path(seg_container), unquote_path(seg_obj)))
+        elif headers.get("x-object-manifest"):
+            seg_container, _, prefix = unquote_path(headers["x-object-manifest"]).partition("/")
+            _, listing = self.call(
+                account, doing, "get_container", seg_container, prefix=prefix, full_listing=True
+            )
+            segments = [
+                (seg_container, o["name"])
+                for o in listing
+                if not (seg_container == loc.container and o["name"] == loc.obj)
+            ]
+        # the manifest first: a reader then sees NotFound, never a broken image
+        self.call(account, doing, "delete_object", loc.container, loc.obj)
+        self.delete_segments(account, segments, loc.redacted())
+
+    def delete_segments(
+        self, account: Account, segments: list[tuple[str, str]], shown: str
+    ) -> None:
+        """Delete ``segments`` (missing ones are fine); log what could not be deleted."""
+        left = []
+        for container, obj in segments:
+            try:
+                self.call(
+                    account, f"deleting a segment of {shown}", "delete_object", container, obj
+                )
+            except NotFound:
+                pass
+            except ImgstoreError as exc:
+                left.append(obj)
+                LOG.warning("backend %r: %s", self.backend, exc)
+        if left:
+            LOG.error(
+                "backend %r: %d segments of %s could not be deleted: %s",
+                self.backend, len(left), shown, ", ".join(left[:10]),
+            )  # fmt: skip
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+class SwiftStream(ReadStream):
+    """One GET (whole or ranged), resumed with Range when the connection drops."""
+
+    def __init__(
+        self,
+        driver: SwiftDriver,
+        account: Account,
+        loc: SwiftLocation,
+        start: int,
+        count: int | None,
+        doing: str,
+    ) -> None:
+        self._driver = driver
+        self._account = account
+        self._loc = loc
+        self._pos = start
+        self._end: int | None = None if count is None else start + count
+        self._doing = doing
+        self._etag: str | None = None
+        self._conn: Any = None
+        self._body: Any = None
+        self.size = count or 0
+        self.resumed = 0
+        """How many times the download was resumed (tests read it)."""
+
+    def start(self) -> None:
+        """Send the first GET (raises NotFound etc. before any byte is read)."""
+        if self._end is not None and self._end == self._pos:
+            return
+        headers = self._request()
+        if self._end is None:
+            self.size = int(headers["content-length"])
+            self._end = self.size
+
+    def _request(self) -> dict[str, str]:
+        drv = self._driver
+        req: dict[str, str] = {}
+        if self._end is not None:
+            req["Range"] = f"bytes={self._pos}-{self._end - 1}"
+        elif self._pos:
+            req["Range"] = f"bytes={self._pos}-"
+        conn = drv.connection(self._account)
+        try:
+            headers, body = conn.get_object(
+                self._loc.container, self._loc.obj, resp_chunk_size=READ_CHUNK_SIZE, headers=req
+            )
+        except Exception as exc:
+            conn.close()
+            raise drv.map_error(exc, self._doing) from exc
+        finally:
+            drv.remember(self._account, conn)
+        etag = headers.get("etag")
+        if self._etag is None:
+            self._etag = etag
+        elif etag and etag != self._etag:
+            conn.close()
+            raise BackendError(f"{self._doing}: the object changed while it was being read")
+        if req and not str(headers.get("content-range", "")).startswith(f"bytes {self._pos}-"):
+            conn.close()
+            raise BackendError(f"{self._doing}: the server ignored the Range request")
+        self._conn, self._body = conn, body
+        return dict(headers)
+
+    def __iter__(self) -> Iterator[bytes]:
+        drv = self._driver
+        attempts = 0
+        while self._end is not None and self._pos < self._end:
+            if self._body is None:
+                self._request()
+            failure: BaseException | None = None
+            try:
+                for data in self._body:
+                    if not data:
+                        break
+                    take = min(len(data), self._end - self._pos)
+                    self._pos += take
+                    yield data[:take] if take < len(data) else data
+                    if self._pos >= self._end:
+                        break
+            except GeneratorExit:
+                raise
+            except Exception as exc:
+                failure = exc
+            if self._pos >= self._end:
+                break
+            self._close_body()
+            if attempts >= drv.retry_get_count:
+                if failure is not None:
+                    raise drv.map_error(failure, self._doing) from failure
+                raise BackendUnavailable(
+                    f"{self._doing}: the connection ended after {self._pos} bytes"
+                )
+            attempts += 1
+            self.resumed += 1
+            LOG.warning(
+                "backend %r: %s: the download broke at byte %d; resuming (%d/%d)",
+                drv.backend, self._doing, self._pos, attempts, drv.retry_get_count,
+            )  # fmt: skip
+            self._resume(attempts)
+        self._close_body()
+
+    def _resume(self, attempt: int) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self._request()
+                return
+            except (BackendUnavailable, NotFound) as exc:
+                # a restarting object server: 503 or (one replica) a 404 for a moment
+                if delay > 16:
+                    raise exc from None
+                time.sleep(delay)
+                delay *= 2
+
+    def _close_body(self) -> None:
+        conn, self._conn, self._body = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                LOG.debug("closing a swift connection failed")
+
+    def close(self) -> None:
+        self._close_body()
+
+    def __repr__(self) -> str:
+        return f"<SwiftStream {self._loc.redacted()} size={self.size}>"
+
+
+# -- writing -------------------------------------------------------------------------
+
+
+class _QueueBody:
+    """A file-like request body fed chunk by chunk from another thread."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._view = memoryview(b"")
+        self._ended = False
+
+    def read(self, size: int = -1) -> bytes | memoryview:
+        while not self._view:
+            if self._ended:
+                return b""
+            item = self.queue.get()
+            if item is self._END:
+                self._ended = True
+                return b""
+            if isinstance(item, BaseException):
+                raise item
+            self._view = memoryview(item)
+        n = len(self._view) if size is None or size < 0 else size
+        data, self._view = self._view[:n], self._view[n:]
+        return data
+
+
+class _Aborted(Exception):
+    """Ends a streaming PUT on purpose (the writer was aborted)."""
+
+
+class SwiftPutWriter(Writer):
+    """An image of known size as one streaming PUT; the last chunk waits for commit."""
+
+    def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
+                 size: int) -> None:  # fmt: skip
+        self._driver = driver
+        self._account = account
+        self._location = location
+        self._size = size
+        self._shown = location.redacted()
+        self._body = _QueueBody()
+        self._pending: bytes | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stored = False
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<SwiftPutWriter {self._shown}>"
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="imgstore-swift-put", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        drv, loc = self._driver, self._location
+        conn = drv.connection(self._account, retries=0)
+        try:
+            conn.put_object(
+                loc.container, loc.obj, contents=self._body, content_length=self._size,
+                headers={"If-None-Match": "*"}, content_type="application/octet-stream",
+            )  # fmt: skip
+            self._stored = True
+        except _Aborted:
+            pass
+        except BaseException as exc:
+            self._error = drv.map_error(exc, f"writing {self._shown}")
+            if isinstance(self._error, Duplicate):
+                self._error = Duplicate(
+                    f"image {loc.obj} already exists in backend {drv.backend!r}"
+                )
+        finally:
+            drv.remember(self._account, conn)
+            conn.close()
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._thread is None or not self._thread.is_alive():
+                if self._error is not None:
+                    raise self._error
+                raise BackendError(f"writing {self._shown}: the upload ended early")
+            try:
+                self._body.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, chunk: memoryview) -> None:
+        assert not self._done, "write after commit or abort"
+        if self._thread is None:
+            self._start()
+        if self._pending is not None:
+            self._put(self._pending)
+        self._pending = bytes(chunk)  # the core reuses its buffer: copy
+
+    def commit(self) -> Written:
+        assert not self._done, "commit after commit or abort"
+        if self._thread is None:
+            self._start()
+        if self._pending is not None:
+            self._put(self._pending)
+            self._pending = None
+        self._put(_QueueBody._END)
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._done = True
+        return Written(self._location)
+
+    def abort(self) -> None:
+        self._done = True
+        self._pending = None
+        thread = self._thread
+        if thread is None:
+            return
+        while thread.is_alive():
+            try:
+                self._body.queue.put(_Aborted(), timeout=0.2)
+                break
+            except queue.Full:
+                try:
+                    self._body.queue.get_nowait()
+                except queue.Empty:
+                    pass
+        thread.join()
+        if self._stored:  # cannot happen (the last chunk was held back), but never leave it
+            try:
+                self._driver.call(self._account, "aborting", "delete_object",
+                                  self._location.container, self._location.obj)  # fmt: skip
+            except ImgstoreError as exc:
+                LOG.warning("backend %r: %s", self._driver.backend, exc)
+
+
+class _SegmentBody:
+    """A segment's buffer as a seekable file (swiftclient can rewind it for a retry)."""
+
+    def __init__(self, data: bytearray | memoryview) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, size: int = -1) -> memoryview:
+        end = (
+            len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        )
+        data = self._view[self._pos : end]
+        self._pos = max(self._pos, end)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = max(0, {0: 0, 1: self._pos, 2: len(self._view)}[whence] + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __repr__(self) -> str:
+        return f"<segment body of {len(self._view)} bytes>"
+
+
+def segment_size(number: int, base: int, total: int | None, limit: int = MAX_SEGMENTS) -> int:
+    """The size of segment ``number`` (1-based): ``base``, grown to fit ``limit`` segments."""
+    if number < 1:
+        raise ValueError("segment numbers start at 1")
+    if total is not None:
+        needed = -(-total // limit)
+        needed = -(-needed // MiB) * MiB
+        return max(base, needed)
+    return base << ((number - 1) // GROWTH_EVERY)
+
+
+class SwiftSegmentWriter(Writer):
+    """A large object: segments on a bounded pool, then an SLO (or DLO) manifest."""
+
+    def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
+                 size: int | None) -> None:  # fmt: skip
+        self._driver = driver
+        self._account = account
+        self._location = location
+        self._size = size
+        self._shown = location.redacted()
+        self._prefix = f"{location.obj}-{secrets_mod.token_hex(4)}-"
+        self._limit = MAX_SEGMENTS if driver.slo else MAX_DLO_SEGMENTS
+        self._buffers = BufferPool()
+        self._uploader: BoundedUploader | None = None
+        self._buf: bytearray | None = None
+        self._filled = 0
+        self._sent = 0
+        self._names: list[str] = []
+        self._entries: dict[int, dict[str, Any]] = {}
+        self._entries_lock = threading.Lock()
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<SwiftSegmentWriter {self._shown}>"
+
+    @property
+    def buffers_allocated(self) -> int:
+        """How many segment buffers this writer allocated (tests check the bound)."""
+        return self._buffers.allocated
+
+    @property
+    def peak_uploads(self) -> int:
+        """The most segments that were uploading at once."""
+        return self._uploader.peak if self._uploader is not None else 0
+
+    def write(self, chunk: memoryview) -> None:
+        assert not self._done, "write after commit or abort"
+        if self._uploader is not None:
+            self._uploader.raise_failure()
+        view = chunk
+        while view:
+            if self._buf is None:
+                self._buf = self._buffers.take(self._next_size())
+                self._filled = 0
+            take = min(len(self._buf) - self._filled, len(view))
+            self._buf[self._filled : self._filled + take] = view[:take]  # a copy
+            self._filled += take
+            view = view[take:]
+            if self._filled == len(self._buf):
+                self._send()
+
+    def _next_size(self) -> int:
+        number = self._sent + 1
+        if number > self._limit:
+            raise InvalidArgument(
+                f"{self._shown}: the image needs more than {self._limit} segments; "
+                "raise swift_store_large_object_chunk_size"
+            )
+        return segment_size(number, self._driver.segment_size, self._size, self._limit)
+
+    def _send(self, last: bool = False) -> None:
+        buf, count = self._buf, self._filled
+        assert buf is not None
+        self._buf, self._filled = None, 0
+        if self._uploader is None:
+            self._uploader = BoundedUploader(self._driver.threads, "imgstore-swift-segment")
+        self._sent += 1
+        number = self._sent
+        name = f"{self._prefix}{number:05d}"
+        self._names.append(name)  # before the PUT: a cleanup deletes it whatever happens
+        pool = self._buffers
+        self._uploader.submit(
+            self._upload,
+            number,
+            name,
+            memoryview(buf)[:count],
+            on_error=lambda exc: self._driver.map_error(
+                exc, f"uploading segment {number} of {self._shown}"
+            ),
+            finally_=lambda: pool.give(buf),
+        )
+
+    def _upload(self, number: int, name: str, data: memoryview) -> None:
+        drv = self._driver
+        conn = drv.connection(self._account)
+        try:
+            etag = conn.put_object(
+                self._location.container, name, contents=_SegmentBody(data),
+                content_length=len(data), content_type="application/octet-stream",
+            )  # fmt: skip
+        finally:
+            drv.remember(self._account, conn)
+            conn.close()
+        with self._entries_lock:
+            self._entries[number] = {
+                "path": f"/{self._location.container}/{name}",
+                "etag": str(etag).strip('"'),
+                "size_bytes": len(data),
+            }
+
+    def commit(self) -> Written:
+        assert not self._done, "commit after commit or abort"
+        drv, loc = self._driver, self._location
+        if self._uploader is None:  # everything fits in one segment: one plain PUT
+            body = memoryview(self._buf if self._buf is not None else bytearray())
+            body = body[: self._filled]
+            self._buf = None
+            self._put_manifest("writing", _SegmentBody(body), len(body), {})
+            self._done = True
+            return Written(loc)
+        if self._buf is not None and self._filled:
+            self._send(last=True)
+        self._uploader.wait()
+        self._uploader.raise_failure()
+        # radosgw ignores If-None-Match on some PUTs: look first
+        if drv._exists(self._account, loc.container, loc.obj, f"checking {self._shown}"):
+            raise Duplicate(f"image {loc.obj} already exists in backend {drv.backend!r}")
+        if drv.slo:
+            manifest = json.dumps([self._entries[n] for n in sorted(self._entries)]).encode()
+            self._put_manifest(
+                "writing the manifest of", _SegmentBody(bytearray(manifest)), len(manifest), {},
+                query_string="multipart-manifest=put",
+            )  # fmt: skip
+        else:
+            target = f"{urllib.parse.quote(loc.container)}/{urllib.parse.quote(self._prefix)}"
+            self._put_manifest("writing the manifest of", b"", 0, {"X-Object-Manifest": target})
+        self._finish_pool()
+        self._done = True
+        return Written(loc, {"segments": self._sent})
+
+    def _put_manifest(
+        self, what: str, body: Any, length: int, headers: dict[str, str], **kwargs: Any
+    ) -> None:
+        drv, loc = self._driver, self._location
+        conn = drv.connection(self._account)
+        try:
+            conn.put_object(
+                loc.container, loc.obj, contents=body, content_length=length,
+                headers={"If-None-Match": "*", **headers},
+                content_type="application/octet-stream", **kwargs,
+            )  # fmt: skip
+        except Exception as exc:
+            if _is_http_error(exc, 412):
+                raise Duplicate(
+                    f"image {loc.obj} already exists in backend {drv.backend!r}"
+                ) from None
+            raise drv.map_error(exc, f"{what} {self._shown}") from exc
+        finally:
+            drv.remember(self._account, conn)
+            conn.close()
+
+    def _finish_pool(self) -> None:
+        uploader, self._uploader = self._uploader, None
+        if uploader is not None:
+            uploader.stop()
+        self._buffers.clear()
+
+    def abort(self) -> None:
+        self._done = True
+        self._buf = None
+        try:
+            self._finish_pool()  # no segment may land after the cleanup
+        finally:
+            names, self._names = self._names, []
+            self._driver.delete_segments(
+                self._account, [(self._location.container, n) for n in names], self._shown
+            )
