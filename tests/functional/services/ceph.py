@@ -179,6 +179,11 @@ rgw data = {d}/rgw
 rgw dns name = localhost
 rgw enable usage log = false
 rgw thread pool size = 64
+# Deleted objects' data goes to radosgw's garbage collector, which by default
+# waits two hours: the memstore OSD (RAM) would fill up during a test run.
+rgw gc obj min wait = 0
+rgw gc processor period = 5
+rgw gc processor max time = 5
 """
 
 
