@@ -727,20 +727,12 @@ class SwiftDriver(Driver):
         loc = self._checked(location)
         account = self._account_for(loc)
         doing = f"deleting {loc.redacted()}"
-        headers = self.call(
-            account, doing, "head_object", loc.container, loc.obj,
-            query_string="multipart-manifest=get",
-        )  # fmt: skip
-        segments: list[tuple[str, str]] = []
+        headers = self.head(account, loc.container, loc.obj, doing)
         if str(headers.get("x-static-large-object", "")).lower() == "true":
-            _, body = self.call(
-                account, doing, "get_object", loc.container, loc.obj,
-                query_string="multipart-manifest=get",
-            )  # fmt: skip
-            for entry in json.loads(body):
-                seg_container, _, seg_obj = entry["name"].lstrip("/").partition("/")
-                segments.append((unquote_path(seg_container), unquote_path(seg_obj)))
-        elif headers.get("x-object-manifest"):
+            self._delete_slo(account, loc, doing)
+            return
+        segments: list[tuple[str, str]] = []
+        if headers.get("x-object-manifest"):  # a DLO (glance_store's kind)
             seg_container, _, prefix = unquote_path(headers["x-object-manifest"]).partition("/")
             _, listing = self.call(
                 account, doing, "get_container", seg_container, prefix=prefix, full_listing=True
@@ -753,6 +745,27 @@ class SwiftDriver(Driver):
         # the manifest first: a reader then sees NotFound, never a broken image
         self.call(account, doing, "delete_object", loc.container, loc.obj)
         self.delete_segments(account, segments, loc.redacted())
+
+    def _delete_slo(self, account: Account, loc: SwiftLocation, doing: str) -> None:
+        """Delete an SLO and its segments (``multipart-manifest=delete``)."""
+        segments: list[tuple[str, str]] = []
+        try:  # radosgw answers an empty body here: then only the server knows the segments
+            _, body = self.call(
+                account, doing, "get_object", loc.container, loc.obj,
+                query_string="multipart-manifest=get",
+            )  # fmt: skip
+            for entry in json.loads(body or b"[]"):
+                seg_container, _, seg_obj = str(entry["name"]).lstrip("/").partition("/")
+                segments.append((unquote_path(seg_container), unquote_path(seg_obj)))
+        except (ValueError, KeyError, TypeError):
+            segments = []
+        self.call(
+            account, doing, "delete_object", loc.container, loc.obj,
+            query_string="multipart-manifest=delete",
+        )  # fmt: skip
+        # a server that removed only the manifest: delete the segments one by one
+        if segments and self._exists(account, *segments[0], doing):
+            self.delete_segments(account, segments, loc.redacted())
 
     def delete_segments(
         self, account: Account, segments: list[tuple[str, str]], shown: str
@@ -993,6 +1006,8 @@ class SwiftPutWriter(Writer):
             if self._thread is None or not self._thread.is_alive():
                 if self._error is not None:
                     raise self._error
+                if self._stored and item is _QueueBody._END:
+                    return  # a 0-byte PUT may end before the body is read
                 raise BackendError(f"writing {self._shown}: the upload ended early")
             try:
                 self._body.queue.put(item, timeout=0.2)
