@@ -29,6 +29,9 @@ so an existing ``[glance_store]`` section works unchanged.
 * the secret key never reaches a log record, message or repr. botocore logs
   requests at DEBUG, but only the access key id and signatures, never the
   secret; the driver registers no handler and changes no logger level.
+* the payload is not signed by default (``s3_store_payload_signing``): botocore
+  would otherwise SHA-256 every byte (always over http), a third hash of the
+  image on top of the core's md5 and multihash.
 * ``s3_store_request_checksum_calculation`` and
   ``s3_store_response_checksum_validation`` (with glance_store's switch
   ``s3_store_enable_data_integrity_protection``) choose boto3's default
@@ -291,6 +294,14 @@ class S3Driver(Driver):
                 help="boto3's response_checksum_validation (only with "
                 "s3_store_enable_data_integrity_protection).",
             ),
+            cfg.BoolOpt(
+                "s3_store_payload_signing",
+                default=False,
+                help="Also sign every uploaded byte (SHA-256 of the payload in the SigV4 "
+                "signature). Off: UNSIGNED-PAYLOAD, saving a full extra hash of the image; "
+                "the headers are still signed, and imgstore checks the image by its own "
+                "hashes (plus CRC32 with when_supported checksums).",
+            ),
             cfg.IntOpt(
                 "s3_store_max_retries",
                 default=3,
@@ -358,7 +369,10 @@ class S3Driver(Driver):
                 ) from None
             conf = self.conf
             config = Config(
-                s3={"addressing_style": self.url_format},
+                s3={
+                    "addressing_style": self.url_format,
+                    "payload_signing_enabled": bool(conf.s3_store_payload_signing),
+                },
                 request_checksum_calculation=self.checksums[0],
                 response_checksum_validation=self.checksums[1],
                 retries={"mode": "standard", "total_max_attempts": conf.s3_store_max_retries + 1},

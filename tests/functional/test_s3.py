@@ -8,6 +8,7 @@ server is a part upload failing in the middle (a botocore event hook raises, see
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imgstore import (
     AuthenticationFailed,
     BackendUnavailable,
     BadConfiguration,
     Duplicate,
+    ImgstoreError,
     Stores,
 )
 from imgstore.drivers.s3 import MiB, S3Driver, S3Writer
@@ -30,6 +33,8 @@ from imgstore.testing.conformance import Payload, SourceFailure, drain
 from tests.functional.test_s3_conformance import (
     bucket_listing,
     new_bucket,
+    purge_bucket,
+    rgw_collect_garbage,
     s3_options,
     server,
     write_config,
@@ -59,7 +64,10 @@ def make(tmp_path: Path, details: dict[str, Any]) -> Iterator[Any]:
 
     yield make
     for stores in opened:
+        with contextlib.suppress(ImgstoreError, BotoCoreError, ClientError):
+            purge_bucket(stores.driver("s3"))  # some tests use bad credentials or ports
         stores.close()
+    rgw_collect_garbage(details)
 
 
 def driver_of(stores: Stores) -> S3Driver:
@@ -95,7 +103,7 @@ class PartCounter:
             self.calls += 1
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
-        time.sleep(0.05)  # keep each part in flight long enough to overlap
+        time.sleep(0.2)  # keep each part in flight long enough to overlap
 
     def _after(self, **_: Any) -> None:
         with self._lock:
@@ -185,7 +193,7 @@ def test_parts_go_up_concurrently_within_the_memory_bound(make: Any) -> None:
     result = stores.add(str(uuid.uuid4()), payload.pieces(), size=None)
     assert result.multihash == payload.hexdigest("sha512")
     assert counter.calls == 11  # ten 5 MiB parts and the rest
-    assert counter.peak == threads, "parts should overlap, never more than the threads"
+    assert 2 <= counter.peak <= threads, "parts should overlap, never more than the threads"
     (writer,) = writers
     # memory: at most (threads + 1) part buffers, however many parts
     assert 2 <= writer.buffers_allocated <= threads + 1

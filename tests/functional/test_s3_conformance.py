@@ -14,6 +14,8 @@ the ``<bucket>+segments`` container where s3api keeps the parts.
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -66,6 +68,39 @@ def write_config(path: Path, options: dict[str, Any]) -> Path:
     lines += [f"{key} = {value}" for key, value in options.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def purge_bucket(driver: Any, remove: bool = True) -> None:
+    """Delete every object and multipart upload in the driver's bucket (and the bucket)."""
+    client, bucket = driver.client, driver.bucket
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=obj["Key"])
+        for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            client.abort_multipart_upload(
+                Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        if remove:
+            client.delete_bucket(Bucket=bucket)
+    except client.exceptions.NoSuchBucket:
+        pass
+
+
+def rgw_collect_garbage(details: dict[str, Any]) -> None:
+    """Have radosgw free deleted objects now, not after its 2-hour GC delay.
+
+    The test cluster's OSD keeps data in a few GiB of memory; without this the
+    suite (and the RBD tests sharing the cluster) would fill it up.
+    """
+    if "ceph_conf" not in details:
+        return
+    subprocess.run(
+        ["radosgw-admin", "-c", details["ceph_conf"], "gc", "process", "--include-all"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def new_bucket() -> str:
@@ -122,8 +157,19 @@ class _S3Conformance(ConformanceTests):
 
     @pytest.fixture(scope="class")
     @classmethod
-    def bucket(cls) -> str:
-        return new_bucket()
+    def bucket(cls) -> Iterator[str]:
+        name = new_bucket()
+        yield name
+        details = server(cls.service)
+        conf = s3_options(details, name)
+        lines = ["[glance_store]", "stores = s3", "default_store = s3"]
+        lines += [f"{k} = {v}" for k, v in conf.items()]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "cleanup.conf"
+            path.write_text("\n".join(lines) + "\n")
+            with Stores.from_config_files(path) as stores:
+                purge_bucket(stores.driver("s3"))
+        rgw_collect_garbage(details)
 
     @pytest.fixture
     def store_under_test(self, tmp_path: Path, bucket: str) -> Iterator[StoreUnderTest]:
