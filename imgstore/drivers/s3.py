@@ -29,9 +29,9 @@ so an existing ``[glance_store]`` section works unchanged.
 * the secret key never reaches a log record, message or repr. botocore logs
   requests at DEBUG, but only the access key id and signatures, never the
   secret; the driver registers no handler and changes no logger level.
-* the payload is not signed by default (``s3_store_payload_signing``): botocore
-  would otherwise SHA-256 every byte (always over http), a third hash of the
-  image on top of the core's md5 and multihash.
+* ``s3_store_payload_signing`` unset keeps botocore's choice: the payload's
+  SHA-256 is signed over http (nothing else protects the bytes in transit)
+  and not over https. False saves that third hash of the image over http.
 * ``s3_store_request_checksum_calculation`` and
   ``s3_store_response_checksum_validation`` (with glance_store's switch
   ``s3_store_enable_data_integrity_protection``) choose boto3's default
@@ -296,11 +296,11 @@ class S3Driver(Driver):
             ),
             cfg.BoolOpt(
                 "s3_store_payload_signing",
-                default=False,
-                help="Also sign every uploaded byte (SHA-256 of the payload in the SigV4 "
-                "signature). Off: UNSIGNED-PAYLOAD, saving a full extra hash of the image; "
-                "the headers are still signed, and imgstore checks the image by its own "
-                "hashes (plus CRC32 with when_supported checksums).",
+                default=None,
+                help="Sign every uploaded byte (SHA-256 of the payload in the SigV4 "
+                "signature). Unset: botocore's choice, signed over http and not over "
+                "https. False: UNSIGNED-PAYLOAD everywhere, saving an extra hash of the "
+                "image but leaving the bytes unprotected in transit over plain http.",
             ),
             cfg.IntOpt(
                 "s3_store_max_retries",
@@ -368,11 +368,11 @@ class S3Driver(Driver):
                     "the s3 driver needs boto3: pip install 'imgstore[s3]'"
                 ) from None
             conf = self.conf
+            s3_settings: dict[str, Any] = {"addressing_style": self.url_format}
+            if conf.s3_store_payload_signing is not None:
+                s3_settings["payload_signing_enabled"] = bool(conf.s3_store_payload_signing)
             config = Config(
-                s3={
-                    "addressing_style": self.url_format,
-                    "payload_signing_enabled": bool(conf.s3_store_payload_signing),
-                },
+                s3=s3_settings,
                 request_checksum_calculation=self.checksums[0],
                 response_checksum_validation=self.checksums[1],
                 retries={"mode": "standard", "total_max_attempts": conf.s3_store_max_retries + 1},
