@@ -821,7 +821,7 @@ class SwiftStream(ReadStream):
         """Send the first GET (raises NotFound etc. before any byte is read)."""
         if self._end is not None and self._end == self._pos:
             return
-        headers = self._request()
+        headers = self._retrying(self._driver.retries)
         if self._end is None:
             self.size = int(headers["content-length"])
             self._end = self.size
@@ -833,7 +833,9 @@ class SwiftStream(ReadStream):
             req["Range"] = f"bytes={self._pos}-{self._end - 1}"
         elif self._pos:
             req["Range"] = f"bytes={self._pos}-"
-        conn = drv.connection(self._account)
+        # retries=0: swiftclient would otherwise resume a broken body by itself
+        # (whole reads only, sharing its request retries); this class does it
+        conn = drv.connection(self._account, retries=0)
         try:
             headers, body = conn.get_object(
                 self._loc.container, self._loc.obj, resp_chunk_size=READ_CHUNK_SIZE, headers=req
@@ -894,17 +896,18 @@ class SwiftStream(ReadStream):
         self._close_body()
 
     def _resume(self, attempt: int) -> None:
+        # a restarting server answers 503 for a moment: wait up to ~30 s in all
+        self._retrying(6)
+
+    def _retrying(self, retries: int) -> dict[str, str]:
         delay = 0.5
-        while True:
+        for _ in range(retries):
             try:
-                self._request()
-                return
-            except (BackendUnavailable, NotFound) as exc:
-                # a restarting object server: 503 or (one replica) a 404 for a moment
-                if delay > 16:
-                    raise exc from None
+                return self._request()
+            except BackendUnavailable:
                 time.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, 16)
+        return self._request()
 
     def _close_body(self) -> None:
         conn, self._conn, self._body = self._conn, None, None
@@ -1122,6 +1125,7 @@ class SwiftSegmentWriter(Writer):
         self._names: list[str] = []
         self._entries: dict[int, dict[str, Any]] = {}
         self._entries_lock = threading.Lock()
+        self._peak = 0
         self._done = False
 
     def __repr__(self) -> str:
@@ -1135,7 +1139,7 @@ class SwiftSegmentWriter(Writer):
     @property
     def peak_uploads(self) -> int:
         """The most segments that were uploading at once."""
-        return self._uploader.peak if self._uploader is not None else 0
+        return self._uploader.peak if self._uploader is not None else self._peak
 
     def write(self, chunk: memoryview) -> None:
         assert not self._done, "write after commit or abort"
@@ -1257,6 +1261,7 @@ class SwiftSegmentWriter(Writer):
         uploader, self._uploader = self._uploader, None
         if uploader is not None:
             uploader.stop()
+            self._peak = uploader.peak
         self._buffers.clear()
 
     def abort(self) -> None:
