@@ -159,11 +159,11 @@ class SwiftLocation(Location):
         scheme, sep, rest = uri.partition("://")
         if not sep or "://" in rest:
             raise BadLocation(f"malformed swift location {shown!r}")
-        if "?" in rest or "#" in rest:
-            raise BadLocation(f"swift locations take no query or fragment: {shown!r}")
         _creds, at, tail = rest.rpartition("@")
         if at:  # glance_store's old user:key@ form: the credentials are dropped
             rest = tail
+        if "?" in rest or "#" in rest:
+            raise BadLocation(f"swift locations take no query or fragment: {shown!r}")
         parts = rest.split("/")
         if len(parts) < 3:
             raise BadLocation(
