@@ -491,13 +491,18 @@ class ReadConformanceTests:
         caplog.set_level(logging.DEBUG)
         texts: list[str] = [repr(sut.stores), repr(sut.stores.describe())]
         _, location = images.place(b"some bytes for the secret check")
-        texts.append(location)
+        # A seeded location is the caller's own input (it may legitimately
+        # carry credentials, as old Glance URLs do); one from add() is ours.
+        emitted = sut.seed is None
+        if emitted:
+            texts.append(location)
         reader = sut.stores.get(location, offset=1, length=4)
         texts.append(repr(reader))
         drain(reader)
         texts.append(str(sut.stores.size(location)))
         missing = images.missing_location()
-        texts.append(missing)
+        if emitted:
+            texts.append(missing)
         failing: list[Callable[[], object]] = [
             lambda: drain(sut.stores.get(missing)),
             lambda: sut.stores.size(missing),
