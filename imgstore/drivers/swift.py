@@ -632,8 +632,8 @@ class SwiftDriver(Driver):
     def owns(self, location: Location) -> bool:
         if not isinstance(location, SwiftLocation):
             return False
-        if self.multi_tenant:
-            return True
+        if self.multi_tenant or (_CONTEXT.get() is not None and location.reference is None):
+            return True  # with the caller's credentials, any account may be named
         if location.reference is not None:
             return location.reference in self._accounts
         acct = self.account

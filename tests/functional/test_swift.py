@@ -370,3 +370,40 @@ def test_cut_download_without_retries_fails(cut_download: Any) -> None:
             for _ in reader:
                 pass
     assert proxy.cut == 2
+
+
+# -- Keystone v3 ---------------------------------------------------------------------
+
+
+def test_keystone_another_projects_token_is_refused(tmp_path: Path, container: str) -> None:
+    demo = server("keystone")
+    details = demo["details"]
+    alt = {
+        **demo,
+        "user": f"{details['alt_project']}:{details['alt_user']}",
+        "key": details["alt_password"],
+    }
+    with make_stores_factory(tmp_path, demo, container, SMALL_SEGMENTS)({}) as stores:
+        data = os.urandom(2 * MiB + 1)
+        result = stores.add("ks-" + uuid.uuid4().hex, io.BytesIO(data), size=len(data))
+        assert f"AUTH_{details['project_id']}" in raw_connection(demo).get_auth()[0]
+        alt_url, alt_token = raw_connection(alt).get_auth()
+        demo_url = raw_connection(demo).get_auth()[0]
+        driver: Any = stores.driver("swift")
+        # alt's token on demo's account: Swift (keystoneauth) says 403
+        with driver.credentials(token=alt_token, storage_url=demo_url):
+            loc = f"swift+http://{demo_url.split('://', 1)[1]}/{container}/{result.image_id}"
+            with pytest.raises(AuthenticationFailed):
+                stores.size(loc)
+            with pytest.raises(AuthenticationFailed):
+                stores.add("ks2-" + uuid.uuid4().hex, io.BytesIO(b"abc"), size=3)
+        assert alt_url != demo_url
+        with stores.get(result.location) as reader:
+            assert reader.read_all() == data
+        stores.delete(result.location)
+    # a wrong password: AuthenticationFailed, the password never shown
+    bad = {**demo, "key": "wrong-" + uuid.uuid4().hex}
+    with make_stores_factory(tmp_path, bad, container, {})({}) as stores:
+        with pytest.raises(AuthenticationFailed) as info:
+            stores.size(f"swift+http://{bad['auth_url'].split('://', 1)[1]}/{container}/nothing")
+    assert bad["key"] not in str(info.value)

@@ -96,3 +96,9 @@ class TestRadosgwSwiftSloConformance(_SwiftConformance):
     service = "ceph"
     extra = SMALL_SEGMENTS
     max_size = SMALL_MAX
+
+
+class TestKeystoneSwiftConformance(_SwiftConformance):
+    """Swift behind Keystone v3 (authtoken + keystoneauth), defaults."""
+
+    service = "keystone"

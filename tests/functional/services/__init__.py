@@ -41,6 +41,7 @@ SERVICES: dict[str, str] = {
     "tinyproxy": "tests.functional.services.tinyproxy",
     "ceph": "tests.functional.services.ceph",
     "swift": "tests.functional.services.swift",
+    "keystone": "tests.functional.services.keystone",  # needs swift (a second proxy)
     "mongo": "tests.functional.services.mongo",
 }
 

@@ -1,0 +1,264 @@
+"""Swift benchmark: imgstore against glance_store's swift driver and the ``swift`` command.
+
+Not a test. Needs the Swift all-in-one from the test harness::
+
+    .venv/bin/python -m tests.functional.services up swift
+    .venv/bin/python benchmarks/bench_swift.py [--size-mib 1024]
+
+One segmented add and one get of the same file of random bytes (page-cached):
+
+* imgstore ``Stores.add`` (md5 + sha512; an SLO of 100 MiB segments, 4 at a
+  time) and ``Stores.get`` to /dev/null;
+* glance_store 5.7.0's swift driver in its multi-tenant mode (5.7.0 cannot
+  log in with tempauth), from the package index in its own venv
+  (``.cache/bench/glance-swift-venv``), sha512 + md5, a DLO of 128 MiB
+  segments uploaded one after another (5.7.0 fails a size that is not a
+  multiple of its segment size, so it gets one that divides);
+* ``swift upload --use-slo --segment-size 104857600`` / ``swift download``
+  (python-swiftclient's command: threads, an md5 per segment).
+
+Each contender runs in its own process and reports wall time and its own CPU
+seconds (user + system, getrusage of itself and its children).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".cache" / "bench"
+GLANCE_VENV = BENCH_DIR / "glance-swift-venv"
+GLANCE_REQUIREMENTS = ["glance_store==5.7.0", "python-swiftclient"]
+MIB = 1024 * 1024
+TARGETS = {
+    "add MB/s: imgstore / glance_store": 1.6,
+    "add MB/s: imgstore / swift command": 1.0,
+    "get MB/s: imgstore / glance_store": 1.0,
+}
+
+
+def _usage() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return time.perf_counter(), cpu
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    now = _usage()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def _sink(chunks: Any) -> int:
+    fd = os.open(os.devnull, os.O_WRONLY)
+    total = 0
+    try:
+        for chunk in chunks:
+            total += len(chunk)
+            os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    return total
+
+
+def child_imgstore(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any]:
+    from imgstore import Stores
+
+    conf = BENCH_DIR / f"swift-bench-{os.getpid()}.conf"
+    conf.write_text(
+        "[glance_store]\nstores = swift\ndefault_store = swift\n"
+        f"swift_store_auth_address = {srv['auth_url']}\nswift_store_user = {srv['user']}\n"
+        f"swift_store_key = {srv['key']}\nswift_store_auth_version = 1\n"
+        f"swift_store_container = {args.container}\nswift_store_create_container_on_put = true\n"
+        "swift_store_large_object_size = 100\nswift_store_large_object_chunk_size = 100\n"
+        "swift_store_thread_pools = 4\n"
+    )
+    try:
+        with Stores.from_config_files(conf) as stores:
+            with open(args.source, "rb") as fh:
+                start = _usage()
+                result = stores.add(str(uuid.uuid4()), fh, size=args.size)
+                add = _since(start)
+            start = _usage()
+            read = _sink(stores.get(result.location))
+            get = _since(start)
+            stores.delete(result.location)
+    finally:
+        conf.unlink(missing_ok=True)
+    return {"add": add, "get": get, "read": read}
+
+
+def child_swiftcmd(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any]:
+    swift = str(Path(sys.executable).parent / "swift")
+    auth = ["-A", srv["auth_url"], "-U", srv["user"], "-K", srv["key"]]
+    obj = str(uuid.uuid4())
+    start = _usage()
+    subprocess.run(
+        [swift, *auth, "upload", "--use-slo", "--segment-size", "104857600",
+         "--object-name", obj, args.container, args.source],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    add = _since(start)
+    start = _usage()
+    subprocess.run(
+        [swift, *auth, "download", args.container, obj, "-o", os.devnull],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    get = _since(start)
+    subprocess.run([swift, *auth, "delete", args.container, obj], check=True, capture_output=True)
+    return {"add": add, "get": get, "read": args.size}
+
+
+def child_glance(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any]:
+    import glance_store
+    from oslo_config import cfg
+    from swiftclient import client as sc
+
+    storage_url, token = sc.get_auth(srv["auth_url"], srv["user"], srv["key"])
+    sc.put_container(storage_url, token, args.container)
+
+    class Context:
+        auth_token = token
+        project_id = "test"
+        user_id = "tester"
+        service_catalog = None
+        roles: list[str] = []  # noqa: RUF012
+
+    conf = cfg.CONF
+    glance_store.register_opts(conf)
+    conf(args=[], project="glance-bench", default_config_files=[], default_config_dirs=[])
+    for key, value in {
+        "stores": ["swift"],
+        "default_store": "swift",
+        "swift_store_multi_tenant": True,
+        "swift_store_endpoint": storage_url,
+        "swift_store_container": args.container,
+        "swift_store_create_container_on_put": True,
+        "swift_store_large_object_size": 128,
+        "swift_store_large_object_chunk_size": 128,
+    }.items():
+        conf.set_override(key, value, group="glance_store")
+    glance_store.create_stores(conf)
+    glance_store.verify_default_store()
+    ctx = Context()
+    with open(args.source, "rb") as fh:
+        start = _usage()
+        location, _size, _checksum, _mh, _meta = glance_store.add_to_backend_with_multihash(
+            conf, str(uuid.uuid4()), fh, args.size, "sha512", context=ctx
+        )
+        add = _since(start)
+    start = _usage()
+    chunks, _got = glance_store.get_from_backend(location, context=ctx)
+    read = _sink(chunks)
+    get = _since(start)
+    glance_store.delete_from_backend(location, context=ctx)
+    return {"add": add, "get": get, "read": read}
+
+
+CHILDREN = {
+    "imgstore": child_imgstore,
+    "swift command": child_swiftcmd,
+    "glance_store": child_glance,
+}
+
+
+def server_details() -> dict[str, Any]:
+    details = json.loads((ROOT / ".cache" / "services" / "swift" / "details.json").read_text())
+    return {"auth_url": details["auth_url"], "user": details["user"], "key": details["key"]}
+
+
+def ensure_glance_venv() -> Path:
+    python = GLANCE_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(GLANCE_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *GLANCE_REQUIREMENTS], check=True
+        )
+    return python
+
+
+def make_source(size: int) -> Path:
+    path = BENCH_DIR / f"swift-src-{size}.bin"
+    if not path.exists() or path.stat().st_size != size:
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            left = size
+            while left:
+                n = min(left, 16 * MIB)
+                fh.write(os.urandom(n))
+                left -= n
+    with open(path, "rb") as fh:  # into the page cache
+        while fh.read(16 * MIB):
+            pass
+    return path
+
+
+def run_child(name: str, python: str, args: argparse.Namespace, source: Path) -> dict[str, Any]:
+    cmd = [
+        python, __file__, "--child", name, "--source", str(source),
+        "--size", str(source.stat().st_size), "--container", args.container,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT) if name == "imgstore" else ""}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--container", default=f"bench-{uuid.uuid4().hex[:12]}")
+    parser.add_argument("--child", choices=sorted(CHILDREN))
+    parser.add_argument("--source")
+    parser.add_argument("--size", type=int)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args, server_details())))
+        return 0
+
+    size = args.size_mib * MIB
+    source = make_source(size)
+    pythons = {
+        "imgstore": sys.executable,
+        "swift command": sys.executable,
+        "glance_store": str(ensure_glance_venv()),
+    }
+    results = {name: run_child(name, py, args, source) for name, py in pythons.items()}
+    gib = size / (1 << 30)
+    print(f"Swift benchmark: {args.size_mib} MiB, Swift all-in-one (tempauth)")
+    print(f"{'':14} {'add MB/s':>9} {'add CPU s/GiB':>14} {'get MB/s':>9} {'get CPU s/GiB':>14}")
+    rows = {}
+    for name, r in results.items():
+        add_s, add_cpu = r["add"]
+        get_s, get_cpu = r["get"]
+        rows[name] = (size / add_s / 1e6, add_cpu / gib, size / get_s / 1e6, get_cpu / gib)
+        print(f"{name:14} {rows[name][0]:9.0f} {rows[name][1]:14.2f} {rows[name][2]:9.0f} "
+              f"{rows[name][3]:14.2f}")  # fmt: skip
+    i, g, c = rows["imgstore"], rows["glance_store"], rows["swift command"]
+    ratios = {
+        "add MB/s: imgstore / glance_store": i[0] / g[0],
+        "add MB/s: imgstore / swift command": i[0] / c[0],
+        "get MB/s: imgstore / glance_store": i[2] / g[2],
+    }
+    ok = True
+    for label, value in ratios.items():
+        met = value >= TARGETS[label]
+        ok &= met
+        print(f"{label:38} {value:5.2f}  (target >= {TARGETS[label]}) {'ok' if met else 'MISSED'}")
+    print(f"{'get MB/s: imgstore / swift command':38} {i[2] / c[2]:5.2f}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
