@@ -33,6 +33,7 @@ from imgstore.exceptions import (
     SizeCapExceeded,
     SizeMismatch,
 )
+from imgstore.threads import start_without_signals
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -221,7 +222,7 @@ class _HashWorker:
         self.todo: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self.done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="imgstore-hash", daemon=True)
-        self._thread.start()
+        start_without_signals(self._thread)
 
     def _run(self) -> None:
         failed = False

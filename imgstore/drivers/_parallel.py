@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from imgstore.threads import block_signals
+
 
 class BufferPool:
     """Reusable ``bytearray`` buffers of one size (other sizes are allocated anew)."""
@@ -61,7 +63,7 @@ class BoundedUploader:
             raise ValueError("workers must be at least 1")
         self._slots = threading.BoundedSemaphore(workers)
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix=name
+            max_workers=workers, thread_name_prefix=name, initializer=block_signals
         )
         self._futures: list[concurrent.futures.Future[None]] = []
         self._lock = threading.Lock()

@@ -64,6 +64,7 @@ from imgstore.exceptions import (
     NotFound,
 )
 from imgstore.location import Location, redact_uri, register
+from imgstore.threads import block_signals
 
 LOG = logging.getLogger(__name__)
 
@@ -747,7 +748,9 @@ class S3Writer(Writer):
         )
         self._upload_id = str(created["UploadId"])
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=drv.threads, thread_name_prefix="imgstore-s3-part"
+            max_workers=drv.threads,
+            thread_name_prefix="imgstore-s3-part",
+            initializer=block_signals,
         )
 
     def _send_part(self, last: bool = False) -> None:

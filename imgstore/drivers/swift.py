@@ -92,6 +92,7 @@ from imgstore.exceptions import (
 )
 from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
 from imgstore.pipeline import scrub
+from imgstore.threads import start_without_signals
 
 LOG = logging.getLogger(__name__)
 
@@ -979,7 +980,7 @@ class SwiftPutWriter(Writer):
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="imgstore-swift-put", daemon=True)
-        self._thread.start()
+        start_without_signals(self._thread)
 
     def _run(self) -> None:
         drv, loc = self._driver, self._location
