@@ -162,7 +162,9 @@ def parse(uri: str | Location) -> Location:
         return uri
     cls = location_class_for(split_scheme(uri))
     try:
-        return cls.from_uri(uri)
+        location = cls.from_uri(uri)
+        location.to_uri()  # a location that cannot be written back is malformed
+        return location
     except BadLocation:
         raise
     except (ValueError, KeyError, TypeError, IndexError, UnicodeError) as exc:
