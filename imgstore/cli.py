@@ -10,22 +10,9 @@ document with ``--json``); messages, logs and the progress bar go to standard
 error. The progress bar appears for add, get and copy only when standard
 error is a terminal and ``--quiet`` is not given.
 
-Exit codes::
-
-    0    success
-    1    any other failure: Duplicate, StorageFull, ReadOnlyStore, NotSupported,
-         BackendError, an output file that cannot be written, standard output
-         closed early ("imgstore: error: output closed")
-    2    bad usage or configuration: bad arguments, BadConfiguration,
-         UnknownBackend, InvalidArgument, BadLocation, UnknownScheme, an input
-         file that is missing or unreadable, an output path that cannot be used
-    3    NotFound: no image at that location
-    4    integrity: SizeMismatch, SizeCapExceeded, ChecksumMismatch
-    5    BackendUnavailable or AuthenticationFailed
-    130  interrupted (Ctrl-C)
-
 On failure exactly one line ``imgstore: error: ...`` is written to standard
-error; ``--debug`` adds the traceback and DEBUG logging.
+error; ``--debug`` adds the traceback and DEBUG logging. The exit codes
+follow (the same table ``imgstore --help`` prints).
 """
 
 from __future__ import annotations
@@ -81,6 +68,7 @@ exit codes:
   5    BackendUnavailable or AuthenticationFailed
   130  interrupted (Ctrl-C)
 """
+__doc__ = f"{__doc__}\n{EXIT_CODES_HELP}"
 
 RESULT_KEYS = ("location", "size", "checksum", "multihash", "hash_algo", "backend", "image_id")
 """The keys of the JSON object ``add`` and ``copy`` print with ``--json``."""
