@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import mmap
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -74,6 +75,11 @@ _NON_BLOCKING = (
 )
 
 
+def new_buffer(size: int) -> mmap.mmap:
+    """A zeroed, page-aligned chunk buffer (drivers may write it with O_DIRECT)."""
+    return mmap.mmap(-1, max(size, 1))
+
+
 class ChunkSource:
     """Fills caller-owned buffers from a file object, bytes, or an iterable of bytes."""
 
@@ -96,7 +102,7 @@ class ChunkSource:
                 f"not {type(source).__name__}"
             )
 
-    def fill(self, buf: bytearray) -> int:
+    def fill(self, buf: bytearray | mmap.mmap) -> int:
         """Fill ``buf`` completely unless the source ends first; return the byte count."""
         view = memoryview(buf)
         filled = 0
@@ -281,7 +287,7 @@ def write_image(
             )
         chunks = ChunkSource(source)
         depth = _buffer_count(chunk_size)
-        buffers = [bytearray(chunk_size)]
+        buffers = [new_buffer(chunk_size)]
         current = 0
         total = 0
         count = chunks.fill(buffers[current])
@@ -302,7 +308,7 @@ def write_image(
                 break
             current = (current + 1) % depth
             if current == len(buffers):
-                buffers.append(bytearray(chunk_size))
+                buffers.append(new_buffer(chunk_size))
             while hashers.in_flight >= depth:  # the next buffer may still be hashed
                 hashers.release_oldest()
             count = chunks.fill(buffers[current])

@@ -11,8 +11,11 @@ configured data directory (no ``..``, no symlinks, no other absolute paths).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import errno
+import fcntl
 import functools
 import json
 import logging
@@ -155,6 +158,13 @@ class FilesystemDriver(Driver):
                 default=False,
                 help="Store all-zero chunks as holes (sparse files).",
             ),
+            cfg.BoolOpt(
+                "filesystem_store_direct_io",
+                default=True,
+                help="Write new images with O_DIRECT, bypassing the page cache: "
+                "much less CPU per byte, which leaves the cores to hashing. Falls "
+                "back to ordinary writes where the filesystem refuses O_DIRECT.",
+            ),
         ]
 
     def configure(self) -> None:
@@ -195,6 +205,7 @@ class FilesystemDriver(Driver):
             ) from None
         self.chunk_size = self.conf.filesystem_store_chunk_size
         self.thin = bool(self.conf.filesystem_thin_provisioning)
+        self.direct_io = bool(self.conf.filesystem_store_direct_io) and hasattr(os, "O_DIRECT")
         if self.thin:
             self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
         self.metadata = self._load_metadata(self.conf.filesystem_store_metadata_file)
@@ -333,6 +344,18 @@ def _free_bytes(path: str) -> int:
 
 
 WRITEBACK_BYTES = 32 * 1024 * 1024
+
+DIRECT_ALIGN = 4096
+"""Buffer address, length and file offset alignment used for O_DIRECT writes."""
+
+
+def _address(view: memoryview) -> int:
+    """The memory address of a writable buffer (O_DIRECT needs it aligned)."""
+    if view.readonly:
+        return 1  # never aligned: such buffers are written the ordinary way
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
 """A writer asks the kernel to start writing back every this many bytes."""
 
 
@@ -349,8 +372,6 @@ def _writeback_starter() -> Callable[[int, int, int], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes
-
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
@@ -384,16 +405,54 @@ class FileWriter(Writer):
         self._temp = os.path.join(
             datadir.path, f".{image_id[:200]}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
         )
+        self._direct = driver.direct_io
         try:
-            self._fd: int | None = os.open(
-                self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666
-            )
+            self._fd: int | None = self._open()
         except OSError as exc:
             raise self._os_error(exc, "create") from None
         self._size = 0
         self._flushed = 0
         self._writeback = _writeback_starter()
         self._zero = bytes(driver.chunk_size) if driver.thin else b""
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if self._direct:
+            try:
+                return os.open(self._temp, flags | os.O_DIRECT, 0o666)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # this filesystem refuses O_DIRECT
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._temp)
+        return os.open(self._temp, flags, 0o666)
+
+    def _buffered(self) -> None:
+        """Leave O_DIRECT for the rest of this file (an unaligned tail or buffer)."""
+        if self._direct and self._fd is not None:
+            fcntl.fcntl(
+                self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT
+            )
+            self._direct = False
+
+    def _write_all(self, view: memoryview) -> None:
+        assert self._fd is not None
+        if self._direct:
+            aligned = len(view) - len(view) % DIRECT_ALIGN
+            if aligned and _address(view) % DIRECT_ALIGN == 0:
+                try:
+                    done = os.write(self._fd, view[:aligned])
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    done = 0
+                view = view[done:]
+            if view:
+                self._buffered()
+        while view:
+            done = os.write(self._fd, view)
+            view = view[done:]
 
     def _os_error(self, exc: OSError, doing: str) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -410,14 +469,15 @@ class FileWriter(Writer):
             if self._zero and chunk == self._zero[:n]:
                 os.lseek(self._fd, n, os.SEEK_CUR)
             else:
-                view = chunk
-                while view:
-                    done = os.write(self._fd, view)
-                    view = view[done:]
+                self._write_all(chunk)
         except OSError as exc:
             raise self._os_error(exc, "write") from None
         self._size += n
-        if self._writeback is not None and self._size - self._flushed >= WRITEBACK_BYTES:
+        if (
+            not self._direct
+            and self._writeback is not None
+            and self._size - self._flushed >= WRITEBACK_BYTES
+        ):
             self._writeback(self._fd, self._flushed, self._size - self._flushed)
             self._flushed = self._size
 

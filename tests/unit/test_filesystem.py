@@ -430,3 +430,70 @@ def test_get_with_a_bad_hash_algo_leaves_no_open_file(
         with pytest.raises(InvalidArgument):
             stores.get(location, hash_algo="no-such-hash")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# -- O_DIRECT writes ----------------------------------------------------------------
+
+
+def _open_flags(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+@pytest.mark.parametrize("size", [0, 4096, 3 * 65536 + 7, 1 << 20])
+@pytest.mark.parametrize("direct", [True, False])
+def test_direct_io_writes_exact_bytes(
+    make_stores: Callable[..., Stores],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    direct: bool,
+) -> None:
+    """Aligned chunks go out with O_DIRECT, an unaligned tail the ordinary way;
+    the option turns it off. The bytes read back are the bytes sent."""
+    data = tmp_path / "data"
+    stores = make_stores(
+        f"filesystem_store_datadir = {data}",
+        "filesystem_store_chunk_size = 65536",
+        f"filesystem_store_direct_io = {direct}",
+    )
+    seen: list[bool] = []
+    real_write = os.write
+
+    def spying_write(fd: int, buf: bytes) -> int:
+        """Observes (does not change) each write's open flags."""
+        seen.append(bool(_open_flags(fd) & os.O_DIRECT))
+        return real_write(fd, buf)
+
+    monkeypatch.setattr(fs.os, "write", spying_write)
+    payload = os.urandom(size)
+    result = stores.add("direct", payload, size=size)
+    with stores.get(result.location) as reader:
+        assert reader.read_all() == payload
+    if size >= 65536:
+        assert seen[0] is direct
+    if size % 4096:
+        assert seen[-1] is False  # the tail is written without O_DIRECT
+
+
+def test_direct_io_refused_falls_back(
+    make_stores: Callable[..., Stores], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: a filesystem that refuses O_DIRECT (EINVAL at open)."""
+    data = tmp_path / "data"
+    stores = make_stores(f"filesystem_store_datadir = {data}")
+    real_open = os.open
+
+    def refusing_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(fs.os, "open", refusing_open)
+    payload = os.urandom(5 << 20)
+    result = stores.add("fallback", payload)
+    monkeypatch.undo()
+    with stores.get(result.location) as reader:
+        assert reader.read_all() == payload
+    assert sorted(os.listdir(data)) == ["fallback"]
