@@ -18,8 +18,6 @@ SMALL_SEGMENTS = {
     "swift_store_large_object_chunk_size": 1,
     "swift_store_thread_pools": 3,
 }
-SMALL_MAX = 16 * 1024 * 1024
-"""Secondary variants skip the 64 MiB cases (CI time)."""
 
 
 def server(name: str) -> dict[str, Any]:

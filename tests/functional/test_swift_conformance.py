@@ -7,10 +7,9 @@
 Each server runs the whole suite with the defaults (images of known size are
 one streaming PUT); Swift and radosgw run it again with every add a Static
 Large Object of 1 MiB segments uploaded 3 at a time, and Swift once more with
-Dynamic Large Objects. The secondary variants skip the 64 MiB cases
-(``max_size``) to keep CI time down. The listing that proves nothing is left
-behind holds every object of the test's own container, where the segments
-live too.
+Dynamic Large Objects; every variant runs every size, 64 MiB included. The
+listing that proves nothing is left behind holds every object of the test's
+own container, where the segments live too.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import pytest
 
 from imgstore.testing import ConformanceTests, StoreUnderTest
 from tests.functional.swift_helpers import (
-    SMALL_MAX,
     SMALL_SEGMENTS,
     container_listing,
     make_stores_factory,
@@ -73,7 +71,6 @@ class TestSwiftSloConformance(_SwiftConformance):
 
     service = "swift"
     extra = SMALL_SEGMENTS
-    max_size = SMALL_MAX
 
 
 class TestSwiftDloConformance(_SwiftConformance):
@@ -81,7 +78,6 @@ class TestSwiftDloConformance(_SwiftConformance):
 
     service = "swift"
     extra = {**SMALL_SEGMENTS, "swift_store_large_object_type": "dlo"}  # noqa: RUF012
-    max_size = SMALL_MAX
 
 
 class TestRadosgwSwiftConformance(_SwiftConformance):
@@ -95,7 +91,6 @@ class TestRadosgwSwiftSloConformance(_SwiftConformance):
 
     service = "ceph"
     extra = SMALL_SEGMENTS
-    max_size = SMALL_MAX
 
 
 class TestKeystoneSwiftConformance(_SwiftConformance):
