@@ -23,6 +23,7 @@ FILESYSTEM = [
     "filesystem_store_file_perm",
     "filesystem_store_chunk_size",
     "filesystem_thin_provisioning",
+    "filesystem_store_direct_io",
 ]
 
 _OPTION_LINE = re.compile(r"^#([A-Za-z0-9_]+) = ?(.*)$")
@@ -119,6 +120,7 @@ def test_documented_defaults(sample: dict[str, dict[str, tuple[str, str]]]) -> N
     assert store["filesystem_store_chunk_size"][1] == str(4 * 1024 * 1024)
     assert store["filesystem_store_datadir"][1] == "/var/lib/glance/images"
     assert store["filesystem_thin_provisioning"][1] == "false"
+    assert store["filesystem_store_direct_io"][1] == "true"
     assert (
         sample["backend_defaults"]["filesystem_store_chunk_size"]
         == (store["filesystem_store_chunk_size"])
