@@ -372,6 +372,10 @@ class ImageReader:
         self._skip = skip
         available = stream.size - skip
         self.size: int = available if limit is None else min(limit, available)
+        # An emulated range reads part of the stream and stops; otherwise the
+        # stream is read to its end, so a backend sending more than it
+        # announced is caught even when the surplus comes in a later chunk.
+        self._partial = self.size < stream.size
         try:
             self._hash = new_hash(hash_algo) if hash_algo else None
         except BaseException:
@@ -421,7 +425,7 @@ class ImageReader:
             self._update(data)
             self.bytes_read += len(data)
             yield bytes(data) if not isinstance(data, bytes) else data
-            if self.bytes_read == self.size:
+            if self._partial and self.bytes_read == self.size:
                 break
         if self.bytes_read != self.size:
             raise SizeMismatch(

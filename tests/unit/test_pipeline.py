@@ -335,6 +335,14 @@ def test_reader_long_stream_is_size_mismatch() -> None:
         ImageReader(stream, describe="test image").read_all()
 
 
+def test_reader_surplus_in_a_later_chunk_is_size_mismatch() -> None:
+    """The announced bytes arrive whole, then more follow in another chunk."""
+    stream = ListStream([DATA[:100], DATA[100:200], b"extra"], size=200)
+    with pytest.raises(SizeMismatch):
+        ImageReader(stream, describe="test image").read_all()
+    assert stream.closed == 1
+
+
 @pytest.mark.parametrize(("skip", "limit"), [(0, None), (10, 20), (999, None), (5, 0), (0, 10**9)])
 def test_reader_emulated_range(skip: int, limit: int | None) -> None:
     stream = ListStream([DATA[i : i + 77] for i in range(0, len(DATA), 77)])
