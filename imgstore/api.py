@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from oslo_config import cfg
@@ -25,7 +25,14 @@ from imgstore.exceptions import (
     UnknownBackend,
 )
 from imgstore.location import Location, parse
-from imgstore.pipeline import ImageReader, Progress, new_hash, new_md5, scrub, write_image
+from imgstore.pipeline import (
+    ImageReader,
+    Progress,
+    new_hash,
+    new_md5,
+    wrap_backend_error,
+    write_image,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -163,21 +170,10 @@ class Stores:
         loc = parse(location)
         return self._drivers[self.backend_for(loc)], loc
 
-    def _wrap(self, drv: Driver, what: str) -> Any:
+    def _wrap(self, drv: Driver, what: str) -> Callable[[BaseException], ImgstoreError]:
         secrets = drv.secrets()
-
-        def wrap(exc: BaseException) -> ImgstoreError:
-            if isinstance(exc, ImgstoreError):
-                return exc
-            from imgstore.exceptions import BackendError
-
-            return BackendError(
-                scrub(
-                    f"backend {drv.backend!r}: {what} failed: {type(exc).__name__}: {exc}", secrets
-                )
-            )
-
-        return wrap
+        doing = f"backend {drv.backend!r}: {what}"
+        return lambda exc: wrap_backend_error(exc, doing, secrets)
 
     def _call(self, drv: Driver, what: str, fn: Any, *args: Any) -> Any:
         try:

@@ -485,10 +485,7 @@ class ReadConformanceTests:
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         sut = store_under_test
-        secrets = sut.all_secrets()
-        if not secrets:
-            pytest.skip("no secret is configured for this backend")
-        caplog.set_level(logging.DEBUG)
+        secrets = _secrets_or_skip(sut, caplog)
         texts: list[str] = [repr(sut.stores), repr(sut.stores.describe())]
         _, location = images.place(b"some bytes for the secret check")
         # A seeded location is the caller's own input (it may legitimately
@@ -512,6 +509,15 @@ class ReadConformanceTests:
         ]
         texts += _collect_errors(failing)
         _assert_no_secret(secrets, texts, caplog)
+
+
+def _secrets_or_skip(sut: StoreUnderTest, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The secrets to look for, with every log record captured; skip when there are none."""
+    secrets = sut.all_secrets()
+    if not secrets:
+        pytest.skip("no secret is configured for this backend")
+    caplog.set_level(logging.DEBUG)
+    return secrets
 
 
 def _collect_errors(calls: Iterable[Callable[[], object]]) -> list[str]:
@@ -771,10 +777,7 @@ class ConformanceTests(ReadConformanceTests):
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         sut = store_under_test
-        secrets = sut.all_secrets()
-        if not secrets:
-            pytest.skip("no secret is configured for this backend")
-        caplog.set_level(logging.DEBUG)
+        secrets = _secrets_or_skip(sut, caplog)
         payload = Payload(sut.chunk + 3, seed=14)
         image_id = images.new_id()
         result = images.add(image_id, payload.pieces(), payload.size)
