@@ -33,6 +33,7 @@ from imgstore.pipeline import (
     wrap_backend_error,
     write_image,
 )
+from imgstore.readahead import ReadAhead
 
 LOG = logging.getLogger(__name__)
 
@@ -267,6 +268,8 @@ class Stores:
         stream = self._call(
             drv, "opening", drv.open, loc, *((offset, length) if native else (0, None))
         )
+        if drv.read_ahead > 0:
+            stream = ReadAhead(stream, drv.read_ahead)
         if ranged and not native and offset > stream.size:
             stream.close()
             raise InvalidArgument(

@@ -112,6 +112,14 @@ class Driver(abc.ABC):
 
     capabilities: Capability = Capability.RW | Capability.READ_RANDOM
 
+    read_ahead: int = 0
+    """Chunks the core fetches ahead of the caller on a worker thread (0: none).
+
+    For client libraries that read synchronously, so the next request is on
+    the wire while the caller uses the current chunk; memory grows by this
+    many chunks per open image.
+    """
+
     def __init__(self, conf: DriverConf, backend: str) -> None:
         self.conf = conf
         self.backend = backend

@@ -66,6 +66,7 @@ DEFAULT_GRIDFS_CHUNK = 255 * 1024
 """The GridFS default chunk size (pymongo's ``DEFAULT_CHUNK_SIZE``)."""
 MAX_GRIDFS_CHUNK = 15 * 1024 * 1024
 """A chunk document must stay under MongoDB's 16 MiB BSON limit."""
+READ_AHEAD_BYTES = 16 * 1024 * 1024
 TARGET_CORE_CHUNK = 4 * 1024 * 1024
 MAX_CHUNKS_PER_CORE_CHUNK = 16
 INSERT_BATCH_BYTES = 16 * 1024 * 1024
@@ -197,6 +198,8 @@ class GridFSDriver(Driver):
         self.gridfs_chunk = int(conf.mongodb_store_chunk_size)
         per_core = max(1, min(MAX_CHUNKS_PER_CORE_CHUNK, TARGET_CORE_CHUNK // self.gridfs_chunk))
         self.chunk_size = self.gridfs_chunk * per_core
+        # pymongo reads one batch, then waits for the caller: keep ~16 MiB in flight
+        self.read_ahead = max(2, min(64, READ_AHEAD_BYTES // self.gridfs_chunk))
         socket_timeout = float(conf.mongodb_store_socket_timeout)
         try:
             self.client: Any = pymongo.MongoClient(
