@@ -41,6 +41,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _common import floor_lines, hash_floor
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".cache" / "bench"
 GLANCE_VENV = BENCH_DIR / "glance-venv"
@@ -339,6 +341,14 @@ def main() -> int:
             ok = value >= bound if op == ">=" else value <= bound
             verdict = f"  (target {op} {bound}: {'met' if ok else 'MISSED'})"
         print(f"{label:48} {value:5.2f}{verdict}")
+    print(
+        floor_lines(
+            hash_floor(),
+            summary["glance_store", "add"][1],
+            summary["librbd aio (no hashing)", "add"][1],
+            "bare librbd aio",
+        )
+    )
     return 0
 
 

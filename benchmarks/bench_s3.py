@@ -3,7 +3,8 @@
 Not a test. Needs radosgw (or Swift's s3api) from the test harness::
 
     .venv/bin/python -m tests.functional.services up ceph
-    .venv/bin/python benchmarks/bench_s3.py [--size-mib 1024] [--server ceph|swift]
+    .venv/bin/python benchmarks/bench_s3.py [--size-mib 1024] [--server ceph|swift] \
+        [--repeat 3] [--unsigned]
 
 One add and one get of the same file of random bytes (page-cached), for each of:
 
@@ -29,44 +30,34 @@ import os
 import resource
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = ROOT / ".cache" / "bench"
+from _common import (
+    BENCH_DIR,
+    MIB,
+    ROOT,
+    Runs,
+    ensure_venv,
+    floor_lines,
+    hash_floor,
+    make_source,
+    run_child,
+    since,
+    sink,
+    usage,
+    verdict,
+)
+
 GLANCE_VENV = BENCH_DIR / "glance-s3-venv"
 GLANCE_REQUIREMENTS = ["glance_store==5.7.0", "boto3"]
-MIB = 1024 * 1024
 TARGETS = {
-    "add MB/s: imgstore / glance_store": (1.3, "min"),
-    "add CPU s/GiB: imgstore / glance_store": (0.6, "max"),
-    "get MB/s: imgstore / glance_store": (1.0, "min"),
+    "add MB/s: imgstore / glance_store": (">=", 1.3),
+    "add CPU s/GiB: imgstore / glance_store": ("<=", 0.6),
+    "get MB/s: imgstore / glance_store": (">=", 1.0),
+    "imgstore peak RSS MiB": ("<=", 250.0),
 }
-RSS_TARGET_MIB = 250
-
-
-def _usage() -> tuple[float, float]:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return time.perf_counter(), ru.ru_utime + ru.ru_stime
-
-
-def _since(start: tuple[float, float]) -> tuple[float, float]:
-    now = _usage()
-    return now[0] - start[0], now[1] - start[1]
-
-
-def _sink(chunks: Any) -> int:
-    fd = os.open(os.devnull, os.O_WRONLY)
-    total = 0
-    try:
-        for chunk in chunks:
-            total += len(chunk)
-            os.write(fd, chunk)
-    finally:
-        os.close(fd)
-    return total
 
 
 # -- contenders (each runs in a child process) ------------------------------------
@@ -84,16 +75,17 @@ def child_imgstore(args: argparse.Namespace, server: dict[str, Any]) -> dict[str
         f"s3_store_bucket = {args.bucket}\n"
         "s3_store_create_bucket_on_put = true\n"
         "s3_store_bucket_url_format = path\n"
+        + ("s3_store_payload_signing = false\n" if args.unsigned else "")
     )
     try:
         with Stores.from_config_files(conf) as stores:
             with open(args.source, "rb") as fh:
-                start = _usage()
+                start = usage()
                 result = stores.add(str(uuid.uuid4()), fh, size=args.size)
-                add = _since(start)
-            start = _usage()
-            read = _sink(stores.get(result.location))
-            get = _since(start)
+                add = since(start)
+            start = usage()
+            read = sink(stores.get(result.location))
+            get = since(start)
             stores.delete(result.location)
     finally:
         conf.unlink(missing_ok=True)
@@ -123,13 +115,13 @@ def child_boto3(args: argparse.Namespace, server: dict[str, Any]) -> dict[str, A
     with contextlib.suppress(Exception):  # the bucket may exist already
         client.create_bucket(Bucket=args.bucket)
     with open(args.source, "rb") as fh:
-        start = _usage()
+        start = usage()
         client.upload_fileobj(fh, args.bucket, key, Config=transfer)
-        add = _since(start)
+        add = since(start)
     with open(os.devnull, "wb") as out:
-        start = _usage()
+        start = usage()
         client.download_fileobj(args.bucket, key, out, Config=transfer)
-        get = _since(start)
+        get = since(start)
     client.delete_object(Bucket=args.bucket, Key=key)
     return {"add": add, "get": get, "read": args.size}
 
@@ -155,15 +147,15 @@ def child_glance(args: argparse.Namespace, server: dict[str, Any]) -> dict[str, 
     glance_store.create_stores(conf)
     glance_store.verify_default_store()
     with open(args.source, "rb") as fh:
-        start = _usage()
+        start = usage()
         location, _size, checksum, _mh, _meta = glance_store.add_to_backend_with_multihash(
             conf, str(uuid.uuid4()), fh, args.size, "sha512"
         )
-        add = _since(start)
-    start = _usage()
+        add = since(start)
+    start = usage()
     chunks, _got = glance_store.get_from_backend(location)
-    read = _sink(chunks)
-    get = _since(start)
+    read = sink(chunks)
+    get = since(start)
     glance_store.delete_from_backend(location)
     return {"add": add, "get": get, "read": read, "checksum": checksum}
 
@@ -184,49 +176,37 @@ def server_details(name: str) -> dict[str, Any]:
     }
 
 
-def ensure_glance_venv() -> Path:
-    python = GLANCE_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(GLANCE_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *GLANCE_REQUIREMENTS], check=True
-        )
-    return python
-
-
-def make_source(size: int) -> Path:
-    path = BENCH_DIR / f"s3-src-{size}.bin"
-    if not path.exists() or path.stat().st_size != size:
-        BENCH_DIR.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            left = size
-            while left:
-                n = min(left, 16 * MIB)
-                fh.write(os.urandom(n))
-                left -= n
-    with open(path, "rb") as fh:  # into the page cache
-        while fh.read(16 * MIB):
-            pass
-    return path
-
-
-def run_child(name: str, python: str, args: argparse.Namespace, source: Path) -> dict[str, Any]:
+def run_contender(name: str, python: str, args: argparse.Namespace, source: Path) -> dict[str, Any]:
     cmd = [
         python, __file__, "--child", name, "--server", args.server,
         "--source", str(source), "--size", str(source.stat().st_size), "--bucket", args.bucket,
+        *(["--unsigned"] if args.unsigned else []),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT) if name == "imgstore" else ""}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return run_child(name, cmd, imgstore=name == "imgstore")
+
+
+def collect_garbage(details: dict[str, Any]) -> None:
+    """radosgw frees deleted data only in its GC (2 h later): run it between contenders."""
+    if "ceph_conf" in details:
+        subprocess.run(
+            ["radosgw-admin", "-c", details["ceph_conf"], "gc", "process", "--include-all"],
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians count")
     parser.add_argument("--server", choices=["ceph", "swift"], default="ceph")
     parser.add_argument("--bucket", default=f"bench-{uuid.uuid4().hex[:12]}")
+    parser.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="imgstore with s3_store_payload_signing = false (no sha256 of the payload)",
+    )
     parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("--source")
     parser.add_argument("--size", type=int)
@@ -239,52 +219,45 @@ def main() -> int:
         return 0
 
     size = args.size_mib * MIB
-    source = make_source(size)
+    source = make_source("s3", size)
     pythons = {
         "imgstore": sys.executable,
         "boto3": sys.executable,
-        "glance_store": str(ensure_glance_venv()),
+        "glance_store": str(ensure_venv(GLANCE_VENV, GLANCE_REQUIREMENTS)),
     }
     details = json.loads((ROOT / ".cache" / "services" / args.server / "details.json").read_text())
-    results = {}
-    for name, py in pythons.items():
-        results[name] = run_child(name, py, args, source)
-        if "ceph_conf" in details:  # radosgw frees deleted data only in its GC (2 h later)
-            subprocess.run(
-                ["radosgw-admin", "-c", details["ceph_conf"], "gc", "process", "--include-all"],
-                capture_output=True,
-                timeout=300,
-                check=False,
-            )
-    gib = size / (1 << 30)
-    print(f"S3 benchmark: {args.size_mib} MiB against {args.server}")
-    print(f"{'':14} {'add MB/s':>9} {'add CPU s/GiB':>14} {'get MB/s':>9} "
-          f"{'get CPU s/GiB':>14} {'peak RSS MiB':>13}")  # fmt: skip
-    rows = {}
-    for name, r in results.items():
-        add_s, add_cpu = r["add"]
-        get_s, get_cpu = r["get"]
-        rows[name] = (size / add_s / 1e6, add_cpu / gib, size / get_s / 1e6, get_cpu / gib)
-        print(f"{name:14} {rows[name][0]:9.0f} {rows[name][1]:14.2f} {rows[name][2]:9.0f} "
-              f"{rows[name][3]:14.2f} {r['rss_mib']:13.0f}")  # fmt: skip
-    i, g = rows["imgstore"], rows["glance_store"]
+    runs = Runs(size)
+    for i in range(args.repeat):
+        print(f"# round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
+        for name, py in pythons.items():
+            runs.record(name, run_contender(name, py, args, source))
+            collect_garbage(details)
+    floor = hash_floor()
+    signing = "unsigned payload" if args.unsigned else "payload signed (default over http)"
+    print(f"\nS3, {args.size_mib} MiB against {args.server}, imgstore {signing}, "
+          f"median of {args.repeat}")  # fmt: skip
+    print(runs.table())
+    add, get = "add", "get"
     ratios = {
-        "add MB/s: imgstore / glance_store": i[0] / g[0],
-        "add CPU s/GiB: imgstore / glance_store": i[1] / g[1],
-        "get MB/s: imgstore / glance_store": i[2] / g[2],
+        "add MB/s: imgstore / glance_store": runs.mbps("imgstore", add)
+        / runs.mbps("glance_store", add),
+        "add CPU s/GiB: imgstore / glance_store": runs.cpu_per_gib("imgstore", add)
+        / runs.cpu_per_gib("glance_store", add),
+        "get MB/s: imgstore / glance_store": runs.mbps("imgstore", get)
+        / runs.mbps("glance_store", get),
+        "imgstore peak RSS MiB": runs.peak_rss("imgstore"),
+        "add MB/s: imgstore / boto3 upload_fileobj": runs.mbps("imgstore", add)
+        / runs.mbps("boto3", add),
+        "get MB/s: imgstore / boto3 download_fileobj": runs.mbps("imgstore", get)
+        / runs.mbps("boto3", get),
     }
+    print()
     ok = True
     for label, value in ratios.items():
-        target, kind = TARGETS[label]
-        met = value >= target if kind == "min" else value <= target
+        line, met = verdict(label, value, TARGETS.get(label))
         ok &= met
-        sign = ">=" if kind == "min" else "<="
-        print(f"{label:42} {value:5.2f}  (target {sign} {target}) {'ok' if met else 'MISSED'}")
-    rss = results["imgstore"]["rss_mib"]
-    print(f"{'imgstore peak RSS MiB':42} {rss:5.0f}  (target < {RSS_TARGET_MIB}) "
-          f"{'ok' if rss < RSS_TARGET_MIB else 'MISSED'}")  # fmt: skip
-    print(f"{'imgstore add MB/s / boto3 upload_fileobj':42} {i[0] / rows['boto3'][0]:5.2f}")
-    print(f"{'imgstore get MB/s / boto3 download_fileobj':42} {i[2] / rows['boto3'][2]:5.2f}")
+        print(line)
+    print(floor_lines(floor, runs.cpu_per_gib("glance_store", add)))
     return 0 if ok else 1
 
 

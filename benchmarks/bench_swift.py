@@ -3,7 +3,7 @@
 Not a test. Needs the Swift all-in-one from the test harness::
 
     .venv/bin/python -m tests.functional.services up swift
-    .venv/bin/python benchmarks/bench_swift.py [--size-mib 1024]
+    .venv/bin/python benchmarks/bench_swift.py [--size-mib 1024] [--repeat 3]
 
 One segmented add and one get of the same file of random bytes (page-cached):
 
@@ -12,13 +12,13 @@ One segmented add and one get of the same file of random bytes (page-cached):
 * glance_store 5.7.0's swift driver in its multi-tenant mode (5.7.0 cannot
   log in with tempauth), from the package index in its own venv
   (``.cache/bench/glance-swift-venv``), sha512 + md5, a DLO of 128 MiB
-  segments uploaded one after another (5.7.0 fails a size that is not a
-  multiple of its segment size, so it gets one that divides);
+  segments uploaded one after another (5.7.0 fails a known size that is not
+  a multiple of its segment size, so it is told the size is unknown);
 * ``swift upload --use-slo --segment-size 104857600`` / ``swift download``
   (python-swiftclient's command: threads, an md5 per segment).
 
-Each contender runs in its own process and reports wall time and its own CPU
-seconds (user + system, getrusage of itself and its children).
+Each contender runs in its own process, ``--repeat`` times, interleaved; the
+medians count. CPU is user + system seconds of the process and its children.
 """
 
 from __future__ import annotations
@@ -26,48 +26,43 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DIR = ROOT / ".cache" / "bench"
+from _common import (
+    BENCH_DIR,
+    MIB,
+    ROOT,
+    Runs,
+    ensure_venv,
+    floor_lines,
+    hash_floor,
+    make_source,
+    run_child,
+    since,
+    sink,
+    usage,
+    verdict,
+)
+
 GLANCE_VENV = BENCH_DIR / "glance-swift-venv"
 GLANCE_REQUIREMENTS = ["glance_store==5.7.0", "python-swiftclient"]
-MIB = 1024 * 1024
 TARGETS = {
-    "add MB/s: imgstore / glance_store": 1.6,
-    "add MB/s: imgstore / swift command": 1.0,
-    "get MB/s: imgstore / glance_store": 1.0,
+    "add MB/s: imgstore / glance_store": (">=", 1.6),
+    "add MB/s: imgstore / swift command": (">=", 1.0),
+    "get MB/s: imgstore / glance_store": (">=", 1.0),
 }
 
 
 def _usage() -> tuple[float, float]:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    return time.perf_counter(), cpu
+    return usage(children=True)  # the swift command runs as a child
 
 
 def _since(start: tuple[float, float]) -> tuple[float, float]:
-    now = _usage()
-    return now[0] - start[0], now[1] - start[1]
-
-
-def _sink(chunks: Any) -> int:
-    fd = os.open(os.devnull, os.O_WRONLY)
-    total = 0
-    try:
-        for chunk in chunks:
-            total += len(chunk)
-            os.write(fd, chunk)
-    finally:
-        os.close(fd)
-    return total
+    return since(start, children=True)
 
 
 def child_imgstore(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +84,7 @@ def child_imgstore(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, A
                 result = stores.add(str(uuid.uuid4()), fh, size=args.size)
                 add = _since(start)
             start = _usage()
-            read = _sink(stores.get(result.location))
+            read = sink(stores.get(result.location))
             get = _since(start)
             stores.delete(result.location)
     finally:
@@ -165,7 +160,7 @@ def child_glance(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any
         add = _since(start)
     start = _usage()
     chunks, _got = glance_store.get_from_backend(location, context=ctx)
-    read = _sink(chunks)
+    read = sink(chunks)
     get = _since(start)
     glance_store.delete_from_backend(location, context=ctx)
     return {"add": add, "get": get, "read": read}
@@ -183,47 +178,18 @@ def server_details() -> dict[str, Any]:
     return {"auth_url": details["auth_url"], "user": details["user"], "key": details["key"]}
 
 
-def ensure_glance_venv() -> Path:
-    python = GLANCE_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(GLANCE_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *GLANCE_REQUIREMENTS], check=True
-        )
-    return python
-
-
-def make_source(size: int) -> Path:
-    path = BENCH_DIR / f"swift-src-{size}.bin"
-    if not path.exists() or path.stat().st_size != size:
-        BENCH_DIR.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            left = size
-            while left:
-                n = min(left, 16 * MIB)
-                fh.write(os.urandom(n))
-                left -= n
-    with open(path, "rb") as fh:  # into the page cache
-        while fh.read(16 * MIB):
-            pass
-    return path
-
-
-def run_child(name: str, python: str, args: argparse.Namespace, source: Path) -> dict[str, Any]:
+def run_contender(name: str, python: str, args: argparse.Namespace, source: Path) -> dict[str, Any]:
     cmd = [
         python, __file__, "--child", name, "--source", str(source),
         "--size", str(source.stat().st_size), "--container", args.container,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT) if name == "imgstore" else ""}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return run_child(name, cmd, imgstore=name == "imgstore")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians count")
     parser.add_argument("--container", default=f"bench-{uuid.uuid4().hex[:12]}")
     parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("--source")
@@ -235,35 +201,38 @@ def main() -> int:
         return 0
 
     size = args.size_mib * MIB
-    source = make_source(size)
+    source = make_source("swift", size)
     pythons = {
         "imgstore": sys.executable,
         "swift command": sys.executable,
-        "glance_store": str(ensure_glance_venv()),
+        "glance_store": str(ensure_venv(GLANCE_VENV, GLANCE_REQUIREMENTS)),
     }
-    results = {name: run_child(name, py, args, source) for name, py in pythons.items()}
-    gib = size / (1 << 30)
-    print(f"Swift benchmark: {args.size_mib} MiB, Swift all-in-one (tempauth)")
-    print(f"{'':14} {'add MB/s':>9} {'add CPU s/GiB':>14} {'get MB/s':>9} {'get CPU s/GiB':>14}")
-    rows = {}
-    for name, r in results.items():
-        add_s, add_cpu = r["add"]
-        get_s, get_cpu = r["get"]
-        rows[name] = (size / add_s / 1e6, add_cpu / gib, size / get_s / 1e6, get_cpu / gib)
-        print(f"{name:14} {rows[name][0]:9.0f} {rows[name][1]:14.2f} {rows[name][2]:9.0f} "
-              f"{rows[name][3]:14.2f}")  # fmt: skip
-    i, g, c = rows["imgstore"], rows["glance_store"], rows["swift command"]
+    runs = Runs(size)
+    for i in range(args.repeat):
+        print(f"# round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
+        for name, py in pythons.items():
+            runs.record(name, run_contender(name, py, args, source))
+    floor = hash_floor()
+    print(f"\nSwift, {args.size_mib} MiB, all-in-one (tempauth), median of {args.repeat}")
+    print(runs.table())
+    add, get = "add", "get"
     ratios = {
-        "add MB/s: imgstore / glance_store": i[0] / g[0],
-        "add MB/s: imgstore / swift command": i[0] / c[0],
-        "get MB/s: imgstore / glance_store": i[2] / g[2],
+        "add MB/s: imgstore / glance_store": runs.mbps("imgstore", add)
+        / runs.mbps("glance_store", add),
+        "add MB/s: imgstore / swift command": runs.mbps("imgstore", add)
+        / runs.mbps("swift command", add),
+        "get MB/s: imgstore / glance_store": runs.mbps("imgstore", get)
+        / runs.mbps("glance_store", get),
+        "get MB/s: imgstore / swift command": runs.mbps("imgstore", get)
+        / runs.mbps("swift command", get),
     }
+    print()
     ok = True
     for label, value in ratios.items():
-        met = value >= TARGETS[label]
+        line, met = verdict(label, value, TARGETS.get(label))
         ok &= met
-        print(f"{label:38} {value:5.2f}  (target >= {TARGETS[label]}) {'ok' if met else 'MISSED'}")
-    print(f"{'get MB/s: imgstore / swift command':38} {i[2] / c[2]:5.2f}")
+        print(line)
+    print(floor_lines(floor, runs.cpu_per_gib("glance_store", add)))
     return 0 if ok else 1
 
 

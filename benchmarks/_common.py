@@ -1,0 +1,170 @@
+"""What the backend benchmarks share: timing, sources, child processes, medians, targets.
+
+Each benchmark runs every contender in a process of its own, ``--repeat``
+times, interleaved, and reports the median; the machines are noisy, so one run
+of each says little. Each prints the *hashing floor* measured in the same run:
+the CPU seconds per GiB that md5 + sha512 alone cost on this CPU, which every
+contender that hashes (imgstore and glance_store) must pay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".cache" / "bench"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def usage(children: bool = False) -> tuple[float, float]:
+    """(wall clock, CPU seconds of this process and, optionally, its waited-for children)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = me.ru_utime + me.ru_stime
+    if children:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu += kids.ru_utime + kids.ru_stime
+    return time.perf_counter(), cpu
+
+
+def since(start: tuple[float, float], children: bool = False) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) since ``start`` from :func:`usage`."""
+    now = usage(children)
+    return now[0] - start[0], now[1] - start[1]
+
+
+def sink(chunks: Iterable[bytes]) -> int:
+    """Write ``chunks`` to /dev/null; return the byte count."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    total = 0
+    try:
+        for chunk in chunks:
+            total += len(chunk)
+            os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    return total
+
+
+def ensure_venv(path: Path, requirements: Sequence[str]) -> Path:
+    """A venv at ``path`` with ``requirements`` (made once, then reused); its python."""
+    python = path / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
+    return python
+
+
+def make_source(prefix: str, size: int) -> Path:
+    """A file of ``size`` random bytes under ``.cache/bench`` (kept), read into the page cache."""
+    path = BENCH_DIR / f"{prefix}-src-{size}.bin"
+    if not path.exists() or path.stat().st_size != size:
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            left = size
+            while left:
+                n = min(left, 16 * MIB)
+                fh.write(os.urandom(n))
+                left -= n
+    with open(path, "rb") as fh:
+        while fh.read(16 * MIB):
+            pass
+    return path
+
+
+def run_child(name: str, cmd: Sequence[str], imgstore: bool) -> dict[str, Any]:
+    """Run one contender's process; return the JSON object it printed last."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) if imgstore else ""}
+    out = subprocess.run(list(cmd), capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def hash_floor(size: int = 256 * MIB) -> float:
+    """CPU seconds per GiB that md5 + sha512 cost on this machine, measured now."""
+    block = os.urandom(8 * MIB)
+    start = usage()
+    for algo in ("md5", "sha512"):
+        h = hashlib.new(algo)
+        for _ in range(max(1, size // len(block))):
+            h.update(block)
+    return since(start)[1] / (max(1, size // len(block)) * len(block) / GIB)
+
+
+class Runs:
+    """(wall, CPU) samples per contender and operation; medians over the repeats."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        self.extra: dict[str, list[float]] = {}
+
+    def record(
+        self, name: str, result: Mapping[str, Any], ops: Sequence[str] = ("add", "get")
+    ) -> None:
+        for op in ops:
+            if op in result:
+                wall, cpu = result[op]
+                self.samples.setdefault((name, op), []).append((float(wall), float(cpu)))
+        if "rss_mib" in result:
+            self.extra.setdefault(name, []).append(float(result["rss_mib"]))
+
+    def mbps(self, name: str, op: str) -> float:
+        return statistics.median(self.size / 1e6 / w for w, _ in self.samples[name, op])
+
+    def span(self, name: str, op: str) -> str:
+        rates = [self.size / 1e6 / w for w, _ in self.samples[name, op]]
+        return f"{min(rates):.0f}..{max(rates):.0f}"
+
+    def cpu_per_gib(self, name: str, op: str) -> float:
+        return statistics.median(c for _, c in self.samples[name, op]) / (self.size / GIB)
+
+    def peak_rss(self, name: str) -> float:
+        return max(self.extra.get(name, [0.0]))
+
+    def table(self) -> str:
+        lines = [f"{'contender':28} {'op':4} {'MB/s':>8} {'min..max MB/s':>14} {'CPU s/GiB':>10}"]
+        for name, op in self.samples:
+            lines.append(
+                f"{name:28} {op:4} {self.mbps(name, op):8.0f} {self.span(name, op):>14} "
+                f"{self.cpu_per_gib(name, op):10.2f}"
+            )
+        return "\n".join(lines)
+
+
+def verdict(label: str, value: float, target: tuple[str, float] | None = None) -> tuple[str, bool]:
+    """One report line, and whether its target (``(">=" | "<=", bound)``) is met."""
+    if target is None:
+        return f"{label:50} {value:6.2f}", True
+    op, bound = target
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{label:50} {value:6.2f}  (target {op} {bound}: {'met' if ok else 'MISSED'})", ok
+
+
+def floor_lines(
+    floor: float, glance_cpu: float, transport_cpu: float = 0.0, transport: str = ""
+) -> str:
+    """Explain the least CPU per GiB an add that hashes can use, against glance_store's.
+
+    ``transport_cpu`` is what moving the bytes costs without hashing, when a
+    contender measured exactly that (bare librbd aio); else only the floor counts.
+    """
+    lines = [f"hashing floor (md5 + sha512 on this CPU, this run): {floor:.2f} CPU s/GiB"]
+    least = floor + transport_cpu
+    plus = f"floor + {transport} ({transport_cpu:.2f}) = " if transport else ""
+    lines.append(
+        f"least CPU for an add that hashes: {plus}{least:.2f} CPU s/GiB"
+        f" = {least / glance_cpu:.2f}x glance_store's {glance_cpu:.2f}"
+    )
+    return "\n".join(lines)
