@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -13,7 +12,7 @@ from oslo_config import cfg
 
 from imgstore import config as config_mod
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver
+from imgstore.driver import IMAGE_ID_RE, Driver, Leftover
 from imgstore.exceptions import (
     BadLocation,
     ImgstoreError,
@@ -38,8 +37,8 @@ from imgstore.readahead import ReadAhead
 LOG = logging.getLogger(__name__)
 
 DEFAULT_HASH_ALGO = "sha512"
-
-_IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+DEFAULT_CLEANUP_AGE = 3600.0
+"""Leftovers younger than this (seconds) may belong to an add still running."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +73,26 @@ class BackendInfo:
     schemes: tuple[str, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class CleanupOutcome:
+    """One leftover :meth:`Stores.cleanup` found: ``found``, ``removed`` or ``failed``."""
+
+    leftover: Leftover
+    outcome: str
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The outcome as plain JSON-ready values."""
+        item = self.leftover
+        return {
+            "backend": item.backend, "kind": item.kind, "name": item.name, "age": item.age,
+            "size": item.size, "outcome": self.outcome, "error": self.error,
+        }  # fmt: skip
+
+
 def validate_image_id(image_id: object) -> str:
     """Image ids become object and file names: letters, digits, ``.``, ``_``, ``-`` only."""
-    if not isinstance(image_id, str) or not _IMAGE_ID_RE.fullmatch(image_id):
+    if not isinstance(image_id, str) or not IMAGE_ID_RE.fullmatch(image_id):
         raise InvalidArgument(
             f"invalid image id {str(image_id)[:80]!r}: use 1-255 letters, digits, '.', '_' "
             "or '-', starting with a letter or digit (a UUID is typical)"
@@ -438,6 +454,44 @@ class Stores:
                 )
             for _ in reader:
                 pass
+
+    def cleanup(
+        self,
+        backends: Iterable[str] | None = None,
+        older_than: float = DEFAULT_CLEANUP_AGE,
+        remove: bool = True,
+    ) -> list[CleanupOutcome]:
+        """Find (and unless ``remove`` is False, remove) what interrupted adds left behind.
+
+        Looks in ``backends`` (default: every configured one) for leftovers
+        whose write started at least ``older_than`` seconds ago, so adds that
+        are still running are spared. One outcome per leftover; a removal that
+        fails is reported in its outcome, and the others go on.
+        """
+        if older_than < 0:
+            raise InvalidArgument(f"older_than must be >= 0 seconds, not {older_than!r}")
+        names = list(self._drivers) if backends is None else list(backends)
+        outcomes: list[CleanupOutcome] = []
+        for name in names:
+            drv = self.driver(name)
+            found = self._call(
+                drv, "listing leftovers", lambda d=drv: list(d.leftovers(older_than))
+            )
+            for item in found:
+                if not remove:
+                    outcomes.append(CleanupOutcome(item, "found"))
+                    continue
+                try:
+                    self._call(drv, "removing a leftover", drv.remove_leftover, item)
+                except ImgstoreError as exc:
+                    LOG.warning(
+                        "backend %r: could not remove %s %s: %s", name, item.kind, item.name, exc
+                    )
+                    outcomes.append(CleanupOutcome(item, "failed", str(exc)))
+                else:
+                    LOG.info("backend %r: removed %s %s", name, item.kind, item.name)
+                    outcomes.append(CleanupOutcome(item, "removed"))
+        return outcomes
 
     def close(self) -> None:
         """Release every driver's connections."""

@@ -30,9 +30,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NoReturn
 
-from imgstore.api import DEFAULT_HASH_ALGO, AddResult, Stores, open_stores
+from imgstore.api import DEFAULT_CLEANUP_AGE, DEFAULT_HASH_ALGO, AddResult, Stores, open_stores
 from imgstore.exceptions import (
     AuthenticationFailed,
+    BackendError,
     BackendUnavailable,
     BadConfiguration,
     BadLocation,
@@ -247,6 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--id", metavar="IMAGE_ID", help="image id of the copy (default: the source's)")
     p.add_argument("--hash-algo", default=DEFAULT_HASH_ALGO, metavar="ALG")
+
+    p = command(
+        "cleanup",
+        cmd_cleanup,
+        "remove what interrupted adds left behind (partial files, multipart uploads, "
+        "orphan segments, unfinished images), found by the marker imgstore sets while writing",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        help="look only in this backend (repeatable; default: every backend)",
+    )
+    p.add_argument(
+        "--older-than",
+        type=_non_negative,
+        default=int(DEFAULT_CLEANUP_AGE),
+        metavar="SECONDS",
+        help=f"only leftovers of adds started this long ago, so running adds are spared "
+        f"(default: {int(DEFAULT_CLEANUP_AGE)})",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed; remove nothing"
+    )
     return parser
 
 
@@ -503,6 +528,28 @@ def cmd_stores(args: argparse.Namespace, stores: Stores) -> None:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
     ]
     _out("\n".join(lines) + "\n(* = default backend)\n")
+
+
+def cmd_cleanup(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore cleanup``."""
+    outcomes = stores.cleanup(args.backend, older_than=args.older_than, remove=not args.dry_run)
+    if args.json:
+        _emit_json([o.as_dict() for o in outcomes])
+    elif not args.quiet or any(o.outcome == "failed" for o in outcomes):
+        lines = []
+        for o in outcomes:
+            item = o.leftover
+            age = "?" if item.age is None else f"{item.age:.0f}s"
+            size = "" if item.size is None else f" {item.size} bytes"
+            why = f": {o.error}" if o.error else ""
+            lines.append(
+                f"{o.outcome:8} {item.backend}: {item.kind} {item.name} (age {age}{size}){why}"
+            )
+        lines.append(f"{len(outcomes)} leftover(s)" + (" found (dry run)" if args.dry_run else ""))
+        _out("\n".join(lines) + "\n")
+    failed = sum(o.outcome == "failed" for o in outcomes)
+    if failed:
+        raise BackendError(f"{failed} of {len(outcomes)} leftovers could not be removed")
 
 
 def cmd_copy(args: argparse.Namespace, stores: Stores) -> None:

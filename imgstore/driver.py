@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -27,6 +28,9 @@ from imgstore.exceptions import BadLocation, InvalidArgument, NotSupported
 from imgstore.location import Location, parse
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+
+IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+"""What an image id may look like (it becomes a file, object or image name); use fullmatch."""
 
 
 class DriverConf:
@@ -55,6 +59,25 @@ class DriverConf:
 
     def __repr__(self) -> str:
         return f"<DriverConf {sorted(self._values)}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftover:
+    """Something an interrupted write left in a backend, recognised by the marker the
+    driver sets while writing (a partial file's suffix, an open multipart upload,
+    segments no manifest names, an image still flagged as being written...)."""
+
+    backend: str
+    kind: str
+    """What it is, in the backend's words: ``partial file``, ``multipart upload``..."""
+    name: str
+    """Where it is in the backend; never carries a secret."""
+    age: float | None = None
+    """Seconds since the write started (or the thing was last touched), when known."""
+    size: int | None = None
+    """Bytes it holds, when known."""
+    ref: Any = dataclasses.field(default=None, compare=False, repr=False)
+    """The driver's own handle for :meth:`Driver.remove_leftover`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +208,23 @@ class Driver(abc.ABC):
         anything fails.
         """
         return None
+
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """What interrupted writes left here, started at least ``older_than`` seconds ago.
+
+        A writer cleans up after itself when it can; when it cannot (the
+        process was killed, the server went away during the cleanup), what it
+        wrote carries a marker, and this finds it by that marker, never by
+        guessing: nothing that a finished add made, or that another program
+        keeps in the same storage, is ever listed. ``older_than`` spares
+        writes that may still be running. Drivers whose writes cannot leave
+        anything behind keep this default, which finds nothing.
+        """
+        return iter(())
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Remove one item :meth:`leftovers` found; gone already is not an error."""
+        raise NotSupported(f"backend {self.backend!r} ({self.name}) has no leftovers to remove")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and sessions."""

@@ -22,13 +22,14 @@ import logging
 import os
 import secrets
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     BackendError,
     BadConfiguration,
@@ -283,6 +284,41 @@ class FilesystemDriver(Driver):
                 raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
         datadir = self._choose_datadir(size or 0)
         return FileWriter(self, datadir, image_id)
+
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Partial files (``.<id>.<token>.imgstore-partial``) untouched for ``older_than`` s."""
+        now = time.time()
+        for d in self.datadirs:
+            try:
+                entries = list(os.scandir(d.path))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise BackendError(
+                    f"backend {self.backend!r}: cannot list {d.path}: {exc}"
+                ) from None
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(PARTIAL_SUFFIX)):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # its writer just finished or cleaned up
+                age = now - st.st_mtime
+                if age >= older_than:
+                    yield Leftover(
+                        self.backend, "partial file", entry.path, age, st.st_size, entry.path
+                    )
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        try:
+            os.unlink(leftover.ref)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise BackendError(
+                f"backend {self.backend!r}: cannot remove {leftover.ref}: {exc.strerror}"
+            ) from None
 
     def _choose_datadir(self, size: int) -> DataDir:
         best: tuple[int, int, DataDir] | None = None

@@ -41,7 +41,7 @@ from typing import Any, NoReturn, TypeVar
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -67,12 +67,13 @@ DEFAULT_GRIDFS_CHUNK = 255 * 1024
 MAX_GRIDFS_CHUNK = 15 * 1024 * 1024
 """A chunk document must stay under MongoDB's 16 MiB BSON limit."""
 READ_AHEAD_BYTES = 16 * 1024 * 1024
+WRITING_FIELD = "imgstore_writing"
+"""Set on chunk 0 while an add runs (its start time); cleared when the image is complete."""
 TARGET_CORE_CHUNK = 4 * 1024 * 1024
 MAX_CHUNKS_PER_CORE_CHUNK = 16
 INSERT_BATCH_BYTES = 16 * 1024 * 1024
 """Chunk bytes per ``insert_many`` (MongoDB splits messages above 48 MB itself)."""
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _AUTH_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
 _AUTH_FAILURE_RE = re.compile(r"'code': 18\b|'codeName': 'AuthenticationFailed'")
 _DUPLICATE_CODES = frozenset({11000, 11001, 12582})
@@ -86,7 +87,7 @@ class GridFSLocation(Location):
     schemes = (SCHEME,)
 
     def __init__(self, file_id: str) -> None:
-        if not isinstance(file_id, str) or not _ID_RE.fullmatch(file_id):
+        if not isinstance(file_id, str) or not IMAGE_ID_RE.fullmatch(file_id):
             raise BadLocation(
                 f"a gridfs location needs a file id of 1-255 letters, digits, '.', '_' or '-', "
                 f"not {redact_uri(str(file_id))[:80]!r}"
@@ -99,7 +100,7 @@ class GridFSLocation(Location):
         if not isinstance(uri, str) or uri[: len(prefix)].lower() != prefix:
             raise BadLocation(f"not a gridfs location: {redact_uri(str(uri))[:200]!r}")
         rest = uri[len(prefix) :]
-        if not _ID_RE.fullmatch(rest):
+        if not IMAGE_ID_RE.fullmatch(rest):
             raise BadLocation(
                 f"malformed gridfs location {redact_uri(uri)[:200]!r}: expected "
                 "gridfs://<file id> with no host, path, query or credentials"
@@ -392,10 +393,53 @@ class GridFSDriver(Driver):
         if int(doc.get("length", 0)) > 0:  # an empty file has no chunks: touch none
             self._call(f"deleting the chunks of {location.redacted()}", self.remove_chunks, file_id)
 
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Chunks of adds that never got their files document.
+
+        A writer marks its chunk 0 with the time it started (``imgstore_writing``,
+        cleared once the files document is in); chunks whose id has a marked
+        chunk 0 older than ``older_than`` and no files document were abandoned.
+        The query scans the chunks collection: a maintenance task, not a hot path.
+        """
+        now = datetime.datetime.now(tz=datetime.timezone.utc)
+        cutoff = now - datetime.timedelta(seconds=older_than)
+        marked = self._call(
+            "listing unfinished adds",
+            lambda: list(
+                self.chunks.find(
+                    {"n": 0, WRITING_FIELD: {"$lte": cutoff}},
+                    projection={"files_id": 1, WRITING_FIELD: 1},
+                )
+            ),
+        )
+        for doc in marked:
+            file_id = doc["files_id"]
+            found = self._call("checking an unfinished add", self.files.find_one, {"_id": file_id})
+            if found is not None:
+                continue  # finished; only clearing its marker failed
+            yield Leftover(
+                self.backend, "unfinished file", f"{self.bucket_name}/{file_id}",
+                _age(doc.get(WRITING_FIELD), now), None, file_id,
+            )  # fmt: skip
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        file_id = leftover.ref
+        if self._call("checking an unfinished add", self.files.find_one, {"_id": file_id}):
+            return  # it was finished after all
+        self._call("removing an unfinished add", self.remove_chunks, file_id)
+
     def close(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
+
+
+def _age(started: Any, now: datetime.datetime) -> float | None:
+    if not isinstance(started, datetime.datetime):
+        return None
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=datetime.timezone.utc)
+    return float((now - started).total_seconds())
 
 
 class GridFSWriter(Writer):
@@ -449,10 +493,12 @@ class GridFSWriter(Writer):
             ):
                 size += len(datas[end])
                 end += 1
-            docs = [
+            docs: list[dict[str, Any]] = [
                 {"files_id": self._id, "n": self._inserted + i, "data": Binary(d)}
                 for i, d in enumerate(datas[start:end])
             ]
+            if self._inserted == 0:  # the marker `imgstore cleanup` looks for
+                docs[0][WRITING_FIELD] = datetime.datetime.now(tz=datetime.timezone.utc)
             try:
                 self._driver.chunks.insert_many(docs, ordered=True)
             except BulkWriteError as exc:
@@ -498,6 +544,14 @@ class GridFSWriter(Writer):
             self._files_unsure = True
             self._driver._fail(exc, f"finishing {self._describe()}")
         self._done = True
+        try:  # the image is complete: the marker is no longer needed
+            self._driver.chunks.update_one(
+                {"files_id": self._id, "n": 0}, {"$unset": {WRITING_FIELD: ""}}
+            )
+        except PyMongoError:
+            LOG.debug(
+                "backend %r: could not clear the write marker of %s", self._driver.backend, self._id
+            )
         return Written(GridFSLocation(self._id), {})
 
     def abort(self) -> None:

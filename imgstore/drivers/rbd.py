@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import threading
+import time
 import urllib.parse
 from collections import deque
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -62,6 +63,8 @@ except ImportError:  # pragma: no cover - depends on the machine
 LOG = logging.getLogger(__name__)
 
 SNAPSHOT = "snap"
+WRITING_KEY = "imgstore.writing"
+"""Image metadata set while an add writes the image (its start time); removed on commit."""
 """The snapshot every added image gets (glance_store's name)."""
 
 MiB = 1024 * 1024
@@ -373,6 +376,12 @@ class RbdDriver(Driver):
         except (rbd.Error, rados.Error) as exc:
             _remove_quietly(ioctx, image_id)
             raise self._error(exc, "opening new image", image_id) from None
+        try:
+            _mark_writing(image)
+        except (rbd.Error, rados.Error) as exc:
+            image.close()
+            _remove_quietly(ioctx, image_id)
+            raise self._error(exc, "marking new image", image_id) from None
         return RbdWriter(self, ioctx, image, image_id, initial, known_size=size is not None)
 
     def _open_image(self, location: Location, snapshot: str | None, read_only: bool) -> Any:
@@ -495,9 +504,11 @@ class RbdDriver(Driver):
             raise self._error(exc, "cloning into", image_id) from None
         try:
             with rbd.Image(dst_ioctx, image_id) as image:
+                _mark_writing(image)
                 image.flatten()
                 image.create_snap(SNAPSHOT)
                 image.protect_snap(SNAPSHOT)
+                image.metadata_remove(WRITING_KEY)  # the commit point
         except BaseException as exc:
             _remove_quietly(dst_ioctx, image_id)
             if isinstance(exc, rbd.Error | rados.Error):
@@ -509,6 +520,56 @@ class RbdDriver(Driver):
             source_location.redacted(),
         )
         return Written(self._location(image_id))
+
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Images of the pool still flagged as being written (metadata ``imgstore.writing``).
+
+        Only imgstore sets that flag, and a finished add removes it last, so
+        images made by others (volumes, instance disks) are never listed.
+        """
+        ioctx = self._ioctx(self.pool)
+        try:
+            names = list(rbd.RBD().list(ioctx))
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, f"listing pool {self.pool!r}") from None
+        now = time.time()
+        for name in names:
+            try:
+                with rbd.Image(ioctx, name, read_only=True) as image:
+                    started = image.metadata_get(WRITING_KEY)
+                    size = int(image.size())
+            except (rbd.ImageNotFound, KeyError):
+                continue  # gone meanwhile, or not flagged
+            except (rbd.Error, rados.Error) as exc:
+                LOG.warning("backend %r: cannot inspect image %s: %s", self.backend, name, exc)
+                continue
+            try:
+                age = now - float(started)
+            except ValueError:
+                age = None
+            if age is None or age >= older_than:
+                yield Leftover(
+                    self.backend, "unfinished image", f"{self.pool}/{name}", age, size, name
+                )
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        ioctx = self._ioctx(self.pool, for_write=True)
+        name = str(leftover.ref)
+        try:
+            with rbd.Image(ioctx, name) as image:
+                try:
+                    image.metadata_get(WRITING_KEY)
+                except KeyError:
+                    return  # its add finished after all: not a leftover
+                for snap in list(image.list_snaps()):
+                    if image.is_protected_snap(snap["name"]):
+                        image.unprotect_snap(snap["name"])
+                    image.remove_snap(snap["name"])
+            rbd.RBD().remove(ioctx, name)
+        except rbd.ImageNotFound:
+            return
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "removing unfinished image", leftover.name) from None
 
     def close(self) -> None:
         with self._lock:
@@ -537,6 +598,11 @@ def _parse_features(names: list[str], backend: str) -> int:
             )
         value |= int(getattr(rbd, attr))
     return value
+
+
+def _mark_writing(image: Any) -> None:
+    """Flag an image as being written (``imgstore cleanup`` finds it if the add dies)."""
+    image.metadata_set(WRITING_KEY, str(int(time.time())))
 
 
 def _remove_quietly(ioctx: Any, name: str) -> None:
@@ -691,6 +757,7 @@ class RbdWriter(Writer):
                 image.resize(self._offset)  # unknown size: trim to what was written
             image.create_snap(SNAPSHOT)
             image.protect_snap(SNAPSHOT)
+            image.metadata_remove(WRITING_KEY)  # the commit point
         except (rbd.Error, rados.Error) as exc:
             raise self._driver._error(exc, "finishing image", self._image_id) from None
         self._done = True

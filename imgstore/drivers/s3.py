@@ -42,6 +42,7 @@ so an existing ``[glance_store]`` section works unchanged.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import logging
 import re
 import threading
@@ -51,7 +52,7 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -570,6 +571,46 @@ class S3Driver(Driver):
             raise NotFound(f"no image at {loc.redacted()}")
         self.call(doing, self.client.delete_object, Bucket=loc.bucket, Key=loc.key)
 
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Multipart uploads in the bucket, started ``older_than`` s ago or more.
+
+        Every add above the large-object size is a multipart upload until it
+        completes; one still open that long after it started was abandoned
+        (the bucket is the image store's own, as glance_store also requires).
+        Keys that are not image ids imgstore could have written are left alone.
+        """
+        doing = f"listing the multipart uploads of bucket {self.bucket!r}"
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            for page in paginator.paginate(Bucket=self.bucket):
+                for upload in page.get("Uploads", []):
+                    key = str(upload["Key"])
+                    if not IMAGE_ID_RE.fullmatch(key):
+                        continue
+                    age = (now - upload["Initiated"]).total_seconds()
+                    if age >= older_than:
+                        yield Leftover(
+                            self.backend, "multipart upload", f"{self.bucket}/{key}", age,
+                            None, (key, str(upload["UploadId"])),
+                        )  # fmt: skip
+        except ImgstoreError:
+            raise
+        except Exception as exc:
+            if _error_code(exc)[0] == "NoSuchBucket":
+                return
+            raise self.map_error(exc, doing) from None
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        key, upload_id = leftover.ref
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            if _error_code(exc)[0] != "NoSuchUpload":
+                raise self.map_error(
+                    exc, f"aborting the multipart upload of {leftover.name}"
+                ) from None
+
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
@@ -883,7 +924,8 @@ class S3Writer(Writer):
             if code != "NoSuchUpload":
                 LOG.warning(
                     "backend %r: could not abort the multipart upload of %s (%s); "
-                    "its parts may remain until the bucket's lifecycle removes them",
+                    "its parts remain until `imgstore cleanup` (or the bucket's lifecycle) "
+                    "removes them",
                     drv.backend,
                     self._shown,
                     drv.map_error(exc, "aborting"),

@@ -63,9 +63,11 @@ import configparser
 import contextlib
 import contextvars
 import dataclasses
+import datetime
 import json
 import logging
 import queue
+import re
 import secrets as secrets_mod
 import threading
 import time
@@ -76,7 +78,7 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.drivers._parallel import BoundedUploader, BufferPool
 from imgstore.exceptions import (
     AuthenticationFailed,
@@ -768,6 +770,80 @@ class SwiftDriver(Driver):
         if segments and self._exists(account, *segments[0], doing):
             self.delete_segments(account, segments, loc.redacted())
 
+    def _own_containers(self, account: Account) -> list[str]:
+        """The configured container and, with the multiple-containers seed, its siblings."""
+        if not self.seed:
+            return [self.container]
+        doing = f"listing the containers {self.container}_*"
+        _, listing = self.call(
+            account, doing, "get_account", prefix=f"{self.container}_", full_listing=True
+        )
+        return [str(c["name"]) for c in listing]
+
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Segments (``<id>-<writer token>-<number>``) that no manifest names.
+
+        A segmented add names its segments after the image and a token of its
+        own, and writes the manifest last; segments whose manifest is missing
+        (or names other segments) were left by an add that died. Their age is
+        that of the newest segment, so an add still uploading is spared.
+        """
+        account = self._current()
+        now = datetime.datetime.now(tz=datetime.timezone.utc)
+        for container in self._own_containers(account):
+            doing = f"listing container {container!r}"
+            try:
+                _, listing = self.call(
+                    account, doing, "get_container", container, full_listing=True
+                )
+            except NotFound:
+                continue
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for entry in listing:
+                match = _SEGMENT_NAME.fullmatch(str(entry.get("name", "")))
+                if match:
+                    groups.setdefault((match["obj"], match["token"]), []).append(entry)
+            for (obj, token), entries in groups.items():
+                prefix = f"{obj}-{token}-"
+                if self._manifest_names(account, container, obj, prefix):
+                    continue
+                newest = max(_listing_time(e) for e in entries)
+                age = (now - newest).total_seconds()
+                if age >= older_than:
+                    yield Leftover(
+                        self.backend, "orphan segments", f"{container}/{prefix}*", age,
+                        sum(int(e.get("bytes", 0)) for e in entries),
+                        (container, obj, prefix, [str(e["name"]) for e in entries]),
+                    )  # fmt: skip
+
+    def _manifest_names(self, account: Account, container: str, obj: str, prefix: str) -> bool:
+        """Whether the object ``obj`` is a manifest of the segments starting with ``prefix``."""
+        doing = f"checking the manifest {container}/{obj}"
+        try:
+            headers = self.head(account, container, obj, doing)
+        except NotFound:
+            return False
+        dlo = headers.get("x-object-manifest")
+        if dlo:
+            return unquote_path(dlo) == f"{container}/{prefix}"
+        if str(headers.get("x-static-large-object", "")).lower() != "true":
+            return False
+        _, body = self.call(
+            account, doing, "get_object", container, obj, query_string="multipart-manifest=get"
+        )
+        try:
+            names = [unquote_path(str(e["name"])) for e in json.loads(body or b"[]")]
+        except (ValueError, KeyError, TypeError):
+            return True  # cannot tell (radosgw hides the list): never delete what may be live
+        return not names or any(n.lstrip("/").startswith(f"{container}/{prefix}") for n in names)
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        container, obj, prefix, names = leftover.ref
+        account = self._current()
+        if self._manifest_names(account, container, obj, prefix):
+            return  # its add finished after all
+        self.delete_segments(account, [(container, n) for n in names], leftover.name)
+
     def delete_segments(
         self, account: Account, segments: list[tuple[str, str]], shown: str
     ) -> None:
@@ -897,15 +973,18 @@ class SwiftStream(ReadStream):
         self._close_body()
 
     def _resume(self, attempt: int) -> None:
-        # a restarting server answers 503 for a moment: wait up to ~30 s in all
-        self._retrying(6)
+        # a restarting server answers 503 for a moment: keep asking, but never
+        # for longer than the configured timeout in all
+        self._retrying(6, deadline=time.monotonic() + self._driver.timeout)
 
-    def _retrying(self, retries: int) -> dict[str, str]:
+    def _retrying(self, retries: int, deadline: float | None = None) -> dict[str, str]:
         delay = 0.5
         for _ in range(retries):
             try:
                 return self._request()
             except BackendUnavailable:
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise
                 time.sleep(delay)
                 delay = min(delay * 2, 16)
         return self._request()
@@ -1093,6 +1172,19 @@ class _SegmentBody:
 
     def __repr__(self) -> str:
         return f"<segment body of {len(self._view)} bytes>"
+
+
+_SEGMENT_NAME = re.compile(rf"(?P<obj>{IMAGE_ID_RE.pattern})-(?P<token>[0-9a-f]{{8}})-\d{{5}}")
+"""How a segmented add names its segments: ``<image id>-<writer token>-<number>``."""
+
+
+def _listing_time(entry: dict[str, Any]) -> datetime.datetime:
+    """A container listing's ``last_modified`` (UTC, without a zone) as an aware time."""
+    try:
+        stamp = datetime.datetime.fromisoformat(str(entry["last_modified"]))
+    except (KeyError, ValueError):
+        return datetime.datetime.now(tz=datetime.timezone.utc)  # unknown: count it as fresh
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.timezone.utc)
 
 
 def segment_size(number: int, base: int, total: int | None, limit: int = MAX_SEGMENTS) -> int:

@@ -1,0 +1,347 @@
+"""Faults on the real servers, and ``imgstore cleanup``.
+
+* A server that stalls (SIGSTOP) in the middle of an add or a get: the caller
+  gets an imgstore error within the configured timeouts, never a hang; once the
+  server runs again (SIGCONT), whatever the add's own cleanup could not reach is
+  found by its marker and removed by ``Stores.cleanup``, and the backend holds
+  exactly what it held before.
+* An add whose process dies (its writer is abandoned: neither committed nor
+  aborted): ``cleanup`` lists it only once it is older than ``older_than``,
+  never lists a finished image, and removes it completely.
+
+The servers are the harness's; the tests stop and continue them by the PIDs
+the harness recorded, and always continue them (``finally``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgstore import Stores
+from imgstore.driver import Writer
+from imgstore.exceptions import BackendUnavailable, ImgstoreError, NotFound
+
+pytestmark = pytest.mark.functional
+
+MIB = 1024 * 1024
+BACKENDS = ["file", "rbd", "s3", "swift", "gridfs"]
+SERVER_BACKENDS = ["rbd", "s3", "swift", "gridfs"]
+
+
+@dataclass
+class Target:
+    """One backend on its real server, with what the fault tests need."""
+
+    stores: Stores
+    backend: str
+    listing: Callable[[], set[str]]
+    pids: list[int] = field(default_factory=list)
+    """The server processes to stall (SIGSTOP/SIGCONT)."""
+    budget: float = 0.0
+    """Seconds an operation may take to fail once the server stalls (from its timeouts)."""
+    settle: Callable[[Writer], None] = lambda writer: None
+    """Stand-in for a process dying: let in-flight work land, drop client handles."""
+
+
+# -- the backends ------------------------------------------------------------------------
+
+
+def _file_target(tmp_path: Path) -> Iterator[Target]:
+    data = tmp_path / "images"
+    data.mkdir()
+    conf = tmp_path / "file.conf"
+    conf.write_text(
+        "[glance_store]\nstores = file\ndefault_store = file\n"
+        f"filesystem_store_datadir = {data}\n"
+    )
+    with Stores.from_config_files(conf) as stores:
+        yield Target(stores, "file", lambda: {p.name for p in data.iterdir()})
+
+
+def _rbd_target(tmp_path: Path) -> Iterator[Target]:
+    from tests.functional.rbd_helpers import (
+        admin_cluster,
+        ceph_details,
+        pool_listing,
+        rbd_options,
+        temp_pool,
+        write_config,
+    )
+
+    details = ceph_details()
+    with admin_cluster(details) as cluster, temp_pool(cluster, "imgstore-faults") as pool:
+        options = rbd_options(details, pool, rados_op_timeout=4, rbd_store_chunk_size=1)
+        conf = write_config(tmp_path / "rbd.conf", {"rbd": options}, {})
+        with Stores.from_config_files(conf) as stores:
+
+            def settle(writer: Writer) -> None:
+                writer._drain()  # type: ignore[attr-defined]
+                writer._image.close()  # type: ignore[attr-defined]  # a dead client's watch goes
+
+            yield Target(
+                stores, "rbd", lambda: pool_listing(cluster, pool),
+                [int(details["pids"]["osd"])], 60.0, settle,
+            )  # fmt: skip
+
+
+def _s3_target(tmp_path: Path) -> Iterator[Target]:
+    from tests.functional.test_s3_conformance import (
+        bucket_listing,
+        new_bucket,
+        purge_bucket,
+        rgw_collect_garbage,
+        s3_options,
+        server,
+        write_config,
+    )
+
+    details = server("ceph")
+    options = s3_options(
+        details, new_bucket(), s3_store_large_object_size=5, s3_store_large_object_chunk_size=5,
+        s3_store_thread_pools=2, s3_store_read_timeout=3, s3_store_connect_timeout=2,
+        s3_store_max_retries=0,
+    )  # fmt: skip
+    with Stores.from_config_files(write_config(tmp_path / "s3.conf", options)) as stores:
+
+        def settle(writer: Writer) -> None:
+            writer._wait_parts()  # type: ignore[attr-defined]
+            writer._shutdown_pool()  # type: ignore[attr-defined]
+
+        try:
+            yield Target(
+                stores, "s3", bucket_listing(stores, "s3", details),
+                [int(details["pids"]["rgw"])], 40.0, settle,
+            )  # fmt: skip
+        finally:
+            with contextlib.suppress(Exception):
+                purge_bucket(stores.driver("s3"))
+            rgw_collect_garbage(details)
+
+
+def _swift_target(tmp_path: Path) -> Iterator[Target]:
+    from tests.functional.conftest import require_service
+    from tests.functional.swift_helpers import (
+        container_listing,
+        new_container,
+        raw_connection,
+        server,
+        swift_options,
+        write_config,
+    )
+
+    srv = server("swift")
+    container = new_container()
+    options = swift_options(
+        srv, container, swift_store_large_object_size=1, swift_store_large_object_chunk_size=2,
+        swift_store_thread_pools=2, swift_store_timeout=3, swift_store_retries=0,
+        swift_store_retry_get_count=1,
+    )  # fmt: skip
+    with Stores.from_config_files(write_config(tmp_path / "swift.conf", options)) as stores:
+
+        def settle(writer: Writer) -> None:
+            uploader = writer._uploader  # type: ignore[attr-defined]
+            if uploader is not None:
+                uploader.wait()
+
+        try:
+            yield Target(
+                stores, "swift", container_listing(srv, container),
+                [int(require_service("swift")["pids"]["proxy"])], 40.0, settle,
+            )  # fmt: skip
+        finally:
+            conn = raw_connection(srv)
+            with contextlib.suppress(Exception):
+                _, objects = conn.get_container(container, full_listing=True)
+                for obj in objects:
+                    conn.delete_object(container, obj["name"])
+                conn.delete_container(container)
+            conn.close()
+
+
+def _gridfs_target(tmp_path: Path) -> Iterator[Target]:
+    import pymongo
+
+    from tests.functional.conftest import require_service
+    from tests.functional.test_gridfs_conformance import write_config
+
+    details = require_service("mongo")
+    db = f"imgstore_faults_{uuid.uuid4().hex[:8]}"
+    options = {
+        "mongodb_store_uri": details["uri_with_password"],
+        "mongodb_store_db": db,
+        "mongodb_store_chunk_size": 262144,
+        "mongodb_store_server_selection_timeout": 3,
+        "mongodb_store_socket_timeout": 3,
+        "mongodb_store_connect_timeout": 3,
+    }
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+        details["uri_with_password"], serverSelectionTimeoutMS=20_000
+    )
+
+    def listing() -> set[str]:
+        files = {f"file:{d['_id']}" for d in client[db]["fs.files"].find({}, {"_id": 1})}
+        chunks = {
+            f"chunk:{d['files_id']}:{d['n']}"
+            for d in client[db]["fs.chunks"].find({}, {"files_id": 1, "n": 1})
+        }
+        return files | chunks
+
+    try:
+        with Stores.from_config_files(write_config(tmp_path / "gridfs.conf", options)) as stores:
+            yield Target(stores, "mongo", listing, [int(details["pids"]["secantusd"])], 40.0)
+    finally:
+        with contextlib.suppress(Exception):
+            client.drop_database(db)
+        client.close()
+
+
+FACTORIES: dict[str, Callable[[Path], Iterator[Target]]] = {
+    "file": _file_target,
+    "rbd": _rbd_target,
+    "s3": _s3_target,
+    "swift": _swift_target,
+    "gridfs": _gridfs_target,
+}
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    yield from FACTORIES[request.param](tmp_path)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stalled(pids: list[int]) -> Iterator[Callable[[], None]]:
+    """``stall()`` stops the server processes; they are always continued on exit."""
+    stopped: list[int] = []
+
+    def stall() -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+
+    try:
+        yield stall
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+
+def stalling_source(stall: Callable[[], None], total: int, stall_at: int) -> Iterator[bytes]:
+    """``total`` random bytes in 1 MiB pieces; the server stalls once ``stall_at`` are out."""
+    block = os.urandom(MIB)
+    sent = 0
+    while sent < total:
+        if sent == stall_at:
+            stall()
+        yield block
+        sent += len(block)
+
+
+def clean_up_until_back(target: Target, expected: set[str], wait: float = 60.0) -> set[str]:
+    """Run ``cleanup`` until the backend holds ``expected`` again (the server may still
+    be catching up on requests queued while it stood still); return the last listing."""
+    deadline = time.monotonic() + wait
+    while True:
+        with contextlib.suppress(ImgstoreError):
+            target.stores.cleanup([target.backend], older_than=0)
+        with contextlib.suppress(Exception):
+            now = target.listing()
+            if now == expected or time.monotonic() > deadline:
+                return now
+        if time.monotonic() > deadline:
+            return set()
+        time.sleep(1.0)
+
+
+# -- stalls -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", SERVER_BACKENDS, indirect=True)
+def test_server_stalling_mid_add_fails_in_time_and_leaves_nothing(target: Target) -> None:
+    before = target.listing()
+    image_id = str(uuid.uuid4())
+    with stalled(target.pids) as stall:
+        started = time.monotonic()
+        with pytest.raises(ImgstoreError) as failure:
+            target.stores.add(
+                image_id, stalling_source(stall, 24 * MIB, 12 * MIB), backend=target.backend
+            )
+        took = time.monotonic() - started
+    assert took < target.budget, f"the add took {took:.1f} s to fail (budget {target.budget} s)"
+    assert str(failure.value), "the error says what went wrong"
+    assert clean_up_until_back(target, before) == before
+
+
+@pytest.mark.parametrize("target", SERVER_BACKENDS, indirect=True)
+def test_server_stalling_mid_get_fails_in_time(target: Target) -> None:
+    result = target.stores.add(str(uuid.uuid4()), os.urandom(32 * MIB), backend=target.backend)
+    with stalled(target.pids) as stall:
+        started = time.monotonic()
+        with pytest.raises(ImgstoreError), target.stores.get(result.location) as reader:
+            for n, _chunk in enumerate(reader):
+                if n == 0:
+                    stall()
+        took = time.monotonic() - started
+    assert took < target.budget, f"the get took {took:.1f} s to fail (budget {target.budget} s)"
+    target.stores.delete(result.location)
+
+
+@pytest.mark.parametrize("target", ["s3", "swift", "gridfs"], indirect=True)
+def test_stalled_server_is_unavailable_for_new_requests(target: Target) -> None:
+    result = target.stores.add(str(uuid.uuid4()), b"x" * 1000, backend=target.backend)
+    with stalled(target.pids) as stall:
+        stall()
+        started = time.monotonic()
+        with pytest.raises((BackendUnavailable, ImgstoreError)):
+            target.stores.size(result.location)
+        took = time.monotonic() - started
+    assert took < target.budget
+    target.stores.delete(result.location)
+
+
+# -- abandoned adds and cleanup --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", BACKENDS, indirect=True)
+def test_cleanup_removes_exactly_what_a_dead_add_left(target: Target) -> None:
+    stores, backend = target.stores, target.backend
+    kept = stores.add(str(uuid.uuid4()), os.urandom(12 * MIB), backend=backend)  # segmented
+    before = target.listing()
+    drv = stores.driver(backend)
+    dead_id = str(uuid.uuid4())
+    writer = drv.begin_write(dead_id, None)
+    block = memoryview(bytearray(os.urandom(MIB)))
+    for _ in range(11):
+        writer.write(block)
+    target.settle(writer)  # the process dies here: no commit, no abort
+    assert target.listing() != before, "the dead add left something to clean up"
+
+    young = stores.cleanup([backend], older_than=3600, remove=False)
+    assert not [o for o in young if dead_id in o.leftover.name], "a running add is spared"
+
+    found = stores.cleanup([backend], older_than=0, remove=False)
+    assert [o.outcome for o in found] == ["found"], found
+    assert dead_id in found[0].leftover.name
+    assert target.listing() != before, "a dry run removes nothing"
+
+    removed = stores.cleanup([backend], older_than=0)
+    assert [o.outcome for o in removed] == ["removed"], removed
+    assert target.listing() == before
+    assert stores.cleanup([backend], older_than=0) == []
+    with stores.get(kept.location) as reader:  # the finished image was never touched
+        assert sum(len(c) for c in reader) == kept.size
+    with pytest.raises(NotFound):
+        stores.size(kept.location.replace(kept.image_id, dead_id))
