@@ -51,6 +51,9 @@ class Target:
     """Seconds an operation may take to fail once the server stalls (from its timeouts)."""
     settle: Callable[[Writer], None] = lambda writer: None
     """Stand-in for a process dying: let in-flight work land, drop client handles."""
+    service: tuple[str, str] | None = None
+    """(harness server, process key) of a process that may be killed and restarted with
+    its data intact (radosgw keeps its data in RADOS, a Swift proxy keeps none)."""
 
 
 # -- the backends ------------------------------------------------------------------------
@@ -61,8 +64,7 @@ def _file_target(tmp_path: Path) -> Iterator[Target]:
     data.mkdir()
     conf = tmp_path / "file.conf"
     conf.write_text(
-        "[glance_store]\nstores = file\ndefault_store = file\n"
-        f"filesystem_store_datadir = {data}\n"
+        f"[glance_store]\nstores = file\ndefault_store = file\nfilesystem_store_datadir = {data}\n"
     )
     with Stores.from_config_files(conf) as stores:
         yield Target(stores, "file", lambda: {p.name for p in data.iterdir()})
@@ -120,7 +122,7 @@ def _s3_target(tmp_path: Path) -> Iterator[Target]:
         try:
             yield Target(
                 stores, "s3", bucket_listing(stores, "s3", details),
-                [int(details["pids"]["rgw"])], 40.0, settle,
+                [int(details["pids"]["rgw"])], 40.0, settle, ("ceph", "rgw"),
             )  # fmt: skip
         finally:
             with contextlib.suppress(Exception):
@@ -157,6 +159,7 @@ def _swift_target(tmp_path: Path) -> Iterator[Target]:
             yield Target(
                 stores, "swift", container_listing(srv, container),
                 [int(require_service("swift")["pids"]["proxy"])], 40.0, settle,
+                ("swift", "proxy"),
             )  # fmt: skip
         finally:
             conn = raw_connection(srv)
@@ -310,6 +313,37 @@ def test_stalled_server_is_unavailable_for_new_requests(target: Target) -> None:
         took = time.monotonic() - started
     assert took < target.budget
     target.stores.delete(result.location)
+
+
+# -- deaths -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["s3", "swift"], indirect=True)
+def test_server_dying_mid_add_fails_in_time_and_cleanup_removes_the_rest(target: Target) -> None:
+    from tests.functional.services._common import restart_process
+
+    assert target.service is not None
+    before = target.listing()
+    killed: list[int] = []
+
+    def kill() -> None:
+        for pid in target.pids:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(ImgstoreError) as failure:
+            target.stores.add(
+                str(uuid.uuid4()), stalling_source(kill, 24 * MIB, 12 * MIB), backend=target.backend
+            )
+        took = time.monotonic() - started
+    finally:
+        if killed:
+            restart_process(*target.service)
+    assert took < target.budget, f"the add took {took:.1f} s to fail (budget {target.budget} s)"
+    assert str(failure.value)
+    assert clean_up_until_back(target, before) == before
 
 
 # -- abandoned adds and cleanup --------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +46,20 @@ def test_start_records_and_stop_ends_only_that_pid(ctx: Context) -> None:
     assert ctx.stop_all() == ["second"]
     assert _gone(second)
     assert ctx.stop_all() == []
+
+
+def test_restart_runs_the_same_command_again(ctx: Context) -> None:
+    first = ctx.start("proc", _sleeper(), env={"IMGSTORE_SELFTEST": "1", "PATH": os.environ["PATH"]})
+    os.kill(first, signal.SIGKILL)  # a test killed it
+    for _ in range(100):
+        if ctx.pid("proc") is None:
+            break
+        time.sleep(0.05)
+    second = ctx.restart("proc")
+    assert second != first and ctx.pids() == {"proc": second}
+    with open(f"/proc/{second}/environ", "rb") as fh:
+        assert b"IMGSTORE_SELFTEST=1" in fh.read().split(b"\0")
+    assert ctx.stop_all() == ["proc"]
 
 
 def test_a_recycled_pid_is_never_signalled(ctx: Context) -> None:

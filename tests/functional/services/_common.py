@@ -287,6 +287,14 @@ class Context:
         The process must stay in the foreground (no daemonising), so the PID
         recorded is the one to stop.
         """
+        command = self._piddir / f"{key}.cmd.json"  # for restart(); private like the rest
+        command.write_text(
+            json.dumps(
+                {"argv": list(argv), "env": dict(env) if env is not None else None,
+                 "cwd": str(cwd) if cwd is not None else None}
+            )
+        )  # fmt: skip
+        os.chmod(command, 0o600)
         log = self.path(f"{key}.log")
         with open(log, "ab") as out:
             proc = subprocess.Popen(
@@ -300,6 +308,18 @@ class Context:
             )
         self.record_pid(key, proc.pid)
         return proc.pid
+
+    def restart(self, key: str) -> int:
+        """Start ``key`` again exactly as :meth:`start` last did (stopping it first if it runs)."""
+        try:
+            command = json.loads((self._piddir / f"{key}.cmd.json").read_text())
+        except (OSError, ValueError):
+            raise ServiceError(f"{self.name}: no recorded command for {key}") from None
+        self.stop(key)
+        cwd = command.get("cwd")
+        return self.start(
+            key, command["argv"], env=command.get("env"), cwd=Path(cwd) if cwd else None
+        )
 
     def stop(self, key: str, timeout: float = 10.0) -> bool:
         """SIGTERM the recorded process, SIGKILL after ``timeout``; True if one was running."""
@@ -416,6 +436,19 @@ def write_details(ctx: Context, details: Mapping[str, Any]) -> Path:
 def remove_details(ctx: Context) -> None:
     """Forget the details (the server is down)."""
     ctx.path(DETAILS_FILE).unlink(missing_ok=True)
+
+
+def restart_process(name: str, key: str) -> dict[str, Any]:
+    """Start process ``key`` of running server ``name`` again (after a test killed it);
+    return the server's details with the new PID."""
+    ctx = Context(name)
+    details = read_details(name)
+    if details is None:
+        raise ServiceError(f"{name} is not up")
+    ctx.restart(key)
+    kept = {k: v for k, v in details.items() if k not in ("name", "pids", "written_at")}
+    write_details(ctx, kept)
+    return read_details(name) or {}
 
 
 def read_details(name: str) -> dict[str, Any] | None:
