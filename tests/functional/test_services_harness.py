@@ -49,7 +49,9 @@ def test_start_records_and_stop_ends_only_that_pid(ctx: Context) -> None:
 
 
 def test_restart_runs_the_same_command_again(ctx: Context) -> None:
-    first = ctx.start("proc", _sleeper(), env={"IMGSTORE_SELFTEST": "1", "PATH": os.environ["PATH"]})
+    first = ctx.start(
+        "proc", _sleeper(), env={"IMGSTORE_SELFTEST": "1", "PATH": os.environ["PATH"]}
+    )
     os.kill(first, signal.SIGKILL)  # a test killed it
     for _ in range(100):
         if ctx.pid("proc") is None:
