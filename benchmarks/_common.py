@@ -9,6 +9,7 @@ contender that hashes (imgstore and glance_store) must pay.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".cache" / "bench"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+
+
+def service_details(name: str) -> dict[str, Any]:
+    """``details.json`` of the test harness's server ``name``."""
+    path = ROOT / ".cache" / "services" / name / "details.json"
+    if not path.exists():
+        raise SystemExit(
+            f"{name} is not up: run `.venv/bin/python -m tests.functional.services up {name}`"
+        )
+    return dict(json.loads(path.read_text()))
 
 
 def usage(children: bool = False) -> tuple[float, float]:
@@ -130,6 +141,10 @@ class Runs:
     def cpu_per_gib(self, name: str, op: str) -> float:
         return statistics.median(c for _, c in self.samples[name, op]) / (self.size / GIB)
 
+    def speedup(self, name: str, other: str, op: str) -> float:
+        """MB/s of ``name`` over MB/s of ``other`` for ``op`` (medians)."""
+        return self.mbps(name, op) / self.mbps(other, op)
+
     def peak_rss(self, name: str) -> float:
         return max(self.extra.get(name, [0.0]))
 
@@ -141,6 +156,44 @@ class Runs:
                 f"{self.cpu_per_gib(name, op):10.2f}"
             )
         return "\n".join(lines)
+
+
+def add_common_args(parser: argparse.ArgumentParser, size_mib: int = 1024) -> None:
+    """--size-mib and --repeat for the run; --child/--source/--size for a contender's process."""
+    parser.add_argument("--size-mib", type=int, default=size_mib)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians count")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+
+
+def interleave(
+    repeat: int,
+    size: int,
+    contenders: Iterable[str],
+    run: Callable[[str], Mapping[str, Any]],
+    between: Callable[[], None] = lambda: None,
+) -> Runs:
+    """Run every contender once per round, ``repeat`` rounds; ``between`` after each run."""
+    runs = Runs(size)
+    names = list(contenders)
+    for i in range(repeat):
+        print(f"# round {i + 1}/{repeat}", file=sys.stderr, flush=True)
+        for name in names:
+            runs.record(name, run(name))
+            between()
+    return runs
+
+
+def report(ratios: Mapping[str, float], targets: Mapping[str, tuple[str, float]]) -> bool:
+    """Print one line per ratio with its target's verdict; True when every target is met."""
+    print()
+    ok = True
+    for label, value in ratios.items():
+        line, met = verdict(label, value, targets.get(label))
+        ok &= met
+        print(line)
+    return ok
 
 
 def verdict(label: str, value: float, target: tuple[str, float] | None = None) -> tuple[str, bool]:

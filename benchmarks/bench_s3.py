@@ -34,23 +34,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    BENCH_DIR,
-    MIB,
-    ROOT,
-    Runs,
-    ensure_venv,
-    floor_lines,
-    hash_floor,
-    make_source,
-    run_child,
-    since,
-    sink,
-    usage,
-    verdict,
-)
+import _common as common
 
-GLANCE_VENV = BENCH_DIR / "glance-s3-venv"
+GLANCE_VENV = common.BENCH_DIR / "glance-s3-venv"
 GLANCE_REQUIREMENTS = ["glance_store==5.7.0", "boto3"]
 TARGETS = {
     "add MB/s: imgstore / glance_store": (">=", 1.3),
@@ -66,7 +52,7 @@ TARGETS = {
 def child_imgstore(args: argparse.Namespace, server: dict[str, Any]) -> dict[str, Any]:
     from imgstore import Stores
 
-    conf = BENCH_DIR / f"s3-bench-{os.getpid()}.conf"
+    conf = common.BENCH_DIR / f"s3-bench-{os.getpid()}.conf"
     conf.write_text(
         "[glance_store]\nstores = s3\ndefault_store = s3\n"
         f"s3_store_host = {server['endpoint']}\n"
@@ -80,12 +66,12 @@ def child_imgstore(args: argparse.Namespace, server: dict[str, Any]) -> dict[str
     try:
         with Stores.from_config_files(conf) as stores:
             with open(args.source, "rb") as fh:
-                start = usage()
+                start = common.usage()
                 result = stores.add(str(uuid.uuid4()), fh, size=args.size)
-                add = since(start)
-            start = usage()
-            read = sink(stores.get(result.location))
-            get = since(start)
+                add = common.since(start)
+            start = common.usage()
+            read = common.sink(stores.get(result.location))
+            get = common.since(start)
             stores.delete(result.location)
     finally:
         conf.unlink(missing_ok=True)
@@ -110,18 +96,18 @@ def child_boto3(args: argparse.Namespace, server: dict[str, Any]) -> dict[str, A
             max_pool_connections=20,
         ),
     )
-    transfer = TransferConfig(multipart_chunksize=10 * MIB, max_concurrency=10)
+    transfer = TransferConfig(multipart_chunksize=10 * common.MIB, max_concurrency=10)
     key = str(uuid.uuid4())
     with contextlib.suppress(Exception):  # the bucket may exist already
         client.create_bucket(Bucket=args.bucket)
     with open(args.source, "rb") as fh:
-        start = usage()
+        start = common.usage()
         client.upload_fileobj(fh, args.bucket, key, Config=transfer)
-        add = since(start)
+        add = common.since(start)
     with open(os.devnull, "wb") as out:
-        start = usage()
+        start = common.usage()
         client.download_fileobj(args.bucket, key, out, Config=transfer)
-        get = since(start)
+        get = common.since(start)
     client.delete_object(Bucket=args.bucket, Key=key)
     return {"add": add, "get": get, "read": args.size}
 
@@ -147,15 +133,15 @@ def child_glance(args: argparse.Namespace, server: dict[str, Any]) -> dict[str, 
     glance_store.create_stores(conf)
     glance_store.verify_default_store()
     with open(args.source, "rb") as fh:
-        start = usage()
+        start = common.usage()
         location, _size, checksum, _mh, _meta = glance_store.add_to_backend_with_multihash(
             conf, str(uuid.uuid4()), fh, args.size, "sha512"
         )
-        add = since(start)
-    start = usage()
+        add = common.since(start)
+    start = common.usage()
     chunks, _got = glance_store.get_from_backend(location)
-    read = sink(chunks)
-    get = since(start)
+    read = common.sink(chunks)
+    get = common.since(start)
     glance_store.delete_from_backend(location)
     return {"add": add, "get": get, "read": read, "checksum": checksum}
 
@@ -167,7 +153,7 @@ CHILDREN = {"imgstore": child_imgstore, "boto3": child_boto3, "glance_store": ch
 
 
 def server_details(name: str) -> dict[str, Any]:
-    details = json.loads((ROOT / ".cache" / "services" / name / "details.json").read_text())
+    details = common.service_details(name)
     endpoint = details["rgw_endpoint"] if name == "ceph" else details["s3_endpoint"]
     return {
         "endpoint": endpoint,
@@ -182,7 +168,7 @@ def run_contender(name: str, python: str, args: argparse.Namespace, source: Path
         "--source", str(source), "--size", str(source.stat().st_size), "--bucket", args.bucket,
         *(["--unsigned"] if args.unsigned else []),
     ]  # fmt: skip
-    return run_child(name, cmd, imgstore=name == "imgstore")
+    return common.run_child(name, cmd, imgstore=name == "imgstore")
 
 
 def collect_garbage(details: dict[str, Any]) -> None:
@@ -198,8 +184,7 @@ def collect_garbage(details: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians count")
+    common.add_common_args(parser)
     parser.add_argument("--server", choices=["ceph", "swift"], default="ceph")
     parser.add_argument("--bucket", default=f"bench-{uuid.uuid4().hex[:12]}")
     parser.add_argument(
@@ -207,9 +192,6 @@ def main() -> int:
         action="store_true",
         help="imgstore with s3_store_payload_signing = false (no sha256 of the payload)",
     )
-    parser.add_argument("--child", choices=sorted(CHILDREN))
-    parser.add_argument("--source")
-    parser.add_argument("--size", type=int)
     args = parser.parse_args()
 
     if args.child:
@@ -218,46 +200,37 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
-    size = args.size_mib * MIB
-    source = make_source("s3", size)
+    size = args.size_mib * common.MIB
+    source = common.make_source("s3", size)
     pythons = {
         "imgstore": sys.executable,
         "boto3": sys.executable,
-        "glance_store": str(ensure_venv(GLANCE_VENV, GLANCE_REQUIREMENTS)),
+        "glance_store": str(common.ensure_venv(GLANCE_VENV, GLANCE_REQUIREMENTS)),
     }
-    details = json.loads((ROOT / ".cache" / "services" / args.server / "details.json").read_text())
-    runs = Runs(size)
-    for i in range(args.repeat):
-        print(f"# round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
-        for name, py in pythons.items():
-            runs.record(name, run_contender(name, py, args, source))
-            collect_garbage(details)
-    floor = hash_floor()
+    details = common.service_details(args.server)
+    runs = common.interleave(
+        args.repeat, size, pythons,
+        lambda name: run_contender(name, pythons[name], args, source),
+        lambda: collect_garbage(details),
+    )  # fmt: skip
+    floor = common.hash_floor()
     signing = "unsigned payload" if args.unsigned else "payload signed (default over http)"
     print(f"\nS3, {args.size_mib} MiB against {args.server}, imgstore {signing}, "
           f"median of {args.repeat}")  # fmt: skip
     print(runs.table())
-    add, get = "add", "get"
-    ratios = {
-        "add MB/s: imgstore / glance_store": runs.mbps("imgstore", add)
-        / runs.mbps("glance_store", add),
-        "add CPU s/GiB: imgstore / glance_store": runs.cpu_per_gib("imgstore", add)
-        / runs.cpu_per_gib("glance_store", add),
-        "get MB/s: imgstore / glance_store": runs.mbps("imgstore", get)
-        / runs.mbps("glance_store", get),
-        "imgstore peak RSS MiB": runs.peak_rss("imgstore"),
-        "add MB/s: imgstore / boto3 upload_fileobj": runs.mbps("imgstore", add)
-        / runs.mbps("boto3", add),
-        "get MB/s: imgstore / boto3 download_fileobj": runs.mbps("imgstore", get)
-        / runs.mbps("boto3", get),
-    }
-    print()
-    ok = True
-    for label, value in ratios.items():
-        line, met = verdict(label, value, TARGETS.get(label))
-        ok &= met
-        print(line)
-    print(floor_lines(floor, runs.cpu_per_gib("glance_store", add)))
+    ok = common.report(
+        {
+            "add MB/s: imgstore / glance_store": runs.speedup("imgstore", "glance_store", "add"),
+            "add CPU s/GiB: imgstore / glance_store": runs.cpu_per_gib("imgstore", "add")
+            / runs.cpu_per_gib("glance_store", "add"),
+            "get MB/s: imgstore / glance_store": runs.speedup("imgstore", "glance_store", "get"),
+            "imgstore peak RSS MiB": runs.peak_rss("imgstore"),
+            "add MB/s: imgstore / boto3 upload_fileobj": runs.speedup("imgstore", "boto3", "add"),
+            "get MB/s: imgstore / boto3 download_fileobj": runs.speedup("imgstore", "boto3", "get"),
+        },
+        TARGETS,
+    )
+    print(common.floor_lines(floor, runs.cpu_per_gib("glance_store", "add")))
     return 0 if ok else 1
 
 

@@ -32,23 +32,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    BENCH_DIR,
-    MIB,
-    ROOT,
-    Runs,
-    ensure_venv,
-    floor_lines,
-    hash_floor,
-    make_source,
-    run_child,
-    since,
-    sink,
-    usage,
-    verdict,
-)
+import _common as common
 
-GLANCE_VENV = BENCH_DIR / "glance-swift-venv"
+GLANCE_VENV = common.BENCH_DIR / "glance-swift-venv"
 GLANCE_REQUIREMENTS = ["glance_store==5.7.0", "python-swiftclient"]
 TARGETS = {
     "add MB/s: imgstore / glance_store": (">=", 1.6),
@@ -58,17 +44,17 @@ TARGETS = {
 
 
 def _usage() -> tuple[float, float]:
-    return usage(children=True)  # the swift command runs as a child
+    return common.usage(children=True)  # the swift command runs as a child
 
 
 def _since(start: tuple[float, float]) -> tuple[float, float]:
-    return since(start, children=True)
+    return common.since(start, children=True)
 
 
 def child_imgstore(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any]:
     from imgstore import Stores
 
-    conf = BENCH_DIR / f"swift-bench-{os.getpid()}.conf"
+    conf = common.BENCH_DIR / f"swift-bench-{os.getpid()}.conf"
     conf.write_text(
         "[glance_store]\nstores = swift\ndefault_store = swift\n"
         f"swift_store_auth_address = {srv['auth_url']}\nswift_store_user = {srv['user']}\n"
@@ -84,7 +70,7 @@ def child_imgstore(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, A
                 result = stores.add(str(uuid.uuid4()), fh, size=args.size)
                 add = _since(start)
             start = _usage()
-            read = sink(stores.get(result.location))
+            read = common.sink(stores.get(result.location))
             get = _since(start)
             stores.delete(result.location)
     finally:
@@ -160,7 +146,7 @@ def child_glance(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any
         add = _since(start)
     start = _usage()
     chunks, _got = glance_store.get_from_backend(location, context=ctx)
-    read = sink(chunks)
+    read = common.sink(chunks)
     get = _since(start)
     glance_store.delete_from_backend(location, context=ctx)
     return {"add": add, "get": get, "read": read}
@@ -174,7 +160,7 @@ CHILDREN = {
 
 
 def server_details() -> dict[str, Any]:
-    details = json.loads((ROOT / ".cache" / "services" / "swift" / "details.json").read_text())
+    details = common.service_details("swift")
     return {"auth_url": details["auth_url"], "user": details["user"], "key": details["key"]}
 
 
@@ -183,56 +169,42 @@ def run_contender(name: str, python: str, args: argparse.Namespace, source: Path
         python, __file__, "--child", name, "--source", str(source),
         "--size", str(source.stat().st_size), "--container", args.container,
     ]  # fmt: skip
-    return run_child(name, cmd, imgstore=name == "imgstore")
+    return common.run_child(name, cmd, imgstore=name == "imgstore")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians count")
+    common.add_common_args(parser)
     parser.add_argument("--container", default=f"bench-{uuid.uuid4().hex[:12]}")
-    parser.add_argument("--child", choices=sorted(CHILDREN))
-    parser.add_argument("--source")
-    parser.add_argument("--size", type=int)
     args = parser.parse_args()
 
     if args.child:
         print(json.dumps(CHILDREN[args.child](args, server_details())))
         return 0
 
-    size = args.size_mib * MIB
-    source = make_source("swift", size)
+    size = args.size_mib * common.MIB
+    source = common.make_source("swift", size)
     pythons = {
         "imgstore": sys.executable,
         "swift command": sys.executable,
-        "glance_store": str(ensure_venv(GLANCE_VENV, GLANCE_REQUIREMENTS)),
+        "glance_store": str(common.ensure_venv(GLANCE_VENV, GLANCE_REQUIREMENTS)),
     }
-    runs = Runs(size)
-    for i in range(args.repeat):
-        print(f"# round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
-        for name, py in pythons.items():
-            runs.record(name, run_contender(name, py, args, source))
-    floor = hash_floor()
+    runs = common.interleave(
+        args.repeat, size, pythons, lambda name: run_contender(name, pythons[name], args, source)
+    )
+    floor = common.hash_floor()
     print(f"\nSwift, {args.size_mib} MiB, all-in-one (tempauth), median of {args.repeat}")
     print(runs.table())
-    add, get = "add", "get"
-    ratios = {
-        "add MB/s: imgstore / glance_store": runs.mbps("imgstore", add)
-        / runs.mbps("glance_store", add),
-        "add MB/s: imgstore / swift command": runs.mbps("imgstore", add)
-        / runs.mbps("swift command", add),
-        "get MB/s: imgstore / glance_store": runs.mbps("imgstore", get)
-        / runs.mbps("glance_store", get),
-        "get MB/s: imgstore / swift command": runs.mbps("imgstore", get)
-        / runs.mbps("swift command", get),
-    }
-    print()
-    ok = True
-    for label, value in ratios.items():
-        line, met = verdict(label, value, TARGETS.get(label))
-        ok &= met
-        print(line)
-    print(floor_lines(floor, runs.cpu_per_gib("glance_store", add)))
+    ok = common.report(
+        {
+            "add MB/s: imgstore / glance_store": runs.speedup("imgstore", "glance_store", "add"),
+            "add MB/s: imgstore / swift command": runs.speedup("imgstore", "swift command", "add"),
+            "get MB/s: imgstore / glance_store": runs.speedup("imgstore", "glance_store", "get"),
+            "get MB/s: imgstore / swift command": runs.speedup("imgstore", "swift command", "get"),
+        },
+        TARGETS,
+    )
+    print(common.floor_lines(floor, runs.cpu_per_gib("glance_store", "add")))
     return 0 if ok else 1
 
 
