@@ -22,13 +22,14 @@ import contextlib
 import json
 import logging
 import os
+import select
 import stat
 import sys
 import tempfile
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 from imgstore.api import DEFAULT_CLEANUP_AGE, DEFAULT_HASH_ALGO, AddResult, Stores, open_stores
 from imgstore.exceptions import (
@@ -365,11 +366,31 @@ def _progress(args: argparse.Namespace, label: str, total: int | None) -> Iterat
 # -- commands -------------------------------------------------------------------
 
 
+class _InterruptibleReader:
+    """Reads a pipe, FIFO or terminal so that Ctrl-C is seen even while no data comes.
+
+    Python runs a signal handler only between bytecodes; a SIGINT that lands
+    just before a blocking read() begins would wait for the next byte, maybe
+    forever. Waiting in short select() calls returns to Python often enough.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def readinto(self, view: memoryview) -> int:
+        while True:
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            if ready:
+                return os.readv(self._fd, [view])
+
+
 @contextlib.contextmanager
-def _open_input(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
+def _open_input(path: str) -> Iterator[tuple[Any, int | None]]:
     """The image source and its size when it is a regular file."""
     if path == "-":
-        yield sys.stdin.buffer, None
+        fd = sys.stdin.buffer.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        yield sys.stdin.buffer if regular else _InterruptibleReader(fd), None
         return
     try:
         fh = open(path, "rb")
@@ -377,7 +398,10 @@ def _open_input(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
         st = os.fstat(fh.fileno())
-        yield fh, st.st_size if stat.S_ISREG(st.st_mode) else None
+        if stat.S_ISREG(st.st_mode):
+            yield fh, st.st_size
+        else:  # a FIFO or a device
+            yield _InterruptibleReader(fh.fileno()), None
 
 
 def cmd_add(args: argparse.Namespace, stores: Stores) -> None:

@@ -503,6 +503,8 @@ def test_interrupt_exits_130_and_leaves_nothing(env: dict[str, str], tmp_path: P
     proc = subprocess.Popen(
         [*COMMAND, "add", "-"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        # a shell's background job (`pytest &`) ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stdin is not None and proc.stderr is not None
     proc.stdin.write(os.urandom(100_000))
