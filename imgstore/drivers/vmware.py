@@ -94,7 +94,8 @@ T = TypeVar("T")
 
 
 def _bad_part(value: str) -> bool:
-    return any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value)
+    """Control characters or whitespace other than plain spaces (datastore names have those)."""
+    return any((c.isspace() and c != " ") or ord(c) < 32 or ord(c) == 127 for c in value)
 
 
 @register
@@ -110,7 +111,7 @@ class VsphereLocation(Location):
     def __init__(
         self, host: str, port: int | None, path: str, datacenter: str | None, datastore: str
     ) -> None:
-        if not host or _bad_part(host) or any(c in host for c in "/?#@[]"):
+        if not host or _bad_part(host) or any(c in host for c in " /?#@[]"):
             raise BadLocation("vsphere location has a missing or malformed host")
         if port is not None and not 0 < port < 65536:
             raise BadLocation(f"vsphere location has a bad port {port}")
