@@ -266,6 +266,30 @@ def _split_host(value: str) -> tuple[str, int | None]:
     return host, int(port) if port is not None else None
 
 
+def _prepare_oslo() -> None:
+    """Check oslo.vmware is there; have oslo.service use native threads, not eventlet.
+
+    oslo.vmware polls tasks and retries through oslo.service's looping calls,
+    whose default backend is eventlet: with imgstore's native threads (and no
+    monkey-patching) its hub blocks forever. The threading backend is chosen
+    only when the application chose none (nor registered a hook) before.
+    """
+    try:
+        import oslo_vmware  # noqa: F401
+        from oslo_service import backend
+    except ImportError:
+        raise BadConfiguration(
+            "the vmware driver needs oslo.vmware: pip install 'imgstore[vmware]'"
+        ) from None
+    if backend.get_backend_type() is None and getattr(backend, "_backend_hook", None) is None:
+        backend.register_backend_default_hook(lambda: backend.BackendType.THREADING)
+    elif backend.get_backend_type() == backend.BackendType.EVENTLET:
+        LOG.warning(
+            "oslo.service uses eventlet: the vmware driver needs native threads "
+            "(monkey-patch, or select oslo.service's threading backend first)"
+        )
+
+
 # -- errors -----------------------------------------------------------------------------
 
 
@@ -380,12 +404,7 @@ class VMwareDriver(Driver):
         self.datastores = parse_datastores(list(conf.vmware_datastores or []))
         if not self.datastores:
             self.capabilities = Capability.READ | Capability.READ_RANDOM | Capability.DELETE
-        try:
-            import oslo_vmware  # noqa: F401
-        except ImportError:
-            raise BadConfiguration(
-                "the vmware driver needs oslo.vmware: pip install 'imgstore[vmware]'"
-            ) from None
+        _prepare_oslo()
         self._api: Any = None
         self._soap_lock = threading.RLock()
         self._renew_lock = threading.Lock()
@@ -422,6 +441,7 @@ class VMwareDriver(Driver):
             if self._api is None:
                 from oslo_vmware import api as vmware_api
 
+                self._preflight()
                 try:
                     self._api = vmware_api.VMwareAPISession(
                         self.host, self.user, self._password, self.retry_count,
@@ -432,6 +452,15 @@ class VMwareDriver(Driver):
                     raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
                 self.logins += 1
             return self._api
+
+    def _preflight(self) -> None:
+        """Fail fast on TLS or connection errors: oslo.vmware retries a login for ever."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"https://{host}:{self.port}/sdk/vimServiceVersions.xml"
+        try:
+            self.http.get(url, verify=self.verify, timeout=(30, 60)).close()
+        except requests.RequestException as exc:
+            raise self.map_error(exc, f"connecting to {self.host}:{self.port}") from None
 
     def _current_cookie(self) -> str | None:
         api = self._api
@@ -460,6 +489,7 @@ class VMwareDriver(Driver):
             # oslo.vmware skips the login while SessionIsActive says yes: here the
             # datastore interface refused the cookie, so force a new session.
             api._session_id = None
+            self._preflight()
             try:
                 api._create_session()
             except Exception as exc:
