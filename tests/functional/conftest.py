@@ -49,6 +49,12 @@ def tinyproxy() -> dict[str, Any]:
     return require_service("tinyproxy")
 
 
+@pytest.fixture(scope="session")
+def vmware() -> dict[str, Any]:
+    """vcsim's details (url, host, port, user, password, ca_file...); see services/vmware.py."""
+    return require_service("vmware")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
     """Say which backends' servers were missing, so a skip is never overlooked."""
     if not NOT_RUN:

@@ -1,0 +1,985 @@
+"""The VMware datastore driver (``vsphere://`` locations), on oslo.vmware.
+
+Stores images as files on vSphere datastores, through a vCenter or an ESX(i)
+host, as glance_store's ``vmware_datastore`` store did; its options keep
+glance_store's names (``vmware_server_host``, ``vmware_datastores``...), so
+an existing ``[glance_store]`` section works, plus ``vmware_server_port``
+(oslo.vmware takes the port apart from the host).
+
+* **one API session per backend**, opened on first use (a login costs
+  seconds: suds parses the whole vSphere WSDL) and reused by every
+  operation and thread. SOAP calls go through oslo.vmware, which logs in
+  again when the server says ``NotAuthenticated``; a ``401`` on the
+  datastore HTTP interface (``/folder``) makes the driver log in again and
+  repeat the request once. SOAP calls are serialised (one suds client).
+* **add**: the datastore is chosen among ``vmware_datastores``
+  (``datacenter_path:datastore_name:weight``): highest weight first, and
+  within a weight the one with the most free space; a datastore without room
+  for an image of known size is passed over (:class:`StorageFull` when none
+  has room). An existing file is :class:`Duplicate` (checked with ``HEAD``:
+  the ``/folder`` interface overwrites on ``PUT``). The bytes go in one
+  streaming HTTP ``PUT`` to
+  ``/folder/<vmware_store_image_dir>/<image id>?dcPath=..&dsName=..`` with the
+  session cookie (``Content-Length`` when the size is known, chunked
+  otherwise), from a thread fed chunk by chunk. Any failure removes the
+  partial file with ``FileManager.DeleteDatastoreFile_Task``.
+* **get**: a streaming ``GET``; a ranged read sends ``Range`` (READ_RANDOM).
+  A server that ignores ``Range`` (answers 200 with the whole file) is
+  handled: the stream skips to the offset itself and a warning is logged.
+  **size** is ``HEAD``'s ``Content-Length``; **delete** is
+  ``DeleteDatastoreFile_Task``. Missing files are :class:`NotFound`.
+* **locations** are glance_store's:
+  ``vsphere://<host>[:<port>]/folder/<path>?dcPath=<datacenter>&dsName=<datastore>``.
+  They never carry credentials. The driver only reads and deletes locations
+  of its own server (the session cookie is never sent elsewhere), and
+  deletes only files directly inside ``vmware_store_image_dir``.
+* **TLS** is verified (``vmware_ca_file`` for a private CA, or the system
+  store); ``vmware_insecure`` turns checks off. ``verify=`` is passed on every
+  HTTP request and the environment (``REQUESTS_CA_BUNDLE``, proxies) is
+  ignored by the driver's own HTTP session.
+* **secrets**: the password and the session cookie never reach a location,
+  log record, message or repr. suds logs whole SOAP envelopes (the login's
+  password among them) at DEBUG, so the driver raises the ``suds`` logger to
+  WARNING unless the application set its level itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import requests
+import requests.adapters
+from oslo_config import cfg
+
+from imgstore.capabilities import Capability
+from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    Duplicate,
+    ImgstoreError,
+    NotFound,
+    StorageFull,
+)
+from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
+from imgstore.pipeline import scrub
+from imgstore.threads import start_without_signals
+
+LOG = logging.getLogger(__name__)
+
+SCHEME = "vsphere"
+FOLDER = "/folder/"
+DEFAULT_IMAGE_DIR = "/openstack_glance"
+COOKIE_NAME = "vmware_soap_session"
+READ_CHUNK_SIZE = 1 << 20
+SEND_BLOCK_SIZE = 1 << 20
+_QUEUE_DEPTH = 4
+_CLEANUP_WAIT = 0.5
+"""After a failed upload, how long to watch for the server creating the file late."""
+
+T = TypeVar("T")
+
+
+# -- locations ---------------------------------------------------------------------
+
+
+def _bad_part(value: str) -> bool:
+    """Control characters or whitespace other than plain spaces (datastore names have those)."""
+    return any((c.isspace() and c != " ") or ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+@register
+class VsphereLocation(Location):
+    """``vsphere://<host>[:<port>]/folder/<path>?dcPath=<datacenter>&dsName=<datastore>``.
+
+    ``path`` is the file's path on the datastore (no leading ``/``);
+    ``datacenter`` is None for glance_store URIs without ``dcPath`` (ESX).
+    """
+
+    schemes = (SCHEME,)
+
+    def __init__(
+        self, host: str, port: int | None, path: str, datacenter: str | None, datastore: str
+    ) -> None:
+        if not host or _bad_part(host) or any(c in host for c in " /?#@[]"):
+            raise BadLocation("vsphere location has a missing or malformed host")
+        if port is not None and not 0 < port < 65536:
+            raise BadLocation(f"vsphere location has a bad port {port}")
+        segments = path.split("/")
+        if not path or _bad_part(path) or any(s in ("", ".", "..") for s in segments):
+            raise BadLocation("vsphere location has a missing or malformed file path")
+        if not datastore or _bad_part(datastore) or any(c in datastore for c in "[]/"):
+            raise BadLocation("vsphere location has a missing or malformed dsName")
+        if datacenter is not None and (
+            not datacenter or _bad_part(datacenter) or ".." in datacenter.split("/")
+        ):
+            raise BadLocation("vsphere location has a malformed dcPath")
+        self.host = host.lower()
+        self.port = port
+        self.path = path
+        self.datacenter = datacenter
+        self.datastore = datastore
+
+    @property
+    def image_id(self) -> str:
+        """The file name (the image id for images imgstore or glance_store wrote)."""
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def directory(self) -> str:
+        """The folder holding the file on the datastore ('' at its root)."""
+        return self.path.rpartition("/")[0]
+
+    @property
+    def datastore_path(self) -> str:
+        """The ``[datastore] path`` form the vSphere API takes."""
+        return f"[{self.datastore}] {self.path}"
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+    @property
+    def query(self) -> str:
+        params = {"dsName": self.datastore}
+        if self.datacenter is not None:
+            params = {"dcPath": self.datacenter, **params}
+        return urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+
+    @classmethod
+    def from_uri(cls, uri: str) -> VsphereLocation:
+        shown = redact_uri(uri)[:200]
+        try:
+            parts = urllib.parse.urlsplit(uri)
+            port = parts.port
+        except ValueError as exc:
+            raise BadLocation(f"malformed vsphere location {shown!r}: {exc}") from None
+        if parts.scheme.lower() != SCHEME:
+            raise BadLocation(f"not a vsphere location: {shown!r}")
+        if "@" in parts.netloc:
+            raise BadLocation(f"vsphere locations carry no credentials: {shown!r}")
+        if parts.fragment:
+            raise BadLocation(f"vsphere locations take no fragment: {shown!r}")
+        if not parts.path.startswith(FOLDER):
+            raise BadLocation(f"a vsphere location's path starts with /folder/: {shown!r}")
+        try:
+            query = urllib.parse.parse_qs(
+                parts.query, keep_blank_values=True, strict_parsing=True, errors="strict"
+            )
+        except (ValueError, UnicodeError):
+            raise BadLocation(f"malformed query in vsphere location {shown!r}") from None
+        unknown = set(query) - {"dcPath", "dsName"}
+        if unknown or any(len(v) != 1 for v in query.values()) or "dsName" not in query:
+            raise BadLocation(
+                f"a vsphere location's query is dsName and, optionally, dcPath: {shown!r}"
+            )
+        dc = query.get("dcPath", [None])[0]
+        try:
+            return cls(
+                parts.hostname or "",
+                port,
+                unquote_path(parts.path[len(FOLDER) :]),
+                dc,
+                query["dsName"][0],
+            )
+        except BadLocation as exc:
+            raise BadLocation(f"{exc}: {shown!r}") from None
+
+    def to_uri(self) -> str:
+        return f"{SCHEME}://{self.netloc}{FOLDER}{quote_path(self.path)}?{self.query}"
+
+    def https_url(self) -> str:
+        """The ``https://`` URL of the file on the datastore HTTP interface."""
+        return f"https://{self.netloc}{FOLDER}{quote_path(self.path)}?{self.query}"
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DatastoreSpec:
+    """One entry of ``vmware_datastores``."""
+
+    datacenter: str
+    datastore: str
+    weight: int
+
+
+def parse_datastores(entries: list[str]) -> list[DatastoreSpec]:
+    """``datacenter_path:datastore_name[:weight]`` entries, as glance_store reads them."""
+    specs = []
+    for entry in entries:
+        parts = [p.strip() for p in entry.rsplit(":", 2)]
+        if len(parts) < 2:
+            raise BadConfiguration(
+                f"vmware_datastores entry {entry!r}: use datacenter_path:datastore_name[:weight]"
+            )
+        weight = 0
+        if len(parts) == 3:
+            if not parts[2].isdigit():
+                # glance_store's form datacenter:datastore with ':' in the datacenter path
+                # is not supported; the third part must be the weight
+                raise BadConfiguration(
+                    f"vmware_datastores entry {entry!r}: the weight {parts[2]!r} is not a "
+                    "non-negative integer"
+                )
+            weight = int(parts[2])
+        if not parts[0] or not parts[1]:
+            raise BadConfiguration(
+                f"vmware_datastores entry {entry!r}: the datacenter path and datastore "
+                "name must not be empty"
+            )
+        specs.append(DatastoreSpec(parts[0], parts[1], weight))
+    seen = set()
+    for spec in specs:
+        if (spec.datacenter, spec.datastore) in seen:
+            raise BadConfiguration(
+                f"vmware_datastores lists {spec.datacenter}:{spec.datastore} twice"
+            )
+        seen.add((spec.datacenter, spec.datastore))
+    return specs
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port or None)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, None
+    if port is not None and not port.isdigit():
+        raise BadConfiguration(f"vmware_server_host {value!r}: the port is not a number")
+    return host, int(port) if port is not None else None
+
+
+def _prepare_oslo() -> None:
+    """Check oslo.vmware is there; have oslo.service use native threads, not eventlet.
+
+    oslo.vmware polls tasks and retries through oslo.service's looping calls,
+    whose default backend is eventlet: with imgstore's native threads (and no
+    monkey-patching) its hub blocks forever. The threading backend is chosen
+    only when the application chose none (nor registered a hook) before.
+    """
+    try:
+        import oslo_vmware  # noqa: F401
+        from oslo_service import backend
+    except ImportError:
+        raise BadConfiguration(
+            "the vmware driver needs oslo.vmware: pip install 'imgstore[vmware]'"
+        ) from None
+    if backend.get_backend_type() is None and getattr(backend, "_backend_hook", None) is None:
+        backend.register_backend_default_hook(lambda: backend.BackendType.THREADING)
+    elif backend.get_backend_type() == backend.BackendType.EVENTLET:
+        LOG.warning(
+            "oslo.service uses eventlet: the vmware driver needs native threads "
+            "(monkey-patch, or select oslo.service's threading backend first)"
+        )
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def _fault_names(exc: BaseException) -> list[str]:
+    return [str(f) for f in (getattr(exc, "fault_list", None) or [])]
+
+
+class _Blocksize(requests.adapters.HTTPAdapter):
+    """An adapter whose connections send request bodies in large blocks."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = SEND_BLOCK_SIZE
+        super().init_poolmanager(*args, **kwargs)
+
+
+# -- the driver -------------------------------------------------------------------------
+
+
+class VMwareDriver(Driver):
+    """Stores images as files on vSphere datastores."""
+
+    name = "vmware"
+    location_class = VsphereLocation
+    capabilities = Capability.RW | Capability.READ_RANDOM
+
+    @classmethod
+    def options(cls) -> list[cfg.Opt]:
+        return [
+            cfg.StrOpt(
+                "vmware_server_host",
+                help="ESX/ESXi or vCenter Server address (IP or DNS name; 'host:port' "
+                "also works).",
+            ),
+            cfg.PortOpt(
+                "vmware_server_port",
+                default=443,
+                help="HTTPS port of the server (oslo.vmware takes it apart from the host).",
+            ),
+            cfg.StrOpt("vmware_server_username", help="User name on the ESX/vCenter server."),
+            cfg.StrOpt(
+                "vmware_server_password", secret=True, help="Password of vmware_server_username."
+            ),
+            cfg.IntOpt(
+                "vmware_api_retry_count",
+                default=10,
+                min=1,
+                help="How many times an API call is retried on connection or session "
+                "errors.",
+            ),
+            cfg.IntOpt(
+                "vmware_task_poll_interval",
+                default=5,
+                min=1,
+                help="Seconds between polls of a server task (such as a file deletion).",
+            ),
+            cfg.StrOpt(
+                "vmware_store_image_dir",
+                default=DEFAULT_IMAGE_DIR,
+                help="The folder on the datastores where images are stored.",
+            ),
+            cfg.BoolOpt(
+                "vmware_insecure",
+                default=False,
+                deprecated_name="vmware_api_insecure",
+                help="Do not verify the server's TLS certificate (ignored when "
+                "vmware_ca_file is set).",
+            ),
+            cfg.StrOpt(
+                "vmware_ca_file",
+                help="CA bundle to verify the server's certificate (default: the system's).",
+            ),
+            cfg.MultiStrOpt(
+                "vmware_datastores",
+                default=[],
+                help="Where images are added, repeatable: "
+                "'<datacenter_path>:<datastore_name>[:<weight>]'. The datastore with the "
+                "highest weight (default 0) is used, among equal weights the one with the "
+                "most free space; one without room for an image of known size is passed "
+                "over. Without any, the backend can read and delete but not add.",
+            ),
+        ]
+
+    def configure(self) -> None:
+        conf = self.conf
+        missing = [
+            name
+            for name in ("vmware_server_host", "vmware_server_username", "vmware_server_password")
+            if not conf.get(name)
+        ]
+        if missing:
+            raise BadConfiguration(f"backend {self.backend!r} (vmware) needs {', '.join(missing)}")
+        host, port = _split_host(conf.vmware_server_host)
+        if not host:
+            raise BadConfiguration(f"backend {self.backend!r}: vmware_server_host is empty")
+        self.host = host.lower()
+        self.port: int = port if port is not None else int(conf.vmware_server_port)
+        self.user: str = conf.vmware_server_username
+        self._password: str = conf.vmware_server_password
+        self.retry_count = int(conf.vmware_api_retry_count)
+        self.poll_interval = float(conf.vmware_task_poll_interval)
+        self.image_dir = conf.vmware_store_image_dir.strip().strip("/")
+        if not self.image_dir or any(
+            s in ("", ".", "..") for s in self.image_dir.split("/")
+        ):  # fmt: skip
+            raise BadConfiguration(
+                f"backend {self.backend!r}: vmware_store_image_dir {conf.vmware_store_image_dir!r} "
+                "must name a folder"
+            )
+        self.ca_file: str | None = conf.vmware_ca_file or None
+        self.insecure = bool(conf.vmware_insecure) and self.ca_file is None
+        self.verify: str | bool = self.ca_file if self.ca_file else not self.insecure
+        self.datastores = parse_datastores(list(conf.vmware_datastores or []))
+        if not self.datastores:
+            self.capabilities = Capability.READ | Capability.READ_RANDOM | Capability.DELETE
+        _prepare_oslo()
+        self._api: Any = None
+        self._soap_lock = threading.RLock()
+        self._renew_lock = threading.Lock()
+        self._dc_refs: dict[str, Any] = {}
+        self._ds_refs: dict[tuple[str, str], Any] = {}
+        self.logins = 0
+        """How many times this driver logged in (including renewals)."""
+        self.http = requests.Session()
+        self.http.trust_env = False  # REQUESTS_CA_BUNDLE would override verify; no proxies
+        adapter = _Blocksize(pool_connections=4, pool_maxsize=32, max_retries=0)
+        self.http.mount("https://", adapter)
+        suds_log = logging.getLogger("suds")
+        if suds_log.level == logging.NOTSET:
+            suds_log.setLevel(logging.WARNING)  # suds logs SOAP bodies (passwords) at DEBUG
+
+    def __repr__(self) -> str:
+        return f"<VMwareDriver {self.backend!r} {self.user}@{self.host}:{self.port}>"
+
+    def secrets(self) -> list[str]:
+        found = [self._password]
+        cookie = self._current_cookie()
+        if cookie:
+            found.append(cookie)
+        return found
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self.secrets())
+
+    # -- the API session ----------------------------------------------------------------
+
+    def _session(self) -> Any:
+        """The API session, logging in on first use."""
+        with self._soap_lock:
+            if self._api is None:
+                from oslo_vmware import api as vmware_api
+
+                self._preflight()
+                try:
+                    self._api = vmware_api.VMwareAPISession(
+                        self.host, self.user, self._password, self.retry_count,
+                        self.poll_interval, port=self.port, cacert=self.ca_file,
+                        insecure=self.insecure, pool_size=32,
+                    )  # fmt: skip
+                except Exception as exc:
+                    raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
+                self.logins += 1
+            return self._api
+
+    def _preflight(self) -> None:
+        """Fail fast on TLS or connection errors: oslo.vmware retries a login for ever."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"https://{host}:{self.port}/sdk/vimServiceVersions.xml"
+        try:
+            self.http.get(url, verify=self.verify, timeout=(30, 60)).close()
+        except requests.RequestException as exc:
+            raise self.map_error(exc, f"connecting to {self.host}:{self.port}") from None
+
+    def _current_cookie(self) -> str | None:
+        api = self._api
+        if api is None:
+            return None
+        try:
+            return str(api.vim.get_http_cookie() or "") or None
+        except Exception:
+            return None
+
+    def cookie_header(self) -> str:
+        """The ``Cookie`` header value for the datastore HTTP interface."""
+        self._session()
+        cookie = self._current_cookie()
+        if cookie is None:
+            raise AuthenticationFailed(f"the server at {self.host}:{self.port} set no session")
+        return f"{COOKIE_NAME}={cookie}"
+
+    def renew(self, stale_cookie: str) -> None:
+        """Log in again, unless another thread already replaced ``stale_cookie``."""
+        with self._renew_lock, self._soap_lock:
+            if self.cookie_header() != stale_cookie:
+                return
+            api = self._session()
+            LOG.info("backend %r: the session expired; logging in again", self.backend)
+            # oslo.vmware skips the login while SessionIsActive says yes: here the
+            # datastore interface refused the cookie, so force a new session.
+            api._session_id = None
+            self._preflight()
+            try:
+                api._create_session()
+            except Exception as exc:
+                raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
+            self.logins += 1
+
+    def invoke(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one SOAP call (oslo.vmware re-logs in on NotAuthenticated); map its errors."""
+        api = self._session()
+        with self._soap_lock:
+            try:
+                return fn(api, *args, **kwargs)
+            except Exception as exc:
+                raise self.map_error(exc, what) from None
+
+    def map_error(self, exc: BaseException, what: str) -> ImgstoreError:
+        """An imgstore exception for an oslo.vmware or requests error, secrets scrubbed."""
+        if isinstance(exc, ImgstoreError):
+            return exc
+        from oslo_vmware import exceptions as vexc
+
+        detail = self._scrub(f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
+        faults = _fault_names(exc)
+        if isinstance(exc, vexc.FileNotFoundException) or "FileNotFound" in faults:
+            return NotFound(f"{what}: no such file")
+        if "InvalidLogin" in faults or isinstance(exc, vexc.NotAuthenticatedException):
+            return AuthenticationFailed(
+                f"{what}: the server refused the login of {self.user!r} ({detail})"
+            )
+        if isinstance(exc, vexc.NoPermissionException) or "NoPermission" in faults:
+            return AuthenticationFailed(f"{what}: permission denied ({detail})")
+        if isinstance(exc, vexc.NoDiskSpaceException) or "NoDiskSpace" in faults:
+            return StorageFull(f"{what}: the datastore is full ({detail})")
+        if isinstance(exc, requests.exceptions.SSLError):
+            return BackendError(f"{what}: TLS verification failed ({detail})")
+        if isinstance(
+            exc,
+            (
+                vexc.VimConnectionException,
+                vexc.VimSessionOverLoadException,
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout,
+                ConnectionError,
+                TimeoutError,
+            ),
+        ):
+            return BackendUnavailable(f"{what}: {detail}")
+        return BackendError(f"{what} failed: {detail}")
+
+    # -- inventory ----------------------------------------------------------------------
+
+    def _datacenter(self, path: str) -> Any:
+        ref = self._dc_refs.get(path)
+        if ref is None:
+            ref = self.invoke(
+                f"finding datacenter {path!r}",
+                lambda api: api.invoke_api(
+                    api.vim, "FindByInventoryPath", api.vim.service_content.searchIndex,
+                    inventoryPath=path,
+                ),
+            )  # fmt: skip
+            if ref is None:
+                raise NotFound(f"no datacenter {path!r} on {self.host}")
+            self._dc_refs[path] = ref
+        return ref
+
+    def _datastore(self, spec: DatastoreSpec) -> Any:
+        key = (spec.datacenter, spec.datastore)
+        ref = self._ds_refs.get(key)
+        if ref is not None:
+            return ref
+        from oslo_vmware import vim_util
+
+        try:
+            dc = self._datacenter(spec.datacenter)
+        except NotFound:
+            raise BadConfiguration(
+                f"vmware_datastores: no datacenter {spec.datacenter!r} on {self.host}"
+            ) from None
+        found = self.invoke(
+            f"listing the datastores of {spec.datacenter!r}",
+            lambda api: api.invoke_api(
+                vim_util, "get_object_property", api.vim, dc, "datastore"
+            ),
+        )  # fmt: skip
+        for candidate in getattr(found, "ManagedObjectReference", None) or []:
+            name = self.invoke(
+                "reading a datastore's name",
+                lambda api, ref=candidate: api.invoke_api(
+                    vim_util, "get_object_property", api.vim, ref, "summary.name"
+                ),
+            )  # fmt: skip
+            if name == spec.datastore:
+                self._ds_refs[key] = candidate
+                return candidate
+        raise BadConfiguration(
+            f"vmware_datastores: no datastore {spec.datastore!r} in datacenter "
+            f"{spec.datacenter!r} on {self.host}"
+        )
+
+    def free_space(self, spec: DatastoreSpec) -> int:
+        """The datastore's free space in bytes, as the server reports it now."""
+        from oslo_vmware import vim_util
+
+        ref = self._datastore(spec)
+        value = self.invoke(
+            f"reading the free space of {spec.datastore!r}",
+            lambda api: api.invoke_api(
+                vim_util, "get_object_property", api.vim, ref, "summary.freeSpace"
+            ),
+        )  # fmt: skip
+        return int(value)
+
+    def select_datastore(self, size: int | None) -> DatastoreSpec:
+        """Highest weight first; within a weight the most free space; room for ``size``."""
+        if not self.datastores:
+            raise BadConfiguration(f"backend {self.backend!r}: vmware_datastores is empty")
+        for weight in sorted({s.weight for s in self.datastores}, reverse=True):
+            group = [s for s in self.datastores if s.weight == weight]
+            best, best_free = None, -1
+            for spec in group:
+                free = self.free_space(spec)
+                if free > best_free:
+                    best, best_free = spec, free
+            if best is not None and best_free >= (size or 0):
+                return best
+        raise StorageFull(
+            f"backend {self.backend!r}: no datastore has room for {size or 0} bytes"
+        )
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _check(self, location: Location) -> VsphereLocation:
+        loc = self.parse(location)
+        assert isinstance(loc, VsphereLocation)
+        if not self.owns(loc):
+            raise BadLocation(
+                f"{loc.redacted()} is on another server than backend {self.backend!r} "
+                f"({self.host}:{self.port})"
+            )
+        return loc
+
+    def owns(self, location: Location) -> bool:
+        return (
+            isinstance(location, VsphereLocation)
+            and location.host == self.host
+            and (location.port or 443) == self.port
+        )
+
+    def location_for(self, image_id: str, spec: DatastoreSpec) -> VsphereLocation:
+        """Where image ``image_id`` goes on datastore ``spec``."""
+        port = None if self.port == 443 else self.port
+        return VsphereLocation(
+            self.host, port, f"{self.image_dir}/{image_id}", spec.datacenter, spec.datastore
+        )
+
+    def request(
+        self, method: str, loc: VsphereLocation, what: str, headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:  # fmt: skip
+        """One request to the datastore HTTP interface; a 401 renews the session once."""
+        for attempt in (1, 2):
+            cookie = self.cookie_header()
+            try:
+                resp = self.http.request(
+                    method, loc.https_url(), headers={**(headers or {}), "Cookie": cookie},
+                    verify=self.verify, allow_redirects=False, timeout=(30, 300), **kwargs,
+                )  # fmt: skip
+            except requests.RequestException as exc:
+                raise self.map_error(exc, what) from None
+            if resp.status_code == 401 and attempt == 1:
+                resp.close()
+                self.renew(cookie)
+                continue
+            return resp
+        return resp
+
+    def status_error(self, resp: requests.Response, what: str) -> ImgstoreError:
+        """The imgstore exception for an unexpected HTTP status."""
+        status = resp.status_code
+        resp.close()
+        if status == 404:
+            return NotFound(f"{what}: no such file")
+        if status in (401, 403):
+            return AuthenticationFailed(f"{what}: the server answered {status}")
+        if status == 507:
+            return StorageFull(f"{what}: the datastore is full")
+        if status >= 500:
+            return BackendUnavailable(f"{what}: the server answered {status}")
+        return BackendError(f"{what}: the server answered {status}")
+
+    def exists(self, loc: VsphereLocation, what: str) -> bool:
+        """Whether a file is at ``loc`` (HEAD)."""
+        resp = self.request("HEAD", loc, what)
+        resp.close()
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise self.status_error(resp, what)
+
+    # -- the driver contract ------------------------------------------------------------
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        spec = self.select_datastore(size)
+        loc = self.location_for(image_id, spec)
+        if self.exists(loc, f"checking {loc.redacted()}"):
+            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+        return VMwarePutWriter(self, loc, size)
+
+    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+        loc = self._check(location)
+        what = f"reading {loc.redacted()}"
+        ranged = offset != 0 or length is not None
+        if not ranged:
+            resp = self.request("GET", loc, what, stream=True)
+            if resp.status_code != 200:
+                raise self.status_error(resp, what)
+            return VMwareStream(resp, self._length(resp, what), 0, what)
+        start, count = clamp_range(self.size(loc), offset, length)
+        if count == 0:
+            return VMwareStream(None, 0, 0, what)
+        headers = {"Range": f"bytes={start}-{start + count - 1}"}
+        resp = self.request("GET", loc, what, headers, stream=True)
+        if resp.status_code == 206:
+            return VMwareStream(resp, count, 0, what)
+        if resp.status_code == 200:
+            LOG.warning(
+                "backend %r: the server ignored Range for %s; skipping %d bytes",
+                self.backend, loc.redacted(), start,
+            )  # fmt: skip
+            return VMwareStream(resp, count, start, what)
+        raise self.status_error(resp, what)
+
+    @staticmethod
+    def _length(resp: requests.Response, what: str) -> int:
+        value = resp.headers.get("Content-Length")
+        if value is None or not value.isdigit():
+            resp.close()
+            raise BackendError(f"{what}: the server sent no Content-Length")
+        return int(value)
+
+    def size(self, location: Location) -> int:
+        loc = self._check(location)
+        what = f"reading the size of {loc.redacted()}"
+        resp = self.request("HEAD", loc, what)
+        resp.close()
+        if resp.status_code != 200:
+            raise self.status_error(resp, what)
+        return self._length(resp, what)
+
+    def delete(self, location: Location) -> None:
+        loc = self._check(location)
+        if loc.directory != self.image_dir:
+            raise BadLocation(
+                f"{loc.redacted()} is not directly inside vmware_store_image_dir "
+                f"{self.image_dir!r}: not deleted"
+            )
+        self.delete_file(loc, f"deleting {loc.redacted()}")
+
+    def delete_file(self, loc: VsphereLocation, what: str) -> None:
+        """``DeleteDatastoreFile_Task`` on ``loc``; :class:`NotFound` when it is not there."""
+        if loc.datacenter is None:
+            dc = None
+        else:
+            try:
+                dc = self._datacenter(loc.datacenter)
+            except NotFound:
+                raise NotFound(f"{what}: no datacenter {loc.datacenter!r}") from None
+
+        def run(api: Any) -> None:
+            task = api.invoke_api(
+                api.vim, "DeleteDatastoreFile_Task", api.vim.service_content.fileManager,
+                name=loc.datastore_path, datacenter=dc,
+            )  # fmt: skip
+            api.wait_for_task(task)
+
+        self.invoke(what, run)
+
+    def close(self) -> None:
+        api, self._api = self._api, None
+        if api is not None:
+            try:
+                api.logout()
+            except Exception:
+                LOG.debug("backend %r: logging out failed", self.backend)
+        self.http.close()
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+class VMwareStream(ReadStream):
+    """The body of a GET, optionally skipping ``skip`` leading bytes (Range ignored)."""
+
+    def __init__(
+        self, response: requests.Response | None, size: int, skip: int, describe: str
+    ) -> None:
+        self._response = response
+        self.size = size
+        self._skip = skip
+        self._describe = describe
+
+    def __iter__(self) -> Iterator[bytes]:
+        resp = self._response
+        if resp is None:
+            return
+        skip, left = self._skip, self.size
+        try:
+            for data in resp.raw.stream(READ_CHUNK_SIZE, decode_content=False):
+                if skip:
+                    cut = min(skip, len(data))
+                    skip -= cut
+                    data = data[cut:]
+                if not data:
+                    continue
+                if self._skip and len(data) >= left:  # emulated range: stop at its end
+                    yield data[:left]
+                    return
+                left -= len(data)
+                yield data
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"{self._describe}: the download broke ({type(exc).__name__})"
+            ) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        resp, self._response = self._response, None
+        if resp is not None:
+            resp.close()
+
+    def __repr__(self) -> str:
+        return f"<VMwareStream {self._describe} size={self.size}>"
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    """Ends a streaming PUT on purpose (the writer was aborted)."""
+
+
+class _QueueBody:
+    """A request body fed chunk by chunk from the writer; ``len`` only when the size is known."""
+
+    _END = object()
+
+    def __init__(self, size: int | None) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._size = size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __repr__(self) -> str:
+        return "<vmware upload body>"
+
+
+class _SizedBody(_QueueBody):
+    def __len__(self) -> int:
+        assert self._size is not None
+        return self._size
+
+
+class VMwarePutWriter(Writer):
+    """One streaming PUT to the datastore, fed from another thread."""
+
+    def __init__(self, driver: VMwareDriver, location: VsphereLocation, size: int | None) -> None:
+        self._driver = driver
+        self._location = location
+        self._size = size
+        self._shown = location.redacted()
+        self._body: _QueueBody = _SizedBody(size) if size is not None else _QueueBody(None)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._status: int | None = None
+        self._started_at = 0.0
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<VMwarePutWriter {self._shown}>"
+
+    def _start(self) -> None:
+        self._started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="imgstore-vmware-put", daemon=True)
+        start_without_signals(self._thread)
+
+    def _run(self) -> None:
+        drv = self._driver
+        headers = {"Content-Type": "application/octet-stream"}
+        try:
+            resp = drv.request("PUT", self._location, f"writing {self._shown}", headers,
+                               data=self._body)  # fmt: skip
+            self._status = resp.status_code
+            if resp.status_code not in (200, 201):
+                if resp.status_code == 409:
+                    self._error = Duplicate(
+                        f"image {self._location.image_id} already exists in backend "
+                        f"{drv.backend!r}"
+                    )
+                else:
+                    self._error = drv.status_error(resp, f"writing {self._shown}")
+            resp.close()
+        except _Aborted:
+            pass
+        except ImgstoreError as exc:
+            self._error = exc
+        except BaseException as exc:
+            cause = exc.__context__ if isinstance(exc.__context__, _Aborted) else None
+            if cause is None:
+                self._error = drv.map_error(exc, f"writing {self._shown}")
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._thread is None or not self._thread.is_alive():
+                if self._error is not None:
+                    raise self._error
+                if item is _QueueBody._END and self._status is not None:
+                    return  # a 0-byte PUT may end before the end marker is read
+                raise BackendError(f"writing {self._shown}: the upload ended early")
+            try:
+                self._body.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, chunk: memoryview) -> None:
+        assert not self._done, "write after commit or abort"
+        if self._thread is None:
+            self._start()
+        self._put(bytes(chunk))  # the core reuses its buffer: copy
+
+    def commit(self) -> Written:
+        assert not self._done, "commit after commit or abort"
+        if self._thread is None:
+            self._start()
+        self._put(_QueueBody._END)
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._status not in (200, 201):
+            raise BackendError(f"writing {self._shown}: the upload ended without an answer")
+        self._done = True
+        return Written(self._location)
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        thread = self._thread
+        if thread is None:
+            return  # nothing was sent
+        while thread.is_alive():
+            try:
+                self._body.queue.put(_Aborted(), timeout=0.2)
+                break
+            except queue.Full:
+                try:
+                    self._body.queue.get_nowait()
+                except queue.Empty:
+                    pass
+        thread.join()
+        self._remove_partial()
+
+    def _remove_partial(self) -> None:
+        """Delete what the PUT left; watch a moment for a file the server creates late."""
+        drv, loc = self._driver, self._location
+        deadline = time.monotonic() + _CLEANUP_WAIT
+        what = f"removing the partial upload {self._shown}"
+        try:
+            while True:
+                if drv.exists(loc, what):
+                    try:
+                        drv.delete_file(loc, what)
+                    except NotFound:
+                        pass
+                    deadline = time.monotonic() + _CLEANUP_WAIT
+                elif time.monotonic() >= deadline:
+                    return
+                time.sleep(0.05)
+        except ImgstoreError as exc:
+            LOG.warning("backend %r: %s", drv.backend, exc)
