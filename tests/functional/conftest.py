@@ -49,6 +49,12 @@ def tinyproxy() -> dict[str, Any]:
     return require_service("tinyproxy")
 
 
+@pytest.fixture(scope="session")
+def cinder() -> dict[str, Any]:
+    """Cinder's details (endpoint, volume type, RBD keyring); see services/cinder.py."""
+    return require_service("cinder")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
     """Say which backends' servers were missing, so a skip is never overlooked."""
     if not NOT_RUN:
