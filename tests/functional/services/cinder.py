@@ -90,6 +90,20 @@ from cinder.cmd import volume as volume_cmd  # noqa: E402,F401
 
 CONF = cfg.CONF
 
+# cinder keeps the id of "the" service of a process in the class attribute
+# Service.service_id, which report_state reads: with three services in one
+# process every heartbeat would update the last one started, and
+# cinder-volume would turn "down" after service_down_time.
+_report_state = service.Service.report_state
+
+
+def _report_own_state(self):
+    service.Service.service_id = self.origin_service_id
+    return _report_state(self)
+
+
+service.Service.report_state = _report_own_state
+
 
 def main():
     objects.register_all()
