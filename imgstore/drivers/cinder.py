@@ -341,6 +341,13 @@ class CinderDriver(Driver):
                 "info, handed to os-brick in memory; unset: os-brick reads "
                 "/etc/ceph/<cluster>.client.<user>.keyring.",
             ),
+            cfg.IntOpt(
+                "cinder_rados_connect_timeout",
+                default=30,
+                min=1,
+                help="Seconds os-brick's librados connection waits for the Ceph cluster "
+                "(only with cinder_rbd_keyring: set in the ceph.conf os-brick generates).",
+            ),
             cfg.StrOpt(
                 "cinder_host_ip",
                 help="IP address given to Cinder in the connector properties; unset: the "
@@ -361,15 +368,21 @@ class CinderDriver(Driver):
         self.volume_type = c.cinder_volume_type or None
         self._password = c.cinder_store_password or ""
         self._keyring: _Secret | None = None
+        self._keys: list[str] = []
         if c.cinder_rbd_keyring:
             try:
                 with open(c.cinder_rbd_keyring, encoding="utf-8") as f:
-                    self._keyring = _Secret(f.read())
+                    text = f.read()
             except OSError as exc:
                 raise BadConfiguration(
                     f"backend {self.backend!r}: cannot read cinder_rbd_keyring "
                     f"{c.cinder_rbd_keyring!r}: {exc.strerror}"
                 ) from None
+            self._keys = re.findall(r"^\s*key\s*=\s*(\S+)", text, re.MULTILINE)
+            # os-brick writes this text after "[global]" and the monitors into the
+            # ceph.conf it generates: the timeout lands in [global]
+            timeout = c.cinder_rados_connect_timeout
+            self._keyring = _Secret(f"client_mount_timeout = {timeout}\n{text}")
         if c.cinder_store_auth_address:
             missing = [
                 n
@@ -394,10 +407,7 @@ class CinderDriver(Driver):
         self._shared: dict[str, _Shared] = {}
 
     def secrets(self) -> list[str]:
-        found = [self._password]
-        if self._keyring is not None:
-            found += re.findall(r"key\s*=\s*(\S+)", str.__str__(self._keyring))
-        return [s for s in found if s]
+        return [s for s in (self._password, *self._keys) if s]
 
     def __repr__(self) -> str:
         return f"<CinderDriver backend={self.backend!r}>"
@@ -745,14 +755,19 @@ class CinderDriver(Driver):
                for v in existing):  # fmt: skip
             raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
         size_gb = max(1, math.ceil((size or 0) / GiB))
-        volume = self._call(
-            f"creating a volume for image {image_id}",
-            cinder.volumes.create,
-            size_gb,
-            name=name,
-            volume_type=self.volume_type,
-            metadata={"glance_image_id": image_id, "image_store": "imgstore"},
-        )
+        try:
+            volume = cinder.volumes.create(
+                size_gb,
+                name=name,
+                volume_type=self.volume_type,
+                metadata={"glance_image_id": image_id, "image_store": "imgstore"},
+            )
+        except cinder_exc.NotFound as exc:  # the only thing create looks up is the type
+            raise BadConfiguration(
+                f"backend {self.backend!r}: cinder_volume_type {self.volume_type!r}: {exc}"
+            ) from None
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            raise self._error(exc, f"creating a volume for image {image_id}") from None
         try:
             self._wait(volume.id, ("creating",), "available")
             att = self._attach(volume.id, "rw")

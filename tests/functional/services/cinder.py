@@ -153,6 +153,10 @@ report_interval = 2
 service_down_time = 30
 periodic_interval = 30
 rpc_response_timeout = 60
+# tests create many volumes at once (concurrency tests); no quota gets in the way
+quota_volumes = -1
+quota_gigabytes = -1
+quota_snapshots = -1
 
 [database]
 connection = sqlite:///{d}/state/cinder.sqlite?timeout=30
