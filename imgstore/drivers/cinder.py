@@ -72,7 +72,7 @@ from imgstore.exceptions import (
     NotSupported,
     StorageFull,
 )
-from imgstore.location import Location, register
+from imgstore.location import Location, redact_uri, register
 
 try:
     from cinderclient import api_versions
@@ -116,10 +116,12 @@ class CinderLocation(Location):
     def from_uri(cls, uri: str) -> CinderLocation:
         prefix = "cinder://"
         if uri[: len(prefix)].lower() != prefix:
-            raise BadLocation(f"not a cinder location: {uri[:200]!r}")
+            raise BadLocation(f"not a cinder location: {redact_uri(uri)[:200]!r}")
         rest = uri[len(prefix) :]
         if any(c in rest for c in "?#@"):
-            raise BadLocation(f"a cinder location has no query, fragment or user: {uri[:200]!r}")
+            raise BadLocation(
+                f"a cinder location has no query, fragment or user: {redact_uri(uri)[:200]!r}"
+            )
         pieces = rest.split("/")
         if len(pieces) == 1:
             return cls(pieces[0])
@@ -127,7 +129,7 @@ class CinderLocation(Location):
             return cls(pieces[1], pieces[0])
         raise BadLocation(
             f"a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: "
-            f"{uri[:200]!r}"
+            f"{redact_uri(uri)[:200]!r}"
         )
 
     def to_uri(self) -> str:
