@@ -44,6 +44,7 @@ online extend are not exercised against a real server here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -68,6 +69,7 @@ from imgstore.exceptions import (
     BadLocation,
     Duplicate,
     ImgstoreError,
+    InUse,
     NotFound,
     NotSupported,
     StorageFull,
@@ -181,19 +183,69 @@ class _DeviceIO:
 
 
 class _RbdIO(_DeviceIO):
-    """librados: os-brick's ``RBDVolumeIOWrapper`` (positional, thread-safe librbd calls)."""
+    """librados: the image of os-brick's ``RBDVolumeIOWrapper``.
+
+    Reads are positional librbd calls (thread-safe, so concurrent readers share
+    one attachment); writes are asynchronous, at most ``WINDOW`` in flight, each
+    with its own copy of the bytes.
+    """
+
+    WINDOW = 8
 
     def __init__(self, wrapper: Any) -> None:
         self._image = wrapper.rbd_image
+        self._cond = threading.Condition()
+        self._inflight: dict[int, bytes] = {}  # the buffers of writes in flight
+        self._seq = 0
+        self._error = 0
 
     def pread(self, offset: int, length: int) -> bytes:
         return bytes(self._image.read(offset, length))
 
+    def _done(self, seq: int, completion: Any) -> None:  # on a librbd thread: never raise
+        try:
+            ret = int(completion.get_return_value())
+        except Exception:
+            ret = -errno.EIO
+        with self._cond:
+            self._inflight.pop(seq, None)
+            if ret < 0 and not self._error:
+                self._error = ret
+            self._cond.notify_all()
+
+    def _check(self) -> None:
+        if self._error:
+            raise OSError(-self._error, os.strerror(-self._error))
+
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        self._image.write(bytes(data), offset)
+        buf = bytes(data)  # our own copy: the caller reuses its buffer
+        with self._cond:
+            while len(self._inflight) >= self.WINDOW:
+                self._cond.wait()
+            self._check()
+            self._seq += 1
+            seq = self._seq
+            self._inflight[seq] = buf
+        try:  # not under the lock: librbd may block here until completions ran
+            self._image.aio_write(buf, offset, lambda c: self._done(seq, c))
+        except BaseException:
+            with self._cond:
+                self._inflight.pop(seq, None)
+                self._cond.notify_all()
+            raise
+
+    def _drain(self) -> None:
+        with self._cond:
+            while self._inflight:
+                self._cond.wait()
 
     def flush(self) -> None:
+        self._drain()
+        self._check()
         self._image.flush()
+
+    def close(self) -> None:
+        self._drain()
 
 
 class _PathIO(_DeviceIO):
@@ -790,7 +842,17 @@ class CinderDriver(Driver):
     def delete(self, location: Location) -> None:
         assert isinstance(location, CinderLocation)
         volume_id = location.volume_id
-        self._call(f"deleting volume {volume_id}", self._cinder().volumes.delete, volume_id)
+        try:
+            self._cinder().volumes.delete(volume_id)
+        except cinder_exc.BadRequest as exc:
+            if "attach" in str(exc) or "in-use" in str(exc):
+                raise InUse(
+                    f"backend {self.backend!r}: volume {volume_id} is attached (being read?); "
+                    "it was left as it was"
+                ) from None
+            raise self._error(exc, f"deleting volume {volume_id}") from None
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            raise self._error(exc, f"deleting volume {volume_id}") from None
         self._wait_gone(volume_id)
 
     def close(self) -> None:
@@ -881,7 +943,12 @@ class CinderWriter(Writer):
         assert att is not None
         try:
             att.io.flush()
-        except Exception:
+        except OSError as exc:
+            drv._detach(vid, att)
+            raise BackendError(
+                f"backend {drv.backend!r}: writing volume {vid} failed: {exc.strerror or exc}"
+            ) from None
+        except BaseException:
             drv._detach(vid, att)
             raise
         drv._detach(vid, att)

@@ -31,6 +31,7 @@ from imgstore import (
     BackendUnavailable,
     BadConfiguration,
     Duplicate,
+    InUse,
     NotFound,
     Stores,
 )
@@ -276,6 +277,23 @@ class TestCinderVolumes:
         assert client.attachments.list(search_opts={"volume_id": vol_id}) == []
         assert client.volumes.get(vol_id).status == "available"
         stores.delete(result.location)
+
+    def test_delete_while_being_read_is_in_use(self, stores: Stores, client: Any) -> None:
+        chunk = stores.chunk_size(BACKEND)
+        payload = Payload(2 * chunk, seed=24)
+        assert payload.data is not None
+        result = stores.add(str(uuid.uuid4()), payload.data, size=payload.size)
+        reader = stores.get(result.location)
+        iterator = iter(reader)
+        first = next(iterator)
+        with pytest.raises(InUse):
+            stores.delete(result.location)
+        rest = b"".join(iterator)
+        reader.close()
+        assert first + rest == payload.data  # left as it was
+        stores.delete(result.location)
+        with pytest.raises(NotFound):
+            stores.size(result.location)
 
 
 class TestCinderFailures:

@@ -150,8 +150,22 @@ class _FakeImage:
         self.data[offset : offset + len(data)] = data
         return len(data)
 
+    def aio_write(self, data: bytes, offset: int, oncomplete: Any) -> object:
+        written = self.write(data, offset)
+        completion = _Completion(written)
+        oncomplete(completion)
+        return completion
+
     def flush(self) -> None:
         self.flushed = True
+
+
+class _Completion:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def get_return_value(self) -> int:
+        return self.value
 
 
 class _FakeWrapper:
@@ -174,3 +188,21 @@ def test_rbd_librados_device() -> None:
 def test_unknown_device_shape() -> None:
     with pytest.raises(NotSupported):
         cinder._device_io({"path": 42}, ISCSI_INFO)
+
+
+def test_rbd_failed_asynchronous_write_surfaces() -> None:
+    class Failing(_FakeImage):
+        def aio_write(self, data: bytes, offset: int, oncomplete: Any) -> object:
+            completion = _Completion(-errno.EIO)
+            oncomplete(completion)
+            return completion
+
+    wrapper = _FakeWrapper()
+    wrapper.rbd_image = Failing()
+    io = cinder._device_io({"path": wrapper}, {"driver_volume_type": "rbd"})
+    io.pwrite(b"abc", 0)
+    with pytest.raises(OSError) as raised:
+        io.flush()
+    assert raised.value.errno == errno.EIO
+    with pytest.raises(OSError):
+        io.pwrite(b"more", 3)
