@@ -60,7 +60,7 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -93,6 +93,8 @@ GiB = 1 << 30
 API_VERSION = "3.54"
 """Attachments API with an attach mode (``rw``/``ro``)."""
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+WRITING_KEY = "imgstore_writing"
+"""Volume metadata set while an add writes (its start time); a finished add removes it last."""
 _BUSY_RE = re.compile(r"status must be|already attached|attach.*in progress", re.IGNORECASE)
 
 
@@ -293,6 +295,7 @@ class CinderDriver(Driver):
     name = "cinder"
     location_class = CinderLocation
     capabilities = Capability.RW | Capability.READ_RANDOM
+    read_ahead = 2  # librbd / pread calls are synchronous
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:
@@ -634,8 +637,8 @@ class CinderDriver(Driver):
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 
-    def _remove_volume(self, volume_id: str) -> None:
-        """Delete a volume we created (cleanup): whatever its status; log, never raise."""
+    def _remove_volume(self, volume_id: str, quiet: bool = True) -> None:
+        """Delete a volume we created (cleanup), whatever its status; quiet: log, never raise."""
         cinder = self._cinder()
         try:
             with contextlib.suppress(cinder_exc.NotFound):
@@ -650,7 +653,14 @@ class CinderDriver(Driver):
                 # stuck in a transitional status (creating, extending...): admin force-delete
                 cinder.volumes.force_delete(volume_id)
             self._wait_gone(volume_id)
-        except Exception:
+        except Exception as exc:
+            if not quiet:
+                if isinstance(exc, ImgstoreError):
+                    raise
+                raise BackendError(
+                    f"backend {self.backend!r}: cannot delete volume {volume_id}: "
+                    f"{type(exc).__name__}"
+                ) from None
             LOG.warning(
                 "backend %r: cleanup: cannot delete volume %s; delete it by hand",
                 self.backend,
@@ -814,7 +824,7 @@ class CinderDriver(Driver):
                 size_gb,
                 name=name,
                 volume_type=self.volume_type,
-                metadata={"glance_image_id": image_id, "image_store": "imgstore"},
+                metadata={"glance_image_id": image_id, WRITING_KEY: f"{time.time():.3f}"},
             )
         except cinder_exc.NotFound as exc:  # the only thing create looks up is the type
             raise BadConfiguration(
@@ -854,6 +864,40 @@ class CinderDriver(Driver):
         except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
             raise self._error(exc, f"deleting volume {volume_id}") from None
         self._wait_gone(volume_id)
+
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Volumes of the project still flagged as being written (metadata ``imgstore_writing``).
+
+        Only this driver sets that flag, and a finished add removes it last, so
+        volumes made by others are never listed.
+        """
+        volumes = self._call("listing volumes", self._cinder().volumes.list)
+        now = time.time()
+        for vol in volumes:
+            started = (vol.metadata or {}).get(WRITING_KEY)
+            if started is None or vol.status in ("deleting", "error_deleting"):
+                continue
+            try:
+                age: float | None = now - float(started)
+            except ValueError:
+                age = None
+            if age is None or age >= older_than:
+                yield Leftover(
+                    self.backend, "unfinished volume", f"volume {vol.id} ({vol.name})", age,
+                    int(vol.size) * GiB, vol.id,
+                )  # fmt: skip
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        volume_id = str(leftover.ref)
+        try:
+            volume = self._cinder().volumes.get(volume_id)
+        except cinder_exc.NotFound:
+            return
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            raise self._error(exc, f"looking up volume {volume_id}") from None
+        if WRITING_KEY not in (volume.metadata or {}):
+            return  # its add finished after all: not a leftover
+        self._remove_volume(volume_id, quiet=False)
 
     def close(self) -> None:
         with self._lock:
@@ -961,6 +1005,7 @@ class CinderWriter(Writer):
             {"image_size": str(self._offset)},
         )
         drv._call(f"marking volume {vid} read-only", cinder.volumes.update_readonly_flag, vid, True)
+        drv._call(f"finishing volume {vid}", cinder.volumes.delete_metadata, vid, [WRITING_KEY])
         self._done = True
         return Written(CinderLocation(vid, drv.backend), {"volume_id": vid})
 

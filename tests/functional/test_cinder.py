@@ -295,6 +295,31 @@ class TestCinderVolumes:
         with pytest.raises(NotFound):
             stores.size(result.location)
 
+    def test_cleanup_removes_what_a_dead_add_left(
+        self, stores: Stores, client: Any, cinder: dict[str, Any]
+    ) -> None:
+        """An add whose process died mid-write leaves a flagged volume + attachment; cleanup
+        finds exactly that and removes it, and leaves finished images alone."""
+        before = listing(client, cinder)
+        finished = stores.add(str(uuid.uuid4()), b"finished", size=8)
+        drv: Any = stores.driver(BACKEND)
+        writer = drv.begin_write(str(uuid.uuid4()), 3 * MiB)
+        writer.write(memoryview(b"x" * MiB))
+        # the process "dies": its local connection goes, Cinder's attachment stays
+        att = writer._att
+        att.io.close()
+        att.connector.disconnect_volume(att.connection_info, att.device, force=True)
+        assert any(a.volume_id for a in client.attachments.list())
+        found = list(drv.leftovers(0))
+        assert [lo.ref for lo in found] == [writer._volume_id]
+        assert stores.cleanup(older_than=3600) == []  # too young: spared
+        outcomes = stores.cleanup(older_than=0)
+        assert [o.outcome for o in outcomes] == ["removed"]
+        assert list(drv.leftovers(0)) == []
+        assert stores.size(finished.location) == 8
+        stores.delete(finished.location)
+        assert listing(client, cinder) == before
+
 
 class TestCinderFailures:
     def test_bad_keyring_leaves_nothing(
