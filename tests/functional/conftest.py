@@ -53,6 +53,9 @@ def tinyproxy() -> dict[str, Any]:
 def vmware() -> dict[str, Any]:
     """vcsim's details (url, host, port, user, password, ca_file...); see services/vmware.py."""
     return require_service("vmware")
+def cinder() -> dict[str, Any]:
+    """Cinder's details (endpoint, volume type, RBD keyring); see services/cinder.py."""
+    return require_service("cinder")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:

@@ -40,6 +40,7 @@ SERVICES: dict[str, str] = {
     "nginx": "tests.functional.services.nginx",
     "tinyproxy": "tests.functional.services.tinyproxy",
     "ceph": "tests.functional.services.ceph",
+    "cinder": "tests.functional.services.cinder",  # needs ceph (RBD backend)
     "swift": "tests.functional.services.swift",
     "keystone": "tests.functional.services.keystone",  # needs swift (a second proxy)
     "mongo": "tests.functional.services.mongo",

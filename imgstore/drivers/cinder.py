@@ -1,0 +1,1068 @@
+"""The Cinder driver (``cinder://``): each image is a Cinder volume.
+
+``add`` creates a volume named ``image-<id>`` (size rounded up to whole GiB,
+at least 1; unknown size: 1 GiB, then grown by detaching, extending and
+re-attaching as data arrives, like glance_store), waits until it is
+``available`` within ``cinder_state_transition_timeout``, attaches it through
+the attachments API (microversion 3.54) and os-brick, writes the bytes,
+detaches, records ``image_size`` in the volume's metadata and marks it
+read-only. Any failure detaches and deletes the volume (waiting until Cinder
+has removed it), so nothing is left behind: no volume, no attachment.
+
+Reads attach read-only (one attachment per volume shared by the concurrent
+readers of this process; an attachment a volume cannot take yet, because it
+is attached elsewhere or still detaching, is retried until the transition
+timeout) and read at any offset (``READ_RANDOM``). The size comes from the
+``image_size`` metadata, not from the GiB-rounded volume size (volumes
+without it: the volume size, as in glance_store).
+
+Locations are glance_store's: ``cinder://<volume id>`` and the multi-store
+``cinder://<store>/<volume id>``; this driver emits the latter with its
+backend name. They hold no credentials.
+
+Authentication: with ``cinder_store_auth_address`` set, Keystone v3 password
+auth as ``cinder_store_user_name`` in ``cinder_store_project_name``, the
+endpoint from the catalog (``cinder_catalog_info``, ``cinder_os_region_name``)
+or ``cinder_endpoint_template``. Without it, a Cinder running
+``auth_strategy = noauth``: the token is ``<user>:<project>`` and the endpoint
+``cinder_endpoint_template % {'project_id': <project>}``.
+
+Privileges: os-brick runs privileged calls through oslo.privsep, either in a
+``privsep-helper`` daemon started with ``cinder_root_helper`` (default:
+glance_store's ``sudo glance-rootwrap <rootwrap_config>``; ``env`` when the
+process is root) or in this process (``cinder_privsep_mode = in-process``,
+needs root). Both are process-wide settings of oslo.privsep.
+
+RBD volumes are read and written through librados (os-brick's
+``RBDVolumeIOWrapper``, no kernel mapping). Cinder does not send the cephx key
+(OSSN-0085) and os-brick then reads ``/etc/ceph/<cluster>.client.<user>.keyring``;
+``cinder_rbd_keyring`` names another keyring file, handed to os-brick in
+memory (masked in its debug logs). Multi-attach, iSCSI/FC/NFS connections and
+online extend are not exercised against a real server here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import re
+import shlex
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from oslo_config import cfg
+
+from imgstore.capabilities import Capability
+from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    Duplicate,
+    ImgstoreError,
+    InUse,
+    NotFound,
+    NotSupported,
+    StorageFull,
+)
+from imgstore.location import Location, redact_uri, register
+
+try:
+    from cinderclient import api_versions
+    from cinderclient import exceptions as cinder_exc
+    from cinderclient.v3 import client as cinder_client
+    from keystoneauth1 import exceptions as ks_exc
+    from keystoneauth1 import identity as ks_identity
+    from keystoneauth1 import session as ks_session
+    from keystoneauth1 import token_endpoint
+except ImportError:  # pragma: no cover - depends on the installed extras
+    cinder_client = None
+
+LOG = logging.getLogger(__name__)
+
+GiB = 1 << 30
+API_VERSION = "3.54"
+"""Attachments API with an attach mode (``rw``/``ro``)."""
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+WRITING_KEY = "imgstore_writing"
+"""Volume metadata set while an add writes (its start time); a finished add removes it last."""
+_BUSY_RE = re.compile(r"status must be|already attached|attach.*in progress", re.IGNORECASE)
+
+
+def _is_uuid_like(value: str) -> bool:
+    return bool(_UUID_RE.match(value))
+
+
+@register
+class CinderLocation(Location):
+    """``cinder://<volume id>`` or ``cinder://<store>/<volume id>`` (multi-store)."""
+
+    schemes = ("cinder",)
+
+    def __init__(self, volume_id: str, store: str | None = None) -> None:
+        if not isinstance(volume_id, str) or not _is_uuid_like(volume_id):
+            raise BadLocation(f"a cinder location needs a volume id (a UUID), not {volume_id!r}")
+        if store is not None and (not store or "/" in store):
+            raise BadLocation(f"bad store name {store!r} in a cinder location")
+        self.volume_id = str(uuid.UUID(volume_id))
+        self.store = store
+
+    @classmethod
+    def from_uri(cls, uri: str) -> CinderLocation:
+        prefix = "cinder://"
+        if uri[: len(prefix)].lower() != prefix:
+            raise BadLocation(f"not a cinder location: {redact_uri(uri)[:200]!r}")
+        rest = uri[len(prefix) :]
+        if any(c in rest for c in "?#@"):
+            raise BadLocation(
+                f"a cinder location has no query, fragment or user: {redact_uri(uri)[:200]!r}"
+            )
+        pieces = rest.split("/")
+        if len(pieces) == 1:
+            return cls(pieces[0])
+        if len(pieces) == 2:
+            return cls(pieces[1], pieces[0])
+        raise BadLocation(
+            f"a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: "
+            f"{redact_uri(uri)[:200]!r}"
+        )
+
+    def to_uri(self) -> str:
+        if self.store is None:
+            return f"cinder://{self.volume_id}"
+        return f"cinder://{self.store}/{self.volume_id}"
+
+
+class _Secret(str):
+    """A string whose repr and str hide it (os-brick logs its arguments' repr)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+class _Attachment:
+    """One attachment of one volume: Cinder's record plus os-brick's connection."""
+
+    def __init__(
+        self,
+        attachment_id: str,
+        connection_info: dict[str, Any],
+        connector: Any,
+        device: dict[str, Any],
+    ) -> None:
+        self.attachment_id = attachment_id
+        self.connection_info = connection_info
+        self.connector = connector
+        self.device = device
+        self.io = _device_io(device, connection_info)
+
+
+class _DeviceIO:
+    """Positional reads and writes on an attached volume."""
+
+    def pread(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make what was written durable."""
+
+    def close(self) -> None:
+        """Release what this object opened itself."""
+
+
+class _RbdIO(_DeviceIO):
+    """librados: the image of os-brick's ``RBDVolumeIOWrapper``.
+
+    Reads are positional librbd calls (thread-safe, so concurrent readers share
+    one attachment); writes are asynchronous, at most ``WINDOW`` in flight, each
+    with its own copy of the bytes.
+    """
+
+    WINDOW = 8
+
+    def __init__(self, wrapper: Any) -> None:
+        self._image = wrapper.rbd_image
+        self._cond = threading.Condition()
+        self._inflight: dict[int, bytes] = {}  # the buffers of writes in flight
+        self._seq = 0
+        self._error = 0
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return bytes(self._image.read(offset, length))
+
+    def _done(self, seq: int, completion: Any) -> None:  # on a librbd thread: never raise
+        try:
+            ret = int(completion.get_return_value())
+        except Exception:
+            ret = -errno.EIO
+        with self._cond:
+            self._inflight.pop(seq, None)
+            if ret < 0 and not self._error:
+                self._error = ret
+            self._cond.notify_all()
+
+    def _check(self) -> None:
+        if self._error:
+            raise OSError(-self._error, os.strerror(-self._error))
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        buf = bytes(data)  # our own copy: the caller reuses its buffer
+        with self._cond:
+            while len(self._inflight) >= self.WINDOW:
+                self._cond.wait()
+            self._check()
+            self._seq += 1
+            seq = self._seq
+            self._inflight[seq] = buf
+        try:  # not under the lock: librbd may block here until completions ran
+            self._image.aio_write(buf, offset, lambda c: self._done(seq, c))
+        except BaseException:
+            with self._cond:
+                self._inflight.pop(seq, None)
+                self._cond.notify_all()
+            raise
+
+    def _drain(self) -> None:
+        with self._cond:
+            while self._inflight:
+                self._cond.wait()
+
+    def flush(self) -> None:
+        self._drain()
+        self._check()
+        self._image.flush()
+
+    def close(self) -> None:
+        self._drain()
+
+
+class _PathIO(_DeviceIO):
+    """A block device or file path (iSCSI, FC, NVMe, a file on an NFS share)."""
+
+    def __init__(self, path: str, writable: bool) -> None:
+        self._fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def flush(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _device_io(device: dict[str, Any], connection_info: dict[str, Any]) -> _DeviceIO:
+    """How to do I/O on what os-brick's ``connect_volume`` returned."""
+    path = device.get("path")
+    if isinstance(path, str):
+        data = connection_info.get("data", connection_info)
+        fmt = data.get("format", "raw") if isinstance(data, dict) else "raw"
+        if fmt not in ("raw", None):
+            raise NotSupported(f"volumes in {fmt!r} format cannot be read or written byte-wise")
+        writable = connection_info.get("access_mode", "rw") == "rw"
+        return _PathIO(path, writable)
+    if path is not None and hasattr(path, "rbd_image"):
+        return _RbdIO(path)
+    raise NotSupported(f"os-brick returned a device this driver cannot use ({type(path).__name__})")
+
+
+class CinderDriver(Driver):
+    """Stores images as Cinder volumes, moved through os-brick."""
+
+    name = "cinder"
+    location_class = CinderLocation
+    capabilities = Capability.RW | Capability.READ_RANDOM
+    read_ahead = 2  # librbd / pread calls are synchronous
+
+    @classmethod
+    def options(cls) -> list[cfg.Opt]:
+        return [
+            cfg.StrOpt(
+                "cinder_catalog_info",
+                default="volumev3::publicURL",
+                help="<service_type>:<service_name>:<interface> of Cinder in the Keystone "
+                "catalog (with cinder_store_auth_address, unless cinder_endpoint_template).",
+            ),
+            cfg.StrOpt(
+                "cinder_endpoint_template",
+                help="Cinder's endpoint, with %(project_id)s, e.g. "
+                "'http://cinder:8776/v3/%(project_id)s'. Needed without "
+                "cinder_store_auth_address (a Cinder with auth_strategy = noauth).",
+            ),
+            cfg.StrOpt(
+                "cinder_os_region_name",
+                deprecated_name="os_region_name",
+                help="Region of Cinder's endpoint in the catalog.",
+            ),
+            cfg.StrOpt("cinder_ca_certificates_file", help="CA bundle for https to Cinder."),
+            cfg.BoolOpt(
+                "cinder_api_insecure",
+                default=False,
+                help="Do not verify Cinder's TLS certificate.",
+            ),
+            cfg.IntOpt(
+                "cinder_http_retries",
+                default=3,
+                min=0,
+                help="Retries of a failed HTTP call to Cinder.",
+            ),
+            cfg.IntOpt(
+                "cinder_state_transition_timeout",
+                default=300,
+                min=1,
+                help="Seconds to wait for a volume to leave a transitional status "
+                "(creating, extending, detaching, deleting) or to become attachable.",
+            ),
+            cfg.StrOpt(
+                "cinder_store_auth_address",
+                help="Keystone v3 URL; with it, the driver logs in as cinder_store_user_name.",
+            ),
+            cfg.StrOpt("cinder_store_user_name", help="User to authenticate as."),
+            cfg.StrOpt(
+                "cinder_store_user_domain_name", default="Default", help="The user's domain."
+            ),
+            cfg.StrOpt("cinder_store_password", secret=True, help="The user's password."),
+            cfg.StrOpt(
+                "cinder_store_project_name",
+                help="Project that owns the image volumes (with noauth: its id, in hex).",
+            ),
+            cfg.StrOpt(
+                "cinder_store_project_domain_name",
+                default="Default",
+                help="The project's domain.",
+            ),
+            cfg.StrOpt(
+                "rootwrap_config",
+                default="/etc/glance/rootwrap.conf",
+                help="Rootwrap configuration of the default root helper "
+                "'sudo glance-rootwrap <rootwrap_config>'.",
+            ),
+            cfg.StrOpt(
+                "cinder_root_helper",
+                help="Command prefix that runs os-brick's privsep-helper and commands as "
+                "root, e.g. 'sudo glance-rootwrap /etc/glance/rootwrap.conf' (the default) "
+                "or 'env' when this process runs as root.",
+            ),
+            cfg.StrOpt(
+                "cinder_privsep_mode",
+                default="daemon",
+                choices=[
+                    (
+                        "daemon",
+                        "privileged calls run in a privsep-helper started with cinder_root_helper",
+                    ),
+                    ("in-process", "privileged calls run in this process (it must be root)"),
+                ],
+                help="Where os-brick's privileged calls run (a process-wide setting).",
+            ),
+            cfg.StrOpt(
+                "cinder_volume_type",
+                help="Volume type of new image volumes; unset: Cinder's default type.",
+            ),
+            cfg.BoolOpt(
+                "cinder_use_multipath",
+                default=False,
+                help="Attach through multipath where the connection offers it.",
+            ),
+            cfg.BoolOpt(
+                "cinder_enforce_multipath",
+                default=False,
+                help="Fail an attach when multipathd is not running (with cinder_use_multipath).",
+            ),
+            cfg.StrOpt(
+                "cinder_rbd_keyring",
+                help="Keyring file with the cephx key of the user in Cinder's RBD connection "
+                "info, handed to os-brick in memory; unset: os-brick reads "
+                "/etc/ceph/<cluster>.client.<user>.keyring.",
+            ),
+            cfg.IntOpt(
+                "cinder_rados_connect_timeout",
+                default=30,
+                min=1,
+                help="Seconds os-brick's librados connection waits for the Ceph cluster "
+                "(only with cinder_rbd_keyring: set in the ceph.conf os-brick generates).",
+            ),
+            cfg.StrOpt(
+                "cinder_host_ip",
+                help="IP address given to Cinder in the connector properties; unset: the "
+                "address the host name resolves to.",
+            ),
+        ]
+
+    # -- setup -----------------------------------------------------------
+
+    def configure(self) -> None:
+        if cinder_client is None:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: the cinder driver needs python-cinderclient and "
+                "os-brick: pip install 'imgstore[cinder]'"
+            )
+        c = self.conf
+        self.timeout = float(c.cinder_state_transition_timeout)
+        self.volume_type = c.cinder_volume_type or None
+        self._password = c.cinder_store_password or ""
+        self._keyring: _Secret | None = None
+        self._keys: list[str] = []
+        if c.cinder_rbd_keyring:
+            try:
+                with open(c.cinder_rbd_keyring, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: cannot read cinder_rbd_keyring "
+                    f"{c.cinder_rbd_keyring!r}: {exc.strerror}"
+                ) from None
+            self._keys = re.findall(r"^\s*key\s*=\s*(\S+)", text, re.MULTILINE)
+            # os-brick writes this text after "[global]" and the monitors into the
+            # ceph.conf it generates: the timeout lands in [global]
+            timeout = c.cinder_rados_connect_timeout
+            self._keyring = _Secret(f"client_mount_timeout = {timeout}\n{text}")
+        if c.cinder_store_auth_address:
+            missing = [
+                n
+                for n in ("cinder_store_user_name", "cinder_store_password",
+                          "cinder_store_project_name")
+                if not c.get(n)
+            ]  # fmt: skip
+            if missing:
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: cinder_store_auth_address needs "
+                    f"{', '.join(missing)}"
+                )
+        elif not c.cinder_endpoint_template or not c.cinder_store_project_name:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: set cinder_store_auth_address (Keystone) or "
+                "cinder_endpoint_template and cinder_store_project_name (noauth Cinder)"
+            )
+        self.root_helper = c.cinder_root_helper or f"sudo glance-rootwrap {c.rootwrap_config}"
+        self._client: Any = None
+        self._props: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._shared: dict[str, _Shared] = {}
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self._password, *self._keys) if s]
+
+    def __repr__(self) -> str:
+        return f"<CinderDriver backend={self.backend!r}>"
+
+    def _cinder(self) -> Any:
+        """The cinderclient (one per backend, created on first use)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> Any:
+        c = self.conf
+        verify: bool | str = True
+        if c.cinder_api_insecure:
+            verify = False
+        elif c.cinder_ca_certificates_file:
+            verify = c.cinder_ca_certificates_file
+        kwargs: dict[str, Any] = {}
+        auth: Any
+        if c.cinder_store_auth_address:
+            auth = ks_identity.V3Password(
+                auth_url=c.cinder_store_auth_address,
+                username=c.cinder_store_user_name,
+                password=c.cinder_store_password,
+                user_domain_name=c.cinder_store_user_domain_name,
+                project_name=c.cinder_store_project_name,
+                project_domain_name=c.cinder_store_project_domain_name,
+            )
+            session = ks_session.Session(auth=auth, verify=verify)
+            if c.cinder_endpoint_template:
+                try:
+                    project_id = auth.get_project_id(session)
+                except ks_exc.Unauthorized:
+                    raise AuthenticationFailed(
+                        f"backend {self.backend!r}: Keystone refused the cinder store user"
+                    ) from None
+                kwargs["endpoint_override"] = c.cinder_endpoint_template % {
+                    "project_id": project_id
+                }
+            else:
+                service_type, service_name, interface = (
+                    [*c.cinder_catalog_info.split(":"), "", ""]
+                )[:3]
+                kwargs.update(
+                    service_type=service_type or "volumev3",
+                    service_name=service_name or None,
+                    interface=interface or "publicURL",
+                )
+        else:
+            project = c.cinder_store_project_name
+            user = c.cinder_store_user_name or "imgstore"
+            try:
+                url = c.cinder_endpoint_template % {"project_id": project}
+            except (KeyError, ValueError, TypeError) as exc:
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
+                ) from None
+            auth = token_endpoint.Token(endpoint=url, token=f"{user}:{project}")
+            session = ks_session.Session(auth=auth, verify=verify)
+        return cinder_client.Client(
+            session=session,
+            region_name=c.cinder_os_region_name,
+            retries=c.cinder_http_retries,
+            api_version=api_versions.APIVersion(API_VERSION),
+            **kwargs,
+        )
+
+    def _connector_properties(self) -> dict[str, Any]:
+        """os-brick's description of this host (computed once)."""
+        with self._lock:
+            if self._props is not None:
+                return self._props
+            from os_brick import privileged
+            from os_brick.initiator import connector
+            from oslo_privsep import priv_context
+
+            if self.conf.cinder_privsep_mode == "in-process":
+                privileged.default.set_client_mode(False)
+            priv_context.init(root_helper=shlex.split(self.root_helper))
+            host = socket.gethostname()
+            ip = self.conf.cinder_host_ip or _host_ip(host)
+            try:
+                self._props = dict(
+                    connector.get_connector_properties(
+                        self.root_helper,
+                        ip,
+                        self.conf.cinder_use_multipath,
+                        self.conf.cinder_enforce_multipath,
+                        host=host,
+                    )
+                )
+            except Exception as exc:
+                raise BackendError(
+                    f"backend {self.backend!r}: os-brick cannot describe this host "
+                    f"({type(exc).__name__}: {exc}); check cinder_root_helper / "
+                    "cinder_privsep_mode"
+                ) from None
+            return self._props
+
+    # -- errors ------------------------------------------------------------
+
+    def _error(self, exc: Exception, doing: str) -> ImgstoreError:
+        """Map a cinderclient/keystoneauth error to ours (no secret can be in it)."""
+        msg = f"backend {self.backend!r}: {doing} failed: {type(exc).__name__}: {exc}"
+        for secret in self.secrets():
+            msg = msg.replace(secret, "***")
+        if isinstance(exc, cinder_exc.NotFound):
+            return NotFound(msg)
+        if isinstance(exc, cinder_exc.Unauthorized | cinder_exc.Forbidden | ks_exc.Unauthorized):
+            return AuthenticationFailed(msg)
+        if isinstance(exc, cinder_exc.OverLimit):
+            return StorageFull(msg)
+        if isinstance(exc, cinder_exc.ConnectionError | ks_exc.ConnectionError):
+            return BackendUnavailable(msg)
+        if isinstance(exc, cinder_exc.ClientException) and int(exc.code or 0) >= 500:
+            return BackendUnavailable(msg)
+        return BackendError(msg)
+
+    def _call(self, doing: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            raise self._error(exc, doing) from None
+
+    # -- volumes -------------------------------------------------------------
+
+    def _get(self, volume_id: str) -> Any:
+        return self._call(f"looking up volume {volume_id}", self._cinder().volumes.get, volume_id)
+
+    def _wait(self, volume_id: str, transitional: tuple[str, ...], expected: str) -> Any:
+        """Poll until the volume leaves ``transitional``; it must then be ``expected``."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            volume = self._get(volume_id)
+            if volume.status not in transitional:
+                break
+            if time.monotonic() >= deadline:
+                raise BackendUnavailable(
+                    f"backend {self.backend!r}: volume {volume_id} is still {volume.status!r} "
+                    f"after {self.timeout:g} s (cinder_state_transition_timeout)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+        if volume.status != expected:
+            raise BackendError(
+                f"backend {self.backend!r}: volume {volume_id} is {volume.status!r}, "
+                f"expected {expected!r}"
+            )
+        return volume
+
+    def _wait_gone(self, volume_id: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            try:
+                volume = self._cinder().volumes.get(volume_id)
+            except cinder_exc.NotFound:
+                return
+            except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+                raise self._error(exc, f"waiting for volume {volume_id} to go") from None
+            if volume.status == "error_deleting":
+                raise BackendError(f"backend {self.backend!r}: deleting volume {volume_id} failed")
+            if time.monotonic() >= deadline:
+                raise BackendUnavailable(
+                    f"backend {self.backend!r}: volume {volume_id} is still {volume.status!r} "
+                    f"after {self.timeout:g} s (cinder_state_transition_timeout)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    def _remove_volume(self, volume_id: str, quiet: bool = True) -> None:
+        """Delete a volume we created (cleanup), whatever its status; quiet: log, never raise."""
+        cinder = self._cinder()
+        try:
+            with contextlib.suppress(cinder_exc.NotFound):
+                for att in cinder.attachments.list(search_opts={"volume_id": volume_id}):
+                    with contextlib.suppress(cinder_exc.NotFound):
+                        cinder.attachments.delete(att.id)
+            try:
+                cinder.volumes.delete(volume_id)
+            except cinder_exc.NotFound:
+                return
+            except cinder_exc.BadRequest:
+                # stuck in a transitional status (creating, extending...): admin force-delete
+                cinder.volumes.force_delete(volume_id)
+            self._wait_gone(volume_id)
+        except Exception as exc:
+            if not quiet:
+                if isinstance(exc, ImgstoreError):
+                    raise
+                raise BackendError(
+                    f"backend {self.backend!r}: cannot delete volume {volume_id}: "
+                    f"{type(exc).__name__}"
+                ) from None
+            LOG.warning(
+                "backend %r: cleanup: cannot delete volume %s; delete it by hand",
+                self.backend,
+                volume_id,
+                exc_info=True,
+            )
+
+    # -- attachments -----------------------------------------------------------
+
+    def _attach(self, volume_id: str, mode: str) -> _Attachment:
+        """Attach ``volume_id`` to this host in ``mode`` (rw/ro) and connect it with os-brick."""
+        from os_brick.initiator import connector as brick
+
+        props = self._connector_properties()
+        cinder = self._cinder()
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            try:
+                att = cinder.attachments.create(volume_id, None, mode=mode)
+                break
+            except cinder_exc.BadRequest as exc:
+                # attached elsewhere (not multi-attach) or still detaching: wait for it
+                if not _BUSY_RE.search(str(exc)) or time.monotonic() >= deadline:
+                    raise self._error(exc, f"attaching volume {volume_id}") from None
+            except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+                raise self._error(exc, f"attaching volume {volume_id}") from None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        att_id = att["id"] if isinstance(att, dict) else att.id
+        connector = device = None
+        info: dict[str, Any] | None = None
+        try:
+            updated = self._call(
+                f"attaching volume {volume_id}", cinder.attachments.update, att_id, props
+            )
+            info = dict(updated.connection_info)
+            if info.get("driver_volume_type") == "rbd" and self._keyring is not None:
+                info["keyring"] = self._keyring
+            if info.get("encrypted"):
+                raise NotSupported(f"volume {volume_id} is encrypted; images cannot be on it")
+            try:
+                connector = brick.InitiatorConnector.factory(
+                    info["driver_volume_type"],
+                    self.root_helper,
+                    conn=info,
+                    use_multipath=self.conf.cinder_use_multipath,
+                    device_scan_attempts=3,
+                )
+                device = connector.connect_volume(info)
+            except ImgstoreError:
+                raise
+            except Exception as exc:
+                raise BackendError(
+                    f"backend {self.backend!r}: os-brick cannot connect volume {volume_id} "
+                    f"({info.get('driver_volume_type')}): {type(exc).__name__}: "
+                    f"{_brick_message(exc)}"
+                ) from None
+            self._call(f"attaching volume {volume_id}", cinder.attachments.complete, att_id)
+            return _Attachment(att_id, info, connector, device)
+        except BaseException:
+            self._disconnect(volume_id, att_id, info, connector, device)
+            raise
+
+    def _disconnect(
+        self, volume_id: str, att_id: str, info: Any, connector: Any, device: Any
+    ) -> None:
+        """Disconnect with os-brick, then delete the attachment; log failures, never raise."""
+        if connector is not None and device is not None:
+            try:
+                connector.disconnect_volume(info, device, force=True)
+            except Exception:
+                LOG.warning(
+                    "backend %r: os-brick could not disconnect volume %s",
+                    self.backend,
+                    volume_id,
+                    exc_info=True,
+                )
+        try:
+            self._cinder().attachments.delete(att_id)
+        except cinder_exc.NotFound:
+            pass
+        except Exception:
+            LOG.warning(
+                "backend %r: cannot delete attachment %s of volume %s",
+                self.backend,
+                att_id,
+                volume_id,
+                exc_info=True,
+            )
+
+    def _detach(self, volume_id: str, att: _Attachment) -> None:
+        with contextlib.suppress(Exception):
+            att.io.close()
+        self._disconnect(volume_id, att.attachment_id, att.connection_info, att.connector,
+                         att.device)  # fmt: skip
+
+    def _acquire_ro(self, volume_id: str) -> tuple[_Shared, _Attachment]:
+        """A read-only attachment of ``volume_id`` shared by this process's readers."""
+        with self._lock:
+            shared = self._shared.setdefault(volume_id, _Shared())
+            shared.users += 1
+        try:
+            with shared.lock:
+                if shared.attachment is None:
+                    shared.attachment = self._attach(volume_id, "ro")
+                return shared, shared.attachment
+        except BaseException:
+            self._release_ro(volume_id, shared)
+            raise
+
+    def _release_ro(self, volume_id: str, shared: _Shared) -> None:
+        with self._lock:
+            shared.users -= 1
+            last = shared.users == 0
+            if last and self._shared.get(volume_id) is shared:
+                del self._shared[volume_id]
+        if last:
+            with shared.lock:
+                att, shared.attachment = shared.attachment, None
+                if att is not None:
+                    self._detach(volume_id, att)
+
+    # -- locations -------------------------------------------------------------
+
+    def owns(self, location: Location) -> bool:
+        if not isinstance(location, CinderLocation):
+            return False
+        return location.store is None or location.store == self.backend
+
+    def _volume_of(self, location: Location) -> Any:
+        assert isinstance(location, CinderLocation)
+        return self._get(location.volume_id)
+
+    @staticmethod
+    def _image_size(volume: Any) -> int:
+        recorded = (volume.metadata or {}).get("image_size")
+        if recorded is not None:
+            try:
+                return int(recorded)
+            except ValueError:
+                raise BackendError(
+                    f"volume {volume.id} has a bad image_size metadata {recorded[:40]!r}"
+                ) from None
+        return int(volume.size) * GiB  # glance_store's fallback
+
+    # -- operations --------------------------------------------------------------
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        name = f"image-{image_id}"
+        cinder = self._cinder()
+        existing = self._call(
+            "listing volumes", cinder.volumes.list, search_opts={"name": name, "all_tenants": 0}
+        )
+        if any(v.name == name and v.status not in ("deleting", "error_deleting")
+               for v in existing):  # fmt: skip
+            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+        size_gb = max(1, math.ceil((size or 0) / GiB))
+        try:
+            volume = cinder.volumes.create(
+                size_gb,
+                name=name,
+                volume_type=self.volume_type,
+                metadata={"glance_image_id": image_id, WRITING_KEY: f"{time.time():.3f}"},
+            )
+        except cinder_exc.NotFound as exc:  # the only thing create looks up is the type
+            raise BadConfiguration(
+                f"backend {self.backend!r}: cinder_volume_type {self.volume_type!r}: {exc}"
+            ) from None
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            raise self._error(exc, f"creating a volume for image {image_id}") from None
+        try:
+            self._wait(volume.id, ("creating",), "available")
+            att = self._attach(volume.id, "rw")
+        except BaseException:
+            self._remove_volume(volume.id)
+            raise
+        LOG.debug("backend %r: writing image %s to volume %s", self.backend, image_id, volume.id)
+        return CinderWriter(self, image_id, volume.id, size_gb, att)
+
+    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+        volume = self._volume_of(location)
+        start, count = clamp_range(self._image_size(volume), offset, length)
+        return CinderStream(self, volume.id, start, count, self.chunk_size)
+
+    def size(self, location: Location) -> int:
+        return self._image_size(self._volume_of(location))
+
+    def delete(self, location: Location) -> None:
+        assert isinstance(location, CinderLocation)
+        volume_id = location.volume_id
+        try:
+            self._cinder().volumes.delete(volume_id)
+        except cinder_exc.BadRequest as exc:
+            if "attach" in str(exc) or "in-use" in str(exc):
+                raise InUse(
+                    f"backend {self.backend!r}: volume {volume_id} is attached (being read?); "
+                    "it was left as it was"
+                ) from None
+            raise self._error(exc, f"deleting volume {volume_id}") from None
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            raise self._error(exc, f"deleting volume {volume_id}") from None
+        self._wait_gone(volume_id)
+
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Volumes of the project still flagged as being written (metadata ``imgstore_writing``).
+
+        Only this driver sets that flag, and a finished add removes it last, so
+        volumes made by others are never listed.
+        """
+        volumes = self._call("listing volumes", self._cinder().volumes.list)
+        now = time.time()
+        for vol in volumes:
+            started = (vol.metadata or {}).get(WRITING_KEY)
+            if started is None or vol.status in ("deleting", "error_deleting"):
+                continue
+            try:
+                age: float | None = now - float(started)
+            except ValueError:
+                age = None
+            if age is None or age >= older_than:
+                yield Leftover(
+                    self.backend, "unfinished volume", f"volume {vol.id} ({vol.name})", age,
+                    int(vol.size) * GiB, vol.id,
+                )  # fmt: skip
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        volume_id = str(leftover.ref)
+        try:
+            volume = self._cinder().volumes.get(volume_id)
+        except cinder_exc.NotFound:
+            return
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            raise self._error(exc, f"looking up volume {volume_id}") from None
+        if WRITING_KEY not in (volume.metadata or {}):
+            return  # its add finished after all: not a leftover
+        self._remove_volume(volume_id, quiet=False)
+
+    def close(self) -> None:
+        with self._lock:
+            shared, self._shared = list(self._shared.items()), {}
+            self._client = None
+        for volume_id, entry in shared:
+            with entry.lock:
+                att, entry.attachment = entry.attachment, None
+            if att is not None:
+                self._detach(volume_id, att)
+
+
+class _Shared:
+    """A read-only attachment and how many readers use it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.attachment: _Attachment | None = None
+
+
+def _brick_message(exc: Exception) -> str:
+    # os-brick's BrickException often says only "An unknown exception occurred."
+    # while the real reason is in its cause
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f" (caused by {type(cause).__name__}: {cause})"
+    return text
+
+
+def _host_ip(host: str) -> str:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            return str(socket.getaddrinfo(host, None, family)[0][4][0])
+    return "127.0.0.1"
+
+
+class CinderWriter(Writer):
+    """Writes one image into its volume, growing the volume when the size is unknown."""
+
+    def __init__(
+        self, driver: CinderDriver, image_id: str, volume_id: str, size_gb: int, att: _Attachment
+    ) -> None:
+        self._driver = driver
+        self._image_id = image_id
+        self._volume_id = volume_id
+        self._size_gb = size_gb
+        self._att: _Attachment | None = att
+        self._offset = 0
+        self._done = False
+
+    def _grow(self, needed: int) -> None:
+        """Detach, extend the volume by at least 1 GiB to hold ``needed`` bytes, re-attach."""
+        drv, vid = self._driver, self._volume_id
+        att, self._att = self._att, None
+        assert att is not None
+        att.io.flush()
+        drv._detach(vid, att)
+        drv._wait(vid, ("detaching", "in-use"), "available")
+        new_gb = max(self._size_gb + 1, math.ceil(needed / GiB))
+        LOG.debug("backend %r: extending volume %s to %d GiB", drv.backend, vid, new_gb)
+        drv._call(f"extending volume {vid}", drv._cinder().volumes.extend, vid, new_gb)
+        drv._wait(vid, ("extending",), "available")
+        self._size_gb = new_gb
+        self._att = drv._attach(vid, "rw")
+
+    def write(self, chunk: memoryview) -> None:
+        assert not self._done, "write after commit or abort"
+        n = len(chunk)
+        if self._offset + n > self._size_gb * GiB:
+            self._grow(self._offset + n)
+        assert self._att is not None
+        try:
+            self._att.io.pwrite(chunk, self._offset)
+        except OSError as exc:
+            raise BackendError(
+                f"backend {self._driver.backend!r}: writing volume {self._volume_id} failed: "
+                f"{exc.strerror or exc}"
+            ) from None
+        self._offset += n
+
+    def commit(self) -> Written:
+        assert not self._done, "commit after commit or abort"
+        drv, vid = self._driver, self._volume_id
+        att, self._att = self._att, None
+        assert att is not None
+        try:
+            att.io.flush()
+        except OSError as exc:
+            drv._detach(vid, att)
+            raise BackendError(
+                f"backend {drv.backend!r}: writing volume {vid} failed: {exc.strerror or exc}"
+            ) from None
+        except BaseException:
+            drv._detach(vid, att)
+            raise
+        drv._detach(vid, att)
+        cinder = drv._cinder()
+        drv._wait(vid, ("detaching", "in-use"), "available")
+        drv._call(
+            f"recording the size of volume {vid}",
+            cinder.volumes.set_metadata,
+            vid,
+            {"image_size": str(self._offset)},
+        )
+        drv._call(f"marking volume {vid} read-only", cinder.volumes.update_readonly_flag, vid, True)
+        drv._call(f"finishing volume {vid}", cinder.volumes.delete_metadata, vid, [WRITING_KEY])
+        self._done = True
+        return Written(CinderLocation(vid, drv.backend), {"volume_id": vid})
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        att, self._att = self._att, None
+        if att is not None:
+            self._driver._detach(self._volume_id, att)
+        self._driver._remove_volume(self._volume_id)
+
+
+class CinderStream(ReadStream):
+    """Reads ``count`` bytes from ``offset`` of a volume through a shared ro attachment."""
+
+    def __init__(
+        self, driver: CinderDriver, volume_id: str, offset: int, count: int, chunk: int
+    ) -> None:
+        self._driver = driver
+        self._volume_id = volume_id
+        self._offset = offset
+        self.size = count
+        self._chunk = chunk
+        self._shared: _Shared | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.size == 0:
+            return
+        drv = self._driver
+        if self._shared is None:
+            self._shared, att = drv._acquire_ro(self._volume_id)
+        else:
+            assert self._shared.attachment is not None
+            att = self._shared.attachment
+        offset, end = self._offset, self._offset + self.size
+        while offset < end:
+            n = min(self._chunk, end - offset)
+            try:
+                data = att.io.pread(offset, n)
+            except OSError as exc:
+                raise BackendError(
+                    f"backend {drv.backend!r}: reading volume {self._volume_id} failed: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            if not data:
+                raise BackendError(
+                    f"backend {drv.backend!r}: volume {self._volume_id} ended at {offset}, "
+                    f"before the recorded image size"
+                )
+            yield data
+            offset += len(data)
+
+    def close(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            self._driver._release_ro(self._volume_id, shared)
+
+    def __repr__(self) -> str:
+        return f"<CinderStream volume={self._volume_id} size={self.size}>"
