@@ -463,8 +463,9 @@ class _Migration:
             LOG.warning("image %s: %s", record.image_id, outcome.error)
             entry = self.journal.get(record.image_id)
             if entry is not None and entry.state not in (journal_mod.FAILED, journal_mod.DONE):
-                if entry.state == journal_mod.VERIFIED:
-                    # the copy is good; only deleting the source failed: retried next run
+                if entry.state == journal_mod.VERIFIED or getattr(exc, "keep_copying", False):
+                    # verified: only deleting the source failed; copying: a copy that could not
+                    # be removed stays ours. Either way the next run takes it from there.
                     self.journal.note(record.image_id, outcome.error_type, outcome.error)
                 else:
                     self.journal.failed(record.image_id, outcome.error_type, outcome.error)
@@ -610,11 +611,19 @@ class _Migration:
                 self.stores.verify(
                     result.location, algo, checksum=record.checksum, backend=self.target
                 )
-        except IntegrityError:
+        except IntegrityError as exc:
             LOG.warning(
-                "image %s: the source does not match its record; removing the copy", record.image_id
+                "image %s: the source does not match its record; removing the copy",
+                record.image_id,
             )
-            self.stores.delete(result.location, backend=self.target)
+            try:  # the journal says this copy is ours: remove all of it
+                self.stores.discard(record.image_id, self.target)
+            except ImgstoreError as cleanup:
+                failure = type(exc)(
+                    f"{exc}; removing the copy failed too ({cleanup}); the next run removes it"
+                )
+                failure.keep_copying = True  # type: ignore[attr-defined]
+                raise failure from exc
             raise
         self.journal.verified(
             record.image_id, result.location, result.size, result.checksum, algo, result.multihash
