@@ -38,6 +38,7 @@ from imgstore.exceptions import (
     Duplicate,
     ImgstoreError,
     IntegrityError,
+    InUse,
     InvalidArgument,
     NotFound,
     SizeMismatch,
@@ -66,6 +67,9 @@ WOULD_COPY = "would_copy"
 OK = "ok"
 MISMATCH = "mismatch"
 UNREADABLE = "unreadable"
+
+DISCARD_WAIT = 60.0
+"""Seconds a resumed run waits for a killed run's hold on a half-written copy to lapse."""
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -584,7 +588,17 @@ class _Migration:
                 outcome.location = location
                 outcome.size = size
                 return True
-        if self.stores.discard(record.image_id, self.target):
+        deadline = time.monotonic() + DISCARD_WAIT
+        while True:
+            try:
+                removed = self.stores.discard(record.image_id, self.target)
+                break
+            except InUse:
+                # a killed client's hold on the image (an RBD watch) lapses after ~30 s
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        if removed:
             LOG.info("image %s: removed what an interrupted copy left", record.image_id)
         return False
 

@@ -332,3 +332,41 @@ def test_verify_reports_mismatches_and_unreadable_images(tmp_path: Path, target:
         rows[2]["image_id"]: ("mismatch", "ChecksumMismatch"),
         rows[3]["image_id"]: ("mismatch", "SizeMismatch"),
     }
+
+
+def test_discard_removes_what_a_killed_write_left(tmp_path: Path, target: Target) -> None:
+    """A write that got neither commit nor abort (the process died): discard removes it all."""
+    conf = write_config(tmp_path / "d.conf", tmp_path / "src", target.driver, target.options)
+    options = {"s3_store_large_object_size": 0, "s3_store_large_object_chunk_size": 5}
+    if target.driver == "s3":  # a multipart upload with parts up, never completed
+        conf = write_config(
+            tmp_path / "d.conf", tmp_path / "src", "s3", {**target.options, **options}
+        )
+    with Stores.from_config_files(conf) as stores:
+        if target.driver == "s3":
+            stores.driver("dst")._ensure_bucket()  # type: ignore[attr-defined]
+        before = target.listing(stores)
+        drv = stores.driver("dst")
+        writer = drv.begin_write("half", 12 * MiB)
+        chunk = memoryview(os.urandom(6 * MiB))
+        writer.write(chunk)
+        writer.write(chunk)
+        # What a killed process leaves, minus the process: let go of the client-side
+        # resources without commit or abort (private members, test only).
+        if target.driver == "s3":
+            writer._wait_parts()  # type: ignore[attr-defined]
+            writer._shutdown_pool()  # type: ignore[attr-defined]
+        else:
+            writer._image.close()  # type: ignore[attr-defined]
+            writer._image = None  # type: ignore[attr-defined]
+            writer._done = True  # type: ignore[attr-defined]
+        left = target.listing(stores) - before
+        assert left, "the unfinished write should leave something behind"
+        assert stores.location_for("half", "dst") is not None
+        assert stores.discard("half", "dst") is True
+        assert target.listing(stores) == before
+        assert stores.discard("half", "dst") is False
+        # a finished image of that id goes too, and the id can be written again
+        stores.add("half", b"whole", backend="dst")
+        assert stores.discard("half", "dst") is True
+        assert stores.add("half", b"again", backend="dst").size == 5
