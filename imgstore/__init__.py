@@ -23,6 +23,14 @@ from imgstore.exceptions import (
     UnknownBackend,
     UnknownScheme,
 )
+from imgstore.migration import (
+    ImageRecord,
+    MigrationReport,
+    migrate,
+    parse_images,
+    read_images,
+    verify_images,
+)
 from imgstore.pipeline import ImageReader
 
 __version__ = "0.1.0"
@@ -39,10 +47,12 @@ __all__ = [
     "ChecksumMismatch",
     "Duplicate",
     "ImageReader",
+    "ImageRecord",
     "ImgstoreError",
     "InUse",
     "IntegrityError",
     "InvalidArgument",
+    "MigrationReport",
     "NotFound",
     "NotSupported",
     "ReadOnlyStore",
@@ -52,4 +62,8 @@ __all__ = [
     "Stores",
     "UnknownBackend",
     "UnknownScheme",
+    "migrate",
+    "parse_images",
+    "read_images",
+    "verify_images",
 ]

@@ -315,6 +315,29 @@ class Stores:
         self._call(drv, "delete", drv.delete, loc)
         LOG.info("deleted %s", loc.redacted())
 
+    def location_for(self, image_id: str, backend: str | None = None) -> str | None:
+        """Where adding ``image_id`` to ``backend`` will put it, when the driver can tell."""
+        validate_image_id(image_id)
+        drv = self.driver(backend)
+        location = self._call(drv, "locating", drv.location_for, image_id)
+        return None if location is None else str(location)
+
+    def discard(self, image_id: str, backend: str | None = None) -> bool:
+        """Remove what an interrupted add of ``image_id`` left in ``backend``, finished or not.
+
+        Only for a caller that knows it was the one adding ``image_id`` (a
+        journal says so): an image stored there by anyone else is removed too.
+        Returns whether anything was removed.
+        """
+        validate_image_id(image_id)
+        drv = self.driver(backend)
+        if Capability.DELETE not in drv.capabilities:
+            raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) cannot delete images")
+        removed = bool(self._call(drv, "discarding", drv.discard, image_id))
+        if removed:
+            LOG.info("discarded image %s in backend %r", image_id, drv.backend)
+        return removed
+
     def copy(
         self,
         location: str | Location,

@@ -1,4 +1,5 @@
-"""The ``imgstore`` command: add, get, size, delete and copy images; list stores.
+"""The ``imgstore`` command: add, get, size, delete and copy images; list stores;
+migrate and verify many images.
 
 Configuration: ``--config-file FILE`` (repeatable; later files override
 earlier ones, as with oslo.config). Without it, ``$IMGSTORE_CONFIG`` (a
@@ -44,7 +45,7 @@ from imgstore.exceptions import (
     NotFound,
 )
 from imgstore.location import redact_uri
-from imgstore.progress import ProgressBar, progress_bar
+from imgstore.progress import ProgressBar, count_bar, progress_bar
 
 PROG = "imgstore"
 
@@ -61,12 +62,14 @@ exit codes:
   0    success
   1    any other failure: Duplicate, StorageFull, ReadOnlyStore, NotSupported,
        BackendError, an output file that cannot be written, standard output
-       closed early ("imgstore: error: output closed")
+       closed early ("imgstore: error: output closed"); migrate: any image
+       failed; verify: any image unreadable
   2    bad usage or configuration: bad arguments, BadConfiguration,
        UnknownBackend, InvalidArgument, BadLocation, UnknownScheme, an input
        file that is missing or unreadable, an output path that cannot be used
   3    NotFound: no image at that location
-  4    integrity: SizeMismatch, SizeCapExceeded, ChecksumMismatch
+  4    integrity: SizeMismatch, SizeCapExceeded, ChecksumMismatch; verify: any
+       image does not match its recorded size or hashes
   5    BackendUnavailable or AuthenticationFailed
   130  interrupted (Ctrl-C)
 """
@@ -90,8 +93,18 @@ class OutputClosed(Exception):
     """Standard output was closed by the reader (a broken pipe)."""
 
 
+class SomeFailed(Exception):
+    """Some images of a migrate or verify run failed; the report has the details."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def exit_code(exc: BaseException) -> int:
     """The documented exit code for ``exc``."""
+    if isinstance(exc, SomeFailed):
+        return exc.code
     if isinstance(exc, (UsageError, BadConfiguration, InvalidArgument, BadLocation)):
         return EXIT_USAGE
     if isinstance(exc, NotFound):
@@ -124,6 +137,13 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
     return value
 
 
@@ -174,6 +194,66 @@ def _add_globals(parser: argparse.ArgumentParser, late: bool) -> None:
         default=default(False),
         help="no progress bar; add/copy print only the location, delete prints nothing",
     )
+
+
+def _add_migration_commands(command: Callable[..., Any]) -> None:
+    """``migrate`` and ``verify``: many images listed in a file."""
+
+    def many(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "input",
+            metavar="INPUT",
+            help="images as JSON lines or CSV (header) with image_id, location and, where "
+            "known, size, checksum, os_hash_algo, os_hash_value; '-' for standard input",
+        )
+        p.add_argument(
+            "--format",
+            choices=("auto", "jsonl", "csv"),
+            default="auto",
+            help="input format (default: by extension, else by content)",
+        )
+        p.add_argument(
+            "--concurrency",
+            type=_positive,
+            default=1,
+            metavar="N",
+            help="images at once (default 1); memory grows with N, not with image sizes",
+        )
+        p.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
+        p.add_argument(
+            "--hash-algo",
+            default=DEFAULT_HASH_ALGO,
+            metavar="ALG",
+            help=f"multihash algorithm where the input names none (default: {DEFAULT_HASH_ALGO})",
+        )
+
+    p = command(
+        "migrate",
+        cmd_migrate,
+        "copy every listed image into another backend, verified and resumable",
+    )
+    many(p)
+    p.add_argument("--to", required=True, metavar="BACKEND", help="target backend")
+    p.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="sqlite journal that makes the run resumable (default: INPUT.journal; "
+        "required when INPUT is '-')",
+    )
+    p.add_argument(
+        "--delete-source",
+        action="store_true",
+        help="delete each source image once its copy is verified",
+    )
+    p.add_argument("--dry-run", action="store_true", help="check and report; copy nothing")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try again the images an earlier run of this journal failed",
+    )
+
+    p = command("verify", cmd_verify, "re-read listed images and check their recorded hashes")
+    many(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="list what would be removed; remove nothing"
     )
+
+    _add_migration_commands(command)
     return parser
 
 
@@ -590,6 +672,129 @@ def cmd_copy(args: argparse.Namespace, stores: Stores) -> None:
     _emit_result(args, result)
 
 
+def _read_input(args: argparse.Namespace) -> list[Any]:
+    from imgstore.migration import parse_images, read_images
+
+    if args.input == "-":
+        return parse_images(sys.stdin.read(), args.format)
+    try:
+        return read_images(args.input, args.format)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.input}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {args.input}: not UTF-8 text") from None
+
+
+def _write_report(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file renamed on success."""
+    target = os.path.abspath(path)
+    directory, name = os.path.split(target)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _run_many(args: argparse.Namespace, label: str, run: Callable[[Any], Any]) -> Any:
+    """Run ``run(progress)`` under a count bar; write and print the report."""
+    bar = count_bar(sys.stderr, label, enabled=not args.quiet)
+    try:
+        report = run(bar)
+    except BaseException:
+        if bar is not None:
+            bar.finish(ok=False)
+        raise
+    if bar is not None:
+        bar.finish()
+    data = report.as_dict()
+    if args.report:
+        _write_report(args.report, data)
+    if args.json:
+        _emit_json(data)
+    elif not args.quiet:
+        lines = [
+            f"{label}: {len(report.images)} images, {data['summary']['bytes']} bytes read "
+            f"in {report.seconds:.1f} s"
+        ]
+        lines += [f"  {outcome}: {count}" for outcome, count in report.counts.items()]
+        lines += [f"  {i.image_id}: {i.outcome}: {i.error}" for i in report.failed[:20]]
+        if len(report.failed) > 20:
+            lines.append(f"  ... and {len(report.failed) - 20} more (see the report)")
+        _out("\n".join(lines) + "\n")
+    return report
+
+
+def cmd_migrate(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore migrate``."""
+    from imgstore.migration import migrate
+
+    records = _read_input(args)
+    journal = args.journal
+    if journal is None:
+        if args.input == "-":
+            raise UsageError("--journal FILE is needed when the input is standard input")
+        journal = args.input + ".journal"
+    report = _run_many(
+        args,
+        "migrate",
+        lambda bar: migrate(
+            stores,
+            records,
+            args.to,
+            concurrency=args.concurrency,
+            journal=journal,
+            delete_source=args.delete_source,
+            dry_run=args.dry_run,
+            retry_failed=args.retry_failed,
+            hash_algo=args.hash_algo,
+            progress=bar,
+        ),
+    )
+    if report.failed:
+        raise SomeFailed(
+            f"{len(report.failed)} of {len(report.images)} images failed"
+            + (f"; see {args.report}" if args.report else ""),
+            EXIT_FAILURE,
+        )
+
+
+def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore verify``."""
+    from imgstore.migration import MISMATCH, verify_images
+
+    records = _read_input(args)
+    report = _run_many(
+        args,
+        "verify",
+        lambda bar: verify_images(
+            stores,
+            records,
+            concurrency=args.concurrency,
+            hash_algo=args.hash_algo,
+            progress=bar,
+        ),
+    )
+    if report.failed:
+        mismatched = sum(1 for i in report.failed if i.outcome == MISMATCH)
+        raise SomeFailed(
+            f"{len(report.failed)} of {len(report.images)} images failed verification "
+            f"({mismatched} mismatched, {len(report.failed) - mismatched} unreadable)"
+            + (f"; see {args.report}" if args.report else ""),
+            EXIT_INTEGRITY if mismatched else EXIT_FAILURE,
+        )
+
+
 # -- main ------------------------------------------------------------------------
 
 
@@ -623,7 +828,7 @@ def _error(message: str) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (UsageError, OutputError, ImgstoreError)):
+    if isinstance(exc, (UsageError, OutputError, ImgstoreError, SomeFailed)):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""

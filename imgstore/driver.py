@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.exceptions import BadLocation, InvalidArgument, NotSupported
+from imgstore.exceptions import BadLocation, InvalidArgument, NotFound, NotSupported
 from imgstore.location import Location, parse
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -196,6 +196,31 @@ class Driver(abc.ABC):
     def delete(self, location: Location) -> None:
         """Delete the image; :class:`NotFound` if it is not there."""
         raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot delete images")
+
+    def location_for(self, image_id: str) -> Location | None:
+        """Where :meth:`begin_write` of ``image_id`` puts the image, or None when unknown.
+
+        Optional hook: lets a caller that journals its writes (``imgstore
+        migrate``) record the target before the bytes start to flow.
+        """
+        return None
+
+    def discard(self, image_id: str) -> bool:
+        """Remove whatever a write of ``image_id`` left here, committed or not.
+
+        Optional hook for a caller that knows it was writing ``image_id`` when
+        it was killed (no :meth:`Writer.abort` ran): a half-written image must
+        not block the retry. Returns whether anything was removed. The default
+        deletes the committed image at :meth:`location_for`, if any.
+        """
+        location = self.location_for(image_id)
+        if location is None:
+            return False
+        try:
+            self.delete(location)
+        except NotFound:
+            return False
+        return True
 
     def copy_from(self, source: Driver, location: Location, image_id: str) -> Written | None:
         """Copy ``location`` of ``source`` into this backend as ``image_id`` by itself.

@@ -278,6 +278,34 @@ class FilesystemDriver(Driver):
 
     # -- operations ----------------------------------------------------
 
+    def location_for(self, image_id: str) -> Location | None:
+        """The image's file if it exists, else its place when there is one data directory."""
+        for d in self.datadirs:
+            if os.path.lexists(os.path.join(d.path, image_id)):
+                return FileLocation(os.path.join(d.path, image_id))
+        if len(self.datadirs) == 1:
+            return FileLocation(os.path.join(self.datadirs[0].path, image_id))
+        return None
+
+    def discard(self, image_id: str) -> bool:
+        """Delete the image's file and the partial files of unfinished writes of it."""
+        removed = super().discard(image_id)
+        prefix = f".{image_id[:200]}."
+        for d in self.datadirs:
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(d.path):
+                    token = name[len(prefix) : -len(PARTIAL_SUFFIX)]
+                    if (
+                        name.startswith(prefix)
+                        and name.endswith(PARTIAL_SUFFIX)
+                        and len(token) == 12
+                        and all(c in "0123456789abcdef" for c in token)
+                    ):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(d.path, name))
+                            removed = True
+        return removed
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         for d in self.datadirs:
             if os.path.lexists(os.path.join(d.path, image_id)):

@@ -351,6 +351,25 @@ class RbdDriver(Driver):
     def _location(self, image_id: str) -> RbdLocation:
         return RbdLocation(image_id, self.fsid(), self.pool, SNAPSHOT)
 
+    def location_for(self, image_id: str) -> Location | None:
+        return self._location(image_id)
+
+    def discard(self, image_id: str) -> bool:
+        """Remove image ``image_id`` of the pool with its snapshots, finished or not."""
+        ioctx = self._ioctx(self.pool, for_write=True)
+        try:
+            with rbd.Image(ioctx, image_id) as image:
+                for snap in list(image.list_snaps()):
+                    if image.is_protected_snap(snap["name"]):
+                        image.unprotect_snap(snap["name"])
+                    image.remove_snap(snap["name"])
+            rbd.RBD().remove(ioctx, image_id)
+        except rbd.ImageNotFound:
+            return False
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "discarding", image_id) from None
+        return True
+
     # -- operations ------------------------------------------------------
 
     def begin_write(self, image_id: str, size: int | None) -> Writer:

@@ -525,6 +525,38 @@ class S3Driver(Driver):
                 return
             raise self.map_error(exc, f"creating bucket {self.bucket!r}") from exc
 
+    def location_for(self, image_id: str) -> Location | None:
+        return self._location(image_id)
+
+    def discard(self, image_id: str) -> bool:
+        """Abort the unfinished multipart uploads of ``image_id`` and delete its object."""
+        self._ensure_bucket()
+        doing = f"discarding {self._location(image_id).redacted()}"
+        removed = False
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads")
+            uploads = [
+                upload["UploadId"]
+                for page in pages.paginate(Bucket=self.bucket, Prefix=image_id)
+                for upload in page.get("Uploads", [])
+                if upload["Key"] == image_id
+            ]
+        except Exception as exc:
+            raise self.map_error(exc, doing) from exc
+        for upload_id in uploads:
+            self.call(
+                doing,
+                self.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=image_id,
+                UploadId=upload_id,
+            )
+            removed = True
+        if self._exists(image_id, doing):
+            self.call(doing, self.client.delete_object, Bucket=self.bucket, Key=image_id)
+            removed = True
+        return removed
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         if size is not None and size > MAX_PARTS * MAX_PART_SIZE:
             raise InvalidArgument(f"image {image_id} is larger than S3 can hold ({size} bytes)")
