@@ -15,12 +15,12 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-import imgstore
-from imgstore import config as imgstore_config
 from oslo_config import cfg
 
+import imgstore
 from glance_store import exceptions, location
 from glance_store.driver import Store
+from imgstore import config as imgstore_config
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)

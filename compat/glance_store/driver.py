@@ -14,13 +14,13 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import imgstore
-from imgstore import exceptions as imgstore_exc
-from imgstore.capabilities import Capability
 from oslo_config import cfg
 
+import imgstore
 from glance_store import exceptions
 from glance_store.location import Location, StoreLocation
+from imgstore import exceptions as imgstore_exc
+from imgstore.capabilities import Capability
 
 LOG = logging.getLogger(__name__)
 

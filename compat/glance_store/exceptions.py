@@ -174,9 +174,7 @@ class StoreGetNotSupported(GlanceStoreException):
 class StoreRandomGetNotSupported(StoreGetNotSupported):
     """glance_store.exceptions.StoreRandomGetNotSupported."""
 
-    message = (
-        "This store cannot read part of an image. Offset: %(offset)s, length: %(chunk_size)s"
-    )
+    message = "This store cannot read part of an image. Offset: %(offset)s, length: %(chunk_size)s"
 
 
 class StoreAddDisabled(GlanceStoreException):
@@ -227,10 +225,11 @@ class HostNotInitialized(GlanceStoreException):
     message = "Store host %(host)s is not initialized."
 
 
-class TimeoutError(GlanceStoreException):  # noqa: A001 - glance_store's name
+class TimeoutError(GlanceStoreException):
     """glance_store.exceptions.TimeoutError."""
 
     message = "Operation timed out after %(timeout)ds; check the storage."
+
 
 __all__ = [
     "AuthBadRequest",

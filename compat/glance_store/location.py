@@ -13,11 +13,11 @@ import logging
 import urllib.parse
 from typing import Any
 
-from imgstore import exceptions as imgstore_exc
-from imgstore import location as imgstore_location
 from oslo_config import cfg
 
 from glance_store import exceptions
+from imgstore import exceptions as imgstore_exc
+from imgstore import location as imgstore_location
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)

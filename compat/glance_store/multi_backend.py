@@ -15,10 +15,9 @@ import logging
 import threading
 from typing import Any
 
-import imgstore
-from imgstore import config as imgstore_config
 from oslo_config import cfg
 
+import imgstore
 from glance_store import exceptions, location
 from glance_store.backend import (
     _safe_register,
@@ -27,6 +26,7 @@ from glance_store.backend import (
     store_add_to_backend_with_multihash,
 )
 from glance_store.driver import Store
+from imgstore import config as imgstore_config
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ def _register_backend(conf: cfg.ConfigOpts, group: str, driver: str) -> None:
     _safe_register(conf, cls.options(), imgstore_config.DEFAULTS_GROUP)
 
 
-def register_store_opts(conf: cfg.ConfigOpts, reserved_stores: dict[str, str] | None = None) -> None:
+def register_store_opts(
+    conf: cfg.ConfigOpts, reserved_stores: dict[str, str] | None = None
+) -> None:
     """Register ``[glance_store] default_backend`` and every backend's options."""
     imgstore_config.register_core_opts(conf)
     _safe_register(conf, _STORE_OPTS, _STORE_CFG_GROUP)
@@ -112,7 +114,9 @@ def create_multi_stores(
             }
 
     for info in stores.describe():
-        add(Store(lambda: stores, info.name, conf, backend_group=info.name, store_entry=info.driver))
+        add(
+            Store(lambda: stores, info.name, conf, backend_group=info.name, store_entry=info.driver)
+        )
     for name, single in reserved.items():
         add(
             Store(

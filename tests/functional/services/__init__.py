@@ -43,6 +43,7 @@ SERVICES: dict[str, str] = {
     "swift": "tests.functional.services.swift",
     "keystone": "tests.functional.services.keystone",  # needs swift (a second proxy)
     "mongo": "tests.functional.services.mongo",
+    "glance": "tests.functional.services.glance",  # uses ceph when it is up
 }
 
 
