@@ -3,8 +3,9 @@
 Glance from the package index (pinned) under ``gunicorn`` in its own venv,
 with ``glance_store`` replaced by this repository's ``compat/`` package
 (editable, like imgstore itself, so the server runs the checkout's code);
-sqlite, no Keystone (the stock paste pipeline gives every request an admin
-context). Multi-store: ``fs`` (filesystem, the default) and, when the harness's
+sqlite, no Keystone: a "trusted" paste pipeline takes the identity from
+request headers (``identity_headers`` in the details), as Glance's own
+functional tests do. Multi-store: ``fs`` (filesystem, the default) and, when the harness's
 Ceph cluster is up (``services up ceph`` first), ``ceph`` (RBD, in a pool of
 its own), plus Glance's reserved staging and tasks stores. Debian's
 ``qemu-utils`` is installed for ``qemu-img`` (Glance inspects images with it;
@@ -12,7 +13,7 @@ the tests make their qcow2 image with it).
 
 Port: ``IMGSTORE_GLANCE_PORT`` (19292). Ready when ``/versions`` answers.
 Details: ``url``, ``backends`` (id -> driver), ``default_backend``,
-``datadir`` (the fs store's directory), ``rbd_pool``/``ceph_conf`` (with
+``datadir`` (the fs store's directory), ``identity_headers``, ``rbd_pool``/``ceph_conf`` (with
 Ceph), ``python`` (the venv's interpreter).
 """
 
@@ -90,6 +91,35 @@ def _rbd_pool(ceph: dict[str, Any]) -> None:
         cluster.shutdown()
 
 
+# A pipeline that takes the identity from request headers (X-Roles...) with no
+# Keystone, as Glance's own functional tests do: never expose such a server.
+# Admin-only calls (GET /v2/info/stores/detail) need the roles it passes on.
+_TRUSTED_COMPOSITE = """
+[composite:glance-api-trusted]
+paste.composite_factory = glance.api:root_app_factory
+/: api
+/healthcheck: healthcheck
+"""
+_TRUSTED_PIPELINE = (
+    "trusted = cors http_proxy_to_wsgi versionnegotiation osprofiler context rootapp\n"
+)
+IDENTITY_HEADERS = {
+    "X-Identity-Status": "Confirmed",
+    "X-Project-Id": "imgstore-test-project",
+    "X-User-Id": "imgstore-test-user",
+    "X-Roles": "admin,member,reader",
+}
+
+
+def _trusted_paste(stock: str, healthcheck_off: Path) -> str:
+    marker = "[composite:api]\npaste.composite_factory = glance.api:pipeline_factory\n"
+    if marker not in stock:
+        raise ServiceError("glance: the stock glance-api-paste.ini has no [composite:api]")
+    text = stock.replace(marker, marker + _TRUSTED_PIPELINE)
+    text = text.replace("/etc/glance/healthcheck_disable", str(healthcheck_off))
+    return text + _TRUSTED_COMPOSITE
+
+
 def _glance_conf(ctx: Context, backends: dict[str, str], ceph: dict[str, Any] | None,
                  paste: Path) -> str:  # fmt: skip
     base = ctx.dir
@@ -105,7 +135,7 @@ workers = 1
 connection = sqlite:///{base / "db" / "glance.sqlite"}
 
 [paste_deploy]
-flavor =
+flavor = trusted
 config_file = {paste}
 
 [glance_store]
@@ -164,9 +194,7 @@ def up(ctx: Context) -> dict[str, Any]:
         ctx.path(sub).mkdir(parents=True)
     paste = ctx.path("etc", "glance-api-paste.ini")
     stock = (venv / "etc" / "glance" / "glance-api-paste.ini").read_text()
-    paste.write_text(
-        stock.replace("/etc/glance/healthcheck_disable", str(ctx.path("etc", "healthcheck_off")))
-    )
+    paste.write_text(_trusted_paste(stock, ctx.path("etc", "healthcheck_off")))
     conf = ctx.path("etc", "glance-api.conf")
     conf.write_text(_glance_conf(ctx, backends, ceph, paste))
     run(
@@ -194,6 +222,7 @@ def up(ctx: Context) -> dict[str, Any]:
         "datadir": str(ctx.path("images")),
         "python": py,
         "glance_version": GLANCE_VERSION,
+        "identity_headers": IDENTITY_HEADERS,
     }
     if "ceph" in backends and ceph is not None:
         details.update(rbd_pool=RBD_POOL, ceph_conf=ceph["ceph_conf"], ceph_user=ceph["user"])
