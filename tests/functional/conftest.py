@@ -49,6 +49,12 @@ def tinyproxy() -> dict[str, Any]:
     return require_service("tinyproxy")
 
 
+@pytest.fixture(scope="session")
+def glance() -> dict[str, Any]:
+    """The Glance API on imgstore's glance_store compat package; see services/glance.py."""
+    return require_service("glance")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
     """Say which backends' servers were missing, so a skip is never overlooked."""
     if not NOT_RUN:

@@ -25,19 +25,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.functional.conftest import in_ci, require_service
+from tests.functional.conftest import in_ci
 
 glanceclient = pytest.importorskip("glanceclient", reason="pip install python-glanceclient")
 from glanceclient import exc as glance_exc  # noqa: E402
 
 VIRTUAL_SIZE = 24 * 1024 * 1024
 """Guest size of the test image; about 16 MiB of it is random data."""
-
-
-@pytest.fixture(scope="module")
-def glance() -> dict[str, Any]:
-    """The running Glance's details (skip, or fail with CI=true, when it is down)."""
-    return require_service("glance")
 
 
 @pytest.fixture(scope="module")
