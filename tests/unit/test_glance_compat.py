@@ -229,23 +229,6 @@ def test_verify_store_without_default(tmp_path: Path) -> None:
         glance_store.verify_store()
 
 
-def test_stores_single_reads_one_group_only(tmp_path: Path) -> None:
-    """The core addition the compat package uses: one backend from one group."""
-    conf = _conf()
-    imgstore.config.register_core_opts(conf)
-    conf.set_override("stores", ["nosuchdriver"], "glance_store")  # ignored by single()
-    conf.register_opts(imgstore.config.load_driver_class("file").options(), "staging")
-    conf.set_override("filesystem_store_datadir", str(tmp_path / "s"), "staging")
-    with imgstore.Stores.single(conf, "file", group="staging") as stores:
-        assert stores.backends == ["staging"]
-        assert stores.default_backend == "staging"
-        result = stores.add("img-11", b"abc")
-        assert result.location == f"file://{tmp_path}/s/img-11"
-        assert result.metadata == {"store": "staging"}
-    with pytest.raises(imgstore.BadConfiguration):
-        imgstore.Stores.single(conf, "nosuchdriver")
-
-
 def test_legacy_driver_alias(tmp_path: Path) -> None:
     """A filesystem alias in the legacy default_store ("filesystem") still finds the store."""
     conf = _conf()
