@@ -212,8 +212,12 @@ def test_multi_store_objects_and_options(multi: cfg.ConfigOpts, tmp_path: Path) 
     }
     with pytest.raises(glance_store.UnknownScheme):
         glance_store.get_store_from_store_identifier("nosuch")
+    bits = glance_store.capabilities.BitMasks
+    assert fast.is_capable(bits.READ_RANDOM, bits.WRITE_ACCESS, bits.DRIVER_REUSABLE)
     # read-only backends refuse adds with glance_store's class
     web = glance_store.get_store_from_store_identifier("web")
+    assert web.is_capable(bits.READ_ACCESS)
+    assert not web.is_capable(bits.WRITE_ACCESS)
     with pytest.raises(glance_store.StoreAddDisabled):
         web.add("img-10", io.BytesIO(b"x"), 1, "sha512")
 
