@@ -272,12 +272,21 @@ class Store:
 
     @property
     def url_prefix(self) -> str | None:
-        """The prefix of the locations this store writes (``rbd://<fsid>/<pool>/``...)."""
+        """What every location of this backend starts with, as glance_store reports it.
+
+        Glance matches a location to its backend by this prefix
+        (``file://<datadir>``, ``rbd://<fsid>/<pool>/``, ``http`` ...).
+        """
         drv = self.driver
         if drv.name == "file":
             return f"file://{self.datadir}"
         if drv.name == "rbd":
             return f"rbd://{drv.fsid}/{drv.pool}/"  # type: ignore[attr-defined]
+        if drv.name == "http":
+            return "http"
+        if drv.name == "s3":
+            host = str(drv.conf.get("s3_store_host") or "").split("://", 1)[-1].rstrip("/")
+            return f"s3://{host}/{drv.conf.get('s3_store_bucket')}"
         return None
 
     def __getattr__(self, name: str) -> Any:

@@ -217,6 +217,7 @@ def test_multi_store_objects_and_options(multi: cfg.ConfigOpts, tmp_path: Path) 
     # read-only backends refuse adds with glance_store's class
     web = glance_store.get_store_from_store_identifier("web")
     assert web.is_capable(bits.READ_ACCESS)
+    assert web.url_prefix == "http"  # Glance matches locations to backends by it
     assert not web.is_capable(bits.WRITE_ACCESS)
     with pytest.raises(glance_store.StoreAddDisabled):
         web.add("img-10", io.BytesIO(b"x"), 1, "sha512")

@@ -7,7 +7,7 @@ multi-store and legacy functions, the Store class and every exception at the
 top level (``glance_store.NotFound is glance_store.exceptions.NotFound``).
 """
 
-from glance_store import backend, driver, exceptions, location, multi_backend  # noqa: F401
+from glance_store import backend, capabilities, driver, exceptions, location, multi_backend  # noqa: F401
 from glance_store.backend import *  # noqa: F403 - legacy names win, as in glance_store
 from glance_store.driver import Store  # noqa: F401
 from glance_store.exceptions import *  # noqa: F403

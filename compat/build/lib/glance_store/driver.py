@@ -18,6 +18,7 @@ from oslo_config import cfg
 
 import imgstore
 from glance_store import exceptions
+from glance_store.capabilities import BitMasks
 from glance_store.location import Location, StoreLocation
 from imgstore import exceptions as imgstore_exc
 from imgstore.capabilities import Capability
@@ -149,8 +150,21 @@ class Store:
         return StoreLocation
 
     def is_capable(self, *capabilities: Any) -> bool:
-        """glance_store's capability check; imgstore checks per operation instead."""
-        return True
+        """Whether the backend has every one of glance_store's ``BitMasks`` given."""
+        have = self.driver.capabilities
+        wanted = BitMasks(0)
+        for cap in capabilities:
+            wanted |= BitMasks(cap)
+        if wanted & BitMasks.READ_ACCESS and Capability.READ not in have:
+            return False
+        if (wanted & BitMasks.READ_RANDOM) & ~BitMasks.READ_ACCESS and (
+            Capability.READ_RANDOM not in have
+        ):
+            return False
+        if wanted & BitMasks.WRITE_ACCESS and Capability.WRITE not in have:
+            return False
+        # WRITE_OFFSET/CHUNK/RANDOM: no imgstore driver writes at offsets
+        return not (wanted & BitMasks.WRITE_RANDOM) & ~BitMasks.WRITE_ACCESS
 
     @property
     def capabilities(self) -> Capability:
@@ -258,12 +272,21 @@ class Store:
 
     @property
     def url_prefix(self) -> str | None:
-        """The prefix of the locations this store writes (``rbd://<fsid>/<pool>/``...)."""
+        """What every location of this backend starts with, as glance_store reports it.
+
+        Glance matches a location to its backend by this prefix
+        (``file://<datadir>``, ``rbd://<fsid>/<pool>/``, ``http`` ...).
+        """
         drv = self.driver
         if drv.name == "file":
             return f"file://{self.datadir}"
         if drv.name == "rbd":
             return f"rbd://{drv.fsid}/{drv.pool}/"  # type: ignore[attr-defined]
+        if drv.name == "http":
+            return "http"
+        if drv.name == "s3":
+            host = str(drv.conf.get("s3_store_host") or "").split("://", 1)[-1].rstrip("/")
+            return f"s3://{host}/{drv.conf.get('s3_store_bucket')}"
         return None
 
     def __getattr__(self, name: str) -> Any:
