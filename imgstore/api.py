@@ -108,8 +108,11 @@ class Stores:
     or with no configuration at all (:meth:`default`).
     """
 
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
-        settings = config_mod.read_settings(conf)
+    def __init__(
+        self, conf: cfg.ConfigOpts, *, settings: config_mod.StoreSettings | None = None
+    ) -> None:
+        if settings is None:
+            settings = config_mod.read_settings(conf)
         self._conf = conf
         self._size_cap = settings.image_size_cap
         self._md5 = settings.md5_checksum
@@ -126,6 +129,21 @@ class Stores:
     def from_config_files(cls, *paths: str | os.PathLike[str]) -> Stores:
         """Stores configured by ``paths`` (e.g. an existing glance-api.conf)."""
         return cls(config_mod.config_from_files(paths))
+
+    @classmethod
+    def single(
+        cls,
+        conf: cfg.ConfigOpts,
+        driver: str,
+        group: str = config_mod.STORE_GROUP,
+        name: str | None = None,
+    ) -> Stores:
+        """One backend of ``driver`` configured from ``[group]`` alone.
+
+        For a private store beside the configured ones (a staging area, say):
+        ``stores``/``enabled_backends`` in ``conf`` are not consulted.
+        """
+        return cls(conf, settings=config_mod.read_single_settings(conf, driver, group, name))
 
     @classmethod
     def default(cls) -> Stores:

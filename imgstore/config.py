@@ -283,6 +283,33 @@ def read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
     return StoreSettings(backends, default, cap, md5)
 
 
+def read_single_settings(
+    conf: cfg.ConfigOpts, driver_name: str, group: str = STORE_GROUP, name: str | None = None
+) -> StoreSettings:
+    """Settings for exactly one backend: driver ``driver_name`` configured from ``[group]``.
+
+    Whatever else ``conf`` configures (``stores``, ``enabled_backends``) is
+    ignored. The backend is named ``name`` (default: the driver's name in
+    ``[glance_store]``, else the group's name). This is how a service builds a
+    private store next to its configured ones, e.g. Glance's staging area.
+    """
+    register_core_opts(conf)
+    try:
+        store = conf[STORE_GROUP]
+        cap, md5 = store.image_size_cap, store.md5_checksum
+    except (cfg.ConfigFileValueError, ValueError) as exc:
+        raise BadConfiguration(f"invalid imgstore configuration: {exc}") from None
+    canonical = canonical_driver_name(driver_name)
+    cls = load_driver_class(canonical)
+    opts = cls.options()
+    _register(conf, opts, group)
+    values = _driver_values(conf, opts, group, None)
+    if name is None:
+        name = canonical if group == STORE_GROUP else group
+    spec = BackendSpec(name, canonical, cls, values)
+    return StoreSettings({name: spec}, name, cap, md5)
+
+
 def config_from_files(paths: Iterable[str | os.PathLike[str]]) -> cfg.ConfigOpts:
     """A private ConfigOpts loaded from ``paths`` (later files override earlier ones)."""
     files = [os.fspath(p) for p in paths]

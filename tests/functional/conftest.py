@@ -53,9 +53,18 @@ def tinyproxy() -> dict[str, Any]:
 def vmware() -> dict[str, Any]:
     """vcsim's details (url, host, port, user, password, ca_file...); see services/vmware.py."""
     return require_service("vmware")
+
+
+@pytest.fixture(scope="session")
 def cinder() -> dict[str, Any]:
     """Cinder's details (endpoint, volume type, RBD keyring); see services/cinder.py."""
     return require_service("cinder")
+
+
+@pytest.fixture(scope="session")
+def glance() -> dict[str, Any]:
+    """The Glance API on imgstore's glance_store compat package; see services/glance.py."""
+    return require_service("glance")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:

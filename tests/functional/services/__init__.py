@@ -45,6 +45,7 @@ SERVICES: dict[str, str] = {
     "keystone": "tests.functional.services.keystone",  # needs swift (a second proxy)
     "mongo": "tests.functional.services.mongo",
     "vmware": "tests.functional.services.vmware",
+    "glance": "tests.functional.services.glance",  # uses ceph when it is up
 }
 
 

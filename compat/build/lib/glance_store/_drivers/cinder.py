@@ -1,0 +1,13 @@
+"""glance_store._drivers.cinder by name: imgstore has no cinder driver (yet).
+
+The compat Store and the client library module glance_store's cinder driver
+imported, so that code importing this module by name still imports.
+"""
+
+from glance_store._drivers import optional_module
+from glance_store.driver import Store
+from glance_store.location import StoreLocation
+
+cinderclient = optional_module("cinderclient.v3.client")
+
+__all__ = ["Store", "StoreLocation", "cinderclient"]

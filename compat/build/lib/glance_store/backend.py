@@ -1,0 +1,302 @@
+"""glance_store's legacy single-store functions, on imgstore.
+
+``register_opts(conf)`` registers ``[glance_store]`` options (``stores``,
+``default_store`` and every installed imgstore driver's options);
+``create_stores(conf)`` builds one :class:`imgstore.Stores` from them and
+registers a :class:`~glance_store.driver.Store` per configured driver under
+each scheme it reads. The other functions find the store by a URI's scheme
+and call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from oslo_config import cfg
+
+import imgstore
+from glance_store import exceptions, location
+from glance_store.driver import Store
+from imgstore import config as imgstore_config
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+_STORE_CFG_GROUP = imgstore_config.STORE_GROUP
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"conf": None, "stores": None}
+
+
+def _safe_register(conf: cfg.ConfigOpts, opts: Iterable[cfg.Opt], group: str | None) -> None:
+    for opt in opts:
+        try:
+            conf.register_opt(opt, group=group)
+        except cfg.DuplicateOptError:
+            LOG.debug("option %s already registered in %s", opt.dest, group)
+
+
+def _list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """The ``[glance_store]`` options (for oslo-config-generator's ``glance.store``)."""
+    return [(g, opts) for g, opts in imgstore_config.list_opts() if g == _STORE_CFG_GROUP]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register ``[glance_store]`` options: stores, default_store, every driver's options."""
+    imgstore_config.register_core_opts(conf)
+    for group, opts in _list_opts():
+        _safe_register(conf, opts, group)
+
+
+def _load_store(conf: cfg.ConfigOpts | None, store_entry: str, invoke_load: bool = True) -> Any:
+    """A store of driver ``store_entry`` configured from ``[glance_store]`` alone.
+
+    Glance uses this for its single-store staging area, on a private
+    ConfigOpts. With ``invoke_load=False`` the Store class is returned.
+    """
+    if not invoke_load:
+        return Store
+    if conf is None:
+        conf = CONF
+    try:
+        imgstore_config.load_driver_class(store_entry)
+    except imgstore.BadConfiguration as exc:
+        LOG.warning("cannot load store %s: %s", store_entry, exc.msg)
+        return None
+    name = imgstore_config.canonical_driver_name(store_entry)
+    return Store(
+        lambda: imgstore.Stores.single(conf, store_entry, _STORE_CFG_GROUP, name),
+        name,
+        conf,
+        store_entry=store_entry,
+    )
+
+
+def _scheme_map(stores: imgstore.Stores, conf: cfg.ConfigOpts) -> dict[str, dict[str, Any]]:
+    scheme_map: dict[str, dict[str, Any]] = {}
+    for info in stores.describe():
+        store = Store(lambda: stores, info.name, conf, store_entry=info.driver)
+        for scheme in info.schemes:
+            scheme_map[scheme] = {
+                "store": store,
+                "location_class": store.get_store_location_class(),
+                "store_entry": info.driver,
+            }
+    return scheme_map
+
+
+def create_stores(conf: cfg.ConfigOpts = CONF) -> int:
+    """Build the stores listed in ``[glance_store] stores``; returns how many."""
+    register_opts(conf)
+    try:
+        stores = imgstore.Stores(conf)
+    except imgstore.ImgstoreError as exc:
+        raise exceptions.from_imgstore(exc) from exc
+    scheme_map = _scheme_map(stores, conf)
+    with _lock:
+        old = _state["stores"]
+        _state.update(conf=conf, stores=stores)
+        location.SCHEME_TO_CLS_MAP.clear()
+        location.register_scheme_map(scheme_map)
+    if old is not None:
+        old.close()
+    LOG.debug("stores %s registered for schemes %s", stores.backends, sorted(scheme_map))
+    return len(stores.backends)
+
+
+def _conf() -> cfg.ConfigOpts:
+    return _state["conf"] or CONF
+
+
+def verify_default_store() -> None:
+    """RuntimeError unless ``[glance_store] default_store`` names a configured store."""
+    scheme = _conf().glance_store.default_store
+    try:
+        get_store_from_scheme(scheme)
+    except exceptions.UnknownScheme:
+        raise RuntimeError(f"Store for scheme {scheme} not found") from None
+
+
+def get_known_schemes() -> Any:
+    """The schemes of the configured stores."""
+    return location.SCHEME_TO_CLS_MAP.keys()
+
+
+def get_store_from_scheme(scheme: str) -> Store:
+    """The store reading ``scheme``; UnknownScheme when none does."""
+    try:
+        return location.SCHEME_TO_CLS_MAP[scheme]["store"]  # type: ignore[no-any-return]
+    except KeyError:
+        # the legacy default_store may be a driver alias ("filesystem")
+        canonical = imgstore_config.canonical_driver_name(scheme)
+        if canonical != scheme and canonical in location.SCHEME_TO_CLS_MAP:
+            return location.SCHEME_TO_CLS_MAP[canonical]["store"]  # type: ignore[no-any-return]
+        raise exceptions.UnknownScheme(scheme=scheme) from None
+
+
+def get_store_from_uri(uri: str) -> Store:
+    """The store reading ``uri``'s scheme."""
+    return get_store_from_scheme(uri[0 : uri.find("/") - 1])
+
+
+def get_store_from_location(uri: str) -> str:
+    """The scheme (store name) of a location URI."""
+    return location.get_location_from_uri(uri, conf=_conf()).store_name
+
+
+def get_from_backend(
+    uri: str, offset: int = 0, chunk_size: int | None = None, context: Any = None
+) -> tuple[Any, int]:
+    """``(chunk iterator, size)`` of the image at ``uri``."""
+    loc = location.get_location_from_uri(uri, conf=_conf())
+    return get_store_from_uri(uri).get(loc, offset=offset, chunk_size=chunk_size, context=context)
+
+
+def get_size_from_backend(uri: str, context: Any = None) -> int:
+    """The size of the image at ``uri``."""
+    loc = location.get_location_from_uri(uri, conf=_conf())
+    return get_store_from_uri(uri).get_size(loc, context=context)
+
+
+def delete_from_backend(uri: str, context: Any = None) -> None:
+    """Delete the image at ``uri``."""
+    loc = location.get_location_from_uri(uri, conf=_conf())
+    return get_store_from_uri(uri).delete(loc, context=context)
+
+
+def check_location_metadata(val: Any, key: str = "") -> None:
+    """BackendException unless ``val`` is made of dicts, lists and strings only."""
+    if isinstance(val, dict):
+        for k in val:
+            check_location_metadata(val[k], key=k)
+    elif isinstance(val, list):
+        for i, v in enumerate(val):
+            check_location_metadata(v, key=f"{key}[{i}]")
+    elif not isinstance(val, str):
+        raise exceptions.BackendException(
+            f"The image metadata key {key} has an invalid type of {type(val)}. "
+            "Only dict, list, and unicode are supported."
+        )
+
+
+def _check_metadata(store: Any, metadata: Any) -> None:
+    if not isinstance(metadata, dict):
+        raise exceptions.BackendException(
+            f"The storage driver {store} returned invalid metadata {metadata}; "
+            "it must be a dictionary"
+        )
+    check_location_metadata(metadata)
+
+
+def store_add_to_backend(
+    image_id: str, data: Any, size: int, store: Any, context: Any = None, verifier: Any = None
+) -> tuple[str, int, str | None, dict[str, Any]]:
+    """``store.add`` returning ``(uri, size, md5, metadata)``, metadata checked."""
+    uri, written, checksum, metadata = store.add(
+        image_id, data, size, context=context, verifier=verifier
+    )
+    if metadata is not None:
+        _check_metadata(store, metadata)
+    return uri, written, checksum, metadata
+
+
+def store_add_to_backend_with_multihash(
+    image_id: str,
+    data: Any,
+    size: int,
+    hashing_algo: str,
+    store: Any,
+    context: Any = None,
+    verifier: Any = None,
+) -> tuple[str, int, str | None, str, dict[str, Any]]:
+    """``store.add`` returning ``(uri, size, md5, multihash, metadata)``."""
+    import hashlib
+
+    if hashing_algo not in hashlib.algorithms_available:
+        raise exceptions.UnknownHashingAlgo(algo=hashing_algo)
+    uri, written, checksum, multihash, metadata = store.add(
+        image_id, data, size, hashing_algo, context=context, verifier=verifier
+    )
+    if metadata is not None:
+        _check_metadata(store, metadata)
+    return uri, written, checksum, multihash, metadata
+
+
+def add_to_backend(
+    conf: cfg.ConfigOpts,
+    image_id: str,
+    data: Any,
+    size: int,
+    scheme: str | None = None,
+    context: Any = None,
+    verifier: Any = None,
+) -> tuple[str, int, str | None, dict[str, Any]]:
+    """Add to the store of ``scheme`` (default: ``[glance_store] default_store``)."""
+    if scheme is None:
+        scheme = conf["glance_store"]["default_store"]
+    store = get_store_from_scheme(scheme)
+    return store_add_to_backend(image_id, data, size, store, context, verifier)
+
+
+def add_to_backend_with_multihash(
+    conf: cfg.ConfigOpts,
+    image_id: str,
+    data: Any,
+    size: int,
+    hashing_algo: str,
+    scheme: str | None = None,
+    context: Any = None,
+    verifier: Any = None,
+) -> tuple[str, int, str | None, str, dict[str, Any]]:
+    """:func:`add_to_backend` that also returns the ``hashing_algo`` multihash."""
+    if scheme is None:
+        scheme = conf["glance_store"]["default_store"]
+    store = get_store_from_scheme(scheme)
+    return store_add_to_backend_with_multihash(
+        image_id, data, size, hashing_algo, store, context, verifier
+    )
+
+
+def set_acls(
+    location_uri: str,
+    public: bool = False,
+    read_tenants: Any = None,
+    write_tenants: Any = None,
+    context: Any = None,
+) -> None:
+    """Per-tenant ACLs: no imgstore backend has them, so this only checks the URI."""
+    loc = location.get_location_from_uri(location_uri, conf=_conf())
+    store = get_store_from_scheme(loc.store_name)
+    try:
+        store.set_acls(
+            loc,
+            public=public,
+            read_tenants=read_tenants or [],
+            write_tenants=write_tenants or [],
+            context=context,
+        )
+    except NotImplementedError:
+        LOG.debug("Skipping store.set_acls... not implemented.")
+
+
+__all__ = [
+    "add_to_backend",
+    "add_to_backend_with_multihash",
+    "check_location_metadata",
+    "create_stores",
+    "delete_from_backend",
+    "get_from_backend",
+    "get_known_schemes",
+    "get_size_from_backend",
+    "get_store_from_location",
+    "get_store_from_scheme",
+    "get_store_from_uri",
+    "register_opts",
+    "set_acls",
+    "store_add_to_backend",
+    "store_add_to_backend_with_multihash",
+    "verify_default_store",
+]

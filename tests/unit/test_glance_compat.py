@@ -1,0 +1,245 @@
+"""The glance_store compatibility package (compat/) on filesystem stores.
+
+These call the functions the way Glance does (see the surface table in the
+compat README); Glance's own functional suite runs against the package in
+``tox -e glance-functional``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from oslo_config import cfg
+
+glance_store = pytest.importorskip("glance_store")
+if "imgstore" not in (glance_store.__doc__ or ""):
+    pytest.skip("glance_store here is not imgstore's compat package", allow_module_level=True)
+
+import imgstore  # noqa: E402
+
+RESERVED = {"os_glance_staging_store": "file", "os_glance_tasks_store": "file"}
+DATA = os.urandom(300_000)
+
+
+def _conf() -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    conf(args=[], default_config_files=[], default_config_dirs=[])
+    return conf
+
+
+@pytest.fixture
+def legacy(tmp_path: Path) -> cfg.ConfigOpts:
+    conf = _conf()
+    glance_store.register_opts(conf)
+    conf.set_override("filesystem_store_datadir", str(tmp_path / "images"), "glance_store")
+    conf.set_override("default_store", "file", "glance_store")
+    assert glance_store.create_stores(conf) == 2  # file and http (the default stores)
+    glance_store.verify_default_store()
+    return conf
+
+
+@pytest.fixture
+def multi(tmp_path: Path) -> cfg.ConfigOpts:
+    conf = _conf()
+    conf.register_opt(cfg.DictOpt("enabled_backends"))  # Glance registers this one
+    conf.set_override("enabled_backends", {"fast": "file", "slow": "file", "web": "http"})
+    glance_store.register_store_opts(conf, reserved_stores=RESERVED)
+    conf.set_override("default_backend", "fast", "glance_store")
+    for group in ("fast", "slow", *RESERVED):
+        conf.set_override("filesystem_store_datadir", str(tmp_path / group), group)
+    conf.set_override("store_description", "quick disks", "fast")
+    conf.set_override("weight", 7, "slow")
+    assert glance_store.create_multi_stores(conf, reserved_stores=RESERVED) == 5
+    glance_store.verify_store()
+    return conf
+
+
+def test_exceptions_are_one_class_under_both_names_and_carry_msg() -> None:
+    for name in glance_store.exceptions.__all__:
+        assert getattr(glance_store, name) is getattr(glance_store.exceptions, name)
+    assert issubclass(glance_store.StoreRandomGetNotSupported, glance_store.StoreGetNotSupported)
+    assert issubclass(glance_store.UnsupportedBackend, glance_store.BackendException)
+    assert glance_store.NotFound(image="abc").msg == "Image abc not found"
+    assert glance_store.Invalid().msg == glance_store.Invalid.message
+
+
+def test_legacy_add_get_size_delete(legacy: cfg.ConfigOpts, tmp_path: Path) -> None:
+    uri, size, md5, multihash, meta = glance_store.add_to_backend_with_multihash(
+        legacy, "img-1", io.BytesIO(DATA), 0, "sha512"
+    )
+    assert uri == f"file://{tmp_path}/images/img-1"
+    assert (size, md5, multihash) == (
+        len(DATA),
+        hashlib.md5(DATA).hexdigest(),
+        hashlib.sha512(DATA).hexdigest(),
+    )
+    assert meta == {}  # a single store reports no store id, like glance_store
+    assert (tmp_path / "images" / "img-1").read_bytes() == DATA
+    assert glance_store.get_size_from_backend(uri) == len(DATA)
+
+    chunks, size = glance_store.get_from_backend(uri)
+    assert (b"".join(chunks), size) == (DATA, len(DATA))
+    chunks, size = glance_store.get_from_backend(uri, offset=1000, chunk_size=5000)
+    assert (b"".join(chunks), size) == (DATA[1000:6000], 5000)
+
+    with pytest.raises(glance_store.Duplicate):
+        glance_store.add_to_backend(legacy, "img-1", io.BytesIO(b"x"), 0)
+    glance_store.delete_from_backend(uri)
+    assert not (tmp_path / "images" / "img-1").exists()
+    with pytest.raises(glance_store.exceptions.NotFound):
+        glance_store.get_from_backend(uri)
+    with pytest.raises(glance_store.NotFound):
+        glance_store.delete_from_backend(uri)
+
+
+def test_legacy_four_tuple_and_declared_size(legacy: cfg.ConfigOpts) -> None:
+    uri, size, md5, meta = glance_store.add_to_backend(legacy, "img-2", io.BytesIO(DATA), len(DATA))
+    assert (size, md5, meta) == (len(DATA), hashlib.md5(DATA).hexdigest(), {})
+    # data shorter than declared: Invalid, and nothing is left behind
+    with pytest.raises(glance_store.Invalid):
+        glance_store.add_to_backend(legacy, "img-3", io.BytesIO(DATA), len(DATA) + 1)
+    with pytest.raises(glance_store.NotFound):
+        glance_store.get_size_from_backend(uri.replace("img-2", "img-3"))
+
+
+def test_source_errors_propagate_unchanged(legacy: cfg.ConfigOpts, tmp_path: Path) -> None:
+    class SizeLimit(Exception):
+        """Stands in for Glance's ImageSizeLimitExceeded raised by its LimitingReader."""
+
+    class Limited:
+        def __init__(self) -> None:
+            self.left = 3
+
+        def read(self, n: int = -1) -> bytes:
+            self.left -= 1
+            if self.left < 0:
+                raise SizeLimit("too large")
+            return b"a" * 65536
+
+    with pytest.raises(SizeLimit):
+        glance_store.add_to_backend(legacy, "img-4", Limited(), 0)
+    assert os.listdir(tmp_path / "images") == []
+
+
+def test_verifier_sees_every_byte(legacy: cfg.ConfigOpts) -> None:
+    seen = hashlib.sha256()
+
+    class Verifier:
+        def update(self, chunk: bytes) -> None:
+            seen.update(chunk)
+
+    glance_store.add_to_backend(legacy, "img-5", io.BytesIO(DATA), 0, verifier=Verifier())
+    assert seen.hexdigest() == hashlib.sha256(DATA).hexdigest()
+
+
+def test_legacy_schemes_and_lookup_errors(legacy: cfg.ConfigOpts) -> None:
+    assert {"file", "http", "https"} <= set(glance_store.get_known_schemes())
+    assert glance_store.get_store_from_scheme("file").datadir.endswith("images")
+    with pytest.raises(glance_store.UnknownScheme):
+        glance_store.get_from_backend("swift://example/container/obj")
+    with pytest.raises(glance_store.BadStoreUri):
+        glance_store.get_size_from_backend("file:///etc/passwd")  # outside the data dir
+    with pytest.raises(glance_store.exceptions.BackendException):
+        glance_store.check_location_metadata({"a": [1]})
+    glance_store.check_location_metadata({"a": ["b", {"c": "d"}]})
+
+
+def test_private_staging_store_like_glance(tmp_path: Path) -> None:
+    """Glance's single-store staging: a private ConfigOpts, set_override, _load_store."""
+    conf = cfg.ConfigOpts()
+    glance_store.backend.register_opts(conf)
+    conf.set_override("filesystem_store_datadir", str(tmp_path / "staging"), "glance_store")
+    store = glance_store.backend._load_store(conf, "file")
+    store.configure()
+    uri, size, _md5, _meta = store.add("img-6", io.BytesIO(b"staged"), 0)
+    assert (uri, size) == (f"file://{tmp_path}/staging/img-6", 6)
+    loc = glance_store.location.Location("file", glance_store.location.StoreLocation, conf, uri=uri)
+    store.delete(loc)
+    assert not (tmp_path / "staging" / "img-6").exists()
+    assert store.datadir == str(tmp_path / "staging")
+    assert store.thin_provisioning is False
+
+
+def test_multi_store(multi: cfg.ConfigOpts, tmp_path: Path) -> None:
+    uri, _size, _md5, multihash, meta = glance_store.add_with_multihash(
+        multi, "img-7", io.BytesIO(DATA), len(DATA), "slow", "sha512"
+    )
+    assert uri == f"file://{tmp_path}/slow/img-7"
+    assert meta == {"store": "slow"}
+    assert multihash == hashlib.sha512(DATA).hexdigest()
+    assert glance_store.get_size_from_uri_and_backend(uri, "slow") == len(DATA)
+    chunks, _ = glance_store.get(uri, "slow", offset=10, chunk_size=20)
+    assert b"".join(chunks) == DATA[10:30]
+    chunks, _ = glance_store.get(uri, None)  # no backend recorded: found by location
+    assert b"".join(chunks) == DATA
+    with pytest.raises(glance_store.UnknownScheme):
+        glance_store.get(uri, "nosuch")
+    with pytest.raises(glance_store.BadStoreUri):
+        glance_store.get(uri, "fast")  # not inside that backend
+
+    loc = glance_store.location.get_location_from_uri_and_backend(uri, "slow")
+    glance_store.get_store_from_store_identifier("slow").delete(loc)
+    with pytest.raises(glance_store.NotFound):
+        glance_store.delete(uri, "slow")
+
+    # the default backend when none is named
+    uri, *_ = glance_store.add_with_multihash(multi, "img-8", io.BytesIO(b"z"), 1, None, "sha256")
+    assert uri.startswith(f"file://{tmp_path}/fast/")
+
+
+def test_multi_store_objects_and_options(multi: cfg.ConfigOpts, tmp_path: Path) -> None:
+    staging = glance_store.get_store_from_store_identifier("os_glance_staging_store")
+    uri, _size, _md5, meta = staging.add("img-9", io.BytesIO(b"staged"), 0)
+    assert uri == f"file://{tmp_path}/os_glance_staging_store/img-9"
+    assert meta == {"store": "os_glance_staging_store"}
+    assert glance_store.get_store_weight("slow") == 7
+    assert glance_store.get_store_weight("fast") == 0
+    assert multi.fast.store_description == "quick disks"
+    fast = glance_store.get_store_from_store_identifier("fast")
+    assert fast.datadir == str(tmp_path / "fast")
+    assert fast.chunk_size == imgstore.Stores(multi).chunk_size("fast")
+    assert fast.url_prefix == f"file://{tmp_path}/fast"
+    assert set(glance_store.get_known_schemes_for_multi_store()) >= {"file", "http"}
+    assert set(glance_store.location.SCHEME_TO_CLS_BACKEND_MAP["file"]) == {
+        "fast",
+        "slow",
+        *RESERVED,
+    }
+    with pytest.raises(glance_store.UnknownScheme):
+        glance_store.get_store_from_store_identifier("nosuch")
+    bits = glance_store.capabilities.BitMasks
+    assert fast.is_capable(bits.READ_RANDOM, bits.WRITE_ACCESS, bits.DRIVER_REUSABLE)
+    # read-only backends refuse adds with glance_store's class
+    web = glance_store.get_store_from_store_identifier("web")
+    assert web.is_capable(bits.READ_ACCESS)
+    assert web.url_prefix == "http"  # Glance matches locations to backends by it
+    assert not web.is_capable(bits.WRITE_ACCESS)
+    with pytest.raises(glance_store.StoreAddDisabled):
+        web.add("img-10", io.BytesIO(b"x"), 1, "sha512")
+
+
+def test_verify_store_without_default(tmp_path: Path) -> None:
+    conf = _conf()
+    conf.register_opt(cfg.DictOpt("enabled_backends"))
+    conf.set_override("enabled_backends", {"only": "file"})
+    glance_store.register_store_opts(conf)
+    conf.set_override("filesystem_store_datadir", str(tmp_path), "only")
+    glance_store.create_multi_stores(conf)
+    with pytest.raises(RuntimeError, match="default_backend"):
+        glance_store.verify_store()
+
+
+def test_legacy_driver_alias(tmp_path: Path) -> None:
+    """A filesystem alias in the legacy default_store ("filesystem") still finds the store."""
+    conf = _conf()
+    glance_store.register_opts(conf)
+    conf.set_override("filesystem_store_datadir", str(tmp_path), "glance_store")
+    conf.set_override("stores", ["filesystem"], "glance_store")
+    glance_store.create_stores(conf)
+    store: Any = glance_store.get_store_from_scheme("filesystem")
+    assert store.datadir == str(tmp_path)
