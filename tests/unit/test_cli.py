@@ -504,7 +504,7 @@ def test_interrupt_exits_130_and_leaves_nothing(env: dict[str, str], tmp_path: P
         [*COMMAND, "add", "-"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         # a shell's background job (`pytest &`) ignores SIGINT, and children inherit that
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )  # fmt: skip
     assert proc.stdin is not None and proc.stderr is not None
     proc.stdin.write(os.urandom(100_000))
