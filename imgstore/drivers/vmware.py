@@ -320,8 +320,7 @@ class VMwareDriver(Driver):
         return [
             cfg.StrOpt(
                 "vmware_server_host",
-                help="ESX/ESXi or vCenter Server address (IP or DNS name; 'host:port' "
-                "also works).",
+                help="ESX/ESXi or vCenter Server address (IP or DNS name; 'host:port' also works).",
             ),
             cfg.PortOpt(
                 "vmware_server_port",
@@ -336,8 +335,7 @@ class VMwareDriver(Driver):
                 "vmware_api_retry_count",
                 default=10,
                 min=1,
-                help="How many times an API call is retried on connection or session "
-                "errors.",
+                help="How many times an API call is retried on connection or session errors.",
             ),
             cfg.IntOpt(
                 "vmware_task_poll_interval",
@@ -616,9 +614,7 @@ class VMwareDriver(Driver):
                     best, best_free = spec, free
             if best is not None and best_free >= (size or 0):
                 return best
-        raise StorageFull(
-            f"backend {self.backend!r}: no datastore has room for {size or 0} bytes"
-        )
+        raise StorageFull(f"backend {self.backend!r}: no datastore has room for {size or 0} bytes")
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -639,7 +635,7 @@ class VMwareDriver(Driver):
             and (location.port or 443) == self.port
         )
 
-    def location_for(self, image_id: str, spec: DatastoreSpec) -> VsphereLocation:
+    def datastore_location(self, image_id: str, spec: DatastoreSpec) -> VsphereLocation:
         """Where image ``image_id`` goes on datastore ``spec``."""
         port = None if self.port == 443 else self.port
         return VsphereLocation(
@@ -695,7 +691,7 @@ class VMwareDriver(Driver):
 
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         spec = self.select_datastore(size)
-        loc = self.location_for(image_id, spec)
+        loc = self.datastore_location(image_id, spec)
         if self.exists(loc, f"checking {loc.redacted()}"):
             raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
         return VMwarePutWriter(self, loc, size)
@@ -895,8 +891,7 @@ class VMwarePutWriter(Writer):
             if resp.status_code not in (200, 201):
                 if resp.status_code == 409:
                     self._error = Duplicate(
-                        f"image {self._location.image_id} already exists in backend "
-                        f"{drv.backend!r}"
+                        f"image {self._location.image_id} already exists in backend {drv.backend!r}"
                     )
                 else:
                     self._error = drv.status_error(resp, f"writing {self._shown}")

@@ -78,9 +78,7 @@ def datastore_listing(vmware: dict[str, Any]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def make_stores(
-    vmware: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+def make_stores(vmware: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     folder = tmp_path_factory.mktemp("vmware-conf")
     counter = iter(range(10_000))
 
@@ -228,9 +226,7 @@ class _RejectStaleCookies(requests.adapters.HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
 
-def test_401_on_the_datastore_interface_renews_the_session(
-    make_stores: Any, admin: Any
-) -> None:
+def test_401_on_the_datastore_interface_renews_the_session(make_stores: Any, admin: Any) -> None:
     with make_stores() as stores:
         drv = stores.driver("vc")
         assert isinstance(drv, VMwareDriver)
@@ -262,9 +258,7 @@ def test_401_on_the_datastore_interface_renews_the_session(
                     stores.delete(r.location)
 
 
-def test_datastore_by_weight_then_free_space(
-    make_stores: Any, vmware: dict[str, Any]
-) -> None:
+def test_datastore_by_weight_then_free_space(make_stores: Any, vmware: dict[str, Any]) -> None:
     dc = vmware["datacenter"]
     before = datastore_listing(vmware)
     # the heavier datastore wins, whichever order the options come in
@@ -320,9 +314,7 @@ def test_failed_add_leaves_no_file(make_stores: Any, vmware: dict[str, Any]) -> 
             assert datastore_listing(vmware) == before
 
 
-def test_tls_verified_and_refused_with_another_ca(
-    make_stores: Any, vmware: dict[str, Any]
-) -> None:
+def test_tls_verified_and_refused_with_another_ca(make_stores: Any, vmware: dict[str, Any]) -> None:
     with make_stores() as stores:  # vmware_ca_file = the generated CA: works
         res = stores.add(_id(), b"tls", size=3)
         stores.delete(res.location)

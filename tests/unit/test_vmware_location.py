@@ -44,7 +44,9 @@ def test_query_order_encoding_port_and_no_dcpath() -> None:
     loc = parse(f"vsphere://10.0.0.5:8443/folder/g/{IMAGE}?dsName=ds%201&dcPath=Folder%2FDC%201")
     assert isinstance(loc, VsphereLocation)
     assert (loc.port, loc.datastore, loc.datacenter) == (8443, "ds 1", "Folder/DC 1")
-    assert str(loc) == f"vsphere://10.0.0.5:8443/folder/g/{IMAGE}?dcPath=Folder%2FDC%201&dsName=ds%201"
+    assert (
+        str(loc) == f"vsphere://10.0.0.5:8443/folder/g/{IMAGE}?dcPath=Folder%2FDC%201&dsName=ds%201"
+    )
     assert parse(str(loc)) == loc
     esx = parse(f"vsphere://esx.example/folder/openstack_glance/{IMAGE}?dsName=datastore1")
     assert isinstance(esx, VsphereLocation) and esx.datacenter is None
@@ -146,8 +148,10 @@ def test_configuration(tmp_path: Path) -> None:
         assert "pa55word" not in repr(drv) and "pa55word" not in repr(stores)
         assert drv.secrets() == ["pa55word"]  # no session yet: no cookie
         # the emitted location leaves the default port out, as glance_store does
-        loc = drv.location_for(IMAGE, drv.datastores[0])
-        assert str(loc) == f"vsphere://vc.example/folder/openstack_glance/{IMAGE}?dcPath=DC0&dsName=ds"
+        loc = drv.datastore_location(IMAGE, drv.datastores[0])
+        assert (
+            str(loc) == f"vsphere://vc.example/folder/openstack_glance/{IMAGE}?dcPath=DC0&dsName=ds"
+        )
         assert drv.owns(loc)
         assert drv.owns(parse(f"vsphere://vc.example:443/folder/x/{IMAGE}?dsName=ds"))
         assert not drv.owns(parse(f"vsphere://other.example/folder/x/{IMAGE}?dsName=ds"))

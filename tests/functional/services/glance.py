@@ -241,4 +241,3 @@ def check(ctx: Context, details: dict[str, Any]) -> bool:
 def down(ctx: Context) -> None:
     """Stop gunicorn (the images, db and pool stay until the next ``up``/``down ceph``)."""
     ctx.stop("gunicorn")
-

@@ -12,6 +12,7 @@ usage: gen_vim_wsdl.py TYPES_GO OSLO_WSDL_DIR OUT_DIR
 
 Run by tests/functional/services/vmware.py; its output is never committed.
 """
+
 # ruff: noqa: E501, UP031 - one-line XML templates, kept as the tool was written and checked
 import os
 import re
@@ -28,17 +29,30 @@ known = set()
 for f in xsd_files:
     shutil.copy(os.path.join(oslo_dir, f), out)
     if f != "reflect-types.xsd":  # reflect is another namespace
-        known |= set(re.findall(r'<(?:complexType|simpleType) name="(\w+)"',
-                                open(os.path.join(out, f)).read()))
+        known |= set(
+            re.findall(
+                r'<(?:complexType|simpleType) name="(\w+)"', open(os.path.join(out, f)).read()
+            )
+        )
 
 ifsrc = open(os.path.join(os.path.dirname(types_go), "if.go")).read()
 interfaces = set(re.findall(r"^type Base(\w+) interface", src + ifsrc, re.M))
 structs = dict(re.findall(r"^type (\w+) struct \{\n(.*?)^\}", src, re.M | re.S))
-PRIM = {"string": "xsd:string", "bool": "xsd:boolean", "int32": "xsd:int",
-        "int64": "xsd:long", "int16": "xsd:short", "int8": "xsd:byte",
-        "byte": "xsd:byte", "float32": "xsd:float", "float64": "xsd:double",
-        "time.Time": "xsd:dateTime", "AnyType": "xsd:anyType",
-        "[]byte": "xsd:base64Binary", "int": "xsd:int"}
+PRIM = {
+    "string": "xsd:string",
+    "bool": "xsd:boolean",
+    "int32": "xsd:int",
+    "int64": "xsd:long",
+    "int16": "xsd:short",
+    "int8": "xsd:byte",
+    "byte": "xsd:byte",
+    "float32": "xsd:float",
+    "float64": "xsd:double",
+    "time.Time": "xsd:dateTime",
+    "AnyType": "xsd:anyType",
+    "[]byte": "xsd:base64Binary",
+    "int": "xsd:int",
+}
 FIELD = re.compile(r'^\s+\w+\s+(\S+)\s+`xml:"([^",]+)((?:,[^"]*)?)"')
 
 
@@ -64,8 +78,7 @@ def elements(body):
             gotype, mn, mx = gotype[2:], ' minOccurs="0"', ' maxOccurs="unbounded"'
         if "omitempty" in opts:
             mn = ' minOccurs="0"'
-        res.append('<element name=%s type="%s"%s%s/>'
-                   % (quoteattr(name), xsd_type(gotype), mn, mx))
+        res.append('<element name=%s type="%s"%s%s/>' % (quoteattr(name), xsd_type(gotype), mn, mx))
     return res
 
 
@@ -74,39 +87,63 @@ def elements(body):
 methods = sorted(re.findall(r"^type (\w+) (\w+RequestType)$", src, re.M))
 msgtypes, elems, msgs, ports, binds = [], [], [], [], []
 for rt in sorted({rt for _, rt in methods}):
-    msgtypes.append('<complexType name="%s"><sequence>%s</sequence></complexType>'
-                    % (rt, "".join(elements(structs[rt]))))
+    msgtypes.append(
+        '<complexType name="%s"><sequence>%s</sequence></complexType>'
+        % (rt, "".join(elements(structs[rt])))
+    )
 for m, rt in methods:
     elems.append('<element name="%s" type="vim25:%s"/>' % (m, rt))
     resp = elements(structs.get(m + "Response", ""))
-    elems.append('<element name="%sResponse"><complexType><sequence>%s</sequence></complexType></element>'
-                 % (m, "".join(resp)))
-    msgs.append('<message name="%sRequestMsg"><part name="parameters" element="vim25:%s"/></message>' % (m, m))
-    msgs.append('<message name="%sResponseMsg"><part name="parameters" element="vim25:%sResponse"/></message>' % (m, m))
-    ports.append('<operation name="%s"><input message="vim25:%sRequestMsg"/><output message="vim25:%sResponseMsg"/></operation>' % (m, m, m))
-    binds.append('<operation name="%s"><soap:operation soapAction="urn:vim25/7.0"/><input><soap:body use="literal"/></input><output><soap:body use="literal"/></output></operation>' % m)
+    elems.append(
+        '<element name="%sResponse"><complexType><sequence>%s</sequence></complexType></element>'
+        % (m, "".join(resp))
+    )
+    msgs.append(
+        '<message name="%sRequestMsg"><part name="parameters" element="vim25:%s"/></message>'
+        % (m, m)
+    )
+    msgs.append(
+        '<message name="%sResponseMsg"><part name="parameters" element="vim25:%sResponse"/></message>'
+        % (m, m)
+    )
+    ports.append(
+        '<operation name="%s"><input message="vim25:%sRequestMsg"/><output message="vim25:%sResponseMsg"/></operation>'
+        % (m, m, m)
+    )
+    binds.append(
+        '<operation name="%s"><soap:operation soapAction="urn:vim25/7.0"/><input><soap:body use="literal"/></input><output><soap:body use="literal"/></output></operation>'
+        % m
+    )
 
-NS = ('xmlns="http://www.w3.org/2001/XMLSchema" xmlns:vim25="urn:vim25" '
-      'xmlns:xsd="http://www.w3.org/2001/XMLSchema"')
+NS = (
+    'xmlns="http://www.w3.org/2001/XMLSchema" xmlns:vim25="urn:vim25" '
+    'xmlns:xsd="http://www.w3.org/2001/XMLSchema"'
+)
 with open(os.path.join(out, "vim-messagetypes.xsd"), "w") as f:
-    f.write('<?xml version="1.0" encoding="UTF-8"?>\n<schema targetNamespace="urn:vim25" %s '
-            'elementFormDefault="qualified">\n<include schemaLocation="vim-types.xsd"/>\n%s\n</schema>\n'
-            % (NS, "\n".join(msgtypes)))
+    f.write(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<schema targetNamespace="urn:vim25" %s '
+        'elementFormDefault="qualified">\n<include schemaLocation="vim-types.xsd"/>\n%s\n</schema>\n'
+        % (NS, "\n".join(msgtypes))
+    )
 with open(os.path.join(out, "vim.wsdl"), "w") as f:
-    f.write('<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<definitions targetNamespace="urn:vim25" xmlns="http://schemas.xmlsoap.org/wsdl/" '
-            'xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/" xmlns:vim25="urn:vim25" '
-            'xmlns:xsd="http://www.w3.org/2001/XMLSchema">\n<types><schema targetNamespace="urn:vim25" %s '
-            'elementFormDefault="qualified"><include schemaLocation="vim-messagetypes.xsd"/>\n%s\n</schema></types>\n'
-            '%s\n<portType name="VimPortType">\n%s\n</portType>\n'
-            '<binding name="VimBinding" type="vim25:VimPortType"><soap:binding style="document" '
-            'transport="http://schemas.xmlsoap.org/soap/http"/>\n%s\n</binding>\n</definitions>\n'
-            % (NS, "\n".join(elems), "\n".join(msgs), "\n".join(ports), "\n".join(binds)))
+    f.write(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<definitions targetNamespace="urn:vim25" xmlns="http://schemas.xmlsoap.org/wsdl/" '
+        'xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/" xmlns:vim25="urn:vim25" '
+        'xmlns:xsd="http://www.w3.org/2001/XMLSchema">\n<types><schema targetNamespace="urn:vim25" %s '
+        'elementFormDefault="qualified"><include schemaLocation="vim-messagetypes.xsd"/>\n%s\n</schema></types>\n'
+        '%s\n<portType name="VimPortType">\n%s\n</portType>\n'
+        '<binding name="VimBinding" type="vim25:VimPortType"><soap:binding style="document" '
+        'transport="http://schemas.xmlsoap.org/soap/http"/>\n%s\n</binding>\n</definitions>\n'
+        % (NS, "\n".join(elems), "\n".join(msgs), "\n".join(ports), "\n".join(binds))
+    )
 with open(os.path.join(out, "vimService.wsdl"), "w") as f:
-    f.write('<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<definitions targetNamespace="urn:vim25Service" xmlns="http://schemas.xmlsoap.org/wsdl/" '
-            'xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/" xmlns:interface="urn:vim25">\n'
-            '<import location="vim.wsdl" namespace="urn:vim25"/>\n<service name="VimService">'
-            '<port binding="interface:VimBinding" name="VimPort"><soap:address '
-            'location="https://localhost/sdk/vimService"/></port></service>\n</definitions>\n')
+    f.write(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<definitions targetNamespace="urn:vim25Service" xmlns="http://schemas.xmlsoap.org/wsdl/" '
+        'xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/" xmlns:interface="urn:vim25">\n'
+        '<import location="vim.wsdl" namespace="urn:vim25"/>\n<service name="VimService">'
+        '<port binding="interface:VimBinding" name="VimPort"><soap:address '
+        'location="https://localhost/sdk/vimService"/></port></service>\n</definitions>\n'
+    )
 print("methods:", len(methods), "known xsd types:", len(known))
