@@ -108,8 +108,16 @@ def _s3_target(tmp_path: Path) -> Iterator[Target]:
     )
 
     details = server("ceph")
+    bucket = new_bucket()
+    # the bucket is made with the default timeouts: radosgw may take seconds to create
+    # one on a busy machine, and the short ones below are for the faults
+    setup = Stores.from_config_files(
+        write_config(tmp_path / "s3-setup.conf", s3_options(details, bucket))
+    )
+    with setup:
+        setup.driver("s3")._ensure_bucket()  # type: ignore[attr-defined]
     options = s3_options(
-        details, new_bucket(), s3_store_large_object_size=5, s3_store_large_object_chunk_size=5,
+        details, bucket, s3_store_large_object_size=5, s3_store_large_object_chunk_size=5,
         s3_store_thread_pools=2, s3_store_read_timeout=3, s3_store_connect_timeout=2,
         s3_store_max_retries=0,
     )  # fmt: skip

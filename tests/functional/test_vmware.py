@@ -67,13 +67,17 @@ def vc_options(vmware: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 def datastore_listing(vmware: dict[str, Any]) -> set[str]:
-    """Every file and folder on vcsim's datastores (hidden and partial ones included)."""
+    """Every file and folder on vcsim's datastores (hidden and partial ones included),
+    but for the image directories themselves: the first add to a datastore makes one,
+    and it stays, as it does on a real datastore."""
     found = set()
     for name, root in vmware["datastore_dirs"].items():
         for dirpath, dirnames, filenames in os.walk(root):
             rel = os.path.relpath(dirpath, root)
             for entry in dirnames + filenames:
-                found.add(f"[{name}] {os.path.normpath(os.path.join(rel, entry))}")
+                path = os.path.normpath(os.path.join(rel, entry))
+                if path != IMAGE_DIR:
+                    found.add(f"[{name}] {path}")
     return found
 
 
