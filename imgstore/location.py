@@ -185,8 +185,7 @@ def parse(uri: str | Location) -> Location:
         # the exception's own text can quote any part of the URI, a password
         # included: only its type is shown
         raise BadLocation(
-            f"malformed {cls.schemes[0]} location {redact_uri(uri)[:200]!r} "
-            f"({type(exc).__name__})"
+            f"malformed {cls.schemes[0]} location {redact_uri(uri)[:200]!r} ({type(exc).__name__})"
         ) from None
 
 

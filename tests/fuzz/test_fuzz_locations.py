@@ -112,10 +112,9 @@ def test_fuzz_file_location_parts(path: str) -> None:
 @given(st.text(char, max_size=20), st.text(char, max_size=20), st.text(char, max_size=40),
        st.one_of(st.none(), st.text(char, max_size=20)))  # fmt: skip
 def test_fuzz_rbd_location_parts(fsid: str, pool: str, image: str, snap: str | None) -> None:
-    args: dict[str, Any] = (
-        {"image": image} if snap is None else {"image": image, "fsid": fsid, "pool": pool,
-                                               "snapshot": snap}  # fmt: skip
-    )
+    args: dict[str, Any] = {"image": image}
+    if snap is not None:
+        args.update(fsid=fsid, pool=pool, snapshot=snap)
     try:
         loc = RbdLocation(**args)
     except BadLocation:
