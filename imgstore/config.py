@@ -202,7 +202,7 @@ def _is_default(conf: cfg.ConfigOpts, name: str, group: str) -> bool:
         where = conf.get_location(name, group)
     except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
         return True
-    except (cfg.ConfigFileValueError, ValueError):
+    except (cfg.Error, ValueError):
         return False  # set, but invalid: _read() reports it as BadConfiguration
     return where is None or where.location in (cfg.Locations.opt_default, cfg.Locations.set_default)
 
@@ -210,7 +210,7 @@ def _is_default(conf: cfg.ConfigOpts, name: str, group: str) -> bool:
 def _read(conf: cfg.ConfigOpts, name: str, group: str) -> Any:
     try:
         return conf[group][name]
-    except (cfg.ConfigFileValueError, ValueError) as exc:
+    except (cfg.Error, ValueError) as exc:  # Error: a bad $substitution, among others
         raise BadConfiguration(f"option [{group}] {name}: {exc}") from None
 
 
@@ -231,13 +231,26 @@ def _driver_values(
 
 
 def read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
-    """Register every needed option on ``conf`` and read the backends from it."""
+    """Register every needed option on ``conf`` and read the backends from it.
+
+    Raises :class:`BadConfiguration` (or :class:`UnknownBackend`) for anything
+    wrong in the configuration, never oslo.config's own errors.
+    """
+    try:
+        return _read_settings(conf)
+    except (cfg.Error, ValueError) as exc:
+        # oslo.config reads values lazily: a "$name" substitution of an unknown
+        # option (NoSuchOptError) or a bad value can surface on any access
+        raise BadConfiguration(f"invalid imgstore configuration: {exc}") from None
+
+
+def _read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
     register_core_opts(conf)
     try:
         enabled = conf.enabled_backends
         store = conf[STORE_GROUP]
         cap, md5 = store.image_size_cap, store.md5_checksum
-    except (cfg.ConfigFileValueError, ValueError) as exc:
+    except (cfg.Error, ValueError) as exc:
         raise BadConfiguration(f"invalid imgstore configuration: {exc}") from None
 
     backends: dict[str, BackendSpec] = {}
