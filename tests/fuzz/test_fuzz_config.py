@@ -83,7 +83,11 @@ def value_for(name: str, kind: str, root: Path) -> st.SearchStrategy[str]:
             str(root / "garbage.conf"), str(root / "refs.conf"), str(root / "meta.json"),
             str(root / "meta-list.json"), str(root / "missing"), str(root), "relative/x", "",
         ])  # fmt: skip
-    generic = line_text()
+    generic = st.one_of(
+        line_text(),
+        # oslo.config substitutions: of itself, of another option, of nothing
+        st.sampled_from([f"${name}", f"${{{name}}}", "$stores", "$nosuch", "$", "${", "$$x"]),
+    )
     typed = {
         "IntOpt": st.integers(-(2**70), 2**70).map(str),
         "FloatOpt": st.one_of(st.floats(allow_nan=True).map(str), st.integers().map(str)),
