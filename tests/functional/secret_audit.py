@@ -2,7 +2,7 @@
 
 With ``IMGSTORE_SECRET_AUDIT=1`` (on by default when ``CI=true``; turn it off
 with ``IMGSTORE_SECRET_AUDIT=0``) every functional test runs with the root
-logger at DEBUG and a handler that keeps every record: its formatted message,
+logger at DEBUG and a handler that checks every record: its formatted message,
 exception text and stack. When the test ends, the test fails if any secret of
 the harness appears in a record. The secrets are every value whose key looks
 secret (``password``, ``secret``, ``token``, ``key``, ``keyring``...) in each
@@ -86,11 +86,17 @@ def harness_secrets(root: Path = STATE_ROOT) -> list[str]:
 
 
 class RecordCollector(logging.Handler):
-    """Keeps the full text of every record: message, exception and stack."""
+    """Checks the full text of every record (message, exception, stack) as it is emitted.
 
-    def __init__(self) -> None:
+    Records are scanned on the spot and only those showing a secret are kept,
+    so a test that logs a lot at DEBUG (botocore...) costs no memory.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__(level=logging.DEBUG)
-        self.texts: list[str] = []
+        self.secrets = list(secrets)
+        self.count = 0
+        self.leaks: list[tuple[str, str]] = []
         self._guard = threading.Lock()
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
 
@@ -99,8 +105,10 @@ class RecordCollector(logging.Handler):
             text = self.format(record)
         except Exception as exc:  # a record that cannot format is still checked by its args
             text = f"{record.msg!r} {record.args!r} (format failed: {exc!r})"
+        leaks = find_leaks(self.secrets, [text])
         with self._guard:
-            self.texts.append(text)
+            self.count += 1
+            self.leaks += leaks
 
 
 def find_leaks(secrets: Iterable[str], texts: Iterable[str]) -> list[tuple[str, str]]:
@@ -119,10 +127,13 @@ def find_leaks(secrets: Iterable[str], texts: Iterable[str]) -> list[tuple[str, 
 class audit:
     """Root logger at DEBUG with a :class:`RecordCollector` for the duration."""
 
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = list(secrets)
+
     def __enter__(self) -> RecordCollector:
         self.root = logging.getLogger()
         self.level = self.root.level
-        self.collector = RecordCollector()
+        self.collector = RecordCollector(self.secrets)
         self.root.addHandler(self.collector)
         self.root.setLevel(logging.DEBUG)
         # libraries that set their own level (stevedore by the CLI, for one) are opened up
@@ -140,9 +151,9 @@ class audit:
             logging.getLogger(name).setLevel(level)
 
 
-def assert_no_secret(collector: RecordCollector, secrets: Iterable[str]) -> None:
-    """Fail with excerpts (the secret masked) when a record shows a secret."""
-    leaks = find_leaks(list(secrets), collector.texts)
+def assert_no_secret(collector: RecordCollector) -> None:
+    """Fail with excerpts (the secret masked) when a record showed a secret."""
+    leaks = collector.leaks
     if leaks:
         shown = "\n".join(f"  {s}: ...{e}..." for s, e in leaks[:5])
         raise AssertionError(f"{len(leaks)} log record(s) show a harness secret:\n{shown}")
@@ -153,7 +164,6 @@ def audited() -> Iterator[RecordCollector | None]:
     if not enabled():
         yield None
         return
-    secrets = harness_secrets()
-    with audit() as collector:
+    with audit(harness_secrets()) as collector:
         yield collector
-    assert_no_secret(collector, secrets)
+    assert_no_secret(collector)

@@ -44,13 +44,13 @@ WRONG = "wrong-" + uuid.uuid4().hex
 def test_the_audit_catches_a_leak() -> None:
     """The check itself can fail: a secret logged at DEBUG, inside an exception, is found."""
     secret = "s3cr3t-" + uuid.uuid4().hex
-    with secret_audit.audit() as collector:
+    with secret_audit.audit([secret]) as collector:
         try:
             raise ValueError(f"token={secret}")
         except ValueError:
             logging.getLogger("some.library").debug("request failed", exc_info=True)
     with pytest.raises(AssertionError, match="show a harness secret"):
-        secret_audit.assert_no_secret(collector, [secret])
+        secret_audit.assert_no_secret(collector)
     assert secret_audit.find_leaks([secret], ["nothing here"]) == []
 
 
@@ -110,12 +110,12 @@ def audited(extra: list[str]) -> Iterator[list[str]]:
     """Run the body at DEBUG; then no secret in any record or in the texts it returned."""
     secrets = [*secret_audit.harness_secrets(), WRONG, *extra]
     shown: list[str] = []
-    with secret_audit.audit() as collector:
+    with secret_audit.audit(secrets) as collector:
         yield shown
-    secret_audit.assert_no_secret(collector, secrets)
+    secret_audit.assert_no_secret(collector)
     leaks = secret_audit.find_leaks(secrets, shown)
     assert not leaks, f"a secret shows in an exception or location: {leaks[:3]}"
-    assert collector.texts, "no log record at all: DEBUG logging did not reach the handler"
+    assert collector.count > 10, "hardly a log record: DEBUG logging did not reach the handler"
 
 
 @pytest.mark.parametrize("service", ["ceph", "swift"])
