@@ -889,8 +889,8 @@ def _prints_to_stdout(args: argparse.Namespace) -> bool:
     """Whether the command writes anything to standard output."""
     if args.json:
         return True
-    if args.command == "delete":
-        return not args.quiet
+    if args.command in ("delete", "cleanup"):
+        return not args.quiet  # cleanup -q prints only failures
     if args.command == "get":
         return args.output in (None, "-")
     return True
