@@ -379,6 +379,8 @@ def config_files(args: argparse.Namespace) -> list[str]:
 
 
 def _out(text: str) -> None:
+    if sys.stdout is None:  # started with standard output closed (>&-)
+        raise OutputClosed
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -399,6 +401,8 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def _out_bytes(data: bytes) -> None:
+    if sys.stdout is None:
+        raise OutputClosed
     try:
         write_all(sys.stdout.fileno(), data)
     except BrokenPipeError:
@@ -406,6 +410,8 @@ def _out_bytes(data: bytes) -> None:
 
 
 def _flush_stdout() -> None:
+    if sys.stdout is None:
+        raise OutputClosed
     try:
         sys.stdout.flush()
     except BrokenPipeError:
@@ -470,6 +476,8 @@ class _InterruptibleReader:
 def _open_input(path: str) -> Iterator[tuple[Any, int | None]]:
     """The image source and its size when it is a regular file."""
     if path == "-":
+        if sys.stdin is None:  # started with standard input closed (<&-)
+            raise UsageError("cannot read standard input: it is closed")
         fd = sys.stdin.buffer.fileno()
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
         yield sys.stdin.buffer if regular else _InterruptibleReader(fd), None
@@ -525,6 +533,8 @@ def cmd_get(args: argparse.Namespace, stores: Stores) -> None:
     if args.output is not None and args.output != "-":
         _get_to_file(args, stores, args.output)
         return
+    if sys.stdout is None:
+        raise OutputClosed
     if sys.stdout.isatty():
         raise UsageError("refusing to write image data to a terminal; use -o FILE or a redirect")
     _flush_stdout()
@@ -550,6 +560,12 @@ def _get_to_file(args: argparse.Namespace, stores: Stores, output: str) -> None:
     target = os.path.abspath(output)
     if os.path.isdir(target):
         raise UsageError(f"cannot write {output}: it is a directory")
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            # /dev/null, /dev/stdout, a FIFO...: write into it; renaming a
+            # temporary file over it would replace the device node itself
+            _get_to_special(args, stores, output)
+            return
     directory, name = os.path.split(target)
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".imgstore-part", dir=directory)
@@ -580,6 +596,31 @@ def _get_to_file(args: argparse.Namespace, stores: Stores, output: str) -> None:
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+    if args.json:
+        _emit_json({"location": redact_uri(args.location), "output": output, "size": count})
+
+
+def _get_to_special(args: argparse.Namespace, stores: Stores, output: str) -> None:
+    """Stream the image into an existing file that is not a regular file."""
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+    try:
+        if os.isatty(fd):
+            raise UsageError("refusing to write image data to a terminal")
+
+        def write(chunk: bytes) -> None:
+            try:
+                write_all(fd, chunk)
+            except BrokenPipeError:
+                raise OutputClosed from None
+            except OSError as exc:
+                raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+
+        count = _stream_image(args, stores, write)
+    finally:
+        os.close(fd)
     if args.json:
         _emit_json({"location": redact_uri(args.location), "output": output, "size": count})
 
@@ -844,6 +885,17 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _prints_to_stdout(args: argparse.Namespace) -> bool:
+    """Whether the command writes anything to standard output."""
+    if args.json:
+        return True
+    if args.command in ("delete", "cleanup"):
+        return not args.quiet  # cleanup -q prints only failures
+    if args.command == "get":
+        return args.output in (None, "-")
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     try:
@@ -851,6 +903,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     setup_logging(args.debug)
+    if sys.stdout is None and _prints_to_stdout(args):
+        # standard output was closed before we started (>&-): say so before
+        # doing anything, rather than adding an image whose location is lost
+        _error("output closed")
+        return EXIT_FAILURE
     try:
         with open_stores(config_files(args)) as stores:
             args.func(args, stores)

@@ -202,7 +202,7 @@ def _is_default(conf: cfg.ConfigOpts, name: str, group: str) -> bool:
         where = conf.get_location(name, group)
     except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
         return True
-    except (cfg.ConfigFileValueError, ValueError):
+    except (cfg.Error, ValueError, RecursionError):
         return False  # set, but invalid: _read() reports it as BadConfiguration
     return where is None or where.location in (cfg.Locations.opt_default, cfg.Locations.set_default)
 
@@ -210,8 +210,12 @@ def _is_default(conf: cfg.ConfigOpts, name: str, group: str) -> bool:
 def _read(conf: cfg.ConfigOpts, name: str, group: str) -> Any:
     try:
         return conf[group][name]
-    except (cfg.ConfigFileValueError, ValueError) as exc:
+    except (cfg.Error, ValueError) as exc:  # Error: a bad $substitution, among others
         raise BadConfiguration(f"option [{group}] {name}: {exc}") from None
+    except RecursionError:
+        raise BadConfiguration(
+            f"option [{group}] {name}: its $substitution refers to itself"
+        ) from None
 
 
 def _driver_values(
@@ -231,13 +235,31 @@ def _driver_values(
 
 
 def read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
-    """Register every needed option on ``conf`` and read the backends from it."""
+    """Register every needed option on ``conf`` and read the backends from it.
+
+    Raises :class:`BadConfiguration` (or :class:`UnknownBackend`) for anything
+    wrong in the configuration, never oslo.config's own errors.
+    """
+    try:
+        return _read_settings(conf)
+    except (cfg.Error, ValueError) as exc:
+        # oslo.config reads values lazily: a "$name" substitution of an unknown
+        # option (NoSuchOptError) or a bad value can surface on any access
+        raise BadConfiguration(f"invalid imgstore configuration: {exc}") from None
+    except RecursionError:
+        # "default_store = $default_store": oslo.config substitutes forever
+        raise BadConfiguration(
+            "invalid imgstore configuration: a $substitution refers to itself"
+        ) from None
+
+
+def _read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
     register_core_opts(conf)
     try:
         enabled = conf.enabled_backends
         store = conf[STORE_GROUP]
         cap, md5 = store.image_size_cap, store.md5_checksum
-    except (cfg.ConfigFileValueError, ValueError) as exc:
+    except (cfg.Error, ValueError) as exc:
         raise BadConfiguration(f"invalid imgstore configuration: {exc}") from None
 
     backends: dict[str, BackendSpec] = {}
@@ -314,8 +336,10 @@ def config_from_files(paths: Iterable[str | os.PathLike[str]]) -> cfg.ConfigOpts
     """A private ConfigOpts loaded from ``paths`` (later files override earlier ones)."""
     files = [os.fspath(p) for p in paths]
     for path in files:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise BadConfiguration(f"configuration file not found: {path}")
+        if not os.path.isfile(path):
+            raise BadConfiguration(f"configuration file is not a regular file: {path}")
         if not os.access(path, os.R_OK):
             raise BadConfiguration(f"configuration file not readable: {path}")
     conf = cfg.ConfigOpts()
@@ -323,6 +347,9 @@ def config_from_files(paths: Iterable[str | os.PathLike[str]]) -> cfg.ConfigOpts
         conf(args=[], project="imgstore", default_config_files=files, default_config_dirs=[])
     except (cfg.Error, ValueError) as exc:
         raise BadConfiguration(f"cannot read configuration: {exc}") from None
+    except OSError as exc:  # a file that opens but cannot be read (EIO, EISDIR...)
+        where = f" {exc.filename}" if exc.filename else ""
+        raise BadConfiguration(f"cannot read configuration{where}: {exc.strerror or exc}") from None
     return conf
 
 

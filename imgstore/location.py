@@ -25,12 +25,15 @@ LOG = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "imgstore.locations"
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-# User info is everything up to the LAST '@' once the authority (the text up to
-# the first '/', '?' or '#') holds a ':' or an '@': glance_store's s3 and swift
-# URIs carry secrets that may themselves contain '/', '?', '#' or '@'
-# ("s3://key:se/cret@host/bucket/obj"). Over-redacting an odd host:port URI
-# with an '@' in its path is the price of never leaking such a secret.
-_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(?=[^/?#]*[:@]).*@", re.DOTALL)
+# User info is everything up to the LAST '@' once the authority (the text after
+# the first "://" up to the first '/', '?' or '#') holds a ':' or an '@':
+# glance_store's s3 and swift URIs carry secrets that may themselves contain
+# '/', '?', '#' or '@' ("s3://key:se/cret@host/bucket/obj"). Over-redacting an
+# odd host:port URI with an '@' in its path is the price of never leaking such
+# a secret. The first "://" is found wherever it is, so text pasted with a
+# leading space, quote or "url=" is redacted too; plain string searches keep
+# this linear in the length of hostile input.
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 L = TypeVar("L", bound="Location")
 
@@ -83,7 +86,18 @@ def redact_uri(uri: str) -> str:
     Used for URIs that could not even be parsed, so that an error about a bad
     location never repeats a password that was in it.
     """
-    return _USERINFO_RE.sub(lambda m: m.group(1) + "***@", uri, count=1)
+    head = uri.find("://")
+    if head < 0:
+        return uri
+    head += 3
+    last_at = uri.rfind("@")
+    if last_at < head:
+        return uri
+    end = _AUTHORITY_END.search(uri, head)
+    authority = uri[head : end.start() if end else len(uri)]
+    if ":" not in authority and "@" not in authority:
+        return uri
+    return uri[:head] + "***" + uri[last_at:]
 
 
 _lock = threading.Lock()
@@ -168,8 +182,10 @@ def parse(uri: str | Location) -> Location:
     except BadLocation:
         raise
     except (ValueError, KeyError, TypeError, IndexError, UnicodeError) as exc:
+        # the exception's own text can quote any part of the URI, a password
+        # included: only its type is shown
         raise BadLocation(
-            f"malformed {cls.schemes[0]} location {redact_uri(uri)[:200]!r}: {exc}"
+            f"malformed {cls.schemes[0]} location {redact_uri(uri)[:200]!r} ({type(exc).__name__})"
         ) from None
 
 
@@ -179,7 +195,16 @@ def urlsplit(uri: str) -> urllib.parse.SplitResult:
         parts = urllib.parse.urlsplit(uri)
         parts.port  # noqa: B018 - validates the port
     except ValueError as exc:
-        raise BadLocation(f"malformed location {redact_uri(uri)[:200]!r}: {exc}") from None
+        # urllib quotes the bad port or host, which can be part of a password
+        # ("http://user:pass?word@host"): say what is wrong in our own words
+        text = str(exc)
+        if "port" in text.lower():
+            reason = "the port is not a number from 0 to 65535"
+        elif "IPv6" in text or "[" in text:
+            reason = "a bracketed host is not a valid IPv6 address"
+        else:
+            reason = "it cannot be split into scheme, host and path"
+        raise BadLocation(f"malformed location {redact_uri(uri)[:200]!r}: {reason}") from None
     return parts
 
 

@@ -252,6 +252,7 @@ class HttpDriver(Driver):
             cfg.DictOpt(
                 "http_proxy_information",
                 default={},
+                secret=True,  # a proxy URL may carry user:password@
                 help="Proxies by URL scheme, e.g. 'http:http://proxy:3128, "
                 "https:http://proxy:3128'. Environment proxy variables are ignored.",
             ),

@@ -51,7 +51,7 @@ from imgstore.exceptions import (
     NotFound,
     StorageFull,
 )
-from imgstore.location import Location, register
+from imgstore.location import Location, redact_uri, register
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -104,7 +104,7 @@ class RbdLocation(Location):
             raise BadLocation("an rbd location has fsid, pool and snapshot, or none of them")
         if any(p == "" for p in parts):
             raise BadLocation("an rbd location cannot have empty parts")
-        if fsid is None and "/" in image:
+        if fsid is None and ("/" in image or "@" in image):
             raise BadLocation(f"a one-part rbd location cannot name the image {image[:200]!r}")
         self.image = image
         self.fsid = fsid
@@ -124,18 +124,23 @@ class RbdLocation(Location):
     @classmethod
     def from_uri(cls, uri: str) -> RbdLocation:
         prefix = "rbd://"
+        shown = redact_uri(uri)[:200]
         if not uri[: len(prefix)].lower() == prefix:
-            raise BadLocation(f"not an rbd location: {uri[:200]!r}")
+            raise BadLocation(f"not an rbd location: {shown!r}")
         pieces = uri[len(prefix) :].split("/")
         if any(p == "" for p in pieces):
-            raise BadLocation(f"rbd location with an empty part: {uri[:200]!r}")
+            raise BadLocation(f"rbd location with an empty part: {shown!r}")
+        if "@" in uri:
+            # Ceph names cannot hold a raw '@' (it starts a snapshot name), and a
+            # user:password@ prefix must not be taken for a name and shown back
+            raise BadLocation(f"rbd location with an '@': {shown!r}")
         if len(pieces) == 1:
             return cls(pieces[0])  # glance_store writes and reads this form unquoted
         if len(pieces) == 4:
             fsid, pool, image, snap = (urllib.parse.unquote(p, errors="strict") for p in pieces)
             return cls(image, fsid, pool, snap)
         raise BadLocation(
-            f"an rbd location has 1 or 4 parts (rbd://fsid/pool/image/snapshot): {uri[:200]!r}"
+            f"an rbd location has 1 or 4 parts (rbd://fsid/pool/image/snapshot): {shown!r}"
         )
 
     def to_uri(self) -> str:

@@ -167,6 +167,9 @@ class S3Location(Location):
                 raise BadLocation(f"s3 location has a missing or malformed {what}")
         if "/" in bucket or "/" in key or key in (".", ".."):
             raise BadLocation("s3 location bucket and key cannot contain '/' or be '.' or '..'")
+        if "" in host.split("/") or "://" in host:
+            # s3://a//b/bucket/key cannot be read back: from_uri needs non-empty parts
+            raise BadLocation("s3 location host has an empty path part")
         self._scheme = scheme
         self.host = host
         self.bucket = bucket

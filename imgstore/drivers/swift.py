@@ -131,6 +131,13 @@ class SwiftLocation(Location):
                 raise BadLocation(f"swift location has a missing or malformed {what}")
         if "/" in container or "/" in obj or obj in (".", ".."):
             raise BadLocation("swift location container and object cannot contain '/'")
+        try:  # to_uri() percent-encodes these; a lone surrogate has no bytes to encode
+            container.encode("utf-8", "surrogateescape")
+            obj.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise BadLocation("swift location container and object must be UTF-8 text") from None
+        if prefix.endswith("/"):  # from_uri strips it: the URI would not read back equal
+            raise BadLocation("swift location address cannot end with '/'")
         if scheme == "swift+config" and "/" in prefix:
             raise BadLocation("a swift+config location names a reference, not a path")
         self._scheme = scheme

@@ -10,10 +10,12 @@ terminal summary lists every backend that did not run and why.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.functional import secret_audit
 from tests.functional.services._common import service_status
 
 NOT_RUN: dict[str, str] = {}
@@ -78,3 +80,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
     terminalreporter.write_line(
         "bring servers up with: .venv/bin/python -m tests.functional.services up"
     )
+
+
+@pytest.fixture(autouse=True)
+def _secret_audit() -> Iterator[Any]:
+    """Under IMGSTORE_SECRET_AUDIT=1 (default with CI=true): DEBUG logs, no secret in any.
+
+    See ``secret_audit.py``; a leak fails the test at teardown.
+    """
+    yield from secret_audit.audited()

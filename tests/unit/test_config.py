@@ -364,7 +364,7 @@ def test_bad_values_are_bad_configuration(tmp_path: pathlib.Path, text: str, men
 def test_missing_config_file(tmp_path: pathlib.Path) -> None:
     with pytest.raises(BadConfiguration, match="not found"):
         imgstore.Stores.from_config_files(tmp_path / "nope.conf")
-    with pytest.raises(BadConfiguration, match="not found"):
+    with pytest.raises(BadConfiguration, match="not a regular file"):
         imgstore.Stores.from_config_files(tmp_path)  # a directory is not a config file
 
 
