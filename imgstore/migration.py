@@ -588,19 +588,22 @@ class _Migration:
                 outcome.location = location
                 outcome.size = size
                 return True
-        deadline = time.monotonic() + DISCARD_WAIT
-        while True:
-            try:
-                removed = self.stores.discard(record.image_id, self.target)
-                break
-            except InUse:
-                # a killed client's hold on the image (an RBD watch) lapses after ~30 s
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
+        removed = self._discard(record)
         if removed:
             LOG.info("image %s: removed what an interrupted copy left", record.image_id)
         return False
+
+    def _discard(self, record: ImageRecord) -> bool:
+        """Remove the target's copy of ``record``, waiting while the backend says it is in use:
+        a client's hold on an image (an RBD watch, also a killed one's) lapses within ~30 s."""
+        deadline = time.monotonic() + DISCARD_WAIT
+        while True:
+            try:
+                return bool(self.stores.discard(record.image_id, self.target))
+            except InUse:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
     def _copy(self, record: ImageRecord, outcome: ImageOutcome) -> None:
         source_size = self.stores.size(record.location)
@@ -631,7 +634,7 @@ class _Migration:
                 record.image_id,
             )
             try:  # the journal says this copy is ours: remove all of it
-                self.stores.discard(record.image_id, self.target)
+                self._discard(record)
             except ImgstoreError as cleanup:
                 failure = type(exc)(
                     f"{exc}; removing the copy failed too ({cleanup}); the next run removes it"

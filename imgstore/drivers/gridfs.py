@@ -396,37 +396,60 @@ class GridFSDriver(Driver):
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
         """Chunks of adds that never got their files document.
 
-        A writer marks its chunk 0 with the time it started (``imgstore_writing``,
-        cleared once the files document is in); chunks whose id has a marked
-        chunk 0 older than ``older_than`` and no files document were abandoned.
-        The query scans the chunks collection: a maintenance task, not a hot path.
+        Two kinds, both unreadable by any GridFS reader: chunks under a chunk 0
+        that a writer marked with its start time (``imgstore_writing``, cleared
+        once the files document is in), and chunks with neither a chunk 0 nor a
+        files document (a write or a removal cut short, or chunks the server
+        stored late, after the writer had given up). Their age is that of their
+        newest chunk (from its ObjectId), so an add still writing is spared.
+        Chunks under an unmarked chunk 0 are another writer's and are left alone.
+        A maintenance task: it lists the ids of the chunks collection.
         """
         now = datetime.datetime.now(tz=datetime.timezone.utc)
-        cutoff = now - datetime.timedelta(seconds=older_than)
-        marked = self._call(
-            "listing unfinished adds",
-            lambda: list(
-                self.chunks.find(
-                    {"n": 0, WRITING_FIELD: {"$lte": cutoff}},
-                    projection={"files_id": 1, WRITING_FIELD: 1},
-                )
-            ),
+        owners = self._call("listing the chunks' files", self.chunks.distinct, "files_id")
+        for file_id in owners:
+            kind = self._unfinished(file_id)
+            if kind is None:
+                continue
+            newest = self._call(
+                "reading an unfinished add",
+                self.chunks.find_one,
+                {"files_id": file_id},
+                projection={"_id": 1},
+                sort=[("_id", -1)],
+            )
+            if newest is None:
+                continue  # removed meanwhile
+            age = _age(getattr(newest["_id"], "generation_time", None), now)
+            if age is None or age >= older_than:
+                where = f"{self.bucket_name}/{file_id}"
+                yield Leftover(self.backend, kind, where, age, None, (file_id, newest["_id"]))
+
+    def _unfinished(self, file_id: Any) -> str | None:
+        """``unfinished file`` or ``orphan chunks`` for leftovers under ``file_id``, else None."""
+        if self._call("checking an unfinished add", self.files.find_one, {"_id": file_id}):
+            return None  # a finished image
+        first = self._call(
+            "checking an unfinished add",
+            self.chunks.find_one,
+            {"files_id": file_id, "n": 0},
+            projection={WRITING_FIELD: 1},
         )
-        for doc in marked:
-            file_id = doc["files_id"]
-            found = self._call("checking an unfinished add", self.files.find_one, {"_id": file_id})
-            if found is not None:
-                continue  # finished; only clearing its marker failed
-            yield Leftover(
-                self.backend, "unfinished file", f"{self.bucket_name}/{file_id}",
-                _age(doc.get(WRITING_FIELD), now), None, file_id,
-            )  # fmt: skip
+        if first is None:
+            return "orphan chunks"
+        return "unfinished file" if WRITING_FIELD in first else None
 
     def remove_leftover(self, leftover: Leftover) -> None:
-        file_id = leftover.ref
-        if self._call("checking an unfinished add", self.files.find_one, {"_id": file_id}):
-            return  # it was finished after all
-        self._call("removing an unfinished add", self.remove_chunks, file_id)
+        file_id, newest = leftover.ref
+        kind = self._unfinished(file_id)
+        if kind == "unfinished file":
+            self._call("removing an unfinished add", self.remove_chunks, file_id)
+        elif kind == "orphan chunks":  # only what was listed: a new add's chunks are newer
+            self._call(
+                "removing orphan chunks",
+                self.chunks.delete_many,
+                {"files_id": file_id, "_id": {"$lte": newest}},
+            )
 
     def close(self) -> None:
         client = getattr(self, "client", None)

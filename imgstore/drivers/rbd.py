@@ -106,6 +106,11 @@ class RbdLocation(Location):
             raise BadLocation("an rbd location cannot have empty parts")
         if fsid is None and ("/" in image or "@" in image):
             raise BadLocation(f"a one-part rbd location cannot name the image {image[:200]!r}")
+        try:  # to_uri() percent-encodes the parts; a lone surrogate has no bytes to encode
+            for part in (image, *(p for p in parts if p is not None)):
+                part.encode("utf-8")
+        except (UnicodeEncodeError, AttributeError):
+            raise BadLocation("the parts of an rbd location must be UTF-8 text") from None
         self.image = image
         self.fsid = fsid
         self.pool = pool

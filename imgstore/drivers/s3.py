@@ -700,8 +700,11 @@ class _Body:
     from dumping the whole part (which a bare ``bytearray`` body would).
     """
 
-    def __init__(self, buf: bytearray) -> None:
-        self._view = memoryview(buf)
+    def __init__(self, buf: bytearray, length: int | None = None) -> None:
+        # a view of the first ``length`` bytes, never a resize of the buffer: a
+        # logging handler that keeps records (botocore logs the request at
+        # DEBUG) may still hold a view of it
+        self._view = memoryview(buf)[: len(buf) if length is None else length]
         self._pos = 0
 
     def __len__(self) -> int:
@@ -834,8 +837,6 @@ class S3Writer(Writer):
         buf, count = self._buf, self._filled
         assert buf is not None
         self._buf, self._filled = None, 0
-        if last and count < len(buf):
-            del buf[count:]  # shrinks in place, no copy; this buffer is not reused
         if self._upload_id is None:
             self._start_upload()
         assert self._pool is not None
@@ -843,13 +844,13 @@ class S3Writer(Writer):
         try:
             self._raise_failure()
             self._parts_sent += 1
-            future = self._pool.submit(self._upload_part, self._parts_sent, buf, not last)
+            future = self._pool.submit(self._upload_part, self._parts_sent, buf, count, not last)
         except BaseException:
             self._slots.release()
             raise
         self._futures.append(future)
 
-    def _upload_part(self, number: int, buf: bytearray, reuse: bool) -> None:
+    def _upload_part(self, number: int, buf: bytearray, count: int, reuse: bool) -> None:
         drv = self._driver
         try:
             if self._failure is not None or self._done:
@@ -859,7 +860,7 @@ class S3Writer(Writer):
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=_Body(buf),
+                Body=_Body(buf, count),
             )
             with self._state_lock:
                 self._etags[number] = str(response["ETag"])
@@ -888,10 +889,8 @@ class S3Writer(Writer):
         drv = self._driver
         if self._upload_id is None and (self._single or self._parts_sent == 0):
             body = self._buf if self._buf is not None else bytearray()
-            if len(body) != self._filled:
-                del body[self._filled :]
             self._buf = None
-            self._put_new(body)
+            self._put_new(body, self._filled)
         else:
             if self._buf is not None and self._filled:
                 self._send_part(last=True)
@@ -914,14 +913,14 @@ class S3Writer(Writer):
         self._done = True
         return Written(self._location)
 
-    def _put_new(self, body: bytearray) -> None:
+    def _put_new(self, body: bytearray, length: int) -> None:
         drv = self._driver
         self._conditional(
             f"writing {self._shown}",
             drv.client.put_object,
             Bucket=drv.bucket,
             Key=self._key,
-            Body=_Body(body),
+            Body=_Body(body, length),
         )
 
     def _conditional(self, doing: str, fn: Any, **kwargs: Any) -> None:

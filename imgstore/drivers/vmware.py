@@ -71,7 +71,14 @@ from imgstore.exceptions import (
     NotFound,
     StorageFull,
 )
-from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
+from imgstore.location import (
+    Location,
+    quote_path,
+    redact_uri,
+    register,
+    unquote_path,
+    urlsplit,
+)
 from imgstore.pipeline import scrub
 from imgstore.threads import start_without_signals
 
@@ -160,11 +167,8 @@ class VsphereLocation(Location):
     @classmethod
     def from_uri(cls, uri: str) -> VsphereLocation:
         shown = redact_uri(uri)[:200]
-        try:
-            parts = urllib.parse.urlsplit(uri)
-            port = parts.port
-        except ValueError as exc:
-            raise BadLocation(f"malformed vsphere location {shown!r}: {exc}") from None
+        parts = urlsplit(uri)  # BadLocation in our own words (urllib's quote the password)
+        port = parts.port
         if parts.scheme.lower() != SCHEME:
             raise BadLocation(f"not a vsphere location: {shown!r}")
         if "@" in parts.netloc:
@@ -308,6 +312,36 @@ class _Blocksize(requests.adapters.HTTPAdapter):
 # -- the driver -------------------------------------------------------------------------
 
 
+class _ScrubFilter(logging.Filter):
+    """Blanks known secrets in the records of the ``suds`` loggers (SOAP bodies at DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+
+    def guard(self, secret: str) -> None:
+        """Scrub ``secret`` from every ``suds`` logger there is now."""
+        if secret:
+            self._secrets.add(secret)
+        for name in list(logging.Logger.manager.loggerDict):
+            if name == "suds" or name.startswith("suds."):
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot format carries nothing to scrub
+            return True
+        if any(secret in text for secret in self._secrets):
+            record.msg, record.args = scrub(text, sorted(self._secrets)), None
+        return True
+
+
+_SUDS_SCRUB = _ScrubFilter()
+
+
 class VMwareDriver(Driver):
     """Stores images as files on vSphere datastores."""
 
@@ -417,6 +451,7 @@ class VMwareDriver(Driver):
         suds_log = logging.getLogger("suds")
         if suds_log.level == logging.NOTSET:
             suds_log.setLevel(logging.WARNING)  # suds logs SOAP bodies (passwords) at DEBUG
+        _SUDS_SCRUB.guard(self._password)  # and if an application opens them up anyway
 
     def __repr__(self) -> str:
         return f"<VMwareDriver {self.backend!r} {self.user}@{self.host}:{self.port}>"
@@ -440,6 +475,7 @@ class VMwareDriver(Driver):
                 from oslo_vmware import api as vmware_api
 
                 self._preflight()
+                _SUDS_SCRUB.guard(self._password)  # suds may have made more loggers by now
                 try:
                     self._api = vmware_api.VMwareAPISession(
                         self.host, self.user, self._password, self.retry_count,

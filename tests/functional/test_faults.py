@@ -261,9 +261,11 @@ def stalling_source(stall: Callable[[], None], total: int, stall_at: int) -> Ite
         sent += len(block)
 
 
-def clean_up_until_back(target: Target, expected: set[str], wait: float = 60.0) -> set[str]:
+def clean_up_until_back(target: Target, expected: set[str], wait: float = 150.0) -> set[str]:
     """Run ``cleanup`` until the backend holds ``expected`` again (the server may still
-    be catching up on requests queued while it stood still); return the last listing."""
+    be catching up on requests queued while it stood still, and a stalled OSD's clients
+    hold their RBD watches until they lapse, ~30 s after it runs again, or longer on a
+    busy machine); return the last listing."""
     deadline = time.monotonic() + wait
     while True:
         with contextlib.suppress(ImgstoreError):
