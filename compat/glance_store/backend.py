@@ -270,6 +270,13 @@ def set_acls(
     """Per-tenant ACLs: no imgstore backend has them, so this only checks the URI."""
     loc = location.get_location_from_uri(location_uri, conf=_conf())
     store = get_store_from_scheme(loc.store_name)
+    apply_acls(store, loc, public, read_tenants, write_tenants, context)
+
+
+def apply_acls(
+    store: Any, loc: Any, public: bool, read_tenants: Any, write_tenants: Any, context: Any
+) -> None:
+    """``store.set_acls`` as glance_store calls it; a store without ACLs is skipped."""
     try:
         store.set_acls(
             loc,

@@ -21,6 +21,7 @@ import imgstore
 from glance_store import exceptions, location
 from glance_store.backend import (
     _safe_register,
+    apply_acls,
     check_location_metadata,
     store_add_to_backend,
     store_add_to_backend_with_multihash,
@@ -258,16 +259,7 @@ def set_acls_for_multi_store(
     """Per-tenant ACLs: no imgstore backend has them, so this only checks the URI."""
     loc = location.get_location_from_uri_and_backend(location_uri, backend, conf=_conf())
     store = get_store_from_store_identifier(backend)
-    try:
-        store.set_acls(
-            loc,
-            public=public,
-            read_tenants=read_tenants or [],
-            write_tenants=write_tenants or [],
-            context=context,
-        )
-    except NotImplementedError:
-        LOG.debug("Skipping store.set_acls... not implemented")
+    apply_acls(store, loc, public, read_tenants, write_tenants, context)
 
 
 __all__ = [
