@@ -76,6 +76,23 @@ def ensure_venv(path: Path, requirements: Sequence[str]) -> Path:
     return python
 
 
+def link_ceph_bindings(python: Path) -> None:
+    """Link Debian's rados/rbd modules into the venv of ``python``, as scripts/setup does."""
+    import sysconfig
+
+    platlib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    for mod in ("rados", "rbd"):
+        link = Path(platlib) / f"{mod}{suffix}"
+        if not link.exists():
+            link.symlink_to(f"/usr/lib/python3/dist-packages/{mod}{suffix}")
+
+
 def make_source(prefix: str, size: int) -> Path:
     """A file of ``size`` random bytes under ``.cache/bench`` (kept), read into the page cache."""
     path = BENCH_DIR / f"{prefix}-src-{size}.bin"

@@ -34,12 +34,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from _common import link_ceph_bindings
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".cache" / "bench"
@@ -124,17 +125,7 @@ def ensure_glance_venv() -> Path:
             check=True,
         )  # fmt: skip
         stamp.write_text("\n".join(GLANCE_REQUIREMENTS))
-    platlib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    for mod in ("rados", "rbd"):
-        link = Path(platlib) / f"{mod}{suffix}"
-        if not link.exists():
-            link.symlink_to(f"/usr/lib/python3/dist-packages/{mod}{suffix}")
+    link_ceph_bindings(python)
     return python
 
 

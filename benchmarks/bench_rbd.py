@@ -33,7 +33,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -41,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import floor_lines, hash_floor
+from _common import floor_lines, hash_floor, link_ceph_bindings
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".cache" / "bench"
@@ -223,18 +222,7 @@ def ensure_glance_venv() -> Path:
              "glance_store"],
             check=True,
         )  # fmt: skip
-    # Ceph's bindings, as scripts/setup links them into .venv
-    platlib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    for mod in ("rados", "rbd"):
-        link = Path(platlib) / f"{mod}{suffix}"
-        if not link.exists():
-            link.symlink_to(f"/usr/lib/python3/dist-packages/{mod}{suffix}")
+    link_ceph_bindings(python)
     return python
 
 
