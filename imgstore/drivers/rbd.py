@@ -368,17 +368,9 @@ class RbdDriver(Driver):
         """Remove image ``image_id`` of the pool with its snapshots, finished or not."""
         ioctx = self._ioctx(self.pool, for_write=True)
         try:
-            with rbd.Image(ioctx, image_id) as image:
-                for snap in list(image.list_snaps()):
-                    if image.is_protected_snap(snap["name"]):
-                        image.unprotect_snap(snap["name"])
-                    image.remove_snap(snap["name"])
-            rbd.RBD().remove(ioctx, image_id)
-        except rbd.ImageNotFound:
-            return False
+            return _remove_image(ioctx, image_id)
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, "discarding", image_id) from None
-        return True
 
     # -- operations ------------------------------------------------------
 
@@ -450,7 +442,12 @@ class RbdDriver(Driver):
         shown = location.redacted()
         if snap is not None:
             # the committed image is its snapshot: without it, there is nothing here
-            reader = self._open_image(location, snap, read_only=True)
+            try:
+                reader = self._open_image(location, snap, read_only=True)
+            except NotFound:
+                if self._finish_cut_removal(ioctx, name, shown):
+                    return
+                raise
             try:
                 children = [f"{c['pool']}/{c['image']}" for c in reader.list_children2() if c]
                 others = [s["name"] for s in reader.list_snaps() if s["name"] != snap]
@@ -489,6 +486,28 @@ class RbdDriver(Driver):
             raise InUse(f"{shown} is open elsewhere (it has watchers); retry later") from None
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, "deleting", shown) from None
+
+    def _finish_cut_removal(self, ioctx: Any, name: str, shown: str) -> bool:
+        """Finish removing ``name`` if an earlier removal was cut short; whether it was."""
+        try:
+            with rbd.Image(ioctx, name, read_only=True):
+                return False  # the image is there (without that snapshot): not ours to remove
+        except rbd.ImageNotFound:
+            pass
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "inspecting", shown) from None
+        try:
+            rbd.RBD().remove(ioctx, name)
+        except rbd.ImageNotFound:
+            return False
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, "deleting", shown) from None
+        LOG.info(
+            "backend %r: finished removing %s (an earlier removal was cut short)",
+            self.backend,
+            shown,
+        )
+        return True
 
     def copy_from(
         self, source_driver: Driver, source_location: Location, image_id: str
@@ -551,7 +570,8 @@ class RbdDriver(Driver):
         return Written(self._location(image_id))
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
-        """Images of the pool still flagged as being written (metadata ``imgstore.writing``).
+        """Images of the pool still flagged as being written (metadata ``imgstore.writing``),
+        and removals cut short (listed, but they cannot be opened any more).
 
         Only imgstore sets that flag, and a finished add removes it last, so
         images made by others (volumes, instance disks) are never listed.
@@ -562,13 +582,17 @@ class RbdDriver(Driver):
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, f"listing pool {self.pool!r}") from None
         now = time.time()
+        unopenable = []
         for name in names:
             try:
                 with rbd.Image(ioctx, name, read_only=True) as image:
                     started = image.metadata_get(WRITING_KEY)
                     size = int(image.size())
-            except (rbd.ImageNotFound, KeyError):
-                continue  # gone meanwhile, or not flagged
+            except KeyError:
+                continue  # not flagged
+            except rbd.ImageNotFound:
+                unopenable.append(name)  # gone meanwhile, or a removal cut short
+                continue
             except (rbd.Error, rados.Error) as exc:
                 LOG.warning("backend %r: cannot inspect image %s: %s", self.backend, name, exc)
                 continue
@@ -580,25 +604,21 @@ class RbdDriver(Driver):
                 yield Leftover(
                     self.backend, "unfinished image", f"{self.pool}/{name}", age, size, name
                 )
+        if unopenable:
+            try:
+                still = set(rbd.RBD().list(ioctx)).intersection(unopenable)
+            except (rbd.Error, rados.Error) as exc:
+                raise self._error(exc, f"listing pool {self.pool!r}") from None
+            for name in sorted(still):  # listed, yet it cannot be opened: killed mid-removal
+                yield Leftover(self.backend, "removal cut short", f"{self.pool}/{name}", ref=name)
 
     def remove_leftover(self, leftover: Leftover) -> None:
         ioctx = self._ioctx(self.pool, for_write=True)
         name = str(leftover.ref)
         try:
-            with rbd.Image(ioctx, name) as image:
-                try:
-                    image.metadata_get(WRITING_KEY)
-                except KeyError:
-                    return  # its add finished after all: not a leftover
-                for snap in list(image.list_snaps()):
-                    if image.is_protected_snap(snap["name"]):
-                        image.unprotect_snap(snap["name"])
-                    image.remove_snap(snap["name"])
-            rbd.RBD().remove(ioctx, name)
-        except rbd.ImageNotFound:
-            return
+            _remove_image(ioctx, name, only_if_flagged=True)
         except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "removing unfinished image", leftover.name) from None
+            raise self._error(exc, f"removing {leftover.kind}", leftover.name) from None
 
     def close(self) -> None:
         with self._lock:
@@ -634,22 +654,39 @@ def _mark_writing(image: Any) -> None:
     image.metadata_set(WRITING_KEY, str(int(time.time())))
 
 
-def _remove_quietly(ioctx: Any, name: str) -> None:
-    """Remove image ``name`` and its snapshot (cleanup after a failure); log, never raise."""
+def _remove_image(ioctx: Any, name: str, *, only_if_flagged: bool = False) -> bool:
+    """Remove image ``name`` with its snapshots; whether there was anything to remove.
+
+    An image that cannot be opened may be a removal that was cut short (its
+    process killed): librbd lists it but cannot open it, and only a second
+    ``remove`` by name finishes it, so that is always tried. With
+    ``only_if_flagged``, an image no longer flagged as being written is left
+    alone (its add finished after all).
+    """
     try:
         with rbd.Image(ioctx, name) as image:
+            if only_if_flagged:
+                try:
+                    image.metadata_get(WRITING_KEY)
+                except KeyError:
+                    return False
             for snap in list(image.list_snaps()):
                 if image.is_protected_snap(snap["name"]):
                     image.unprotect_snap(snap["name"])
                 image.remove_snap(snap["name"])
     except rbd.ImageNotFound:
-        return
-    except Exception:
-        LOG.warning("cleanup: cannot remove the snapshots of rbd image %s", name, exc_info=True)
+        LOG.debug("rbd image %s cannot be opened; finishing any removal cut short", name)
     try:
         rbd.RBD().remove(ioctx, name)
     except rbd.ImageNotFound:
-        pass
+        return False
+    return True
+
+
+def _remove_quietly(ioctx: Any, name: str) -> None:
+    """Remove image ``name`` and its snapshots (cleanup after a failure); log, never raise."""
+    try:
+        _remove_image(ioctx, name)
     except Exception:
         LOG.warning("cleanup: cannot remove rbd image %s; remove it by hand", name, exc_info=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -186,6 +187,67 @@ def test_image_without_its_snapshot_is_not_found(
             with pytest.raises(NotFound):
                 call(location)
     assert pool_listing(cluster, pools[0]) == {"image:in-progress"}
+
+
+def cut_short_removal(ceph: dict[str, Any], cluster: Any, pool: str, name: str) -> None:
+    """Leave ``name`` as a removal killed midway leaves it: listed, but it cannot be opened.
+
+    ``rbd rm`` first moves the image to the pool's trash (hidden, marked as
+    being removed), then deletes its objects one by one: it is killed in that
+    stretch. 1024 objects of 4 KiB make the stretch long enough to hit.
+    """
+    with cluster.open_ioctx(pool) as ioctx:
+        rbd.RBD().create(ioctx, name, 4 * MiB, order=12, old_format=False)
+        with rbd.Image(ioctx, name) as image:
+            image.write(b"\x5a" * (4 * MiB), 0)
+        command = ["rbd", "-c", ceph["ceph_conf"], "--id", ceph["user"], "-p", pool]
+        proc = subprocess.Popen([*command, "--no-progress", "rm", name])
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, "rbd rm finished before it could be cut short"
+                try:
+                    with rbd.Image(ioctx, name, read_only=True):
+                        pass
+                except rbd.ImageNotFound:
+                    break
+                time.sleep(0.005)
+        finally:
+            proc.kill()  # SIGKILL: librbd gets no chance to finish
+            proc.wait()
+        assert name in rbd.RBD().list(ioctx), "the killed removal should still be listed"
+        with pytest.raises(rbd.ImageNotFound):
+            rbd.Image(ioctx, name, read_only=True)
+
+
+@pytest.mark.parametrize("how", ["delete", "discard", "cleanup"])
+def test_a_removal_cut_short_is_finished(
+    tmp_path: Path, ceph: dict[str, Any], cluster: Any, pools: tuple[str, str], how: str
+) -> None:
+    """An image whose removal was killed midway is removed by the next delete or discard
+    (opening it fails, so only a second remove by name finishes it) and found by cleanup;
+    an add of the same id afterwards leaves exactly one image."""
+    name = f"cut-{uuid.uuid4().hex[:8]}"
+    cut_short_removal(ceph, cluster, pools[0], name)
+    location = f"rbd://{ceph['fsid']}/{pools[0]}/{name}/snap"
+    with make_stores(tmp_path, ceph, pools) as stores:
+        if how == "delete":
+            stores.delete(location)
+            with pytest.raises(NotFound):
+                stores.delete(location)  # now really gone
+        elif how == "discard":
+            assert stores.discard(name, "a") is True
+            assert stores.discard(name, "a") is False
+        else:
+            found = stores.cleanup(["a"], older_than=3600)
+            assert [(o.leftover.kind, o.leftover.name, o.outcome) for o in found] == [
+                ("removal cut short", f"{pools[0]}/{name}", "removed")
+            ]
+            assert stores.cleanup(["a"], older_than=0) == []
+        assert pool_listing(cluster, pools[0]) == set()
+        result = stores.add(name, b"fresh", size=5)
+        assert read_all(stores, result.location) == b"fresh"
+    assert pool_listing(cluster, pools[0]) == {f"image:{name}", f"snap:{name}@snap"}
 
 
 def test_legacy_location_reads_the_image_head(
