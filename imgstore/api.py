@@ -172,7 +172,7 @@ class Stores:
         return self.driver(backend).capabilities
 
     def chunk_size(self, backend: str | None = None) -> int:
-        """The chunk size the pipeline uses for ``backend``."""
+        """The size of the chunks reads of ``backend`` yield (its ``*_chunk_size`` option)."""
         return self.driver(backend).chunk_size
 
     def describe(self) -> list[BackendInfo]:
@@ -247,7 +247,7 @@ class Stores:
         result = write_image(
             data,
             writer,
-            chunk_size=drv.chunk_size,
+            chunk_size=drv.write_chunk_size,
             size=size,
             size_cap=self._size_cap,
             hash_algo=hash_algo,

@@ -149,6 +149,12 @@ class Driver(abc.ABC):
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.configure()
 
+    @property
+    def write_chunk_size(self) -> int:
+        """Bytes per chunk the core hands to :meth:`Writer.write` (``chunk_size`` unless the
+        driver writes better in larger pieces than it reads)."""
+        return self.chunk_size
+
     @classmethod
     def options(cls) -> list[cfg.Opt]:
         """The oslo.config options this driver reads, with help text."""

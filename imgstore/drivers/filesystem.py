@@ -151,8 +151,10 @@ class FilesystemDriver(Driver):
                 "filesystem_store_chunk_size",
                 default=DEFAULT_CHUNK_SIZE,
                 min=4096,
-                help="Bytes read or written per chunk (glance_store's default was 64 KiB; "
-                "4 MiB is much faster with parallel hashing).",
+                help="Bytes per chunk a read yields, and the unit thin provisioning "
+                "leaves unallocated. Writes go in chunks of at least 4 MiB whatever this is "
+                "(O_DIRECT and parallel hashing need large ones). glance_store's default "
+                "is 64 KiB; 4 MiB reads run about twice as fast.",
             ),
             cfg.BoolOpt(
                 "filesystem_thin_provisioning",
@@ -210,6 +212,11 @@ class FilesystemDriver(Driver):
         if self.thin:
             self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
         self.metadata = self._load_metadata(self.conf.filesystem_store_metadata_file)
+
+    @property
+    def write_chunk_size(self) -> int:
+        """At least 4 MiB: small O_DIRECT writes each wait for the device."""
+        return max(self.chunk_size, DEFAULT_CHUNK_SIZE)
 
     def _load_metadata(self, path: str | None) -> Any:
         if not path:
@@ -518,6 +525,21 @@ class FileWriter(Writer):
             done = os.write(self._fd, view)
             view = view[done:]
 
+    def _write_sparse(self, chunk: memoryview) -> None:
+        """Write ``chunk``, skipping (leaving as holes) its all-zero blocks of ``chunk_size``."""
+        assert self._fd is not None
+        step = len(self._zero)
+        start = 0  # where the run of data not yet written begins
+        for offset in range(0, len(chunk), step):
+            block = chunk[offset : offset + step]
+            if block == self._zero[: len(block)]:
+                if start < offset:
+                    self._write_all(chunk[start:offset])
+                os.lseek(self._fd, len(block), os.SEEK_CUR)
+                start = offset + len(block)
+        if start < len(chunk):
+            self._write_all(chunk[start:])
+
     def _os_error(self, exc: OSError, doing: str) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return StorageFull(f"backend {self._driver.backend!r}: {self._datadir} is full")
@@ -530,8 +552,8 @@ class FileWriter(Writer):
         assert self._fd is not None, "write after commit or abort"
         n = len(chunk)
         try:
-            if self._zero and chunk == self._zero[:n]:
-                os.lseek(self._fd, n, os.SEEK_CUR)
+            if self._zero:
+                self._write_sparse(chunk)
             else:
                 self._write_all(chunk)
         except OSError as exc:

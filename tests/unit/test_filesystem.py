@@ -273,14 +273,14 @@ def test_duplicate_appearing_during_the_write(
 
 def test_write_is_atomic(make_stores: Callable[..., Stores], tmp_path: Path) -> None:
     data = tmp_path / "data"
-    stores = make_stores(f"filesystem_store_datadir = {data}", "filesystem_store_chunk_size = 4096")
+    stores = make_stores(f"filesystem_store_datadir = {data}")
     seen: list[tuple[bool, list[str]]] = []
 
     def check(done: int, total: int | None) -> None:
         names = os.listdir(data)
         seen.append(((data / "img1").exists(), names))
 
-    payload = os.urandom(3 * 4096 + 5)
+    payload = os.urandom(3 * stores.driver().write_chunk_size + 5)
     result = stores.add("img1", iter([payload]), progress=check)
     assert len(seen) == 4
     for final_exists, names in seen:
@@ -336,6 +336,33 @@ def test_thin_provisioning(make_stores: Callable[..., Stores], tmp_path: Path, t
     assert os.path.getsize(data / "img1") == len(image)
     assert hashlib.sha256(read(stores, result.location)).digest() == hashlib.sha256(image).digest()
     assert result.checksum == hashlib.md5(image, usedforsecurity=False).hexdigest()
+
+
+def test_small_chunk_size_governs_reads_not_writes(
+    make_stores: Callable[..., Stores], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """glance_store's 64 KiB chunk size: reads yield 64 KiB chunks, the store reports it,
+    and writes still go in 4 MiB chunks (small O_DIRECT writes each wait for the disk)."""
+    chunk = 64 * 1024
+    stores = make_stores(
+        f"filesystem_store_datadir = {tmp_path / 'data'}", f"filesystem_store_chunk_size = {chunk}"
+    )
+    written: list[int] = []
+    original = fs.FileWriter.write
+
+    def spy(self: fs.FileWriter, data: memoryview) -> None:  # records, then writes for real
+        written.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(fs.FileWriter, "write", spy)
+    image = os.urandom(9 * 1024 * 1024 + 7)
+    result = stores.add("img1", image, size=len(image))
+    assert written == [4 << 20, 4 << 20, (1 << 20) + 7]
+    assert stores.chunk_size() == chunk
+    with stores.get(result.location) as reader:
+        sizes = [len(c) for c in reader]
+    assert sizes == [chunk] * (len(image) // chunk) + [len(image) % chunk]
+    assert hashlib.sha256(read(stores, result.location)).digest() == hashlib.sha256(image).digest()
 
 
 @pytest.mark.parametrize(

@@ -202,7 +202,7 @@ def test_multi_store_objects_and_options(multi: cfg.ConfigOpts, tmp_path: Path) 
     assert multi.fast.store_description == "quick disks"
     fast = glance_store.get_store_from_store_identifier("fast")
     assert fast.datadir == str(tmp_path / "fast")
-    assert fast.chunk_size == imgstore.Stores(multi).chunk_size("fast")
+    assert fast.chunk_size == imgstore.Stores(multi).chunk_size("fast") == 64 * 1024
     assert fast.url_prefix == f"file://{tmp_path}/fast"
     assert set(glance_store.get_known_schemes_for_multi_store()) >= {"file", "http"}
     assert set(glance_store.location.SCHEME_TO_CLS_BACKEND_MAP["file"]) == {
@@ -243,3 +243,31 @@ def test_legacy_driver_alias(tmp_path: Path) -> None:
     glance_store.create_stores(conf)
     store: Any = glance_store.get_store_from_scheme("filesystem")
     assert store.datadir == str(tmp_path)
+
+
+def test_glance_store_chunk_size_default_and_explicit_values(tmp_path: Path) -> None:
+    """glance_store's 64 KiB default (what Glance reports) unless the config says otherwise,
+    in a backend's own group or in [backend_defaults]."""
+    conf = _conf()
+    conf.register_opt(cfg.DictOpt("enabled_backends"))
+    conf.set_override("enabled_backends", {"a": "file", "b": "file", "c": "file"})
+    glance_store.register_store_opts(conf)
+    conf.set_override("default_backend", "a", "glance_store")
+    for group in "abc":
+        conf.set_override("filesystem_store_datadir", str(tmp_path / group), group)
+    conf.set_override("filesystem_store_chunk_size", 4 << 20, "b")
+    glance_store.create_multi_stores(conf)
+    sizes = {g: glance_store.get_store_from_store_identifier(g).chunk_size for g in "abc"}
+    assert sizes == {"a": 64 * 1024, "b": 4 << 20, "c": 64 * 1024}
+    store = glance_store.get_store_from_store_identifier("a")
+    uri, size, _md5, _meta = store.add("img-1", io.BytesIO(DATA), len(DATA))
+    chunks, got = glance_store.get(uri, "a")
+    assert size == got == len(DATA)
+    assert [len(c) for c in chunks] == [64 * 1024] * 4 + [len(DATA) - 4 * 64 * 1024]
+
+    legacy = _conf()
+    glance_store.register_opts(legacy)
+    legacy.set_override("filesystem_store_datadir", str(tmp_path / "legacy"), "glance_store")
+    legacy.set_override("default_store", "file", "glance_store")
+    glance_store.create_stores(legacy)
+    assert glance_store.get_store_from_scheme("file").chunk_size == 64 * 1024
