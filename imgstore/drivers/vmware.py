@@ -18,11 +18,16 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
   for an image of known size is passed over (:class:`StorageFull` when none
   has room). An existing file is :class:`Duplicate` (checked with ``HEAD``:
   the ``/folder`` interface overwrites on ``PUT``). The bytes go in one
-  streaming HTTP ``PUT`` to
-  ``/folder/<vmware_store_image_dir>/<image id>?dcPath=..&dsName=..`` with the
-  session cookie (``Content-Length`` when the size is known, chunked
-  otherwise), from a thread fed chunk by chunk. Any failure removes the
-  partial file with ``FileManager.DeleteDatastoreFile_Task``.
+  streaming HTTP ``PUT`` to a hidden temporary file in the same folder,
+  ``/folder/<vmware_store_image_dir>/.<image id>.<token>.imgstore-partial?dcPath=..&dsName=..``
+  with the session cookie (``Content-Length`` when the size is known, chunked
+  otherwise), from a thread fed chunk by chunk. On commit
+  ``FileManager.MoveDatastoreFile_Task`` (``force=False``) moves it to
+  ``<vmware_store_image_dir>/<image id>``: a file that is there by then is
+  :class:`Duplicate`, and is left as it is. So a half-written image never
+  shows under its final name, even when the writing process is killed. Any
+  failure removes the temporary file with
+  ``FileManager.DeleteDatastoreFile_Task``.
 * **get**: a streaming ``GET``; a ranged read sends ``Range`` (READ_RANDOM).
   A server that ignores ``Range`` (answers 200 with the whole file) is
   handled: the stream skips to the offset itself and a warning is logged.
@@ -48,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import secrets
 import threading
 import time
 import urllib.parse
@@ -93,6 +99,11 @@ SEND_BLOCK_SIZE = 1 << 20
 _QUEUE_DEPTH = 4
 _CLEANUP_WAIT = 0.5
 """After a failed upload, how long to watch for the server creating the file late."""
+PARTIAL_SUFFIX = ".imgstore-partial"
+"""Marks a file being uploaded (as the filesystem driver's); only writes make such names."""
+_TOKEN_HEX = 12
+_ID_IN_NAME = 200
+"""Characters of the image id a temporary name keeps (datastore file names stop at 255)."""
 
 T = TypeVar("T")
 
@@ -206,6 +217,23 @@ class VsphereLocation(Location):
     def https_url(self) -> str:
         """The ``https://`` URL of the file on the datastore HTTP interface."""
         return f"https://{self.netloc}{FOLDER}{quote_path(self.path)}?{self.query}"
+
+
+def partial_name(image_id: str) -> str:
+    """A new temporary name for an upload of ``image_id``: ``.<id>.<12 hex>.imgstore-partial``."""
+    return f".{image_id[:_ID_IN_NAME]}.{secrets.token_hex(_TOKEN_HEX // 2)}{PARTIAL_SUFFIX}"
+
+
+def is_partial_name(name: str, image_id: str | None = None) -> bool:
+    """Whether ``name`` is one :func:`partial_name` makes (for ``image_id``, when given)."""
+    if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
+        return False
+    stem, dot, token = name[1 : -len(PARTIAL_SUFFIX)].rpartition(".")
+    if not (stem and dot and len(token) == _TOKEN_HEX):
+        return False
+    if any(c not in "0123456789abcdef" for c in token):
+        return False
+    return image_id is None or stem == image_id[:_ID_IN_NAME]
 
 
 # -- configuration -------------------------------------------------------------------
@@ -549,6 +577,8 @@ class VMwareDriver(Driver):
         faults = _fault_names(exc)
         if isinstance(exc, vexc.FileNotFoundException) or "FileNotFound" in faults:
             return NotFound(f"{what}: no such file")
+        if isinstance(exc, vexc.FileAlreadyExistsException) or "FileAlreadyExists" in faults:
+            return Duplicate(f"{what}: the file exists already")
         if "InvalidLogin" in faults or isinstance(exc, vexc.NotAuthenticatedException):
             return AuthenticationFailed(
                 f"{what}: the server refused the login of {self.user!r} ({detail})"
@@ -672,7 +702,7 @@ class VMwareDriver(Driver):
         )
 
     def datastore_location(self, image_id: str, spec: DatastoreSpec) -> VsphereLocation:
-        """Where image ``image_id`` goes on datastore ``spec``."""
+        """Where image ``image_id`` goes on datastore ``spec`` (or a file of that name)."""
         port = None if self.port == 443 else self.port
         return VsphereLocation(
             self.host, port, f"{self.image_dir}/{image_id}", spec.datacenter, spec.datastore
@@ -730,7 +760,8 @@ class VMwareDriver(Driver):
         loc = self.datastore_location(image_id, spec)
         if self.exists(loc, f"checking {loc.redacted()}"):
             raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
-        return VMwarePutWriter(self, loc, size)
+        temp = self.datastore_location(partial_name(image_id), spec)
+        return VMwarePutWriter(self, loc, temp, size)
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         loc = self._check(location)
@@ -782,20 +813,40 @@ class VMwareDriver(Driver):
             )
         self.delete_file(loc, f"deleting {loc.redacted()}")
 
+    def _datacenter_of(self, loc: VsphereLocation, what: str) -> Any:
+        """The datacenter reference of ``loc`` (None when it names none: ESX)."""
+        if loc.datacenter is None:
+            return None
+        try:
+            return self._datacenter(loc.datacenter)
+        except NotFound:
+            raise NotFound(f"{what}: no datacenter {loc.datacenter!r}") from None
+
     def delete_file(self, loc: VsphereLocation, what: str) -> None:
         """``DeleteDatastoreFile_Task`` on ``loc``; :class:`NotFound` when it is not there."""
-        if loc.datacenter is None:
-            dc = None
-        else:
-            try:
-                dc = self._datacenter(loc.datacenter)
-            except NotFound:
-                raise NotFound(f"{what}: no datacenter {loc.datacenter!r}") from None
+        dc = self._datacenter_of(loc, what)
 
         def run(api: Any) -> None:
             task = api.invoke_api(
                 api.vim, "DeleteDatastoreFile_Task", api.vim.service_content.fileManager,
                 name=loc.datastore_path, datacenter=dc,
+            )  # fmt: skip
+            api.wait_for_task(task)
+
+        self.invoke(what, run)
+
+    def move_file(self, source: VsphereLocation, target: VsphereLocation, what: str) -> None:
+        """``MoveDatastoreFile_Task`` of ``source`` to ``target``, never overwriting:
+        :class:`Duplicate` when ``target`` exists, :class:`NotFound` when ``source`` does not."""
+        source_dc = self._datacenter_of(source, what)
+        target_dc = self._datacenter_of(target, what)
+
+        def run(api: Any) -> None:
+            task = api.invoke_api(
+                api.vim, "MoveDatastoreFile_Task", api.vim.service_content.fileManager,
+                sourceName=source.datastore_path, sourceDatacenter=source_dc,
+                destinationName=target.datastore_path, destinationDatacenter=target_dc,
+                force=False,
             )  # fmt: skip
             api.wait_for_task(task)
 
@@ -895,13 +946,19 @@ class _SizedBody(_QueueBody):
 
 
 class VMwarePutWriter(Writer):
-    """One streaming PUT to the datastore, fed from another thread."""
+    """One streaming PUT of a temporary file, fed from another thread; commit moves the
+    file to the image's name."""
 
-    def __init__(self, driver: VMwareDriver, location: VsphereLocation, size: int | None) -> None:
+    def __init__(
+        self, driver: VMwareDriver, location: VsphereLocation, temp: VsphereLocation,
+        size: int | None,
+    ) -> None:  # fmt: skip
         self._driver = driver
         self._location = location
+        self._temp = temp
         self._size = size
         self._shown = location.redacted()
+        self._temp_shown = temp.redacted()
         self._body: _QueueBody = _SizedBody(size) if size is not None else _QueueBody(None)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -921,7 +978,7 @@ class VMwarePutWriter(Writer):
         drv = self._driver
         headers = {"Content-Type": "application/octet-stream"}
         try:
-            resp = drv.request("PUT", self._location, f"writing {self._shown}", headers,
+            resp = drv.request("PUT", self._temp, f"writing {self._temp_shown}", headers,
                                data=self._body)  # fmt: skip
             self._status = resp.status_code
             if resp.status_code not in (200, 201):
@@ -930,7 +987,7 @@ class VMwarePutWriter(Writer):
                         f"image {self._location.image_id} already exists in backend {drv.backend!r}"
                     )
                 else:
-                    self._error = drv.status_error(resp, f"writing {self._shown}")
+                    self._error = drv.status_error(resp, f"writing {self._temp_shown}")
             resp.close()
         except _Aborted:
             pass
@@ -939,7 +996,7 @@ class VMwarePutWriter(Writer):
         except BaseException as exc:
             cause = exc.__context__ if isinstance(exc.__context__, _Aborted) else None
             if cause is None:
-                self._error = drv.map_error(exc, f"writing {self._shown}")
+                self._error = drv.map_error(exc, f"writing {self._temp_shown}")
 
     def _put(self, item: Any) -> None:
         while True:
@@ -975,7 +1032,28 @@ class VMwarePutWriter(Writer):
         if self._status not in (200, 201):
             raise BackendError(f"writing {self._shown}: the upload ended without an answer")
         self._done = True
+        try:
+            self._move_into_place()
+        except BaseException:
+            self._remove_partial(linger=0.0)  # the PUT has ended: no late file to wait for
+            raise
         return Written(self._location)
+
+    def _move_into_place(self) -> None:
+        """Move the uploaded file to the image's name, which must not exist."""
+        drv, image_id = self._driver, self._location.image_id
+        what = f"moving {self._temp_shown} to {self._shown}"
+        started = time.monotonic()
+        try:
+            drv.move_file(self._temp, self._location, what)
+        except Duplicate:
+            raise Duplicate(f"image {image_id} already exists in backend {drv.backend!r}") from None
+        except NotFound as exc:  # the uploaded file was removed meanwhile
+            raise BackendError(f"{exc}: the upload of image {image_id} was lost") from None
+        LOG.debug(
+            "backend %r: moved %s into place in %.3f s",
+            drv.backend, self._shown, time.monotonic() - started,
+        )  # fmt: skip
 
     def abort(self) -> None:
         if self._done:
@@ -996,11 +1074,11 @@ class VMwarePutWriter(Writer):
         thread.join()
         self._remove_partial()
 
-    def _remove_partial(self) -> None:
-        """Delete what the PUT left; watch a moment for a file the server creates late."""
-        drv, loc = self._driver, self._location
-        deadline = time.monotonic() + _CLEANUP_WAIT
-        what = f"removing the partial upload {self._shown}"
+    def _remove_partial(self, linger: float = _CLEANUP_WAIT) -> None:
+        """Delete the temporary file; watch ``linger`` s for a file the server creates late."""
+        drv, loc = self._driver, self._temp
+        deadline = time.monotonic() + linger
+        what = f"removing the partial upload {self._temp_shown}"
         try:
             while True:
                 if drv.exists(loc, what):
@@ -1008,7 +1086,7 @@ class VMwarePutWriter(Writer):
                         drv.delete_file(loc, what)
                     except NotFound:
                         pass
-                    deadline = time.monotonic() + _CLEANUP_WAIT
+                    deadline = time.monotonic() + linger
                 elif time.monotonic() >= deadline:
                     return
                 time.sleep(0.05)
