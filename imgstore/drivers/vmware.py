@@ -33,6 +33,12 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
   handled: the stream skips to the offset itself and a warning is logged.
   **size** is ``HEAD``'s ``Content-Length``; **delete** is
   ``DeleteDatastoreFile_Task``. Missing files are :class:`NotFound`.
+* **leftovers** (``imgstore cleanup``) are the temporary files in
+  ``vmware_store_image_dir`` of each datastore of ``vmware_datastores``, found
+  with ``HostDatastoreBrowser.SearchDatastore_Task`` (pattern
+  ``*.imgstore-partial``, then the exact name form), aged by their modification
+  time against the server's clock. **discard** removes an image and the
+  temporary files of its unfinished uploads on those datastores.
 * **locations** are glance_store's:
   ``vsphere://<host>[:<port>]/folder/<path>?dcPath=<datacenter>&dsName=<datastore>``.
   They never carry credentials. The driver only reads and deletes locations
@@ -51,6 +57,7 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import queue
 import secrets
@@ -65,7 +72,7 @@ import requests.adapters
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -470,6 +477,7 @@ class VMwareDriver(Driver):
         self._renew_lock = threading.Lock()
         self._dc_refs: dict[str, Any] = {}
         self._ds_refs: dict[tuple[str, str], Any] = {}
+        self._browser_refs: dict[tuple[str, str], Any] = {}
         self.logins = 0
         """How many times this driver logged in (including renewals)."""
         self.http = requests.Session()
@@ -653,6 +661,23 @@ class VMwareDriver(Driver):
             f"vmware_datastores: no datastore {spec.datastore!r} in datacenter "
             f"{spec.datacenter!r} on {self.host}"
         )
+
+    def _browser(self, spec: DatastoreSpec) -> Any:
+        """The datastore's ``HostDatastoreBrowser``."""
+        key = (spec.datacenter, spec.datastore)
+        ref = self._browser_refs.get(key)
+        if ref is None:
+            from oslo_vmware import vim_util
+
+            ds = self._datastore(spec)
+            ref = self.invoke(
+                f"finding the file browser of {spec.datastore!r}",
+                lambda api: api.invoke_api(
+                    vim_util, "get_object_property", api.vim, ds, "browser"
+                ),
+            )  # fmt: skip
+            self._browser_refs[key] = ref
+        return ref
 
     def free_space(self, spec: DatastoreSpec) -> int:
         """The datastore's free space in bytes, as the server reports it now."""
@@ -852,6 +877,102 @@ class VMwareDriver(Driver):
 
         self.invoke(what, run)
 
+    # -- what interrupted writes leave ------------------------------------------------
+
+    def partial_files(self, spec: DatastoreSpec) -> list[PartialFile]:
+        """The temporary upload files in the image folder of datastore ``spec``
+        (``HostDatastoreBrowser.SearchDatastore_Task``)."""
+        browser = self._browser(spec)
+        folder = f"[{spec.datastore}] {self.image_dir}"
+
+        def run(api: Any) -> Any:
+            factory = api.vim.client.factory
+            search = factory.create("ns0:HostDatastoreBrowserSearchSpec")
+            search.matchPattern = [f"*{PARTIAL_SUFFIX}"]
+            details = factory.create("ns0:FileQueryFlags")
+            details.fileSize = True
+            details.modification = True
+            details.fileType = False
+            details.fileOwner = False
+            search.details = details
+            task = api.invoke_api(
+                api.vim, "SearchDatastore_Task", browser, datastorePath=folder,
+                searchSpec=search,
+            )  # fmt: skip
+            return api.wait_for_task(task)
+
+        try:
+            info = self.invoke(f"listing the partial uploads in {folder}", run)
+        except NotFound:
+            return []  # no image folder: nothing was ever written there
+        now = getattr(info, "completeTime", None)  # the server's clock, as the file times
+        found = []
+        for item in getattr(getattr(info, "result", None), "file", None) or []:
+            name = str(getattr(item, "path", ""))
+            if type(item).__name__ == "FolderFileInfo" or not is_partial_name(name):
+                continue
+            try:
+                loc = self.datastore_location(name, spec)
+            except BadLocation:
+                continue
+            size = getattr(item, "fileSize", None)
+            found.append(
+                PartialFile(
+                    loc,
+                    _age(getattr(item, "modification", None), now),
+                    int(size) if size is not None else None,
+                )
+            )
+        return found
+
+    def leftovers(self, older_than: float) -> Iterator[Leftover]:
+        """Temporary upload files (``.<id>.<token>.imgstore-partial``) in the image folder
+        of each datastore of ``vmware_datastores``, untouched for ``older_than`` s; one
+        whose age the server does not tell is listed only when ``older_than`` is 0."""
+        for spec in self.datastores:
+            for part in self.partial_files(spec):
+                if part.age is None and older_than > 0:
+                    continue
+                if part.age is None or part.age >= older_than:
+                    yield Leftover(
+                        self.backend, "partial file", part.location.redacted(), part.age,
+                        part.size, part.location,
+                    )  # fmt: skip
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        loc = leftover.ref
+        if not (
+            isinstance(loc, VsphereLocation)
+            and self.owns(loc)
+            and loc.directory == self.image_dir
+            and is_partial_name(loc.image_id)
+        ):
+            raise BadLocation(
+                f"{leftover.name} is not a partial upload of backend {self.backend!r}: not removed"
+            )
+        try:
+            self.delete_file(loc, f"removing the partial upload {loc.redacted()}")
+        except NotFound:
+            pass
+
+    def discard(self, image_id: str) -> bool:
+        """Delete image ``image_id`` and the temporary files of unfinished uploads of it,
+        on every datastore of ``vmware_datastores``."""
+        removed = False
+        for spec in self.datastores:
+            final = self.datastore_location(image_id, spec)
+            doomed = [p.location for p in self.partial_files(spec)
+                      if is_partial_name(p.location.image_id, image_id)]  # fmt: skip
+            if self.exists(final, f"checking {final.redacted()}"):
+                doomed.append(final)
+            for loc in doomed:
+                try:
+                    self.delete_file(loc, f"discarding {loc.redacted()}")
+                except NotFound:
+                    continue
+                removed = True
+        return removed
+
     def close(self) -> None:
         api, self._api = self._api, None
         if api is not None:
@@ -860,6 +981,28 @@ class VMwareDriver(Driver):
             except Exception:
                 LOG.debug("backend %r: logging out failed", self.backend)
         self.http.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialFile:
+    """A temporary upload file on a datastore."""
+
+    location: VsphereLocation
+    age: float | None
+    """Seconds since it was last written, by the server's clock (None: not told)."""
+    size: int | None
+
+
+def _age(modified: Any, now: Any) -> float | None:
+    """Seconds from ``modified`` to ``now`` (the server's time; else this machine's)."""
+    if not isinstance(modified, datetime.datetime):
+        return None
+    try:
+        if isinstance(now, datetime.datetime):
+            return max(0.0, (now - modified).total_seconds())
+        return max(0.0, time.time() - modified.timestamp())
+    except (TypeError, ValueError, OverflowError):  # naive against aware
+        return None
 
 
 # -- reading --------------------------------------------------------------------------------
