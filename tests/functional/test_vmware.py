@@ -5,13 +5,20 @@ proves nothing is left behind is every file and folder under the real
 directories backing both datastores. Then the VMware-specific behaviour:
 one login for many operations, renewal after the server ended the session,
 datastore choice by weight and free space, TLS verified against the
-generated CA (and refused with another one), a wrong password.
+generated CA (and refused with another one), a wrong password; uploads go to a
+hidden temporary file moved into place on commit, so a writer killed
+mid-upload leaves nothing under the image's name, and ``Stores.cleanup``
+finds and removes what it left.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +28,7 @@ import pytest
 import requests
 
 from imgstore import Stores
-from imgstore.drivers.vmware import VMwareDriver, VsphereLocation
+from imgstore.drivers.vmware import VMwareDriver, VsphereLocation, is_partial_name
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -35,6 +42,7 @@ from imgstore.testing import ConformanceTests, StoreUnderTest
 pytestmark = pytest.mark.functional
 
 IMAGE_DIR = "openstack_glance"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(path: Path, options: dict[str, Any], core: dict[str, Any] | None = None) -> Path:
@@ -79,6 +87,38 @@ def datastore_listing(vmware: dict[str, Any]) -> set[str]:
                 if path != IMAGE_DIR:
                     found.add(f"[{name}] {path}")
     return found
+
+
+def partial_files(vmware: dict[str, Any], image_id: str | None = None) -> dict[str, int]:
+    """The temporary upload files on vcsim's datastores (of ``image_id``, when given),
+    with their sizes, read from the directories backing the datastores."""
+    found = {}
+    for name, root in vmware["datastore_dirs"].items():
+        folder = Path(root) / IMAGE_DIR
+        for entry in folder.iterdir() if folder.is_dir() else []:
+            if is_partial_name(entry.name, image_id):
+                try:
+                    found[f"[{name}] {IMAGE_DIR}/{entry.name}"] = entry.stat().st_size
+                except FileNotFoundError:
+                    continue
+    return found
+
+
+def final_file(vmware: dict[str, Any], image_id: str, datastore: str = "LocalDS_0") -> Path:
+    """The file an image ``image_id`` is stored in on ``datastore``."""
+    return Path(vmware["datastore_dirs"][datastore]) / IMAGE_DIR / image_id
+
+
+def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +381,178 @@ def test_wrong_password_is_authentication_failed(
             )
     assert vmware["password"] not in str(raised.value)
     assert vmware["password"] not in caplog.text
+
+
+# -- temporary files, moves and leftovers ---------------------------------------------
+
+
+def test_upload_goes_to_a_temporary_file_moved_into_place(
+    make_stores: Any, vmware: dict[str, Any]
+) -> None:
+    image_id = _id()
+    data = os.urandom(12 << 20)
+    before = datastore_listing(vmware)
+    seen: dict[str, Any] = {}
+    with make_stores() as stores:
+        drv = stores.driver("vc")
+        assert isinstance(drv, VMwareDriver)
+        final_uri = drv.datastore_location(image_id, drv.datastores[0]).to_uri()
+
+        def source() -> Iterator[bytes]:
+            yield data[: 6 << 20]
+            # a first chunk is on its way: vcsim holds the temporary file by now
+            seen["partials"] = wait_for(
+                lambda: {k: v for k, v in partial_files(vmware, image_id).items() if v},
+                "the temporary file to fill",
+            )
+            seen["new"] = datastore_listing(vmware) - before
+            seen["final exists"] = final_file(vmware, image_id).exists()
+            with pytest.raises(NotFound):
+                stores.size(final_uri)
+            seen["young"] = [o.leftover.name for o in stores.cleanup(remove=False)]
+            seen["any age"] = [o.leftover for o in stores.cleanup(older_than=0, remove=False)]
+            yield data[6 << 20 :]
+
+        res = stores.add(image_id, source(), size=len(data))
+        # during the upload: the temporary file only, and cleanup spares it unless asked
+        (temp,) = seen["partials"]
+        assert seen["new"] == {temp} and not seen["final exists"]
+        assert temp.startswith(f"[LocalDS_0] {IMAGE_DIR}/.{image_id}.")
+        assert not [n for n in seen["young"] if image_id in n]
+        (found,) = [item for item in seen["any age"] if image_id in item.name]
+        assert found.kind == "partial file" and found.age is not None and found.age < 60
+        # after the commit: the image under its final name, and nothing else
+        assert res.location == final_uri
+        assert datastore_listing(vmware) - before == {f"[LocalDS_0] {IMAGE_DIR}/{image_id}"}
+        assert stores.get(res.location).read_all() == data
+        stores.delete(res.location)
+    assert datastore_listing(vmware) == before
+
+
+KILLED_WRITER = """
+import sys, time
+from imgstore import Stores
+
+stores = Stores.from_config_files(sys.argv[1])
+
+def source():
+    yield b"k" * (6 << 20)
+    print("writing", flush=True)  # the first chunk is on its way
+    time.sleep(600)  # killed here
+    yield b"never"
+
+stores.add(sys.argv[2], source(), size=64 << 20)
+"""
+
+
+def kill_a_writer(vmware: dict[str, Any], config: Path, image_id: str) -> dict[str, int]:
+    """Start adding ``image_id`` in another process and SIGKILL it mid-upload (no abort
+    runs); return the temporary files it left, with their sizes."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(config), image_id],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready and proc.stdout.readline() == b"writing\n", "the writer did not start"
+        final = final_file(vmware, image_id)
+        wait_for(
+            lambda: (
+                any(partial_files(vmware, image_id).values())
+                or (final.exists() and final.stat().st_size)
+            ),
+            "bytes on the datastore",
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9
+    time.sleep(0.3)  # vcsim notices the broken connection and closes the file
+    return partial_files(vmware, image_id)
+
+
+def test_killed_writer_leaves_no_image_and_cleanup_removes_its_file(
+    make_stores: Any, vmware: dict[str, Any], tmp_path: Path
+) -> None:
+    image_id = _id()
+    before = datastore_listing(vmware)
+    left = kill_a_writer(vmware, write_config(tmp_path / "w.conf", vc_options(vmware)), image_id)
+    # nothing under the image's name: no truncated image to read
+    assert not final_file(vmware, image_id).exists()
+    assert len(left) == 1
+    assert datastore_listing(vmware) - before == set(left)
+    with make_stores() as stores:
+        drv = stores.driver("vc")
+        assert isinstance(drv, VMwareDriver)
+        with pytest.raises(NotFound):
+            stores.size(drv.datastore_location(image_id, drv.datastores[0]).to_uri())
+        # the default age spares it (its writer might still be running)
+        assert not [o for o in stores.cleanup() if image_id in o.leftover.name]
+        outcomes = [o for o in stores.cleanup(older_than=0) if image_id in o.leftover.name]
+        (outcome,) = outcomes
+        assert outcome.outcome == "removed", outcome.error
+        item = outcome.leftover
+        assert item.kind == "partial file" and item.backend == "vc"
+        assert item.size == next(iter(left.values()))
+        assert item.age is not None and 0 <= item.age < 120
+        assert vmware["password"] not in repr(outcome.as_dict())
+        # removing it again is no error
+        drv.remove_leftover(item)
+        # the retry of the add works
+        res = stores.add(image_id, b"retried", size=7)
+        assert stores.get(res.location).read_all() == b"retried"
+        stores.delete(res.location)
+    assert datastore_listing(vmware) == before
+
+
+def test_duplicate_on_commit_keeps_the_image_and_no_temporary_file(
+    make_stores: Any, vmware: dict[str, Any]
+) -> None:
+    image_id = _id()
+    before = datastore_listing(vmware)
+    with make_stores() as stores:
+
+        def source() -> Iterator[bytes]:
+            yield b"a" * (5 << 20)
+            # meanwhile another add of the same id finishes first
+            stores.add(image_id, b"winner", size=6)
+            yield b"b" * 1000
+
+        with pytest.raises(Duplicate) as raised:
+            stores.add(image_id, source(), size=(5 << 20) + 1000)
+        assert image_id in str(raised.value)
+        drv = stores.driver("vc")
+        assert isinstance(drv, VMwareDriver)
+        final_uri = drv.datastore_location(image_id, drv.datastores[0]).to_uri()
+        assert stores.get(final_uri).read_all() == b"winner"
+        assert not partial_files(vmware, image_id)
+        assert datastore_listing(vmware) - before == {f"[LocalDS_0] {IMAGE_DIR}/{image_id}"}
+        stores.delete(final_uri)
+    assert datastore_listing(vmware) == before
+
+
+def test_discard_removes_the_image_and_its_temporary_files(
+    make_stores: Any, vmware: dict[str, Any], tmp_path: Path
+) -> None:
+    image_id, other_id = _id(), _id()
+    before = datastore_listing(vmware)
+    config = write_config(tmp_path / "w.conf", vc_options(vmware))
+    with make_stores() as stores:
+        other = stores.add(other_id, b"unrelated", size=9)
+        # an upload killed midway: discard removes its temporary file only
+        left = kill_a_writer(vmware, config, image_id)
+        assert len(left) == 1
+        assert stores.discard(image_id) is True
+        assert not partial_files(vmware, image_id)
+        assert datastore_listing(vmware) - before == {f"[LocalDS_0] {IMAGE_DIR}/{other_id}"}
+        # a finished image: discard removes it; then there is nothing left to remove
+        res = stores.add(image_id, b"finished", size=8)
+        assert stores.discard(image_id) is True
+        with pytest.raises(NotFound):
+            stores.size(res.location)
+        assert stores.discard(image_id) is False
+        assert stores.get(other.location).read_all() == b"unrelated"
+        stores.delete(other.location)
+    assert datastore_listing(vmware) == before

@@ -13,7 +13,9 @@ from imgstore.drivers.vmware import (
     DatastoreSpec,
     VMwareDriver,
     VsphereLocation,
+    is_partial_name,
     parse_datastores,
+    partial_name,
 )
 from imgstore.exceptions import BadConfiguration
 from imgstore.location import parse
@@ -191,3 +193,34 @@ def test_foreign_location_is_refused_before_any_connection(tmp_path: Path) -> No
             stores.size(f"vsphere://evil.example/folder/openstack_glance/{IMAGE}?dsName=ds")
         with pytest.raises(BadLocation):
             stores.delete(f"vsphere://vc.example/folder/elsewhere/{IMAGE}?dsName=ds")
+
+
+def test_partial_names() -> None:
+    name = partial_name(IMAGE)
+    assert name.startswith(f".{IMAGE}.") and name.endswith(".imgstore-partial")
+    assert len(name) == len(IMAGE) + len("..") + 12 + len(".imgstore-partial")
+    assert partial_name(IMAGE) != name  # a new token each time
+    assert is_partial_name(name) and is_partial_name(name, IMAGE)
+    assert not is_partial_name(name, IMAGE + "x") and not is_partial_name(name, IMAGE[:-1])
+    # the id is cut so that the name stays within 255 characters
+    long_id = "a" * 255
+    assert len(partial_name(long_id)) <= 255
+    assert is_partial_name(partial_name(long_id), long_id)
+    # only the exact form: never an image, nor another program's file
+    for other in (
+        IMAGE,
+        f"{IMAGE}.0123456789ab.imgstore-partial",  # not hidden
+        f".{IMAGE}.0123456789AB.imgstore-partial",  # upper-case token
+        f".{IMAGE}.0123456789a.imgstore-partial",  # short token
+        ".0123456789ab.imgstore-partial",  # no id
+        f".{IMAGE}.0123456789ab.imgstore-partial.vmdk",
+    ):
+        assert not is_partial_name(other), other
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}", fullmatch=True))
+def test_any_id_makes_a_valid_partial_location(image_id: str) -> None:
+    name = partial_name(image_id)
+    assert is_partial_name(name, image_id)
+    loc = VsphereLocation("vc.example", None, f"openstack_glance/{name}", "DC0", "LocalDS_0")
+    assert parse(str(loc)) == loc and loc.image_id == name
