@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
+import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -31,6 +32,31 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
 IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 """What an image id may look like (it becomes a file, object or image name); use fullmatch."""
+
+PARTIAL_SUFFIX = ".imgstore-partial"
+"""Ends the temporary name of an image being written (filesystem, VMware); only writes
+make such names, so ``imgstore cleanup`` can tell what an interrupted write left."""
+_PARTIAL_TOKEN_HEX = 12
+_PARTIAL_ID_CHARS = 200
+"""Characters of the image id a temporary name keeps (file names stop at 255)."""
+
+
+def partial_name(image_id: str) -> str:
+    """A new temporary name for a write of ``image_id``: ``.<id>.<12 hex>.imgstore-partial``."""
+    token = secrets.token_hex(_PARTIAL_TOKEN_HEX // 2)
+    return f".{image_id[:_PARTIAL_ID_CHARS]}.{token}{PARTIAL_SUFFIX}"
+
+
+def is_partial_name(name: str, image_id: str | None = None) -> bool:
+    """Whether ``name`` is one :func:`partial_name` makes (for ``image_id``, when given)."""
+    if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
+        return False
+    stem, dot, token = name[1 : -len(PARTIAL_SUFFIX)].rpartition(".")
+    if not (stem and dot and len(token) == _PARTIAL_TOKEN_HEX):
+        return False
+    if any(c not in "0123456789abcdef" for c in token):
+        return False
+    return image_id is None or stem == image_id[:_PARTIAL_ID_CHARS]
 
 
 class DriverConf:

@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,16 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import (
+    Driver,
+    Leftover,
+    ReadStream,
+    Writer,
+    Written,
+    clamp_range,
+    is_partial_name,
+    partial_name,
+)
 from imgstore.exceptions import (
     BackendError,
     BadConfiguration,
@@ -49,7 +57,6 @@ from imgstore.location import (
 
 LOG = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".imgstore-partial"
 """Marks a file being written; anything with it is a leftover once no add runs."""
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -297,17 +304,10 @@ class FilesystemDriver(Driver):
     def discard(self, image_id: str) -> bool:
         """Delete the image's file and the partial files of unfinished writes of it."""
         removed = super().discard(image_id)
-        prefix = f".{image_id[:200]}."
         for d in self.datadirs:
             with contextlib.suppress(FileNotFoundError):
                 for name in os.listdir(d.path):
-                    token = name[len(prefix) : -len(PARTIAL_SUFFIX)]
-                    if (
-                        name.startswith(prefix)
-                        and name.endswith(PARTIAL_SUFFIX)
-                        and len(token) == 12
-                        and all(c in "0123456789abcdef" for c in token)
-                    ):
+                    if is_partial_name(name, image_id):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(os.path.join(d.path, name))
                             removed = True
@@ -333,7 +333,7 @@ class FilesystemDriver(Driver):
                     f"backend {self.backend!r}: cannot list {d.path}: {exc}"
                 ) from None
             for entry in entries:
-                if not (entry.name.startswith(".") and entry.name.endswith(PARTIAL_SUFFIX)):
+                if not is_partial_name(entry.name):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -473,9 +473,7 @@ class FileWriter(Writer):
         self._final = os.path.join(datadir.path, image_id)
         self._image_id = image_id
         # the id is cut so that the temporary name fits NAME_MAX (255) for any valid id
-        self._temp = os.path.join(
-            datadir.path, f".{image_id[:200]}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
-        )
+        self._temp = os.path.join(datadir.path, partial_name(image_id))
         self._direct = driver.direct_io
         try:
             self._fd: int | None = self._open()

@@ -60,7 +60,6 @@ import dataclasses
 import datetime
 import logging
 import queue
-import secrets
 import threading
 import time
 import urllib.parse
@@ -72,7 +71,17 @@ import requests.adapters
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import (
+    PARTIAL_SUFFIX,
+    Driver,
+    Leftover,
+    ReadStream,
+    Writer,
+    Written,
+    clamp_range,
+    is_partial_name,
+    partial_name,
+)
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -106,12 +115,6 @@ SEND_BLOCK_SIZE = 1 << 20
 _QUEUE_DEPTH = 4
 _CLEANUP_WAIT = 0.5
 """After a failed upload, how long to watch for the server creating the file late."""
-PARTIAL_SUFFIX = ".imgstore-partial"
-"""Marks a file being uploaded (as the filesystem driver's); only writes make such names."""
-_TOKEN_HEX = 12
-_ID_IN_NAME = 200
-"""Characters of the image id a temporary name keeps (datastore file names stop at 255)."""
-
 T = TypeVar("T")
 
 
@@ -224,23 +227,6 @@ class VsphereLocation(Location):
     def https_url(self) -> str:
         """The ``https://`` URL of the file on the datastore HTTP interface."""
         return f"https://{self.netloc}{FOLDER}{quote_path(self.path)}?{self.query}"
-
-
-def partial_name(image_id: str) -> str:
-    """A new temporary name for an upload of ``image_id``: ``.<id>.<12 hex>.imgstore-partial``."""
-    return f".{image_id[:_ID_IN_NAME]}.{secrets.token_hex(_TOKEN_HEX // 2)}{PARTIAL_SUFFIX}"
-
-
-def is_partial_name(name: str, image_id: str | None = None) -> bool:
-    """Whether ``name`` is one :func:`partial_name` makes (for ``image_id``, when given)."""
-    if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
-        return False
-    stem, dot, token = name[1 : -len(PARTIAL_SUFFIX)].rpartition(".")
-    if not (stem and dot and len(token) == _TOKEN_HEX):
-        return False
-    if any(c not in "0123456789abcdef" for c in token):
-        return False
-    return image_id is None or stem == image_id[:_ID_IN_NAME]
 
 
 # -- configuration -------------------------------------------------------------------

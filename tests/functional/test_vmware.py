@@ -28,7 +28,8 @@ import pytest
 import requests
 
 from imgstore import Stores
-from imgstore.drivers.vmware import VMwareDriver, VsphereLocation, is_partial_name
+from imgstore.driver import is_partial_name
+from imgstore.drivers.vmware import VMwareDriver, VsphereLocation
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,

@@ -12,8 +12,8 @@ import pytest
 
 import imgstore
 from imgstore import Capability, Stores
-from imgstore.driver import ReadStream
-from imgstore.drivers.filesystem import PARTIAL_SUFFIX, FileLocation
+from imgstore.driver import PARTIAL_SUFFIX, ReadStream
+from imgstore.drivers.filesystem import FileLocation
 from imgstore.exceptions import (
     BadLocation,
     ChecksumMismatch,

@@ -21,8 +21,9 @@ from imgstore import (
     StorageFull,
     Stores,
 )
+from imgstore.driver import PARTIAL_SUFFIX
 from imgstore.drivers import filesystem as fs
-from imgstore.drivers.filesystem import PARTIAL_SUFFIX, FileLocation
+from imgstore.drivers.filesystem import FileLocation
 from imgstore.location import parse
 
 

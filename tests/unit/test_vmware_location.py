@@ -9,13 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imgstore import BadLocation, Stores
+from imgstore.driver import is_partial_name, partial_name
 from imgstore.drivers.vmware import (
     DatastoreSpec,
     VMwareDriver,
     VsphereLocation,
-    is_partial_name,
     parse_datastores,
-    partial_name,
 )
 from imgstore.exceptions import BadConfiguration
 from imgstore.location import parse
