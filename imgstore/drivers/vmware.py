@@ -648,35 +648,28 @@ class VMwareDriver(Driver):
             f"{spec.datacenter!r} on {self.host}"
         )
 
+    def _datastore_property(self, spec: DatastoreSpec, name: str, what: str) -> Any:
+        """Property ``name`` of datastore ``spec``, as the server reports it now."""
+        from oslo_vmware import vim_util
+
+        ref = self._datastore(spec)
+        return self.invoke(
+            f"{what} of {spec.datastore!r}",
+            lambda api: api.invoke_api(vim_util, "get_object_property", api.vim, ref, name),
+        )
+
     def _browser(self, spec: DatastoreSpec) -> Any:
         """The datastore's ``HostDatastoreBrowser``."""
         key = (spec.datacenter, spec.datastore)
         ref = self._browser_refs.get(key)
         if ref is None:
-            from oslo_vmware import vim_util
-
-            ds = self._datastore(spec)
-            ref = self.invoke(
-                f"finding the file browser of {spec.datastore!r}",
-                lambda api: api.invoke_api(
-                    vim_util, "get_object_property", api.vim, ds, "browser"
-                ),
-            )  # fmt: skip
+            ref = self._datastore_property(spec, "browser", "finding the file browser")
             self._browser_refs[key] = ref
         return ref
 
     def free_space(self, spec: DatastoreSpec) -> int:
         """The datastore's free space in bytes, as the server reports it now."""
-        from oslo_vmware import vim_util
-
-        ref = self._datastore(spec)
-        value = self.invoke(
-            f"reading the free space of {spec.datastore!r}",
-            lambda api: api.invoke_api(
-                vim_util, "get_object_property", api.vim, ref, "summary.freeSpace"
-            ),
-        )  # fmt: skip
-        return int(value)
+        return int(self._datastore_property(spec, "summary.freeSpace", "reading the free space"))
 
     def select_datastore(self, size: int | None) -> DatastoreSpec:
         """Highest weight first; within a weight the most free space; room for ``size``."""
