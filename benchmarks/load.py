@@ -12,11 +12,15 @@ loops: add an image of a random size (up to ``--max-kib``), read it back whole
 and compare its sha256, read a random range, delete it, and check that it is
 gone (NotFound). Every failure is counted as an error with its message.
 
-For each backend the report gives operations, errors, open file descriptors
-and threads after a warm-up round and at the end (after the clients stopped
-and the garbage collector ran), and the peak RSS. The exit status is
-non-zero when any backend had an error, its descriptors or threads grew
-beyond ``--slack``, or its peak RSS exceeded ``--max-rss-mib``.
+For each backend the report gives operations, errors, and the open file
+descriptors (sockets ``s`` + the others) and threads at four points: before
+the Stores opened | after a warm-up round -> at the end (clients stopped,
+garbage collected) | after the Stores closed; and the peak RSS. The exit
+status is non-zero when any backend had an error; when descriptors other
+than sockets, or threads, grew during the run beyond ``--slack``; when any
+descriptor or thread outlived the Stores (sockets may grow during the run: a
+connection pool keeps idle connections up to its cap, and closes them with
+the Stores); or when its peak RSS exceeded ``--max-rss-mib``.
 """
 
 from __future__ import annotations
@@ -49,8 +53,16 @@ from imgstore.exceptions import NotFound  # noqa: E402
 KIB = 1024
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> dict[str, int]:
+    """This process's descriptors: sockets, and everything else (files, pipes...)."""
+    counts = {"sockets": 0, "other": 0}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, closed meanwhile
+        counts["sockets" if target.startswith("socket:") else "other"] += 1
+    return counts
 
 
 def rss_mib() -> float:
@@ -166,6 +178,8 @@ def one_round(stores: Stores, rng: random.Random, max_bytes: int, stats: Stats) 
 
 def run_backend(name: str, clients: int, duration: float, max_bytes: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"imgstore-load-{name}-"))
+    gc.collect()
+    before = {"fds": open_fds(), "threads": threading.active_count()}
     try:
         with open_backend(name, tmp) as stores:
             stats = Stats()
@@ -203,33 +217,55 @@ def run_backend(name: str, clients: int, duration: float, max_bytes: int) -> dic
             leftovers = None
             if name == "file":
                 leftovers = sorted(os.listdir(tmp / "data"))
-            return {
-                "backend": name,
-                "clients": clients,
-                "seconds": round(elapsed, 1),
-                "ops": dict(stats.ops),
-                "warmup_ops": warmup_ops,
-                "ops_total": sum(stats.ops.values()) - warmup_ops,
-                "ops_per_s": round((sum(stats.ops.values()) - warmup_ops) / elapsed, 1),
-                "errors": dict(stats.errors),
-                "error_total": sum(stats.errors.values()),
-                "start": start,
-                "end": end,
-                "peak_rss_mib": round(peak_rss_mib(), 1),
-                "leftovers": leftovers,
-            }
+        gc.collect()
+        time.sleep(0.5)
+        closed = {"fds": open_fds(), "threads": threading.active_count()}
+        return {
+            "backend": name,
+            "clients": clients,
+            "seconds": round(elapsed, 1),
+            "ops": dict(stats.ops),
+            "warmup_ops": warmup_ops,
+            "ops_total": sum(stats.ops.values()) - warmup_ops,
+            "ops_per_s": round((sum(stats.ops.values()) - warmup_ops) / elapsed, 1),
+            "errors": dict(stats.errors),
+            "error_total": sum(stats.errors.values()),
+            "before": before,
+            "start": start,
+            "end": end,
+            "closed": closed,
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "leftovers": leftovers,
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fds(point: dict[str, Any]) -> str:
+    """``<sockets>s+<other>`` descriptors at one point of the run."""
+    return f"{point['fds']['sockets']}s+{point['fds']['other']}"
+
+
 def verdict(r: dict[str, Any], slack: int, max_rss: float) -> list[str]:
+    """What went wrong. While the clients run, descriptors other than sockets and threads
+    must not grow at all; sockets may (a connection pool keeps idle connections, up to its
+    cap), but once the Stores is closed every descriptor and thread must be gone again."""
     problems = []
     if r["error_total"]:
         problems.append(f"{r['error_total']} errors")
-    for key in ("fds", "threads"):
-        grew = r["end"][key] - r["start"][key]
-        if grew > slack:
-            problems.append(f"{key} grew by {grew}")
+    grew = r["end"]["fds"]["other"] - r["start"]["fds"]["other"]
+    if grew > slack:
+        problems.append(f"descriptors other than sockets grew by {grew}")
+    grew = r["end"]["threads"] - r["start"]["threads"]
+    if grew > slack:
+        problems.append(f"threads grew by {grew}")
+    for key in ("sockets", "other"):
+        kept = r["closed"]["fds"][key] - r["before"]["fds"][key]
+        if kept > slack:
+            problems.append(f"{kept} {key} descriptors still open after the Stores closed")
+    kept = r["closed"]["threads"] - r["before"]["threads"]
+    if kept > slack:
+        problems.append(f"{kept} threads still running after the Stores closed")
     if r["peak_rss_mib"] > max_rss:
         problems.append(f"peak RSS {r['peak_rss_mib']} MiB > {max_rss}")
     if r["leftovers"]:
@@ -266,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(
             f"{name:6} ops {r['ops_total']:7d} ({r['ops_per_s']:.1f}/s) errors {r['error_total']}"
-            f"  fds {r['start']['fds']}->{r['end']['fds']}"
-            f"  threads {r['start']['threads']}->{r['end']['threads']}"
+            f"  fds {fds(r['before'])}|{fds(r['start'])}->{fds(r['end'])}|{fds(r['closed'])}"
+            f"  threads {r['before']['threads']}|{r['start']['threads']}->{r['end']['threads']}"
+            f"|{r['closed']['threads']}"
             f"  rss {r['start']['rss']:.0f}->{r['end']['rss']:.0f} MiB"
             f" (peak {r['peak_rss_mib']:.0f})"
             f"  {'FAIL: ' + '; '.join(problems) if problems else 'ok'}"

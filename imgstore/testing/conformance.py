@@ -68,8 +68,9 @@ class StoreUnderTest:
 
     @property
     def chunk(self) -> int:
-        """The chunk size the core uses for this backend."""
-        return self.stores.chunk_size(self.backend)
+        """The chunk size the core writes this backend in (the sizes around its edges, and
+        how far past a size cap an upload may be read, follow from it)."""
+        return self.stores.driver(self.backend).write_chunk_size
 
     @property
     def capabilities(self) -> Capability:

@@ -60,7 +60,7 @@ class TestFilesystemConformance(ConformanceTests):
 
 
 class TestFilesystemConformanceSmallChunksThin(TestFilesystemConformance):
-    """Smallest chunk size and thin provisioning: many chunk edges, sparse files."""
+    """Smallest chunk size and thin provisioning: reads yield 4 KiB chunks, 4 KiB holes."""
 
     extra = {  # noqa: RUF012
         "filesystem_store_chunk_size": 4096,
