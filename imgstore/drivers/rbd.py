@@ -25,6 +25,7 @@ python3-rbd; ``scripts/setup`` links them into the venv.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -425,7 +426,7 @@ class RbdDriver(Driver):
         except BaseException:
             image.close()
             raise
-        return RbdStream(image, start, count, self.chunk_size, self.window)
+        return RbdStream(image, start, count, self.chunk_size, self.window, self.backend)
 
     def size(self, location: Location) -> int:
         assert isinstance(location, RbdLocation)
@@ -739,12 +740,7 @@ class RbdWriter(Writer):
     def _raise_failure(self) -> None:
         if self._failure is not None:
             err = -self._failure
-            cls: type[ImgstoreError] = BackendError
-            if err in (28, 122):  # ENOSPC, EDQUOT
-                cls = StorageFull
-            elif err == 110:  # ETIMEDOUT
-                cls = BackendUnavailable
-            raise cls(
+            raise _aio_error(err)(
                 f"backend {self._driver.backend!r}: writing image {self._image_id} failed: "
                 f"{os.strerror(err)}"
             )
@@ -844,11 +840,23 @@ class RbdWriter(Writer):
             _remove_quietly(self._ioctx, self._image_id)
 
 
+def _aio_error(err: int) -> type[ImgstoreError]:
+    """The imgstore class of a failed librbd aio read or write (positive errno)."""
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull
+    if err in (errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ECONNRESET, errno.ENOTCONN):
+        return BackendUnavailable
+    return BackendError
+
+
 class RbdStream(ReadStream):
     """Reads ``count`` bytes from ``offset`` of an open image, ``window`` chunks ahead."""
 
-    def __init__(self, image: Any, offset: int, count: int, chunk: int, window: int) -> None:
+    def __init__(
+        self, image: Any, offset: int, count: int, chunk: int, window: int, backend: str = "rbd"
+    ) -> None:
         self._image: Any = image
+        self._backend = backend
         self._offset = offset
         self.size = count
         self._chunk = chunk
@@ -877,7 +885,10 @@ class RbdStream(ReadStream):
             completion, slot = self._pending.popleft()
             completion.wait_for_complete_and_cb()
             if slot[1] < 0 or slot[0] is None:
-                raise BackendError(f"reading from rbd failed: {os.strerror(-int(slot[1] or 5))}")
+                err = -int(slot[1] or -errno.EIO)
+                raise _aio_error(err)(
+                    f"backend {self._backend!r}: reading the image failed: {os.strerror(err)}"
+                )
             yield slot[0]
 
     def close(self) -> None:

@@ -8,25 +8,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.functional.conftest import in_ci, require_service
+from tests.functional.conftest import require_service, skip_or_fail
 
 try:
     import rados
     import rbd
-except ImportError:  # skip locally; with CI=true a missing binding is an error
-    if in_ci():
-        raise
-    pytest.skip(
-        "Ceph's python3-rados/python3-rbd are not linked into the venv (run scripts/setup)",
-        allow_module_level=True,
+except ImportError as exc:  # skip locally; in CI a missing binding is an error
+    skip_or_fail(
+        f"Ceph's python3-rados/python3-rbd are not linked into the venv (run scripts/setup): {exc}"
     )
 
 
-def ceph_details() -> dict[str, Any]:
-    """The running cluster's details (skip, or fail in CI, when it is down)."""
-    return require_service("ceph")
+def ceph_details(name: str = "ceph") -> dict[str, Any]:
+    """The running cluster's details (skip, or fail in CI, when it is down); ``faults-ceph``
+    is the fault tests' own cluster."""
+    return require_service(name)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,13 @@
   aborted): ``cleanup`` lists it only once it is older than ``older_than``,
   never lists a finished image, and removes it completely.
 
-The servers are the harness's; the tests stop and continue them by the PIDs
-the harness recorded, and always continue them (``finally``).
+The servers are the fault tests' own (``faults-ceph``, ``faults-swift``,
+``faults-mongo``: no other test uses them, so a fault here can never slow or
+break another test, in this process or in a parallel one). The tests stop and
+continue them by the PIDs the harness recorded, always continue them
+(``finally``), and after each test prove the server healthy again within a
+bounded time (Ceph: HEALTH_OK, no slow ops, every PG ``active+clean``, not
+``laggy``; re-peered once if needed), or fail.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import contextlib
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,12 +37,22 @@ import pytest
 from imgstore import Stores
 from imgstore.driver import Writer
 from imgstore.exceptions import BackendUnavailable, ImgstoreError, NotFound
+from tests.functional.conftest import require_service
+from tests.functional.services._common import ServiceError
 
 pytestmark = pytest.mark.functional
 
 MIB = 1024 * 1024
 BACKENDS = ["file", "rbd", "s3", "swift", "gridfs"]
 SERVER_BACKENDS = ["rbd", "s3", "swift", "gridfs"]
+OPERATION_WORDS = {
+    "add": ("add", "writ", "upload"),
+    "get": ("get", "read", "download"),
+    "size": ("size", "sizing", "stat", "head"),
+}
+"""How an error message may name the operation that failed."""
+HEAL_SECONDS = 120.0
+"""How long a server may take to be healthy again after a fault."""
 
 
 @dataclass
@@ -54,6 +71,10 @@ class Target:
     service: tuple[str, str] | None = None
     """(harness server, process key) of a process that may be killed and restarted with
     its data intact (radosgw keeps its data in RADOS, a Swift proxy keeps none)."""
+    healthy: Callable[[], None] = lambda: None
+    """Waits (bounded) until the server answers and is healthy again; fails if it is not."""
+    words: tuple[str, ...] = ()
+    """Words of which an error message must name one: which backend failed."""
 
 
 # -- the backends ------------------------------------------------------------------------
@@ -70,6 +91,42 @@ def _file_target(tmp_path: Path) -> Iterator[Target]:
         yield Target(stores, "file", lambda: {p.name for p in data.iterdir()})
 
 
+def _ceph_healthy(details: dict[str, Any], rgw: bool = False) -> Callable[[], None]:
+    def healthy() -> None:
+        from tests.functional.services.ceph import wait_healthy
+
+        if rgw:
+            _answers(details["rgw_endpoint"] + "/", "radosgw")
+        try:
+            wait_healthy(details, timeout=HEAL_SECONDS)
+        except ServiceError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return healthy
+
+
+def _answers(url: str, what: str, ok: int | None = None) -> None:
+    """Fail unless ``url`` answers (with status ``ok``, or any) within HEAL_SECONDS."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + HEAL_SECONDS
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with opener.open(url, timeout=5) as resp:
+                status = int(resp.status)
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError as exc:
+            last = str(exc)
+            time.sleep(0.5)
+            continue
+        if ok is None or status == ok:
+            return
+        last = f"HTTP {status}"
+        time.sleep(0.5)
+    pytest.fail(f"{what} does not answer {HEAL_SECONDS:.0f} s after the fault: {last}")
+
+
 def _rbd_target(tmp_path: Path) -> Iterator[Target]:
     from tests.functional.rbd_helpers import (
         admin_cluster,
@@ -80,7 +137,7 @@ def _rbd_target(tmp_path: Path) -> Iterator[Target]:
         write_config,
     )
 
-    details = ceph_details()
+    details = ceph_details("faults-ceph")
     with admin_cluster(details) as cluster, temp_pool(cluster, "imgstore-faults") as pool:
         options = rbd_options(details, pool, rados_op_timeout=4, rbd_store_chunk_size=1)
         conf = write_config(tmp_path / "rbd.conf", {"rbd": options}, {})
@@ -93,6 +150,7 @@ def _rbd_target(tmp_path: Path) -> Iterator[Target]:
             yield Target(
                 stores, "rbd", lambda: pool_listing(cluster, pool),
                 [int(details["pids"]["osd"])], 60.0, settle,
+                healthy=_ceph_healthy(details), words=("rbd", "ceph", "rados"),
             )  # fmt: skip
 
 
@@ -107,7 +165,7 @@ def _s3_target(tmp_path: Path) -> Iterator[Target]:
         write_config,
     )
 
-    details = server("ceph")
+    details = server("faults-ceph")
     bucket = new_bucket()
     # the bucket is made with the default timeouts: radosgw may take seconds to create
     # one on a busy machine, and the short ones below are for the faults
@@ -130,7 +188,8 @@ def _s3_target(tmp_path: Path) -> Iterator[Target]:
         try:
             yield Target(
                 stores, "s3", bucket_listing(stores, "s3", details),
-                [int(details["pids"]["rgw"])], 40.0, settle, ("ceph", "rgw"),
+                [int(details["pids"]["rgw"])], 40.0, settle, ("faults-ceph", "rgw"),
+                healthy=_ceph_healthy(details, rgw=True), words=("s3", bucket),
             )  # fmt: skip
         finally:
             with contextlib.suppress(Exception):
@@ -139,7 +198,6 @@ def _s3_target(tmp_path: Path) -> Iterator[Target]:
 
 
 def _swift_target(tmp_path: Path) -> Iterator[Target]:
-    from tests.functional.conftest import require_service
     from tests.functional.swift_helpers import (
         container_listing,
         new_container,
@@ -149,7 +207,8 @@ def _swift_target(tmp_path: Path) -> Iterator[Target]:
         write_config,
     )
 
-    srv = server("swift")
+    srv = server("faults-swift")
+    details = require_service("faults-swift")
     container = new_container()
     options = swift_options(
         srv, container, swift_store_large_object_size=1, swift_store_large_object_chunk_size=2,
@@ -163,11 +222,14 @@ def _swift_target(tmp_path: Path) -> Iterator[Target]:
             if uploader is not None:
                 uploader.wait()
 
+        def healthy() -> None:
+            _answers(details["s3_endpoint"] + "/healthcheck", "the Swift proxy", ok=200)
+
         try:
             yield Target(
                 stores, "swift", container_listing(srv, container),
-                [int(require_service("swift")["pids"]["proxy"])], 40.0, settle,
-                ("swift", "proxy"),
+                [int(details["pids"]["proxy"])], 40.0, settle, ("faults-swift", "proxy"),
+                healthy=healthy, words=("swift", container),
             )  # fmt: skip
         finally:
             conn = raw_connection(srv)
@@ -182,10 +244,9 @@ def _swift_target(tmp_path: Path) -> Iterator[Target]:
 def _gridfs_target(tmp_path: Path) -> Iterator[Target]:
     import pymongo
 
-    from tests.functional.conftest import require_service
     from tests.functional.test_gridfs_conformance import write_config
 
-    details = require_service("mongo")
+    details = require_service("faults-mongo")
     db = f"imgstore_faults_{uuid.uuid4().hex[:8]}"
     options = {
         "mongodb_store_uri": details["uri_with_password"],
@@ -207,9 +268,24 @@ def _gridfs_target(tmp_path: Path) -> Iterator[Target]:
         }
         return files | chunks
 
+    def healthy() -> None:
+        deadline = time.monotonic() + HEAL_SECONDS
+        while True:
+            try:
+                client.admin.command("ping")
+                client[db]["fs.files"].find_one()
+                return
+            except pymongo.errors.PyMongoError as exc:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"SecantusDB does not answer after the fault: {exc}")
+                time.sleep(0.5)
+
     try:
         with Stores.from_config_files(write_config(tmp_path / "gridfs.conf", options)) as stores:
-            yield Target(stores, "mongo", listing, [int(details["pids"]["secantusd"])], 40.0)
+            yield Target(
+                stores, "mongo", listing, [int(details["pids"]["secantusd"])], 40.0,
+                healthy=healthy, words=("gridfs", "mongo"),
+            )  # fmt: skip
     finally:
         with contextlib.suppress(Exception):
             client.drop_database(db)
@@ -227,7 +303,10 @@ FACTORIES: dict[str, Callable[[Path], Iterator[Target]]] = {
 
 @pytest.fixture
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    yield from FACTORIES[request.param](tmp_path)
+    """The backend on its server; afterwards the server is proven healthy again."""
+    with contextlib.contextmanager(FACTORIES[request.param])(tmp_path) as made:
+        yield made
+        made.healthy()
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -261,22 +340,34 @@ def stalling_source(stall: Callable[[], None], total: int, stall_at: int) -> Ite
         sent += len(block)
 
 
-def clean_up_until_back(target: Target, expected: set[str], wait: float = 150.0) -> set[str]:
-    """Run ``cleanup`` until the backend holds ``expected`` again (the server may still
-    be catching up on requests queued while it stood still, and a stalled OSD's clients
-    hold their RBD watches until they lapse, ~30 s after it runs again, or longer on a
-    busy machine); return the last listing."""
+def clean_up_until_back(target: Target, expected: set[str], wait: float = 150.0) -> None:
+    """Run ``cleanup`` until the backend holds ``expected`` again; fail if it does not
+    within ``wait`` seconds (the server may still be catching up on requests queued while
+    it stood still, and a stalled OSD's clients hold their RBD watches until they lapse,
+    ~30 s after it runs again). Errors while it catches up are retried, and the last one
+    is reported."""
     deadline = time.monotonic() + wait
     while True:
-        with contextlib.suppress(ImgstoreError):
+        try:
             target.stores.cleanup([target.backend], older_than=0)
-        with contextlib.suppress(Exception):
             now = target.listing()
-            if now == expected or time.monotonic() > deadline:
-                return now
+        except Exception as exc:  # the server may not answer yet
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if now == expected:
+                return
+            last = f"left over: {sorted(now - expected)}, missing: {sorted(expected - now)}"
         if time.monotonic() > deadline:
-            return set()
+            pytest.fail(f"{target.backend}: not back to what it held within {wait:.0f} s ({last})")
         time.sleep(1.0)
+
+
+def assert_unavailable(failure: pytest.ExceptionInfo[Exception], target: Target, op: str) -> None:
+    """The error is BackendUnavailable, and its message names the backend and ``op``."""
+    assert failure.type is BackendUnavailable, repr(failure.value)
+    message = str(failure.value).lower()
+    assert any(w.lower() in message for w in target.words), (target.words, message)
+    assert any(w in message for w in OPERATION_WORDS[op]), (op, message)
 
 
 # -- stalls -------------------------------------------------------------------------------
@@ -294,8 +385,8 @@ def test_server_stalling_mid_add_fails_in_time_and_leaves_nothing(target: Target
             )
         took = time.monotonic() - started
     assert took < target.budget, f"the add took {took:.1f} s to fail (budget {target.budget} s)"
-    assert str(failure.value), "the error says what went wrong"
-    assert clean_up_until_back(target, before) == before
+    assert_unavailable(failure, target, "add")
+    clean_up_until_back(target, before)
 
 
 @pytest.mark.parametrize("target", SERVER_BACKENDS, indirect=True)
@@ -303,12 +394,16 @@ def test_server_stalling_mid_get_fails_in_time(target: Target) -> None:
     result = target.stores.add(str(uuid.uuid4()), os.urandom(32 * MIB), backend=target.backend)
     with stalled(target.pids) as stall:
         started = time.monotonic()
-        with pytest.raises(ImgstoreError), target.stores.get(result.location) as reader:
+        with (
+            pytest.raises(ImgstoreError) as failure,
+            target.stores.get(result.location) as reader,
+        ):
             for n, _chunk in enumerate(reader):
                 if n == 0:
                     stall()
         took = time.monotonic() - started
     assert took < target.budget, f"the get took {took:.1f} s to fail (budget {target.budget} s)"
+    assert_unavailable(failure, target, "get")
     target.stores.delete(result.location)
 
 
@@ -318,10 +413,11 @@ def test_stalled_server_is_unavailable_for_new_requests(target: Target) -> None:
     with stalled(target.pids) as stall:
         stall()
         started = time.monotonic()
-        with pytest.raises((BackendUnavailable, ImgstoreError)):
+        with pytest.raises(ImgstoreError) as failure:
             target.stores.size(result.location)
         took = time.monotonic() - started
-    assert took < target.budget
+    assert took < target.budget, f"size took {took:.1f} s to fail (budget {target.budget} s)"
+    assert_unavailable(failure, target, "size")
     target.stores.delete(result.location)
 
 
@@ -352,8 +448,8 @@ def test_server_dying_mid_add_fails_in_time_and_cleanup_removes_the_rest(target:
         if killed:
             restart_process(*target.service)
     assert took < target.budget, f"the add took {took:.1f} s to fail (budget {target.budget} s)"
-    assert str(failure.value)
-    assert clean_up_until_back(target, before) == before
+    assert_unavailable(failure, target, "add")
+    clean_up_until_back(target, before)
 
 
 # -- abandoned adds and cleanup --------------------------------------------------------------

@@ -43,9 +43,10 @@ MULTIPART = {
 
 
 def server(name: str) -> dict[str, Any]:
-    """Connection details of the S3 endpoint of server ``name`` (ceph or swift)."""
+    """Connection details of the S3 endpoint of server ``name`` (a ceph cluster's radosgw,
+    or swift's s3api)."""
     details = require_service(name)
-    endpoint = details["rgw_endpoint"] if name == "ceph" else details["s3_endpoint"]
+    endpoint = details["rgw_endpoint"] if "rgw_endpoint" in details else details["s3_endpoint"]
     return {**details, "endpoint": endpoint}
 
 

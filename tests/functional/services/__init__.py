@@ -46,6 +46,11 @@ SERVICES: dict[str, str] = {
     "mongo": "tests.functional.services.mongo",
     "vmware": "tests.functional.services.vmware",
     "glance": "tests.functional.services.glance",  # uses ceph when it is up
+    # The fault tests' own servers: test_faults.py stops (SIGSTOP) and kills their
+    # processes, so no other test shares them. Same modules, ports + 1000.
+    "faults-ceph": "tests.functional.services.ceph",
+    "faults-swift": "tests.functional.services.swift",
+    "faults-mongo": "tests.functional.services.mongo",
 }
 
 

@@ -45,6 +45,8 @@ STATE_ROOT = REPO_ROOT / ".cache" / "services"
 VENV_ROOT = STATE_ROOT / "venvs"
 DETAILS_FILE = "details.json"
 HOST = "127.0.0.1"
+SECOND_INSTANCE_PORT_OFFSET = 1000
+"""Added to a server's default ports for its second instance (``faults-ceph``...)."""
 
 
 class ServiceError(RuntimeError):
@@ -218,9 +220,25 @@ class Context:
         """A path inside the state directory."""
         return self.dir.joinpath(*parts)
 
+    @property
+    def env_prefix(self) -> str:
+        """``IMGSTORE_<NAME>`` (``faults-ceph`` -> ``IMGSTORE_FAULTS_CEPH``)."""
+        return "IMGSTORE_" + self.name.upper().replace("-", "_")
+
+    @property
+    def kind(self) -> str:
+        """The server this is an instance of: ``ceph`` for ``ceph`` and ``faults-ceph``."""
+        return self.name.rsplit("-", 1)[-1]
+
     def port(self, suffix: str, default: int) -> int:
-        """The port from ``IMGSTORE_<NAME>_<SUFFIX>`` (IMGSTORE_NGINX_HTTP_PORT...) or default."""
-        return env_port(f"IMGSTORE_{self.name.upper()}_{suffix}", default)
+        """The port from ``IMGSTORE_<NAME>_<SUFFIX>`` (IMGSTORE_NGINX_HTTP_PORT...) or default.
+
+        A second instance of a server (``faults-ceph``, a copy of ``ceph`` that only
+        the fault tests use) defaults to ``default + SECOND_INSTANCE_PORT_OFFSET``.
+        """
+        if self.kind != self.name:
+            default += SECOND_INSTANCE_PORT_OFFSET
+        return env_port(f"{self.env_prefix}_{suffix}", default)
 
     # pid files in pids/: "<pid> <starttime> <seq>" (a server's own pid files live elsewhere)
     @property

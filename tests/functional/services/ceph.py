@@ -29,6 +29,7 @@ hanging forever.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -99,12 +100,12 @@ def _run_dir(ctx: Context) -> Path:
     # longest socket: <run>/client.rgw.x.asok (daemons; clients get none)
     if len(str(local)) + len("/client.rgw.x.asok") < SOCKET_MAX - 8:
         return local
-    return Path(f"/tmp/imgstore-ceph-{os.getuid()}")  # a short path on purpose
+    return Path(f"/tmp/imgstore-{ctx.name}-{os.getuid()}")  # a short path on purpose
 
 
 def _conf_text(ctx: Context, fsid: str, run: Path, ports: dict[str, int]) -> str:
     d = ctx.dir
-    size = int(os.environ.get("IMGSTORE_CEPH_OSD_MB", "10240")) * 1024 * 1024
+    size = int(os.environ.get(f"{ctx.env_prefix}_OSD_MB", "10240")) * 1024 * 1024
     return f"""[global]
 fsid = {fsid}
 mon host = [v2:{HOST}:{ports["mon"]}]
@@ -249,7 +250,7 @@ def up(ctx: Context) -> dict[str, Any]:
     for name in ("mon", "rgw"):
         if port_open(ports[name]):
             raise ServiceError(
-                f"ceph: port {ports[name]} is taken; set IMGSTORE_CEPH_{name.upper()}_PORT"
+                f"{ctx.name}: port {ports[name]} is taken; set {ctx.env_prefix}_{name.upper()}_PORT"
             )
     d = ctx.dir
     run = _run_dir(ctx)
@@ -407,6 +408,67 @@ def check(ctx: Context, details: dict[str, Any]) -> bool:
         cluster.shutdown()
 
 
+def health_problems(cluster: Any) -> list[str]:
+    """Why the cluster is not healthy: every health check raised (slow ops among them) and
+    every PG that is not exactly ``active+clean`` (``laggy``, peering...); [] when healthy."""
+    health = _command(cluster, {"prefix": "health", "detail": "detail"}) or {}
+    problems = [
+        f"{name}: {check.get('summary', {}).get('message', '')}"
+        for name, check in sorted((health.get("checks") or {}).items())
+    ]
+    dump = _command(cluster, {"prefix": "pg dump", "dumpcontents": ["pgs_brief"]}, mgr=True)
+    stats = dump.get("pg_stats", []) if isinstance(dump, dict) else dump or []
+    problems += [
+        f"pg {pg['pgid']} is {pg['state']}" for pg in stats if pg["state"] != "active+clean"
+    ]
+    if not stats:
+        problems.append("the mgr reports no PG yet")
+    return problems
+
+
+def wait_healthy(
+    details: dict[str, Any], timeout: float = 120.0, repeer_after: float = 15.0
+) -> float:
+    """Wait until the cluster of ``details`` is healthy (:func:`health_problems` is empty);
+    return the seconds it took.
+
+    An OSD that was stopped (SIGSTOP) and continued can leave a PG ``laggy`` and ops
+    blocked for as long as nothing re-peers it. When the cluster is not healthy after
+    ``repeer_after`` seconds, the OSD is marked down once (``ceph osd down 0``): it is
+    running, so it at once reports itself up again and re-peers its PGs, which clears
+    both. :class:`ServiceError` with the problems when it is not healthy in ``timeout``.
+    """
+    import rados
+
+    started = time.monotonic()
+    deadline = started + timeout
+    cluster = rados.Rados(conffile=details["ceph_conf"], name="client.admin")
+    cluster.conf_set("client_mount_timeout", "20")
+    cluster.connect(timeout=20)
+    repeered = False
+    problems = ["not asked yet"]
+    try:
+        while time.monotonic() < deadline:
+            try:
+                problems = health_problems(cluster)
+            except (ServiceError, rados.Error) as exc:
+                problems = [f"no answer: {exc}"]
+            if not problems:
+                return time.monotonic() - started
+            if not repeered and time.monotonic() - started > repeer_after:
+                LOG.warning("ceph: re-peering osd.0 to clear: %s", "; ".join(problems))
+                with contextlib.suppress(ServiceError, rados.Error):
+                    _command(cluster, {"prefix": "osd down", "ids": ["0"]})
+                repeered = True
+            time.sleep(0.5)
+    finally:
+        cluster.shutdown()
+    raise ServiceError(
+        f"ceph: not healthy {timeout:.0f} s after the fault"
+        f"{' (osd.0 re-peered)' if repeered else ''}: {'; '.join(problems)}"
+    )
+
+
 def down(ctx: Context) -> None:
     """Stop radosgw, then OSD and mgr, then the mon; remove the cluster's data."""
     # radosgw needs the OSD while it shuts down; the OSD tells the mon it is
@@ -423,5 +485,5 @@ def _wipe(ctx: Context, run: Path) -> None:
         shutil.rmtree(ctx.path(sub), ignore_errors=True)
     for name in ("ceph.conf", "keyring", "monmap"):
         ctx.path(name).unlink(missing_ok=True)
-    if run.name.startswith("imgstore-ceph-"):
+    if run.name.startswith(f"imgstore-{ctx.name}-"):
         shutil.rmtree(run, ignore_errors=True)

@@ -152,7 +152,7 @@ def up(ctx: Context) -> dict[str, Any]:
     port = ctx.port("PORT", DEFAULT_PORT)
     if port_open(port):
         raise ServiceError(
-            f"port {port} on {HOST} is taken by another process; set IMGSTORE_MONGO_PORT"
+            f"port {port} on {HOST} is taken by another process; set {ctx.env_prefix}_PORT"
         )
     data = ctx.path("data")
     shutil.rmtree(data, ignore_errors=True)

@@ -221,7 +221,7 @@ def up(ctx: Context) -> dict[str, Any]:
         if port_open(port):
             raise ServiceError(
                 f"swift: port {port} ({name}) on {HOST} is taken; "
-                f"set IMGSTORE_SWIFT_{name.upper()}_PORT to a free port"
+                f"set {ctx.env_prefix}_{name.upper()}_PORT to a free port"
             )
     etc, srv = ctx.path("etc"), ctx.path("srv")
     shutil.rmtree(etc, ignore_errors=True)
