@@ -170,6 +170,10 @@ memstore device bytes = {size}
 osd memory target = 939524096
 osd op num shards = 2
 osd op num threads per shard = 1
+# a client killed with SIGKILL (the tests do that) holds its watches on the images it
+# had open until they time out: 10 s here instead of 30 s (live clients ping theirs
+# every 5 s), so a removal after a kill waits less
+osd client watch timeout = 10
 
 [client.rgw.x]
 admin socket = {run}/$name.asok

@@ -195,8 +195,10 @@ use = egg:swift#copy
 [filter:slo]
 use = egg:swift#slo
 allow_async_delete = false
+rate_limit_after_segment = 100000
 [filter:dlo]
 use = egg:swift#dlo
+rate_limit_after_segment = 100000
 """
 
 
