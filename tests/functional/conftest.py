@@ -2,16 +2,22 @@
 
 A test that needs a server asks for its fixture (``nginx``...) or calls
 :func:`require_service`. When the server is not up the test is skipped with
-the reason, except when the environment has ``CI=true``: then it fails, so a
-CI run can never pass with a backend silently left out. At the end, the
-terminal summary lists every backend that did not run and why.
+the reason, except in CI (``CI`` set to ``true``, ``1`` or ``yes``, any case):
+then it fails, so a CI run can never pass with a backend silently left out. At
+the end, the terminal summary lists every backend that did not run and why.
+
+The same rule for anything else a test cannot do here (a missing module, a
+missing tool): :func:`skip_or_fail` and :func:`import_or_fail`, used by every
+test under ``tests/`` instead of ``pytest.skip`` and ``pytest.importorskip``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import pytest
 
@@ -22,21 +28,44 @@ NOT_RUN: dict[str, str] = {}
 """Servers some test wanted but that were not up, with the reason."""
 
 
+CI_TRUE = frozenset({"true", "1", "yes"})
+"""Values of ``CI`` (stripped, any case) that make this a CI run."""
+
+
 def in_ci() -> bool:
-    """Whether missing servers are an error (``CI=true``) rather than a skip."""
-    return os.environ.get("CI", "").strip().lower() == "true"
+    """Whether this is a CI run (``CI`` is true, 1 or yes): nothing may skip then."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test (or the module, at import time) with ``reason``; fail in CI.
+
+    A CI run can never pass with a test silently left out: what would skip on
+    a developer's machine is an error there.
+    """
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, so this is an error)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_or_fail(module: str, reason: str) -> ModuleType:
+    """``module`` imported; when it cannot be: :func:`skip_or_fail` with ``reason``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        error = exc  # reported outside the except: no "during handling" chain
+    skip_or_fail(f"cannot import {module} ({error}): {reason}")
 
 
 def require_service(name: str) -> dict[str, Any]:
-    """The details of server ``name``; skip (fail when CI=true) if it is not up."""
+    """The details of server ``name``; skip (fail in CI) if it is not up."""
     up, reason, details = service_status(name)
     if up and details is not None:
         return details
-    hint = f"start it with: .venv/bin/python -m tests.functional.services up {name}"
     NOT_RUN[name] = reason
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true, so this is an error); {hint}", pytrace=False)
-    pytest.skip(f"{reason}; {hint}")
+    skip_or_fail(
+        f"{reason}; start it with: .venv/bin/python -m tests.functional.services up {name}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +102,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
     """Say which backends' servers were missing, so a skip is never overlooked."""
     if not NOT_RUN:
         return
-    verb = "FAILED (CI=true)" if in_ci() else "skipped"
+    verb = "FAILED (CI is set)" if in_ci() else "skipped"
     terminalreporter.write_sep("=", "backends that did not run")
     for name, reason in sorted(NOT_RUN.items()):
         terminalreporter.write_line(f"{name}: {verb}: {reason}")
@@ -84,7 +113,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
 
 @pytest.fixture(autouse=True)
 def _secret_audit() -> Iterator[Any]:
-    """Under IMGSTORE_SECRET_AUDIT=1 (default with CI=true): DEBUG logs, no secret in any.
+    """Under IMGSTORE_SECRET_AUDIT=1 (default in CI): DEBUG logs, no secret in any.
 
     See ``secret_audit.py``; a leak fails the test at teardown.
     """

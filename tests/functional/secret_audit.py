@@ -1,6 +1,6 @@
 """The secret audit: no secret of the test servers in any log record.
 
-With ``IMGSTORE_SECRET_AUDIT=1`` (on by default when ``CI=true``; turn it off
+With ``IMGSTORE_SECRET_AUDIT=1`` (on by default in CI, ``CI=true``; turn it off
 with ``IMGSTORE_SECRET_AUDIT=0``) every functional test runs with the root
 logger at DEBUG and a handler that checks every record: its formatted message,
 exception text and stack. When the test ends, the test fails if any secret of
@@ -45,7 +45,9 @@ def enabled() -> bool:
         return False
     if flag in ("1", "true", "yes", "on"):
         return True
-    return os.environ.get("CI", "").strip().lower() == "true"
+    from tests.functional.conftest import in_ci  # conftest imports this module
+
+    return in_ci()
 
 
 def _uri_password(value: str) -> list[str]:

@@ -37,7 +37,7 @@ from imgstore import (
 )
 from imgstore.drivers.cinder import CinderLocation
 from imgstore.testing import ConformanceTests, Payload, StoreUnderTest
-from tests.functional.conftest import in_ci
+from tests.functional.conftest import skip_or_fail
 
 try:
     import rados
@@ -47,13 +47,10 @@ try:
     from cinderclient.v3 import client as cinder_client
     from keystoneauth1 import session as ks_session
     from keystoneauth1 import token_endpoint
-except ImportError:  # skip locally; with CI=true a missing dependency is an error
-    if in_ci():
-        raise
-    pytest.skip(
-        "the cinder extra (python-cinderclient, os-brick) or Ceph's bindings are missing "
-        "(run scripts/setup)",
-        allow_module_level=True,
+except ImportError as exc:  # skip locally; in CI a missing dependency is an error
+    skip_or_fail(
+        f"the cinder extra (python-cinderclient, os-brick) or Ceph's bindings are missing "
+        f"(run scripts/setup): {exc}"
     )
 
 pytestmark = pytest.mark.functional

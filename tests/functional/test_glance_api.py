@@ -25,10 +25,12 @@ from typing import Any
 import pytest
 import requests
 
-from tests.functional.conftest import in_ci
+from tests.functional.conftest import import_or_fail, skip_or_fail
 
-glanceclient = pytest.importorskip("glanceclient", reason="pip install python-glanceclient")
-from glanceclient import exc as glance_exc  # noqa: E402
+glanceclient = import_or_fail("glanceclient", "pip install python-glanceclient")
+glance_exc = import_or_fail("glanceclient.exc", "pip install python-glanceclient")
+
+pytestmark = pytest.mark.functional
 
 VIRTUAL_SIZE = 24 * 1024 * 1024
 """Guest size of the test image; about 16 MiB of it is random data."""
@@ -47,10 +49,7 @@ def qcow2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real qcow2 image: random data in part of a 24 MiB guest, converted by qemu-img."""
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
-        message = "qemu-img is missing (apt-get install qemu-utils; the glance service does)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("qemu-img is missing (apt-get install qemu-utils; the glance service does)")
     work = tmp_path_factory.mktemp("qcow2")
     raw = work / "disk.raw"
     with open(raw, "wb") as fh:
@@ -95,12 +94,10 @@ def _in_rbd(glance: dict[str, Any], image_id: str) -> bytes | None:
 
 def _backend(glance: dict[str, Any], backend: str) -> Any:
     if backend not in glance["backends"]:
-        reason = f"the glance server has no {backend!r} backend (is ceph up?)"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(f"the glance server has no {backend!r} backend (is ceph up?)")
     if backend == "ceph":
-        pytest.importorskip("rados", reason="Ceph's python3-rados is not linked (scripts/setup)")
+        import_or_fail("rados", "Ceph's python3-rados is not linked (scripts/setup)")
+        import_or_fail("rbd", "Ceph's python3-rbd is not linked (scripts/setup)")
         return _in_rbd
     return _in_fs
 

@@ -121,16 +121,61 @@ def test_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
             _common.env_port("IMGSTORE_X_PORT", 7)
 
 
-@pytest.mark.parametrize(("ci", "outcome"), [("true", "fail"), ("", "skip"), ("false", "skip")])
+CI_VALUES = [
+    ("true", "fail"),
+    ("1", "fail"),
+    ("yes", "fail"),
+    (" TRUE ", "fail"),
+    ("Yes\n", "fail"),
+    ("", "skip"),
+    ("false", "skip"),
+    ("0", "skip"),
+    ("no", "skip"),
+    ("truthy", "skip"),
+]
+
+
+OUTCOMES = (pytest.fail.Exception, pytest.skip.Exception)
+"""Caught together: a skip where a failure is expected must fail the test, not skip it."""
+
+
+def _outcome(outcome: str) -> type[BaseException]:
+    return pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
+
+
+@pytest.mark.parametrize(("ci", "outcome"), CI_VALUES)
+def test_in_ci(monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str) -> None:
+    monkeypatch.setenv("CI", ci)
+    assert conftest.in_ci() is (outcome == "fail")
+    monkeypatch.delenv("CI")
+    assert conftest.in_ci() is False
+
+
+@pytest.mark.parametrize(("ci", "outcome"), CI_VALUES)
+def test_skip_or_fail_and_import_or_fail(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(OUTCOMES, match="the reason") as raised:
+        conftest.skip_or_fail("the reason")
+    assert type(raised.value) is _outcome(outcome)
+    missing = f"no_such_module_{uuid.uuid4().hex[:6]}"
+    with pytest.raises(OUTCOMES, match=f"cannot import {missing}.*: pip install it") as raised:
+        conftest.import_or_fail(missing, "pip install it")
+    assert type(raised.value) is _outcome(outcome)
+    assert conftest.import_or_fail("json", "stdlib") is sys.modules["json"]
+
+
+@pytest.mark.parametrize(("ci", "outcome"), CI_VALUES)
 def test_missing_server_skips_locally_and_fails_in_ci(
     monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
 ) -> None:
     name = f"never-started-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("CI", ci)
     monkeypatch.setattr(conftest, "NOT_RUN", {})
-    expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
-    with pytest.raises(expected, match=f"{name} is not up"):
+    with pytest.raises(OUTCOMES, match=f"{name} is not up") as raised:
         conftest.require_service(name)
+    assert type(raised.value) is _outcome(outcome)
     assert name in conftest.NOT_RUN
 
     class Reporter:

@@ -18,8 +18,9 @@ import pytest
 
 from imgstore import BadLocation, NotSupported
 from imgstore.location import parse
+from tests.functional.conftest import import_or_fail
 
-cinder = pytest.importorskip("imgstore.drivers.cinder")
+cinder = import_or_fail("imgstore.drivers.cinder", "the cinder extra is not installed")
 CinderLocation = cinder.CinderLocation
 
 VOL = "5df8d684-1423-4a1e-a3e8-b20aee1a82c9"

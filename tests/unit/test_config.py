@@ -15,6 +15,7 @@ from imgstore import config
 from imgstore.capabilities import Capability
 from imgstore.exceptions import BadConfiguration, InvalidArgument, UnknownBackend
 from imgstore.location import parse
+from tests.functional.conftest import skip_or_fail
 
 # A realistic glance-api.conf excerpt: many sections and options imgstore does
 # not know, including options of glance_store drivers that are not enabled.
@@ -127,7 +128,7 @@ def test_legacy_glance_store_aliases(tmp_path: pathlib.Path) -> None:
 
 def test_legacy_file_and_http_from_the_issue(tmp_path: pathlib.Path) -> None:
     if "http" not in config.installed_driver_names():
-        pytest.skip("http driver not installed")
+        skip_or_fail("the http driver is not installed (the http extra)")
     datadir = tmp_path / "images"
     path = write_conf(
         tmp_path,

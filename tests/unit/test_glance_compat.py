@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from oslo_config import cfg
 
-glance_store = pytest.importorskip("glance_store")
-if "imgstore" not in (glance_store.__doc__ or ""):
-    pytest.skip("glance_store here is not imgstore's compat package", allow_module_level=True)
+import imgstore
+from tests.functional.conftest import import_or_fail, skip_or_fail
 
-import imgstore  # noqa: E402
+glance_store = import_or_fail("glance_store", "install imgstore's compat package (compat/)")
+if "imgstore" not in (glance_store.__doc__ or ""):
+    skip_or_fail("glance_store here is not imgstore's compat package (install compat/)")
 
 RESERVED = {"os_glance_staging_store": "file", "os_glance_tasks_store": "file"}
 DATA = os.urandom(300_000)
