@@ -14,6 +14,7 @@ import pytest
 FIRST = (
     # each takes minutes as one scope (measured on the 2-core CI machine)
     "tests/functional/test_glance_suite.py",
+    "tests/functional/test_big_images.py",
     "tests/functional/test_migrate.py",
     "tests/functional/test_faults.py",
     "tests/functional/test_load.py",
