@@ -26,6 +26,7 @@ import pytest
 from imgstore.api import AddResult, Stores
 from imgstore.capabilities import Capability
 from imgstore.exceptions import (
+    BadLocation,
     ChecksumMismatch,
     Duplicate,
     ImgstoreError,
@@ -65,6 +66,10 @@ class StoreUnderTest:
     make_stores: Callable[[dict[str, Any]], Stores] | None = None
     """Build another Stores for the same backend with extra ``[glance_store]`` options
     (such as ``image_size_cap``); the caller closes it. None: those tests skip."""
+    no_secrets: bool = False
+    """The backend has no secret at all (a local filesystem): the secret tests still run
+    their failing operations and check each fails as it must, and fail if the driver
+    reports a secret after all. False and no secret known: those tests skip."""
 
     @property
     def chunk(self) -> int:
@@ -501,33 +506,65 @@ class ReadConformanceTests:
         missing = images.missing_location()
         if emitted:
             texts.append(missing)
-        failing: list[Callable[[], object]] = [
-            lambda: drain(sut.stores.get(missing)),
-            lambda: sut.stores.size(missing),
-            lambda: drain(sut.stores.get(location, offset=10_000)),
-            lambda: drain(sut.stores.get(location + "/../x")),
-            lambda: drain(sut.stores.get(location, hash_algo="sha256", expected_multihash="0")),
+        failing: list[_Failing] = [
+            ("get of a missing image", NotFound, lambda: drain(sut.stores.get(missing))),
+            ("size of a missing image", NotFound, lambda: sut.stores.size(missing)),
+            (
+                "get from past the end",
+                InvalidArgument,
+                lambda: drain(sut.stores.get(location, offset=10_000)),
+            ),
+            (
+                "get of the location with '/../x' appended",
+                (BadLocation, NotFound),
+                lambda: drain(sut.stores.get(location + "/../x")),
+            ),
+            (
+                "get with a wrong expected multihash",
+                ChecksumMismatch,
+                lambda: drain(sut.stores.get(location, hash_algo="sha256", expected_multihash="0")),
+            ),
         ]
-        texts += _collect_errors(failing)
+        texts += _expect_failures(failing)
         _assert_no_secret(secrets, texts, caplog)
 
 
 def _secrets_or_skip(sut: StoreUnderTest, caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The secrets to look for, with every log record captured; skip when there are none."""
+    """The secrets to look for, with every log record captured; skip when there are none
+    (unless the backend is declared to have none: :attr:`StoreUnderTest.no_secrets`)."""
     secrets = sut.all_secrets()
-    if not secrets:
-        pytest.skip("no secret is configured for this backend")
+    if sut.no_secrets:
+        assert not secrets, (
+            f"backend {sut.backend!r} is declared with no_secrets=True "
+            f"but has {len(secrets)} secret(s): declare them instead"
+        )
+    elif not secrets:
+        pytest.skip(
+            "no secret is configured for this backend (give StoreUnderTest its secrets, "
+            "or no_secrets=True if it has none)"
+        )
     caplog.set_level(logging.DEBUG)
     return secrets
 
 
-def _collect_errors(calls: Iterable[Callable[[], object]]) -> list[str]:
+_Failing = tuple[str, type[BaseException] | tuple[type[BaseException], ...], Callable[[], object]]
+"""An operation that must fail: (what it is, the exception class(es) it must raise, the call)."""
+
+
+def _expect_failures(calls: Iterable[_Failing]) -> list[str]:
+    """Run each call: it must raise one of its expected exceptions (anything else propagates,
+    success fails the test); return the texts of the exceptions, for the secret check."""
     texts: list[str] = []
-    for call in calls:
+    for what, expected, call in calls:
         try:
             call()
-        except ImgstoreError as exc:
+        except expected as exc:
             texts += _exception_texts(exc)
+        else:
+            names = " or ".join(
+                e.__name__ for e in (expected if isinstance(expected, tuple) else (expected,))
+            )
+            pytest.fail(f"{what} succeeded; it must raise {names}")
     return texts
 
 
@@ -796,22 +833,28 @@ class ConformanceTests(ReadConformanceTests):
         texts.append(repr(reader))
         drain(reader, keep=False)
         sut.stores.delete(other.location)
-        failing: list[Callable[[], object]] = [
-            lambda: images.add(image_id, b"again", 5),
-            lambda: images.add(images.new_id(), b"short", 6),
-            lambda: images.add(
-                images.new_id(), _failing_source([b"x" * 10], 5, SourceFailure("boom")), None
+        failing: list[_Failing] = [
+            ("a second add of the same id", Duplicate, lambda: images.add(image_id, b"again", 5)),
+            (
+                "an add shorter than its declared size",
+                SizeMismatch,
+                lambda: images.add(images.new_id(), b"short", 6),
             ),
-            lambda: sut.stores.delete(other.location),
-            lambda: drain(sut.stores.get(other.location)),
-            lambda: sut.stores.size(other.location),
-            lambda: sut.stores.copy(result.location, sut.backend, image_id=image_id),
+            (
+                "an add whose source fails",
+                SourceFailure,
+                lambda: images.add(
+                    images.new_id(), _failing_source([b"x" * 10], 5, SourceFailure("boom")), None
+                ),
+            ),
+            ("delete of a deleted image", NotFound, lambda: sut.stores.delete(other.location)),
+            ("get of a deleted image", NotFound, lambda: drain(sut.stores.get(other.location))),
+            ("size of a deleted image", NotFound, lambda: sut.stores.size(other.location)),
+            (
+                "a copy onto the id of an image in the same backend",
+                Duplicate,
+                lambda: sut.stores.copy(result.location, sut.backend, image_id=image_id),
+            ),
         ]
-        for call in failing:
-            try:
-                call()
-            except SourceFailure:
-                pass
-            except ImgstoreError as exc:
-                texts += _exception_texts(exc)
+        texts += _expect_failures(failing)
         _assert_no_secret(secrets, texts, caplog)

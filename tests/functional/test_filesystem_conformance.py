@@ -12,6 +12,8 @@ import pytest
 from imgstore import Capability, Stores
 from imgstore.testing import ConformanceTests, ReadConformanceTests, StoreUnderTest
 
+pytestmark = pytest.mark.functional
+
 
 def _listing(root: Path) -> set[str]:
     """Every entry below ``root``, hidden and partial files included."""
@@ -56,6 +58,7 @@ class TestFilesystemConformance(ConformanceTests):
                 backend="file",
                 listing=lambda: _listing(datadir),
                 make_stores=make_stores,
+                no_secrets=True,  # a local directory: no credential to leak
             )
 
 
@@ -88,5 +91,9 @@ class TestFilesystemReadConformanceEmulatedRanges(ReadConformanceTests):
             driver.capabilities = driver.capabilities & ~Capability.READ_RANDOM
             assert Capability.READ_RANDOM not in stores.capabilities("file")
             yield StoreUnderTest(
-                stores=stores, backend="file", seed=seed, listing=lambda: _listing(datadir)
+                stores=stores,
+                backend="file",
+                seed=seed,
+                listing=lambda: _listing(datadir),
+                no_secrets=True,  # a local directory: no credential to leak
             )
