@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +23,9 @@ from typing import Any
 import pytest
 
 from imgstore import Stores
-from imgstore.exceptions import ImgstoreError, NotFound
+from imgstore.exceptions import AuthenticationFailed, Duplicate, NotFound
 from tests.functional import secret_audit
-from tests.functional.conftest import require_service
+from tests.functional.conftest import require_service, skip_or_fail
 from tests.functional.swift_helpers import new_container, swift_options
 from tests.functional.swift_helpers import server as swift_server
 from tests.functional.swift_helpers import write_config as swift_config
@@ -57,15 +58,28 @@ def test_the_audit_catches_a_leak() -> None:
 def test_harness_secrets_are_collected() -> None:
     secrets = secret_audit.harness_secrets()
     if not secrets:
-        pytest.skip("no server is up")
+        skip_or_fail("no server is up: no harness secret to collect")
     assert all(len(s) >= secret_audit.MIN_LENGTH for s in secrets)
     assert not any(s.startswith("/") and os.path.exists(s) for s in secrets)
+
+
+def must_fail(what: str, expected: type[Exception], call: Callable[[], object]) -> list[str]:
+    """Run ``call``: it must raise ``expected`` (anything else propagates, and success fails
+    the test); return the texts of the exception, for the secret check."""
+    try:
+        call()
+    except expected as exc:
+        return [str(exc), repr(exc), *map(str, exc.args)]
+    pytest.fail(f"{what} succeeded; it must raise {expected.__name__}")
 
 
 def exercise(
     stores: Stores, wrong: Stores | None, writable: bool, seed: Callable[[bytes], str] | None
 ) -> list[str]:
-    """Every operation and error path; return the texts of every exception and location."""
+    """Every operation and error path; return the texts of every exception and location.
+
+    Each error path must fail with its exception, so the audit never looks at the text
+    of an error that did not happen."""
     shown: list[str] = [repr(stores)]
     small, big = os.urandom(100_000), os.urandom(6 * 1024 * 1024 + 17)
     locations = []
@@ -74,10 +88,11 @@ def exercise(
             result = stores.add(str(uuid.uuid4()), data, size=len(data))
             locations.append(result.location)
             shown += [result.location, repr(result)]
-            try:
-                stores.add(result.image_id, data, size=len(data))
-            except ImgstoreError as exc:
-                shown += [str(exc), repr(exc)]
+            shown += must_fail(
+                "a second add of the same id",
+                Duplicate,
+                lambda: stores.add(result.image_id, data, size=len(data)),  # noqa: B023
+            )
     else:
         assert seed is not None
         locations = [seed(small)]
@@ -88,20 +103,30 @@ def exercise(
             assert len(b"".join(reader)) == 1000
         stores.size(location)
     missing = locations[0].rsplit("/", 1)[0] + "/" + uuid.uuid4().hex
-    calls: list[Callable[[], object]] = [lambda: stores.size(missing)]
+    calls: list[tuple[str, type[Exception], Callable[[], object]]] = [
+        ("size of a missing image", NotFound, lambda: stores.size(missing))
+    ]
     if writable:
         for location in locations:
             stores.delete(location)
-        calls += [lambda: stores.delete(locations[0]), lambda: stores.size(locations[0])]
+        calls += [
+            ("delete of a deleted image", NotFound, lambda: stores.delete(locations[0])),
+            ("size of a deleted image", NotFound, lambda: stores.size(locations[0])),
+        ]
     if wrong is not None:
-        calls += [lambda: wrong.size(locations[0])]
+        calls += [
+            ("size with a wrong password", AuthenticationFailed, lambda: wrong.size(locations[0]))
+        ]
         if writable:
-            calls.append(lambda: wrong.add(str(uuid.uuid4()), small, size=len(small)))
-    for call in calls:
-        try:
-            call()
-        except (ImgstoreError, NotFound) as exc:
-            shown += [str(exc), repr(exc), *map(str, exc.args)]
+            calls.append(
+                (
+                    "add with a wrong password",
+                    AuthenticationFailed,
+                    lambda: wrong.add(str(uuid.uuid4()), small, size=len(small)),
+                )
+            )
+    for what, expected, call in calls:
+        shown += must_fail(what, expected, call)
     return shown
 
 
@@ -154,8 +179,10 @@ def test_gridfs(tmp_path: Path) -> None:
         "mongodb_store_db": f"audit_{uuid.uuid4().hex[:8]}",
         "mongodb_store_server_selection_timeout": 10,
     }
-    bad = {**options, "mongodb_store_uri": mongo["uri_with_password"].replace(
-        mongo["password"], WRONG)}  # fmt: skip
+    # the password is percent-encoded in the URI (it has '@', ':', '/'...)
+    quoted = urllib.parse.quote(mongo["password"], safe="")
+    bad = {**options, "mongodb_store_uri": mongo["uri_with_password"].replace(quoted, WRONG)}
+    assert bad["mongodb_store_uri"] != options["mongodb_store_uri"]
     with audited([mongo["password"]]) as shown:
         good_conf = gridfs_config(tmp_path / "a.conf", options)
         bad_conf = gridfs_config(tmp_path / "b.conf", bad)
