@@ -435,8 +435,13 @@ def test_credentials_in_url_never_shown(
     assert reader.read_all() == DATA
     texts = [repr(reader), repr(stores.driver("web").parse(url)), stores.driver("web").parse(url)
              .redacted()]  # fmt: skip
-    for bad in (f"{base}/status/503", f"{base}/images/missing", f"{base}/norange/{image}"):
-        with pytest.raises(Exception) as info:  # any error; its text is checked
+    failing: list[tuple[str, type[Exception]]] = [
+        (f"{base}/status/503", BackendUnavailable),
+        (f"{base}/images/missing", NotFound),
+        (f"{base}/norange/{image}", NotSupported),
+    ]
+    for bad, expected in failing:  # each fails as it must; then its text is checked
+        with pytest.raises(expected) as info:
             stores.get(bad, offset=1, length=2)
         texts += [str(info.value), repr(info.value)]
     texts.append(caplog.text)

@@ -263,8 +263,12 @@ def test_missing_bucket_without_create_is_a_configuration_error(make: Any) -> No
     stores = make(bucket=bucket, s3_store_create_bucket_on_put=False)
     with pytest.raises(BadConfiguration, match="s3_store_create_bucket_on_put"):
         stores.add(str(uuid.uuid4()), b"data", size=4)
-    with pytest.raises(Exception):  # noqa: B017 - any error: the bucket must not exist
+    # the server says the bucket does not exist (not: any error, such as a refused login)
+    with pytest.raises(ClientError) as raised:
         driver_of(stores).client.head_bucket(Bucket=bucket)
+    response = raised.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 404, response
+    assert response["Error"]["Code"] == "404", response  # a HEAD answer has no body
 
 
 def test_bucket_created_on_put(make: Any) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from imgstore import Stores
-from imgstore.exceptions import AuthenticationFailed, BackendUnavailable, NotFound
+from imgstore.exceptions import AuthenticationFailed, BackendUnavailable, NotFound, SizeMismatch
 from tests.functional.conftest import require_service
 from tests.functional.swift_helpers import (
     SMALL_SEGMENTS,
@@ -169,16 +169,19 @@ def test_failed_segmented_upload_leaves_no_segment(
     stores = make(**SMALL_SEGMENTS)
     listing = container_listing(srv, container)
 
+    broke = OSError("the source broke after 7 MiB")
+
     def source() -> Iterator[bytes]:
         for _ in range(7):
             yield os.urandom(MiB)
-        raise OSError("the source broke after 7 MiB")
+        raise broke
 
-    with pytest.raises(Exception, match="source broke"):
+    with pytest.raises(OSError) as raised:  # the source's own error, unchanged
         stores.add("fail-" + uuid.uuid4().hex, source())
+    assert raised.value is broke
     assert listing() == set()
-    # a declared size the stream does not reach: same
-    with pytest.raises(Exception, match=r"(?i)size|short|bytes"):
+    # a declared size the stream does not reach: the core's SizeMismatch, with the sizes
+    with pytest.raises(SizeMismatch, match=f"ended after {3 * MiB} bytes, but {4 * MiB} were"):
         stores.add("short-" + uuid.uuid4().hex, io.BytesIO(os.urandom(3 * MiB)), size=4 * MiB)
     assert listing() == set()
 

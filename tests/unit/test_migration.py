@@ -25,6 +25,7 @@ import pytest
 from imgstore import (
     InvalidArgument,
     Stores,
+    UnknownBackend,
     migrate,
     parse_images,
     read_images,
@@ -346,7 +347,7 @@ def test_dry_run_writes_nothing(stores: Stores, tmp_path: Path) -> None:
 def test_bad_arguments(stores: Stores) -> None:
     with pytest.raises(InvalidArgument, match="concurrency"):
         migrate(stores, [], "dst", concurrency=0)
-    with pytest.raises(Exception, match="no backend named 'nope'"):
+    with pytest.raises(UnknownBackend, match="no backend named 'nope'"):
         migrate(stores, [], "nope")
 
 
