@@ -8,6 +8,7 @@ inside the cluster, legacy locations, and an unreachable cluster failing fast.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import socket
 import subprocess
@@ -336,24 +337,20 @@ def test_one_connection_shared_by_threads(
 ) -> None:
     with make_stores(tmp_path, ceph, pools) as stores:
         driver: Any = stores.driver("a")
-        errors: list[BaseException] = []
-        connections: set[int] = set()
+        start = threading.Barrier(8)
 
-        def work(n: int) -> None:
-            try:
-                r = stores.add(f"t{n}", bytes([n]) * 300_000, size=300_000)
-                connections.add(id(driver._cluster))
-                assert read_all(stores, r.location) == bytes([n]) * 300_000
-                stores.delete(r.location)
-            except BaseException as exc:
-                errors.append(exc)
+        def work(n: int) -> int:
+            start.wait(timeout=60)
+            r = stores.add(f"t{n}", bytes([n]) * 300_000, size=300_000)
+            connection = id(driver._cluster)
+            assert read_all(stores, r.location) == bytes([n]) * 300_000
+            stores.delete(r.location)
+            return connection
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
+        # .result() raises here whatever a worker raised (a failed assert too)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(work, n) for n in range(8)]
+            connections = {f.result(timeout=600) for f in futures}
         assert len(connections) == 1
     assert driver._cluster is None  # closed with the Stores
 

@@ -13,6 +13,7 @@ finds and removes what it left.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import select
 import subprocess
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from imgstore import Stores
+from imgstore import AddResult, Stores
 from imgstore.driver import is_partial_name
 from imgstore.drivers.vmware import VMwareDriver, VsphereLocation
 from imgstore.exceptions import (
@@ -203,21 +204,23 @@ def test_one_login_for_many_operations(make_stores: Any, admin: Any) -> None:
         drv = stores.driver("vc")
         assert isinstance(drv, VMwareDriver)
         assert drv.logins == 0  # no login before the first operation
-        results = []
+        start = threading.Barrier(4)
 
-        def work() -> None:
+        def work() -> list[AddResult]:
+            start.wait(timeout=60)
+            done = []
             for _ in range(3):
                 data = os.urandom(100_000)
                 res = stores.add(_id(), data, size=len(data))
                 assert stores.get(res.location).read_all() == data
                 assert stores.size(res.location) == len(data)
-                results.append(res)
+                done.append(res)
+            return done
 
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # .result() raises here whatever a worker raised (a failed assert too)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(work) for _ in range(4)]
+            results = [res for f in futures for res in f.result(timeout=600)]
         assert len(results) == 12
         for res in results:
             stores.delete(res.location)
