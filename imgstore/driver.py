@@ -19,6 +19,7 @@ import abc
 import dataclasses
 import re
 import secrets
+import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -296,3 +297,36 @@ def clamp_range(total: int, offset: int, length: int | None) -> tuple[int, int]:
         raise InvalidArgument(f"offset {offset} is past the end of the image ({total} bytes)")
     remaining = total - offset
     return offset, remaining if length is None else min(length, remaining)
+
+
+_CERT_VERIFY_RE = re.compile(r"certificate verify failed: ([^()'\"\n]+)")
+
+
+def tls_verify_failure(exc: BaseException) -> str | None:
+    """Why the server's TLS certificate was refused, when ``exc`` is (or wraps) that refusal.
+
+    Looks through what requests, urllib3 and botocore wrap (causes, contexts,
+    arguments, ``reason``, botocore's ``kwargs``) for an
+    :class:`ssl.SSLCertVerificationError`, then at the text; returns its short
+    reason (``unable to get local issuer certificate``, ``Hostname mismatch, ...``)
+    or None for any other error. Drivers map it to a :class:`BackendError` that
+    says so: retrying cannot help.
+    """
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo and len(seen) < 32:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return str(err.verify_message or err.reason or "certificate verify failed").strip()
+        kwargs = getattr(err, "kwargs", None)
+        nested = [err.__cause__, err.__context__, getattr(err, "reason", None), *err.args]
+        nested += list(kwargs.values()) if isinstance(kwargs, dict) else []
+        todo += [e for e in nested if isinstance(e, BaseException)]
+    text = str(exc)
+    match = _CERT_VERIFY_RE.search(text)
+    if match:
+        return match.group(1).strip()
+    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else None

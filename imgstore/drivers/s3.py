@@ -21,7 +21,9 @@ so an existing ``[glance_store]`` section works unchanged.
 * errors: NoSuchKey/NoSuchBucket/404 -> :class:`NotFound`; signature, unknown
   key or access denied -> :class:`AuthenticationFailed`; throttling, 5xx and
   connection failures are retried by botocore ("standard" mode, exponential
-  backoff, ``s3_store_max_retries``) and then -> :class:`BackendUnavailable`.
+  backoff, ``s3_store_max_retries``) and then -> :class:`BackendUnavailable`;
+  a server certificate that fails verification (``s3_store_cacert``) ->
+  :class:`BackendError` saying so, naming the endpoint.
 * locations are ``s3://host[:port]/bucket/key`` (``s3+https://`` for TLS) and
   never carry credentials: these come from the configuration. glance_store's
   old ``s3://access:secret@host/bucket/key`` form is still read (the
@@ -52,7 +54,16 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import (
+    IMAGE_ID_RE,
+    Driver,
+    Leftover,
+    ReadStream,
+    Writer,
+    Written,
+    clamp_range,
+    tls_verify_failure,
+)
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -455,6 +466,13 @@ class S3Driver(Driver):
             if code in _UNAVAILABLE or status >= 500 or status == 429:
                 return BackendUnavailable(f"{what}: the S3 server failed ({detail}); retried")
             return BackendError(f"{what}: {detail}")
+        tls = tls_verify_failure(exc) if isinstance(exc, bx.SSLError) else None
+        if tls is not None:
+            # before the connection errors: botocore's SSLError is a ConnectionError
+            return BackendError(
+                f"{what}: TLS certificate verification failed for {self.endpoint_url} "
+                f"({tls}); set s3_store_cacert to the CA that signed its certificate"
+            )
         if isinstance(
             exc,
             (
@@ -472,8 +490,6 @@ class S3Driver(Driver):
             )
         if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             return BadConfiguration(f"{what}: no S3 credentials")
-        if isinstance(exc, bx.SSLError):
-            return BackendError(f"{what}: TLS failed with {self.endpoint_url}")
         if isinstance(exc, bx.BotoCoreError):
             return BackendError(f"{what}: {type(exc).__name__}")
         return BackendError(f"{what}: {type(exc).__name__}")

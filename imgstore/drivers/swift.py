@@ -53,8 +53,10 @@ Built on python-swiftclient. Options keep glance_store's names
   credentials are dropped: the configured ones are used) and redacted.
 * errors: 404 -> :class:`NotFound`, 401/403 and refused logins ->
   :class:`AuthenticationFailed`, 5xx and connection failures (after
-  swiftclient's retries) -> :class:`BackendUnavailable`. No key or token
-  reaches a log record, message or repr.
+  swiftclient's retries) -> :class:`BackendUnavailable`; a server certificate
+  that fails verification (``swift_store_cacert``) -> :class:`BackendError`
+  saying so, naming the server. No key or token reaches a log record, message
+  or repr.
 """
 
 from __future__ import annotations
@@ -78,7 +80,16 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import (
+    IMAGE_ID_RE,
+    Driver,
+    Leftover,
+    ReadStream,
+    Writer,
+    Written,
+    clamp_range,
+    tls_verify_failure,
+)
 from imgstore.drivers._parallel import BoundedUploader, BufferPool
 from imgstore.exceptions import (
     AuthenticationFailed,
@@ -246,6 +257,22 @@ def _status(exc: BaseException) -> int | None:
 
 def _is_http_error(exc: BaseException, *codes: int) -> bool:
     return _status(exc) in codes
+
+
+_POOL_HOST_RE = re.compile(r"host='([^'\s]+)', port=(\d+)")
+
+
+def _tls_server(exc: BaseException) -> str:
+    """``https://host:port`` of the request that failed (never a path or credentials)."""
+    url = getattr(getattr(exc, "request", None), "url", None)
+    if isinstance(url, str):
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname:
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            port = f":{parts.port}" if parts.port else ""
+            return f"{parts.scheme}://{host}{port}"
+    match = _POOL_HOST_RE.search(str(exc))
+    return f"https://{match.group(1)}:{match.group(2)}" if match else "the Swift server"
 
 
 # -- the driver -------------------------------------------------------------------
@@ -621,6 +648,12 @@ class SwiftDriver(Driver):
             return AuthenticationFailed(f"{doing}: refused ({status or name} {reason})".rstrip())
         if status is None and "Unauthorized" in text:
             return AuthenticationFailed(f"{doing}: the login was refused")
+        tls = tls_verify_failure(exc) if status is None else None
+        if tls is not None:
+            return BackendError(
+                f"{doing}: TLS certificate verification failed for {_tls_server(exc)} "
+                f"({tls}); set swift_store_cacert to the CA that signed its certificate"
+            )
         if status == 507:
             return StorageFull(f"{doing}: Swift has no room ({status} {reason})")
         if status == 412:
