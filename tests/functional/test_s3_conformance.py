@@ -9,6 +9,11 @@ add a multipart upload of 5 MiB parts and boto3's default checksums
 ("when_supported"). The listing that proves nothing is left behind holds every
 object and every multipart upload in the bucket and, on Swift, every segment in
 the ``<bucket>+segments`` container where s3api keeps the parts.
+
+radosgw also runs it once more over https, through nginx's TLS port in front
+of it (``services up nginx``), the harness's CA in ``s3_store_cacert``; with a
+CA that did not sign nginx's certificate every operation fails with a
+:class:`BackendError` that says certificate verification failed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import pytest
 
 from imgstore import Stores
+from imgstore.exceptions import BackendError
 from imgstore.testing import ConformanceTests, StoreUnderTest
 from tests.functional.conftest import require_service
 
@@ -50,8 +56,15 @@ def server(name: str) -> dict[str, Any]:
     return {**details, "endpoint": endpoint}
 
 
+def https_server(name: str) -> dict[str, Any]:
+    """``server(name)`` reached through nginx's https port in front of it, with nginx's CA."""
+    nginx = require_service("nginx")
+    url = nginx["rgw_https_url"] if name == "ceph" else nginx["swift_https_url"]
+    return {**server(name), "endpoint": url, "cacert": nginx["ca_file"]}
+
+
 def s3_options(details: dict[str, Any], bucket: str, **extra: Any) -> dict[str, Any]:
-    """The ``s3_store_*`` options for ``details``' endpoint and ``bucket``."""
+    """The ``s3_store_*`` options for ``details``' endpoint (and CA) and ``bucket``."""
     return {
         "s3_store_host": details["endpoint"],
         "s3_store_access_key": details["s3_access_key"],
@@ -59,6 +72,7 @@ def s3_options(details: dict[str, Any], bucket: str, **extra: Any) -> dict[str, 
         "s3_store_bucket": bucket,
         "s3_store_create_bucket_on_put": True,
         "s3_store_bucket_url_format": "path",
+        **({"s3_store_cacert": details["cacert"]} if "cacert" in details else {}),
         **extra,
     }
 
@@ -156,6 +170,11 @@ class _S3Conformance(ConformanceTests):
     service = ""
     extra: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
 
+    @classmethod
+    def details(cls) -> dict[str, Any]:
+        """What the driver under test connects to (the cleanup always uses ``server``)."""
+        return server(cls.service)
+
     @pytest.fixture(scope="class")
     @classmethod
     def bucket(cls) -> Iterator[str]:
@@ -174,7 +193,7 @@ class _S3Conformance(ConformanceTests):
 
     @pytest.fixture
     def store_under_test(self, tmp_path: Path, bucket: str) -> Iterator[StoreUnderTest]:
-        details = server(self.service)
+        details = self.details()
         configs = iter(range(1000))
 
         def make_stores(overrides: dict[str, Any]) -> Stores:
@@ -219,3 +238,60 @@ class TestSwiftS3MultipartConformance(_S3Conformance):
 
     service = "swift"
     extra = MULTIPART
+
+
+class TestRadosgwHttpsConformance(_S3Conformance):
+    """radosgw through nginx's https port, the harness's CA in s3_store_cacert, defaults."""
+
+    service = "ceph"
+
+    @classmethod
+    def details(cls) -> dict[str, Any]:
+        return https_server(cls.service)
+
+    def test_locations_are_https(self, store_under_test: StoreUnderTest) -> None:
+        """The kit above really went through TLS: the driver's endpoint and locations."""
+        image_id = str(uuid.uuid4())
+        stores = store_under_test.stores
+        result = stores.add(image_id, b"over tls", size=8)
+        try:
+            endpoint = https_server(self.service)["endpoint"]
+            assert stores.driver("s3").endpoint_url == endpoint  # type: ignore[attr-defined]
+            assert result.location.startswith(f"s3+https://{endpoint.split('://')[1]}/")
+        finally:
+            stores.delete(result.location)
+
+
+def test_radosgw_https_with_a_wrong_ca(tmp_path: Path) -> None:
+    """A CA that did not sign nginx's certificate: add and get fail with a BackendError that
+    says certificate verification failed and names the endpoint, with no secret; nothing of
+    the failed add is left in the bucket."""
+    good = https_server("ceph")
+    wrong = {**good, "cacert": require_service("nginx")["wrong_ca_file"]}
+    bucket = new_bucket()
+    good_conf = write_config(tmp_path / "good.conf", s3_options(good, bucket))
+    wrong_conf = write_config(tmp_path / "wrong.conf", s3_options(wrong, bucket))
+    expected = (
+        f"TLS certificate verification failed for {good['endpoint']} "
+        "(unable to get local issuer certificate); set s3_store_cacert"
+    )
+    with Stores.from_config_files(good_conf) as stores:
+        driver: Any = stores.driver("s3")
+        try:
+            present = stores.add(str(uuid.uuid4()), b"signed by the right CA", size=22)
+            before = bucket_listing(stores, "s3", good)()
+            with Stores.from_config_files(wrong_conf) as wrong_stores:
+                with pytest.raises(BackendError) as added:
+                    wrong_stores.add(str(uuid.uuid4()), b"never stored", size=12)
+                with pytest.raises(BackendError) as read:
+                    with wrong_stores.get(present.location) as reader:
+                        b"".join(reader)
+            for raised in (added, read):
+                assert type(raised.value) is BackendError
+                message = str(raised.value)
+                assert expected in message, message
+                assert good["s3_secret_key"] not in message
+                assert good["s3_access_key"] not in message
+            assert bucket_listing(stores, "s3", good)() == before
+        finally:
+            purge_bucket(driver)

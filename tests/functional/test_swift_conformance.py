@@ -10,24 +10,47 @@ Large Object of 1 MiB segments uploaded 3 at a time, and Swift once more with
 Dynamic Large Objects; every variant runs every size, 64 MiB included. The
 listing that proves nothing is left behind holds every object of the test's
 own container, where the segments live too.
+
+Swift (tempauth) also runs it once more over https, through nginx's TLS port in
+front of its proxy (``services up nginx``; nginx hands out an https storage
+URL), the harness's CA in ``swift_store_cacert``; the listing reads the same
+container over plain http. With a CA that did not sign nginx's certificate
+every operation fails with a :class:`BackendError` that says certificate
+verification failed.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from imgstore import Stores
+from imgstore.exceptions import BackendError
 from imgstore.testing import ConformanceTests, StoreUnderTest
+from tests.functional.conftest import require_service
 from tests.functional.swift_helpers import (
     SMALL_SEGMENTS,
     container_listing,
     make_stores_factory,
     new_container,
     server,
+    swift_options,
+    write_config,
 )
+
+
+def https_server(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``server(name)`` with its auth URL through nginx's https port, and the option that
+    makes the driver trust nginx's CA. Only ``swift`` (tempauth) has such a port here."""
+    assert name == "swift", name
+    nginx = require_service("nginx")
+    srv = {**server(name), "auth_url": nginx["swift_https_auth_url"]}
+    return srv, {"swift_store_cacert": nginx["ca_file"]}
+
 
 pytestmark = pytest.mark.functional
 
@@ -37,6 +60,11 @@ class _SwiftConformance(ConformanceTests):
     extra: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
     max_size: int | None = None
 
+    def driver_server(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The server the driver under test talks to and the options added for it (the
+        listing always reads ``server(service)``)."""
+        return server(self.service), {}
+
     @pytest.fixture(scope="class")
     @classmethod
     def container(cls) -> str:
@@ -45,7 +73,10 @@ class _SwiftConformance(ConformanceTests):
     @pytest.fixture
     def store_under_test(self, tmp_path: Path, container: str) -> Iterator[StoreUnderTest]:
         srv = server(self.service)
-        make_stores = make_stores_factory(tmp_path, srv, container, self.extra)
+        driver_srv, options = self.driver_server()
+        make_stores = make_stores_factory(
+            tmp_path, driver_srv, container, {**self.extra, **options}
+        )
         with make_stores({}) as stores:
             driver: Any = stores.driver("swift")
             assert driver.account is not None
@@ -97,3 +128,72 @@ class TestKeystoneSwiftConformance(_SwiftConformance):
     """Swift behind Keystone v3 (authtoken + keystoneauth), defaults."""
 
     service = "keystone"
+
+
+class TestSwiftHttpsConformance(_SwiftConformance):
+    """Swift (tempauth) through nginx's https port, the harness's CA in swift_store_cacert."""
+
+    service = "swift"
+
+    def driver_server(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return https_server(self.service)
+
+    def test_storage_url_is_https(self, store_under_test: StoreUnderTest) -> None:
+        """The kit above really went through TLS: nginx's storage URL and the locations."""
+        image_id = str(uuid.uuid4())
+        stores = store_under_test.stores
+        result = stores.add(image_id, b"over tls", size=8)
+        try:
+            nginx = require_service("nginx")
+            assert result.location.startswith(
+                f"swift+https://{nginx['swift_https_url'].split('://')[1]}/"
+            )
+            driver: Any = stores.driver("swift")
+            conn = driver.connection(driver.account)
+            try:
+                conn.head_account()
+                assert conn.url.startswith(f"{nginx['swift_https_url']}/v1/AUTH_")
+            finally:
+                conn.close()
+        finally:
+            stores.delete(result.location)
+
+
+def test_swift_https_with_a_wrong_ca(tmp_path: Path) -> None:
+    """A CA that did not sign nginx's certificate: add and get fail with a BackendError that
+    says certificate verification failed and names the server, with no secret; nothing of
+    the failed add is left in the container."""
+    srv, good_options = https_server("swift")
+    wrong_options = {"swift_store_cacert": require_service("nginx")["wrong_ca_file"]}
+    container = new_container()
+    listing = container_listing(server("swift"), container)
+    good_conf = write_config(tmp_path / "good.conf", swift_options(srv, container, **good_options))
+    wrong_conf = write_config(
+        tmp_path / "wrong.conf", swift_options(srv, container, **wrong_options)
+    )
+    server_url = srv["auth_url"].split("/auth/")[0]
+    expected = (
+        f"TLS certificate verification failed for {server_url} "
+        "(unable to get local issuer certificate); set swift_store_cacert"
+    )
+    with Stores.from_config_files(good_conf) as stores:
+        driver: Any = stores.driver("swift")
+        present = stores.add(str(uuid.uuid4()), b"signed by the right CA", size=22)
+        try:
+            before = listing()
+            with Stores.from_config_files(wrong_conf) as wrong_stores:
+                with pytest.raises(BackendError) as added:
+                    wrong_stores.add(str(uuid.uuid4()), b"never stored", size=12)
+                with pytest.raises(BackendError) as read:
+                    with wrong_stores.get(present.location) as reader:
+                        b"".join(reader)
+            for raised in (added, read):
+                assert type(raised.value) is BackendError
+                message = str(raised.value)
+                assert expected in message, message
+                assert srv["key"] not in message
+            assert listing() == before
+        finally:
+            stores.delete(present.location)
+            driver.call(driver.account, "removing the container", "delete_container", container)
+        assert listing() == set()
