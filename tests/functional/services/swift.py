@@ -28,6 +28,12 @@ deleting a multipart object deletes its segments at once (``allow_async_delete
 filters serve every segment at full speed (``rate_limit_after_segment``; by default
 they throttle a read to one segment a second after the tenth, which made a 64 MiB
 image of the tests' 1 MiB segments take 55 s to read).
+
+The second instance (``faults-swift``, used only by ``test_faults.py``) has a
+TEST-ONLY fault injector in its proxy, just before ``s3api`` (``fault_injection.py``:
+500, 503 and S3's ``SlowDown`` for the requests a JSON control file names; its
+path is the detail ``fault_injection_file``, absent file: no faults; each fault
+injected is a line of ``fault_injection_log``).
 """
 
 from __future__ import annotations
@@ -71,6 +77,9 @@ PIPELINE = (
     "catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk "
     "s3api tempauth copy slo dlo proxy-logging proxy-server"
 )
+FAULT_INJECTION = "fault_injection"
+"""The TEST-ONLY fault injector (``fault_injection.py``): in the second instance's proxy
+(``faults-swift``) only, just before ``s3api`` so Swift and S3 requests both pass it."""
 
 _RING_SCRIPT = """
 import sys
@@ -149,7 +158,7 @@ use = egg:swift#healthcheck
         _common_conf(etc, ports["proxy"], "proxy-server", user)
         + f"""
 [pipeline:main]
-pipeline = {PIPELINE}
+pipeline = {_pipeline(ctx)}
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -195,8 +204,44 @@ rate_limit_after_segment = 100000
 use = egg:swift#dlo
 rate_limit_after_segment = 100000
 """
+        + _fault_injection_conf(ctx)
     )
     return files
+
+
+def _pipeline(ctx: Context) -> str:
+    """The proxy's pipeline: the second instance's has the test-only fault injector."""
+    if ctx.name == ctx.kind:
+        return PIPELINE
+    return PIPELINE.replace(" s3api ", f" {FAULT_INJECTION} s3api ")
+
+
+def _fault_injection_conf(ctx: Context) -> str:
+    """The fault injector's filter section (second instance only; see fault_injection.py)."""
+    if ctx.name == ctx.kind:
+        return ""
+    return f"""[filter:{FAULT_INJECTION}]
+# TEST-ONLY: answers 500/503/SlowDown as the tests' control file asks
+paste.filter_factory = {FAULT_INJECTION}:filter_factory
+control_file = {ctx.path("inject.json")}
+log_file = {ctx.path("inject.log")}
+"""
+
+
+def _proxy_env(ctx: Context) -> dict[str, str] | None:
+    """The second instance's proxy imports the fault injector from a copy of its module
+    (the services directory itself cannot go on PYTHONPATH: its swift.py would hide
+    the swift package); no stale control file survives an ``up``."""
+    if ctx.name == ctx.kind:
+        return None
+    ctx.path("inject.json").unlink(missing_ok=True)
+    ctx.path("inject.log").unlink(missing_ok=True)
+    lib = ctx.path("middleware")
+    lib.mkdir(exist_ok=True)
+    shutil.copyfile(
+        Path(__file__).with_name(f"{FAULT_INJECTION}.py"), lib / f"{FAULT_INJECTION}.py"
+    )
+    return {**os.environ, "PYTHONPATH": str(lib)}
 
 
 def _check_xattrs(device: Path) -> None:
@@ -256,7 +301,11 @@ def up(ctx: Context) -> dict[str, Any]:
         conf = str(etc / f"{svc}-server.conf")
         ctx.start(svc, [str(bin_dir / f"swift-{svc}-server"), conf, "-v"])
     wait_for_port(ctx, "memcached", ports["memcached"], timeout=TIMEOUT)
-    ctx.start("proxy", [str(bin_dir / "swift-proxy-server"), str(etc / "proxy-server.conf"), "-v"])
+    ctx.start(
+        "proxy",
+        [str(bin_dir / "swift-proxy-server"), str(etc / "proxy-server.conf"), "-v"],
+        env=_proxy_env(ctx),
+    )
     for svc in (*STORAGE_SERVERS, "proxy"):
         wait_for_http(
             ctx, svc, f"http://{HOST}:{ports[svc]}/healthcheck", timeout=TIMEOUT, ok=[200]
@@ -274,6 +323,14 @@ def up(ctx: Context) -> dict[str, Any]:
         "secrets": [key],
         "ports": ports,
         "swift_version": SWIFT_VERSION,
+        **(
+            {
+                "fault_injection_file": str(ctx.path("inject.json")),
+                "fault_injection_log": str(ctx.path("inject.log")),
+            }
+            if ctx.name != ctx.kind
+            else {}
+        ),
         "config_digest": file_digest(*(etc / f for f in sorted(os.listdir(etc)))),
         "install_seconds": round(install_seconds, 3),
         "start_seconds": round(time.monotonic() - t0, 3),
@@ -298,4 +355,5 @@ def down(ctx: Context) -> None:
         ctx.stop(svc)
     ctx.stop("memcached")
     shutil.rmtree(ctx.path("srv"), ignore_errors=True)
+    shutil.rmtree(ctx.path("middleware"), ignore_errors=True)
     shutil.rmtree(ctx.path("etc"), ignore_errors=True)
