@@ -8,6 +8,11 @@
 * An add whose process dies (its writer is abandoned: neither committed nor
   aborted): ``cleanup`` lists it only once it is older than ``older_than``,
   never lists a finished image, and removes it completely.
+* A server that answers 500, 503 or S3's ``SlowDown`` (the faults-swift proxy's
+  test-only fault injector, for the Swift and the S3 API): fewer errors than the
+  retry budget are retried and the operation succeeds with the bytes intact;
+  more give up after exactly the budget's tries, in bounded time, with
+  ``BackendUnavailable`` naming the backend and the operation, and nothing left.
 
 The servers are the fault tests' own (``faults-ceph``, ``faults-swift``,
 ``faults-mongo``: no other test uses them, so a fault here can never slow or
@@ -21,6 +26,8 @@ bounded time (Ceph: HEALTH_OK, no slow ops, every PG ``active+clean``, not
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import signal
 import time
@@ -49,6 +56,7 @@ OPERATION_WORDS = {
     "add": ("add", "writ", "upload"),
     "get": ("get", "read", "download"),
     "size": ("size", "sizing", "stat", "head"),
+    "delete": ("delet",),
 }
 """How an error message may name the operation that failed."""
 HEAL_SECONDS = 120.0
@@ -485,3 +493,280 @@ def test_cleanup_removes_exactly_what_a_dead_add_left(target: Target) -> None:
         assert sum(len(c) for c in reader) == kept.size
     with pytest.raises(NotFound):
         stores.size(kept.location.replace(kept.image_id, dead_id))
+
+
+# -- server errors: 500, 503 and S3's SlowDown from the real Swift proxy ---------------------
+#
+# The faults-swift proxy has a TEST-ONLY fault injector in its pipeline, in front of s3api
+# (tests/functional/services/fault_injection.py): the control file below names the requests
+# it answers with an error instead of passing them on, and how many times. Swift requests
+# get Swift's error page, S3 requests S3's XML error (Code InternalError, ServiceUnavailable
+# or SlowDown). Everything else is the real Swift.
+
+ERROR_RETRIES = 2
+"""The drivers' retry budget here: every request is tried 1 + 2 times, then given up."""
+ERROR_SECONDS = 15.0
+"""How long one operation may take to give up (the tries and their backoff)."""
+FAULTS = {"500": (500, "InternalError"), "503": (503, "ServiceUnavailable"),
+          "SlowDown": (503, "SlowDown")}  # fmt: skip
+ERROR_CASES = ["swift-500", "swift-503", "s3-500", "s3-503", "s3-SlowDown"]
+"""backend-fault: SlowDown is S3's alone (the Swift API has no error codes)."""
+
+
+class Injector:
+    """The fault injector's control file (written whole, atomically) and its log."""
+
+    def __init__(self, control: Path, log: Path, status: int, code: str) -> None:
+        self.control = control
+        self.log = log
+        self.status = status
+        self.code = code
+        self.id = ""
+
+    def fail(self, *rules: tuple[str, str, str, int | None]) -> None:
+        """Answer the requests (method, path substring, query substring) with the fault,
+        ``count`` times each (None: every time); replaces the rules set before."""
+        self.id = uuid.uuid4().hex
+        body = {
+            "id": self.id,
+            "rules": [
+                {"status": self.status, "code": self.code, "methods": [method], "path": path,
+                 "query": query, "count": count}
+                for method, path, query, count in rules
+            ],
+        }  # fmt: skip
+        tmp = self.control.with_name(f".{self.control.name}.{self.id}")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.control)
+
+    def off(self) -> None:
+        """No faults any more."""
+        self.control.unlink(missing_ok=True)
+
+    def injected(self, rule: int | None = None) -> int:
+        """How many faults the current rules (or one of them) injected so far."""
+        try:
+            lines = self.log.read_text().splitlines()
+        except FileNotFoundError:
+            return 0
+        entries = [json.loads(line) for line in lines if line.strip()]
+        return sum(1 for e in entries if e["id"] == self.id and (rule is None or e["rule"] == rule))
+
+
+@dataclass
+class ErrorTarget:
+    """A backend on the faults-swift proxy, with its fault injector."""
+
+    target: Target
+    inject: Injector
+    path: Callable[[str], str]
+    """Where the requests for an image go (a substring of their path)."""
+    parts: tuple[str, str, str]
+    """(method, path suffix, query) of a segment or part upload."""
+    commit: tuple[str, str, str]
+    """(method, path suffix, query) of the request that makes the object of a segmented add."""
+    large: int = 11 * MIB
+    """An image that goes up in three segments or parts."""
+    small: int = MIB // 2
+    """An image that goes up in one PUT."""
+
+    def rule(self, step: tuple[str, str, str], image_id: str, count: int | None) -> Any:
+        method, suffix, query = step
+        return (method, self.path(image_id) + suffix, query, count)
+
+
+def _error_target(backend: str, tmp_path: Path, inject: Injector) -> Iterator[ErrorTarget]:
+    details = require_service("faults-swift")
+    if backend == "swift":
+        from tests.functional.swift_helpers import (
+            container_listing,
+            new_container,
+            raw_connection,
+            server,
+            swift_options,
+            write_config,
+        )
+
+        srv = server("faults-swift")
+        container = new_container()
+        options = swift_options(
+            srv, container, swift_store_large_object_size=5, swift_store_large_object_chunk_size=5,
+            swift_store_thread_pools=2, swift_store_timeout=10,
+            swift_store_retries=ERROR_RETRIES, swift_store_retry_get_count=0,
+        )  # fmt: skip
+        with Stores.from_config_files(write_config(tmp_path / "swift.conf", options)) as stores:
+            try:
+                yield ErrorTarget(
+                    Target(stores, "swift", container_listing(srv, container),
+                           words=("swift", container)),
+                    inject, lambda image_id: f"/{container}/{image_id}",
+                    parts=("PUT", "-", ""), commit=("PUT", "", "multipart-manifest=put"),
+                )  # fmt: skip
+            finally:
+                inject.off()
+                conn = raw_connection(srv)
+                with contextlib.suppress(Exception):
+                    _, objects = conn.get_container(container, full_listing=True)
+                    for obj in objects:
+                        conn.delete_object(container, obj["name"])
+                    conn.delete_container(container)
+                conn.close()
+        return
+    from tests.functional.test_s3_conformance import (
+        bucket_listing,
+        new_bucket,
+        purge_bucket,
+        s3_options,
+        server,
+        write_config,
+    )
+
+    s3 = server("faults-swift")
+    bucket = new_bucket()
+    options = s3_options(
+        s3, bucket, s3_store_large_object_size=5, s3_store_large_object_chunk_size=5,
+        s3_store_thread_pools=2, s3_store_read_timeout=10, s3_store_connect_timeout=5,
+        s3_store_max_retries=ERROR_RETRIES,
+    )  # fmt: skip
+    with Stores.from_config_files(write_config(tmp_path / "s3.conf", options)) as stores:
+        stores.driver("s3")._ensure_bucket()  # type: ignore[attr-defined]
+        try:
+            yield ErrorTarget(
+                Target(stores, "s3", bucket_listing(stores, "s3", details),
+                       words=("s3", bucket)),
+                inject, lambda image_id: f"/{bucket}/{image_id}",
+                parts=("PUT", "", "partNumber="), commit=("POST", "", "uploadId="),
+            )  # fmt: skip
+        finally:
+            inject.off()
+            with contextlib.suppress(Exception):
+                purge_bucket(stores.driver("s3"))
+
+
+@pytest.fixture
+def errors(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ErrorTarget]:
+    """``backend-fault``: the backend on faults-swift and an injector of that fault; the
+    control file is always removed, and the proxy proven to answer again."""
+    backend, fault = str(request.param).split("-")
+    details = require_service("faults-swift")
+    if "fault_injection_log" not in details:
+        pytest.fail("faults-swift runs without the fault injector: restart it (down, up)")
+    inject = Injector(
+        Path(details["fault_injection_file"]), Path(details["fault_injection_log"]), *FAULTS[fault]
+    )
+    inject.off()
+    try:
+        with contextlib.contextmanager(_error_target)(backend, tmp_path, inject) as made:
+            yield made
+    finally:
+        inject.off()
+    _answers(details["s3_endpoint"] + "/healthcheck", "the Swift proxy", ok=200)
+
+
+def _read_all(stores: Stores, location: str) -> bytes:
+    with stores.get(location) as reader:
+        return b"".join(reader)
+
+
+def _timed_failure(
+    errors: ErrorTarget, op: str, fn: Callable[[], object]
+) -> pytest.ExceptionInfo[Exception]:
+    """``fn()`` fails with BackendUnavailable naming the backend and ``op``, in time."""
+    started = time.monotonic()
+    with pytest.raises(ImgstoreError) as failure:  # assert_unavailable: exactly which
+        fn()
+    took = time.monotonic() - started
+    assert_unavailable(failure, errors.target, op)
+    assert took < ERROR_SECONDS, f"{op} took {took:.1f} s to give up"
+    return failure
+
+
+@pytest.mark.parametrize("errors", ERROR_CASES, indirect=True)
+def test_server_errors_within_the_retry_budget_are_retried(errors: ErrorTarget) -> None:
+    """Fewer errors than the retries, on every kind of request: each one is retried and the
+    operation succeeds with the image's bytes intact."""
+    t, inject = errors.target, errors.inject
+    stores, backend = t.stores, t.backend
+    before = t.listing()
+    n = ERROR_RETRIES
+    big, image_id = os.urandom(errors.large), str(uuid.uuid4())
+
+    # a segmented add: a segment (part) upload and the manifest (completion) fail n times
+    inject.fail(errors.rule(errors.parts, image_id, n), errors.rule(errors.commit, image_id, n))
+    added = stores.add(image_id, big, size=len(big), backend=backend)
+    assert (inject.injected(0), inject.injected(1)) == (n, n)
+
+    inject.fail(("GET", errors.path(image_id), "", n))
+    assert _read_all(stores, added.location) == big
+    assert inject.injected() == n
+
+    inject.fail(("HEAD", errors.path(image_id), "", n))
+    assert stores.size(added.location) == len(big)
+    assert inject.injected() == n
+
+    if backend == "s3":  # Swift's single PUT streams its body: see the next test
+        small, small_id = os.urandom(errors.small), str(uuid.uuid4())
+        inject.fail(("PUT", errors.path(small_id), "", n))
+        single = stores.add(small_id, small, size=len(small), backend=backend)
+        assert inject.injected() == n
+        inject.off()
+        assert _read_all(stores, single.location) == small
+        stores.delete(single.location)
+
+    inject.fail(("DELETE", errors.path(image_id), "", n))
+    stores.delete(added.location)
+    assert inject.injected() == n
+    inject.off()
+    assert t.listing() == before
+
+
+@pytest.mark.parametrize("errors", ERROR_CASES, indirect=True)
+def test_server_errors_beyond_the_retry_budget_are_unavailable(errors: ErrorTarget) -> None:
+    """A server that keeps failing: every operation gives up after exactly its tries, with
+    BackendUnavailable naming the backend and the operation, and leaves nothing behind."""
+    t, inject = errors.target, errors.inject
+    stores, backend = t.stores, t.backend
+    tries = ERROR_RETRIES + 1
+    data = os.urandom(errors.large)
+    kept = stores.add(str(uuid.uuid4()), data, size=len(data), backend=backend)
+    path = errors.path(kept.image_id)
+    before = t.listing()
+
+    inject.fail(("HEAD", path, "", None))
+    _timed_failure(errors, "size", lambda: stores.size(kept.location))
+    assert inject.injected() == tries
+
+    inject.fail(("GET", path, "", None))
+    _timed_failure(errors, "get", lambda: _read_all(stores, kept.location))
+    assert inject.injected() == tries
+
+    inject.fail(("DELETE", path, "", None))
+    _timed_failure(errors, "delete", lambda: stores.delete(kept.location))
+    assert inject.injected() == tries
+
+    for step in (errors.parts, errors.commit):
+        image_id = str(uuid.uuid4())
+        inject.fail(errors.rule(step, image_id, None))
+        _timed_failure(
+            errors, "add",
+            functools.partial(stores.add, image_id, data, size=len(data), backend=backend),
+        )  # fmt: skip
+        assert inject.injected() >= tries
+        inject.off()
+        assert t.listing() == before, "a failed add left something"
+
+    small_id = str(uuid.uuid4())
+    inject.fail(("PUT", errors.path(small_id), "", None))
+    _timed_failure(
+        errors, "add",
+        lambda: stores.add(small_id, data[: errors.small], size=errors.small, backend=backend),
+    )  # fmt: skip
+    # Swift's single PUT streams the image to the server as it comes: it cannot be sent
+    # again, so it is tried once (an image above swift_store_large_object_size goes up in
+    # segments, each of which is retried)
+    assert inject.injected() == (tries if backend == "s3" else 1)
+    inject.off()
+    assert t.listing() == before, "a failed add left something"
+
+    assert _read_all(stores, kept.location) == data, "the failed delete changed the image"
+    stores.delete(kept.location)
