@@ -14,7 +14,10 @@ so an existing ``[glance_store]`` section works unchanged.
   upload after the parts in flight have finished, so no part and no object is
   left behind. The object is created with ``If-None-Match: *`` (and checked
   by HEAD before a multipart commit, for servers that ignore the header there),
-  so an existing image is never overwritten: :class:`Duplicate`.
+  so an existing image is never overwritten: :class:`Duplicate`. The object
+  carries the writer's random token (``x-amz-meta-imgstore-writer``): when the
+  server stored it but answered an error, botocore's retry meets it (412) and
+  the writer knows it for its own, so the add succeeds.
 * ``get``: one streaming ``GetObject``; an offset/length read sends a ``Range``
   (READ_RANDOM). ``size`` is a ``HeadObject``; ``delete`` checks existence
   first (S3 answers 204 for a missing key).
@@ -47,6 +50,7 @@ import concurrent.futures
 import datetime
 import logging
 import re
+import secrets as secrets_mod
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -88,6 +92,10 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 """S3's most parts in one multipart upload."""
 GROWTH_EVERY = 1000
+WRITER_KEY = "imgstore-writer"
+"""User metadata (``x-amz-meta-imgstore-writer``): a random token of the writer, on the
+object it makes. When the server stored the object but its answer was lost, the writer's
+retry meets it (If-None-Match: 412) and knows it for its own."""
 """Unknown size: the part size doubles after every this many parts."""
 DEFAULT_CHUNK_SIZE = 4 * MiB
 READ_CHUNK_SIZE = 1 * MiB
@@ -777,6 +785,7 @@ class S3Writer(Writer):
         self._state_lock = threading.Lock()
         self._failure: BaseException | None = None
         self._done = False
+        self._token = secrets_mod.token_hex(16)
         self.buffers_allocated = 0
         """How many part buffers this writer allocated (tests check the memory bound)."""
 
@@ -840,6 +849,7 @@ class S3Writer(Writer):
             drv.client.create_multipart_upload,
             Bucket=drv.bucket,
             Key=self._key,
+            Metadata={WRITER_KEY: self._token},
         )
         self._upload_id = str(created["UploadId"])
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -937,6 +947,7 @@ class S3Writer(Writer):
             Bucket=drv.bucket,
             Key=self._key,
             Body=_Body(body, length),
+            Metadata={WRITER_KEY: self._token},
         )
 
     def _conditional(self, doing: str, fn: Any, **kwargs: Any) -> None:
@@ -947,14 +958,34 @@ class S3Writer(Writer):
             return
         except Exception as exc:
             code, status = _error_code(exc)
-            if code == "PreconditionFailed" or status == 412:
+            error = drv.map_error(exc, doing)
+            duplicate = code == "PreconditionFailed" or status == 412
+            # an earlier try was stored but its answer lost: botocore's retry met our own
+            # object (412) or upload (NoSuchUpload), or every answer was a server error
+            # (not a timeout: a stalled server is not asked again)
+            if (duplicate or code == "NoSuchUpload" or status >= 500) and self._written_by_us():
+                LOG.warning(
+                    "backend %r: %s: stored, but the server answered an error",
+                    drv.backend, doing,
+                )  # fmt: skip
+                return
+            if duplicate:
                 raise Duplicate(
                     f"image {self._key} already exists in backend {drv.backend!r}"
                 ) from None
             if code != "NotImplemented" and status != 501:
-                raise drv.map_error(exc, doing) from exc
+                raise error from exc
         # a server without conditional writes: the HEAD in begin_write is the check
         drv.call(doing, fn, **kwargs)
+
+    def _written_by_us(self) -> bool:
+        """Whether the key holds the object this writer made (its token in the metadata)."""
+        drv = self._driver
+        try:
+            head = drv.client.head_object(Bucket=drv.bucket, Key=self._key)
+        except Exception:
+            return False
+        return bool(head.get("Metadata", {}).get(WRITER_KEY) == self._token)
 
     def abort(self) -> None:
         self._done = True

@@ -38,7 +38,11 @@ Built on python-swiftclient. Options keep glance_store's names
   names are ``<object>-<nonce>-<n:05d>`` in the image's container (the nonce
   keeps two racing writers of one id apart). Any failure deletes every
   segment written. The object is created with ``If-None-Match: *`` (after a
-  HEAD), so an existing image is never overwritten: :class:`Duplicate`.
+  HEAD), so an existing image is never overwritten: :class:`Duplicate`. That
+  object carries the writer's random token (``X-Object-Meta-Imgstore-Writer``):
+  when the server stored it but answered an error (a retry then meets it, 412),
+  the writer knows it for its own and the add succeeds. The single streaming PUT
+  is not retried (its body cannot be sent again); segments and manifests are.
 * **get**: a streaming GET; an offset/length read sends ``Range``
   (READ_RANDOM). When the connection drops mid-body, the driver asks again
   for the rest with ``Range`` (up to ``swift_store_retry_get_count`` times,
@@ -114,6 +118,9 @@ READ_CHUNK_SIZE = 1 * MiB
 MAX_SEGMENTS = 1000
 """Swift's default ``max_manifest_segments`` for an SLO."""
 MAX_DLO_SEGMENTS = 99_999
+WRITER_HEADER = "X-Object-Meta-Imgstore-Writer"
+"""A random token of the writer, on the object that makes the image (PUT or manifest):
+when the server stored it but its answer was lost, the writer knows the object is its own."""
 """Five-digit segment numbers keep a DLO's listing order right."""
 GROWTH_EVERY = 100
 """Unknown size: the segment size doubles after every this many segments."""
@@ -736,6 +743,16 @@ class SwiftDriver(Driver):
             return False
         return True
 
+    def written_by(self, account: Account, container: str, obj: str, token: str) -> bool:
+        """Whether ``obj`` is there and was written by the writer with ``token`` (the server
+        stored it, then its answer was an error or was lost, or our retry met our own object
+        in its If-None-Match)."""
+        try:
+            headers = self.head(account, container, obj, f"checking {container}/{obj}")
+        except ImgstoreError:
+            return False
+        return headers.get(WRITER_HEADER.lower()) == token
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         account = self._current()
         container = self.container_for(image_id)
@@ -785,8 +802,10 @@ class SwiftDriver(Driver):
                 for o in listing
                 if not (seg_container == loc.container and o["name"] == loc.obj)
             ]
-        # the manifest first: a reader then sees NotFound, never a broken image
-        self.call(account, doing, "delete_object", loc.container, loc.obj)
+        # the manifest first: a reader then sees NotFound, never a broken image. It was
+        # there (HEAD): a 404 now is swiftclient's retry after an answer that was lost
+        with contextlib.suppress(NotFound):
+            self.call(account, doing, "delete_object", loc.container, loc.obj)
         self.delete_segments(account, segments, loc.redacted())
 
     def _delete_slo(self, account: Account, loc: SwiftLocation, doing: str) -> None:
@@ -1093,6 +1112,9 @@ class SwiftPutWriter(Writer):
         self._error: BaseException | None = None
         self._stored = False
         self._done = False
+        self._token = secrets_mod.token_hex(16)
+        self._answered = False
+        """Whether the server answered the PUT (with an error), rather than not at all."""
 
     def __repr__(self) -> str:
         return f"<SwiftPutWriter {self._shown}>"
@@ -1107,12 +1129,14 @@ class SwiftPutWriter(Writer):
         try:
             conn.put_object(
                 loc.container, loc.obj, contents=self._body, content_length=self._size,
-                headers={"If-None-Match": "*"}, content_type="application/octet-stream",
+                headers={"If-None-Match": "*", WRITER_HEADER: self._token},
+                content_type="application/octet-stream",
             )  # fmt: skip
             self._stored = True
         except _Aborted:
             pass
         except BaseException as exc:
+            self._answered = _status(exc) is not None
             self._error = drv.map_error(exc, f"writing {self._shown}")
             if isinstance(self._error, Duplicate):
                 self._error = Duplicate(
@@ -1150,14 +1174,31 @@ class SwiftPutWriter(Writer):
         assert not self._done, "commit after commit or abort"
         if self._thread is None:
             self._start()
-        if self._pending is not None:
-            self._put(self._pending)
-            self._pending = None
-        self._put(_QueueBody._END)
-        assert self._thread is not None
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        try:
+            if self._pending is not None:
+                self._put(self._pending)
+                self._pending = None
+            self._put(_QueueBody._END)
+            assert self._thread is not None
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+        except BackendUnavailable:
+            # not retried (the body was a stream), but the server may have stored all of
+            # it and then answered an error: then the image is there, whole, and ours
+            assert self._thread is not None
+            self._thread.join()
+            loc = self._location
+            if not (
+                self._answered
+                and self._driver.written_by(self._account, loc.container, loc.obj, self._token)
+            ):
+                raise
+            LOG.warning(
+                "backend %r: %s: the server stored the image but answered an error",
+                self._driver.backend, self._shown,
+            )  # fmt: skip
+            self._stored = True
         self._done = True
         return Written(self._location)
 
@@ -1249,6 +1290,7 @@ class SwiftSegmentWriter(Writer):
         self._size = size
         self._shown = location.redacted()
         self._prefix = f"{location.obj}-{secrets_mod.token_hex(4)}-"
+        self._token = secrets_mod.token_hex(16)
         self._limit = MAX_SEGMENTS if driver.slo else MAX_DLO_SEGMENTS
         self._buffers = BufferPool()
         self._uploader: BoundedUploader | None = None
@@ -1377,15 +1419,29 @@ class SwiftSegmentWriter(Writer):
         try:
             conn.put_object(
                 loc.container, loc.obj, contents=body, content_length=length,
-                headers={"If-None-Match": "*", **headers},
+                headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
                 content_type="application/octet-stream", **kwargs,
             )  # fmt: skip
         except Exception as exc:
-            if _is_http_error(exc, 412):
+            error = drv.map_error(exc, f"{what} {self._shown}")
+            answered = _status(exc) is not None  # not a stalled or unreachable server
+            if (
+                answered
+                and isinstance(error, (Duplicate, BackendUnavailable))
+                and drv.written_by(self._account, loc.container, loc.obj, self._token)
+            ):
+                # an earlier try was stored but its answer lost: the retry met our own
+                # object (412), or every answer was an error
+                LOG.warning(
+                    "backend %r: %s %s: stored, but the server answered an error",
+                    drv.backend, what, self._shown,
+                )  # fmt: skip
+                return
+            if isinstance(error, Duplicate):
                 raise Duplicate(
                     f"image {loc.obj} already exists in backend {drv.backend!r}"
                 ) from None
-            raise drv.map_error(exc, f"{what} {self._shown}") from exc
+            raise error from exc
         finally:
             drv.remember(self._account, conn)
             conn.close()

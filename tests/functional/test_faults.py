@@ -523,15 +523,16 @@ class Injector:
         self.code = code
         self.id = ""
 
-    def fail(self, *rules: tuple[str, str, str, int | None]) -> None:
+    def fail(self, *rules: tuple[str, str, str, int | None], after: bool = False) -> None:
         """Answer the requests (method, path substring, query substring) with the fault,
-        ``count`` times each (None: every time); replaces the rules set before."""
+        ``count`` times each (None: every time); replaces the rules set before. ``after``:
+        the server does each request first, and its answer is lost (replaced)."""
         self.id = uuid.uuid4().hex
         body = {
             "id": self.id,
             "rules": [
                 {"status": self.status, "code": self.code, "methods": [method], "path": path,
-                 "query": query, "count": count}
+                 "query": query, "count": count, "after": after}
                 for method, path, query, count in rules
             ],
         }  # fmt: skip
@@ -770,3 +771,27 @@ def test_server_errors_beyond_the_retry_budget_are_unavailable(errors: ErrorTarg
 
     assert _read_all(stores, kept.location) == data, "the failed delete changed the image"
     stores.delete(kept.location)
+
+
+@pytest.mark.parametrize("errors", ["swift-503", "s3-503"], indirect=True)
+def test_a_write_whose_answer_is_lost_is_not_taken_for_a_failure(errors: ErrorTarget) -> None:
+    """The server stores the object, then answers 503 (its answer is lost): the write that
+    makes the image (a single PUT, a manifest, a multipart completion) is found to be the
+    writer's own (a token in its metadata), so the add succeeds, not Duplicate (the retry's
+    If-None-Match) or BackendUnavailable, and nothing is left half-written: no manifest
+    without its segments, no orphan object."""
+    t, inject = errors.target, errors.inject
+    stores, backend = t.stores, t.backend
+    before = t.listing()
+    for size, step in ((errors.large, errors.commit), (errors.small, ("PUT", "", ""))):
+        data, image_id = os.urandom(size), str(uuid.uuid4())
+        inject.fail(errors.rule(step, image_id, 1), after=True)
+        added = stores.add(image_id, data, size=size, backend=backend)
+        assert inject.injected() == 1
+        inject.off()
+        assert _read_all(stores, added.location) == data
+        inject.fail(("DELETE", errors.path(image_id), "", 1), after=True)
+        stores.delete(added.location)
+        assert inject.injected() == 1
+        inject.off()
+        assert t.listing() == before
