@@ -54,6 +54,15 @@ SERVICES: dict[str, str] = {
 }
 
 
+NEEDS: dict[str, tuple[str, ...]] = {
+    # name -> the servers it needs up first (when they are being started too)
+    "cinder": ("ceph",),
+    "keystone": ("swift",),
+    "glance": ("ceph",),
+}
+"""What ``up`` of several servers waits for; the others start at once, in parallel."""
+
+
 def module(name: str) -> ModuleType:
     """The module of server ``name``."""
     try:

@@ -31,6 +31,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -51,6 +52,16 @@ SECOND_INSTANCE_PORT_OFFSET = 1000
 
 class ServiceError(RuntimeError):
     """A server could not be installed, started or stopped."""
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(name: str) -> threading.Lock:
+    """One lock per shared resource (apt, a venv) for servers started in parallel threads."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(name, threading.Lock())
 
 
 # -- Debian packages ------------------------------------------------------
@@ -76,6 +87,11 @@ def apt_install(packages: Sequence[str], log: Path | None = None) -> bool:
     install fails (typically: no package lists yet), ``apt-get update`` runs
     once and the install is retried.
     """
+    with _lock("apt"):  # servers start in parallel threads; dpkg takes one at a time
+        return _apt_install(packages, log)
+
+
+def _apt_install(packages: Sequence[str], log: Path | None) -> bool:
     missing = [p for p in packages if not _dpkg_installed(p)]
     if not missing:
         return False
@@ -121,6 +137,13 @@ def ensure_venv(
     stamp file records them); returns the venv directory (its ``bin/python``
     runs the server).
     """
+    with _lock(f"venv:{name}"):
+        return _ensure_venv(name, requirements, python, system_site_packages)
+
+
+def _ensure_venv(
+    name: str, requirements: Sequence[str], python: str | None, system_site_packages: bool
+) -> Path:
     venv = VENV_ROOT / name
     python = python or sys.executable
     stamp_text = json.dumps(
