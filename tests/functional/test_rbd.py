@@ -219,6 +219,46 @@ def cut_short_removal(ceph: dict[str, Any], cluster: Any, pool: str, name: str) 
         assert name in rbd.RBD().list(ioctx), "the killed removal should still be listed"
         with pytest.raises(rbd.ImageNotFound):
             rbd.Image(ioctx, name, read_only=True)
+        evict_dead_watchers(ceph, pool, header_object(ioctx, name))
+
+
+def header_object(ioctx: Any, name: str) -> str:
+    """The name of image ``name``'s header object, ``rbd_header.<id>`` (``list2`` still
+    lists an image whose removal was cut short, with its id)."""
+    (image_id,) = [i["id"] for i in rbd.RBD().list2(ioctx) if i["name"] == name]
+    return f"rbd_header.{image_id}"
+
+
+def evict_dead_watchers(ceph: dict[str, Any], pool: str, obj: str) -> None:
+    """Blocklist the clients still watching ``obj`` and wait until no watch is left.
+
+    A client killed with SIGKILL keeps its watch on the image header until the OSD
+    times it out (``osd client watch timeout``, 30 s); until then librbd refuses to
+    remove the image (EBUSY). Blocklisting the dead client, as an operator evicts
+    one, drops its watches at once. Only the rbd process this test killed watches
+    this image.
+    """
+    base = ["-c", ceph["ceph_conf"], "--id", ceph["user"]]
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(
+            ["rados", *base, "-p", pool, "listwatchers", obj],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        watchers = [
+            w.split()[0].removeprefix("watcher=")
+            for w in out.stdout.splitlines()
+            if w.startswith("watcher=")
+        ]
+        if out.returncode == 0 and not watchers:
+            return
+        assert time.monotonic() < deadline, f"watchers of {obj} stay: {out.stdout}{out.stderr}"
+        for addr in watchers:
+            subprocess.run(
+                ["ceph", *base, "osd", "blocklist", "add", addr],
+                capture_output=True, timeout=30, check=True,
+            )  # fmt: skip
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("how", ["delete", "discard", "cleanup"])
