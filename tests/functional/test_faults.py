@@ -106,7 +106,8 @@ def _ceph_healthy(details: dict[str, Any], rgw: bool = False) -> Callable[[], No
         if rgw:
             _answers(details["rgw_endpoint"] + "/", "radosgw")
         try:
-            wait_healthy(details, timeout=HEAL_SECONDS)
+            # a PG left laggy by the stall never clears by itself: re-peer after 5 s
+            wait_healthy(details, timeout=HEAL_SECONDS, repeer_after=5.0)
         except ServiceError as exc:
             pytest.fail(str(exc), pytrace=False)
 
@@ -353,7 +354,8 @@ def clean_up_until_back(target: Target, expected: set[str], wait: float = 150.0)
     within ``wait`` seconds (the server may still be catching up on requests queued while
     it stood still, and a stalled OSD's clients hold their RBD watches until they lapse,
     ~30 s after it runs again). Errors while it catches up are retried, and the last one
-    is reported."""
+    is reported. The server is first made healthy again (bounded, see Target.healthy)."""
+    target.healthy()
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -412,6 +414,7 @@ def test_server_stalling_mid_get_fails_in_time(target: Target) -> None:
         took = time.monotonic() - started
     assert took < target.budget, f"the get took {took:.1f} s to fail (budget {target.budget} s)"
     assert_unavailable(failure, target, "get")
+    target.healthy()
     target.stores.delete(result.location)
 
 
@@ -426,6 +429,7 @@ def test_stalled_server_is_unavailable_for_new_requests(target: Target) -> None:
         took = time.monotonic() - started
     assert took < target.budget, f"size took {took:.1f} s to fail (budget {target.budget} s)"
     assert_unavailable(failure, target, "size")
+    target.healthy()
     target.stores.delete(result.location)
 
 
