@@ -46,6 +46,8 @@ STATE_ROOT = REPO_ROOT / ".cache" / "services"
 VENV_ROOT = STATE_ROOT / "venvs"
 DETAILS_FILE = "details.json"
 HOST = "127.0.0.1"
+SECOND_INSTANCE_PREFIX = "faults-"
+"""A server named ``faults-<name>`` is a second instance of ``<name>`` (same module)."""
 SECOND_INSTANCE_PORT_OFFSET = 1000
 """Added to a server's default ports for its second instance (``faults-ceph``...)."""
 
@@ -251,7 +253,7 @@ class Context:
     @property
     def kind(self) -> str:
         """The server this is an instance of: ``ceph`` for ``ceph`` and ``faults-ceph``."""
-        return self.name.rsplit("-", 1)[-1]
+        return self.name.removeprefix(SECOND_INSTANCE_PREFIX)
 
     def port(self, suffix: str, default: int) -> int:
         """The port from ``IMGSTORE_<NAME>_<SUFFIX>`` (IMGSTORE_NGINX_HTTP_PORT...) or default.
