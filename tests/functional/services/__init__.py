@@ -43,6 +43,8 @@ SERVICES: dict[str, str] = {
     "cinder": "tests.functional.services.cinder",  # needs ceph (RBD backend)
     "swift": "tests.functional.services.swift",
     "keystone": "tests.functional.services.keystone",  # needs swift (a second proxy)
+    # a third proxy on swift's servers with lowered limits (max_file_size...)
+    "swift-limits": "tests.functional.services.swift_limits",
     "mongo": "tests.functional.services.mongo",
     "vmware": "tests.functional.services.vmware",
     "glance": "tests.functional.services.glance",  # uses ceph when it is up
@@ -58,6 +60,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     # name -> the servers it needs up first (when they are being started too)
     "cinder": ("ceph",),
     "keystone": ("swift",),
+    "swift-limits": ("swift",),
     "glance": ("ceph",),
 }
 """What ``up`` of several servers waits for; the others start at once, in parallel."""
