@@ -12,7 +12,10 @@ gives them the two things that need care:
   is running, so a cleanup after it never races a piece still landing.
 
 Buffers are recycled through :class:`BufferPool` (a piece's buffer goes back
-to the pool when its upload ends).
+to the pool when its upload ends). :func:`piece_size` chooses the size of each
+piece so that an image fits the server's limits: at most so many pieces (S3's
+part numbers, an SLO's ``max_manifest_segments``) of at most so many bytes (S3's
+5 GiB part, Swift's ``max_file_size``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,62 @@ from collections.abc import Callable
 from typing import Any
 
 from imgstore.threads import block_signals
+
+MiB = 1 << 20
+
+
+def growth_every(limit: int) -> int:
+    """Unknown size: how many pieces go by before the piece size doubles (a tenth of
+    ``limit``, at least one)."""
+    return max(1, limit // 10)
+
+
+def piece_size(
+    number: int, base: int, total: int | None, limit: int, largest: int, every: int | None = None
+) -> int:
+    """The size of piece ``number`` (1-based) of an image cut into at most ``limit``
+    pieces of at most ``largest`` bytes, ``base`` bytes when nothing forces more.
+
+    Known ``total``: every piece has the same size, ``base``, or
+    ``ceil(total / limit)`` rounded up to a MiB when ``base`` would need more than
+    ``limit`` pieces; never above ``largest`` (an image larger than ``limit x largest``
+    cannot fit: see :func:`capacity`). Unknown ``total``: ``base`` doubled every
+    ``every`` pieces (default :func:`growth_every`), never above ``largest``, so a
+    small image keeps small pieces and a large one still fits.
+    """
+    if number < 1:
+        raise ValueError("piece numbers start at 1")
+    if limit < 1 or largest < 1 or base < 1:
+        raise ValueError("limit, largest and base must be positive")
+    base = min(base, largest)
+    if total is not None:
+        needed = -(-total // limit)
+        needed = -(-needed // MiB) * MiB
+        return min(largest, max(base, needed))
+    step = every if every is not None else growth_every(limit)
+    doublings = (number - 1) // step
+    if doublings >= largest.bit_length():  # base << doublings is past largest anyway
+        return largest
+    return min(largest, base << doublings)
+
+
+def capacity(
+    base: int, limit: int, largest: int, total: int | None = None, every: int | None = None
+) -> int:
+    """The most bytes :func:`piece_size` fits in ``limit`` pieces: for a known ``total``
+    at that total's piece size, else the sum of the growing sizes."""
+    if total is not None:
+        return piece_size(1, base, total, limit, largest) * limit
+    step = every if every is not None else growth_every(limit)
+    held, number = 0, 1
+    while number <= limit:
+        size = piece_size(number, base, None, limit, largest, step)
+        if size == largest:  # it grows no more: the rest are all this size
+            return held + size * (limit - number + 1)
+        count = min(step - (number - 1) % step, limit - number + 1)
+        held += size * count
+        number += count
+    return held
 
 
 class BufferPool:

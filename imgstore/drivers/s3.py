@@ -10,7 +10,10 @@ so an existing ``[glance_store]`` section works unchanged.
   are sent by ``s3_store_thread_pools`` threads while the next part fills; when
   every thread is busy, :meth:`S3Writer.write` waits (back-pressure), so an add
   holds at most ``(threads + 1)`` part buffers. The part size grows to stay
-  within S3's 10,000 parts (see :func:`part_size`). Any failure aborts the
+  within the server's part-number limit, ``s3_store_max_parts`` (AWS's 10,000
+  by default; S3 has no way to ask a server for it; see :func:`part_size`); a
+  server that refuses a part number is a :class:`BadConfiguration` naming the
+  option. Any failure aborts the
   upload after the parts in flight have finished, so no part and no object is
   left behind. The object is created with ``If-None-Match: *`` (and checked
   by HEAD before a multipart commit, for servers that ignore the header there),
@@ -68,6 +71,7 @@ from imgstore.driver import (
     clamp_range,
     tls_verify_failure,
 )
+from imgstore.drivers._parallel import capacity, growth_every, piece_size
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -90,13 +94,14 @@ MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
 """S3's largest part."""
 MAX_PARTS = 10_000
-"""S3's most parts in one multipart upload."""
-GROWTH_EVERY = 1000
+"""AWS's most parts in one multipart upload (the default of ``s3_store_max_parts``)."""
+GROWTH_EVERY = growth_every(MAX_PARTS)
+"""Unknown size: the part size doubles after every this many parts (a tenth of
+``s3_store_max_parts``: 1000 at AWS's 10,000)."""
 WRITER_KEY = "imgstore-writer"
 """User metadata (``x-amz-meta-imgstore-writer``): a random token of the writer, on the
 object it makes. When the server stored the object but its answer was lost, the writer's
 retry meets it (If-None-Match: 412) and knows it for its own."""
-"""Unknown size: the part size doubles after every this many parts."""
 DEFAULT_CHUNK_SIZE = 4 * MiB
 READ_CHUNK_SIZE = 1 * MiB
 
@@ -132,29 +137,28 @@ _UNAVAILABLE = frozenset(
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
-def part_size(part_number: int, base: int, total: int | None) -> int:
-    """The size of part ``part_number`` (1-based) of a multipart upload.
+def part_size(part_number: int, base: int, total: int | None, limit: int = MAX_PARTS) -> int:
+    """The size of part ``part_number`` (1-based) of a multipart upload of at most
+    ``limit`` parts (``s3_store_max_parts``).
 
     With a known ``total`` every part has the same size: ``base``, or more
-    when ``total`` would otherwise need over 10,000 parts (rounded up to a
-    MiB). With an unknown total the size doubles every 1,000 parts (capped at
-    5 GiB), so 10,000 parts hold 9.8 TiB at the default 10 MiB (4.9 TiB at
-    the 5 MiB minimum) while a small image still uses small parts.
+    when ``total`` would otherwise need over ``limit`` parts (rounded up to a
+    MiB). With an unknown total the size doubles every ``limit / 10`` parts
+    (capped at 5 GiB), so AWS's 10,000 parts hold 9.8 TiB at the default 10 MiB
+    (4.9 TiB at the 5 MiB minimum) while a small image still uses small parts.
     """
     if part_number < 1:
         raise ValueError("part numbers start at 1")
-    if total is not None:
-        needed = -(-total // MAX_PARTS)
-        needed = -(-needed // MiB) * MiB
-        return min(MAX_PART_SIZE, max(base, needed))
-    return min(MAX_PART_SIZE, base << ((part_number - 1) // GROWTH_EVERY))
+    return piece_size(part_number, base, total, limit, MAX_PART_SIZE)
 
 
-def max_total(base: int, total: int | None = None) -> int:
-    """The largest image that :func:`part_size` fits in 10,000 parts."""
-    if total is not None:
-        return part_size(1, base, total) * MAX_PARTS
-    return sum(part_size(n, base, None) for n in range(1, MAX_PARTS + 1))
+def max_total(base: int, total: int | None = None, limit: int = MAX_PARTS) -> int:
+    """The largest image that :func:`part_size` fits in ``limit`` parts."""
+    return capacity(base, limit, MAX_PART_SIZE, total)
+
+
+_PART_LIMIT = re.compile(r"between 1 and (\d+)")
+"""The server's part-number limit in its refusal (AWS, Swift s3api, Ceph radosgw say it so)."""
 
 
 # -- locations ----------------------------------------------------------------
@@ -284,7 +288,21 @@ class S3Driver(Driver):
                 default=10,
                 min=5,
                 help="Multipart part size in MiB (at least 5); grows by itself when "
-                "an image would need more than 10,000 parts.",
+                "an image would need more than s3_store_max_parts parts.",
+            ),
+            cfg.IntOpt(
+                "s3_store_max_parts",
+                default=MAX_PARTS,
+                min=1,
+                help="The most parts the S3 server takes in one multipart upload (its "
+                "highest part number): AWS, Ceph radosgw (rgw_multipart_part_upload_limit) "
+                "and MinIO take 10,000; OpenStack Swift's s3api takes max_upload_part_num "
+                "(1,000 unless configured). The part size grows so that no upload needs "
+                "more parts: for a known size, to ceil(size / this) rounded up to a MiB; "
+                "for an unknown size it doubles every (this / 10) parts. An image that "
+                "would need more parts of 5 GiB is refused before anything is written. "
+                "When the server takes fewer, a large add fails with BadConfiguration "
+                "(and its upload is aborted).",
             ),
             cfg.IntOpt(
                 "s3_store_thread_pools",
@@ -364,6 +382,7 @@ class S3Driver(Driver):
             )
         self.large_object_size = conf.s3_store_large_object_size * MiB
         self.part_base = conf.s3_store_large_object_chunk_size * MiB
+        self.max_parts: int = conf.s3_store_max_parts
         self.threads = conf.s3_store_thread_pools
         self.create_bucket = conf.s3_store_create_bucket_on_put
         if conf.s3_store_enable_data_integrity_protection:
@@ -585,8 +604,11 @@ class S3Driver(Driver):
         return removed
 
     def begin_write(self, image_id: str, size: int | None) -> Writer:
-        if size is not None and size > MAX_PARTS * MAX_PART_SIZE:
-            raise InvalidArgument(f"image {image_id} is larger than S3 can hold ({size} bytes)")
+        if size is not None and size > self.max_parts * MAX_PART_SIZE:
+            raise InvalidArgument(
+                f"image {image_id} ({size} bytes) is larger than backend {self.backend!r} "
+                f"can hold: {self.max_parts} parts (s3_store_max_parts) of at most 5 GiB"
+            )
         self._ensure_bucket()
         location = self._location(image_id)
         if self._exists(image_id, f"checking {location.redacted()}"):
@@ -817,12 +839,15 @@ class S3Writer(Writer):
 
     def _next_part_size(self) -> int:
         number = self._parts_sent + 1
-        if number > MAX_PARTS:
+        drv = self._driver
+        if number > drv.max_parts:  # an unknown size only: a known one was checked
+            held = max_total(drv.part_base, None, drv.max_parts)
             raise InvalidArgument(
-                f"{self._shown}: the image needs more than {MAX_PARTS} parts; "
+                f"{self._shown}: the image needs more than {drv.max_parts} parts "
+                f"(s3_store_max_parts), more than the {held} bytes they hold; "
                 "raise s3_store_large_object_chunk_size"
             )
-        return part_size(number, self._driver.part_base, self._size)
+        return part_size(number, drv.part_base, self._size, drv.max_parts)
 
     def _take_buffer(self, size: int) -> bytearray:
         with self._state_lock:
@@ -891,7 +916,9 @@ class S3Writer(Writer):
             with self._state_lock:
                 self._etags[number] = str(response["ETag"])
         except BaseException as exc:
-            err = drv.map_error(exc, f"uploading part {number} of {self._shown}")
+            err = self._part_refused(exc, number) or drv.map_error(
+                exc, f"uploading part {number} of {self._shown}"
+            )
             with self._state_lock:
                 if self._failure is None:
                     self._failure = err
@@ -900,6 +927,25 @@ class S3Writer(Writer):
             if reuse:
                 self._give_back(buf)
             self._slots.release()
+
+    def _part_refused(self, exc: BaseException, number: int) -> BadConfiguration | None:
+        """The server's refusal of a part number above its limit, as the configuration
+        error it is (``s3_store_max_parts`` is above the server's limit); else None."""
+        code, status = _error_code(exc)
+        if code != "InvalidArgument" or status != 400:
+            return None
+        error = getattr(exc, "response", {}).get("Error", {})
+        message = str(error.get("Message", ""))
+        if error.get("ArgumentName") != "partNumber" and "part number" not in message.lower():
+            return None
+        drv = self._driver
+        found = _PART_LIMIT.search(message)
+        limit = f"at most {found.group(1)} parts" if found else "fewer parts"
+        return BadConfiguration(
+            f"backend {drv.backend!r}: uploading part {number} of {self._shown}: the S3 "
+            f"server takes {limit} in one upload ({message.strip() or code}), but "
+            f"s3_store_max_parts is {drv.max_parts}: set it to the server's limit"
+        )
 
     def _wait_parts(self) -> None:
         for future in self._futures:

@@ -26,11 +26,11 @@ Built on python-swiftclient. Options keep glance_store's names
   glance_store's multi-tenant store wrote them; reads and deletes go to that
   storage URL with the caller's token. The same context manager also works
   in single-tenant mode, to act for another account.
-* **add**: an image of known size below ``swift_store_large_object_size`` is
-  one streaming PUT (its last chunk is held back until commit, so the object
-  never appears early). Larger images, and images of unknown size that
-  outgrow one segment, become a Static Large Object: segments of
-  ``swift_store_large_object_chunk_size`` upload on
+* **add**: an image of known size below ``swift_store_large_object_size`` and
+  not above the cluster's ``max_file_size`` is one streaming PUT (its last
+  chunk is held back until commit, so the object never appears early). Larger
+  images, and images of unknown size that outgrow one segment, become a Static
+  Large Object: segments of ``swift_store_large_object_chunk_size`` upload on
   ``swift_store_thread_pools`` threads while the next one fills
   (back-pressure: at most threads + 1 segment buffers per add), then the
   manifest is PUT. ``swift_store_large_object_type = dlo`` writes a Dynamic
@@ -43,6 +43,20 @@ Built on python-swiftclient. Options keep glance_store's names
   when the server stored it but answered an error (a retry then meets it, 412),
   the writer knows it for its own and the add succeeds. The single streaming PUT
   is not retried (its body cannot be sent again); segments and manifests are.
+* **the cluster's limits** come from ``GET /info`` (swiftclient's
+  ``get_capabilities``), asked once per cluster and kept by the driver:
+  ``swift.max_file_size`` (the largest object, so also the largest segment) and
+  ``slo.max_manifest_segments``. When ``/info`` is disabled or unreadable,
+  Swift's defaults hold (5 GiB + 2 bytes, 1000 segments). A segment is never
+  larger than ``max_file_size``; for a known size the segment size grows (to
+  ``ceil(size / max_manifest_segments)``, rounded up to a MiB) so that an SLO
+  stays within the manifest limit, and an image that cannot fit even in segments
+  of ``max_file_size`` is :class:`InvalidArgument` before anything is written;
+  for an unknown size the segment size doubles every tenth of the limit (never
+  above ``max_file_size``) and an image that outgrows even that is
+  :class:`InvalidArgument` with every segment deleted. A DLO has no manifest
+  limit (the ``dlo`` filter pages through the container listing): its segments
+  keep their size, up to the 99,999 of the five-digit segment numbers.
 * **get**: a streaming GET; an offset/length read sends ``Range``
   (READ_RANDOM). When the connection drops mid-body, the driver asks again
   for the rest with ``Range`` (up to ``swift_store_retry_get_count`` times,
@@ -94,7 +108,7 @@ from imgstore.driver import (
     clamp_range,
     tls_verify_failure,
 )
-from imgstore.drivers._parallel import BoundedUploader, BufferPool
+from imgstore.drivers._parallel import BoundedUploader, BufferPool, capacity, piece_size
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -117,13 +131,16 @@ MiB = 1 << 20
 READ_CHUNK_SIZE = 1 * MiB
 MAX_SEGMENTS = 1000
 """Swift's default ``max_manifest_segments`` for an SLO."""
+MAX_FILE_SIZE = 5 * 1024 * MiB + 2
+"""Swift's default ``max_file_size``: the largest object, and so the largest segment."""
 MAX_DLO_SEGMENTS = 99_999
+"""Five-digit segment numbers keep a DLO's listing order right."""
 WRITER_HEADER = "X-Object-Meta-Imgstore-Writer"
 """A random token of the writer, on the object that makes the image (PUT or manifest):
 when the server stored it but its answer was lost, the writer knows the object is its own."""
-"""Five-digit segment numbers keep a DLO's listing order right."""
 GROWTH_EVERY = 100
-"""Unknown size: the segment size doubles after every this many segments."""
+"""Unknown size: the segment size doubles after every this many segments (a tenth of
+``max_manifest_segments`` for an SLO: 100 at Swift's default; always 100 for a DLO)."""
 SCHEMES = ("swift", "swift+http", "swift+https", "swift+config")
 
 
@@ -252,6 +269,52 @@ def _read_references(path: str) -> dict[str, dict[str, str]]:
     return {name: dict(parser.items(name)) for name in parser.sections()}
 
 
+# -- the cluster's limits -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SwiftLimits:
+    """What a Swift cluster takes, from its ``GET /info``, or Swift's defaults."""
+
+    max_file_size: int = MAX_FILE_SIZE
+    """The largest object (``swift.max_file_size``): a single PUT or one segment."""
+    max_manifest_segments: int = MAX_SEGMENTS
+    """The most segments an SLO manifest may name (``slo.max_manifest_segments``)."""
+    source: str = "Swift's defaults"
+    """Where the values come from (shown in messages)."""
+
+    @classmethod
+    def from_info(cls, info: Any) -> SwiftLimits:
+        """The limits an ``/info`` document gives; Swift's defaults for what it lacks."""
+
+        def positive(section: str, key: str, default: int) -> int:
+            try:
+                value = int(info[section][key])
+            except (KeyError, TypeError, ValueError):
+                return default
+            return value if value > 0 else default
+
+        return cls(
+            max_file_size=positive("swift", "max_file_size", MAX_FILE_SIZE),
+            max_manifest_segments=positive("slo", "max_manifest_segments", MAX_SEGMENTS),
+            source="the cluster's GET /info",
+        )
+
+    def segment_limit(self, slo: bool) -> int:
+        """The most segments of one large object: the manifest limit of an SLO; a DLO
+        has none (its filter pages through the listing), only our five digits."""
+        return self.max_manifest_segments if slo else MAX_DLO_SEGMENTS
+
+
+def _cluster_key(account: Account) -> str:
+    """The cluster an account is on (its storage URL without the account, or its login)."""
+    if account.storage_url:
+        parts = urllib.parse.urlsplit(account.storage_url)
+        path = re.split(r"/v1(?:\.0)?(?:/|$)", parts.path, maxsplit=1)[0]
+        return f"{parts.scheme}://{parts.netloc.lower()}{path}"
+    return f"login {account.auth_url} {account.os_options}"
+
+
 # -- errors --------------------------------------------------------------------------
 
 
@@ -360,8 +423,9 @@ class SwiftDriver(Driver):
                 "swift_store_large_object_chunk_size",
                 default=200,
                 min=1,
-                help="Segment size in MiB (grows by itself when an image would need "
-                "more than 1000 segments).",
+                help="Segment size in MiB: grows by itself when an SLO would need more "
+                "segments than the cluster's max_manifest_segments (1000 by default; "
+                "read from GET /info); never above the cluster's max_file_size.",
             ),
             cfg.StrOpt(
                 "swift_store_large_object_type",
@@ -445,6 +509,7 @@ class SwiftDriver(Driver):
         self._accounts: dict[str, Account] = {}
         self._tokens: dict[Account, tuple[str, str]] = {}
         self._lock = threading.Lock()
+        self._limits: dict[str, SwiftLimits] = {}
         self._containers_ready: set[tuple[str, str]] = set()
         self.reference: str | None = None
         self.account: Account | None = None
@@ -753,16 +818,62 @@ class SwiftDriver(Driver):
             return False
         return headers.get(WRITER_HEADER.lower()) == token
 
+    def limits(self, account: Account) -> SwiftLimits:
+        """The limits of ``account``'s cluster: ``GET /info`` the first time, then kept.
+
+        When ``/info`` is disabled or unreadable (403 or another HTTP error, a body
+        that is not JSON), Swift's defaults hold, and are kept unless the answer was a
+        5xx other than 501 (asked again next time). A server that cannot be reached or
+        verified, or a refused login, raises as the write would have.
+        """
+        key = _cluster_key(account)
+        with self._lock:
+            known = self._limits.get(key)
+        if known is not None:
+            return known
+        doing = "reading the cluster's limits (GET /info) for a write"
+        conn = self.connection(account)
+        try:
+            limits = SwiftLimits.from_info(conn.get_capabilities())
+        except Exception as exc:
+            status = _status(exc)
+            error = self.map_error(exc, f"backend {self.backend!r}: {doing}")
+            if (status is None and not isinstance(exc, ValueError)) or status == 401:
+                raise error from exc  # unreachable, TLS, the login refused: not /info's fault
+            LOG.info("%s; using Swift's default limits", error)
+            why = status or type(exc).__name__
+            limits = SwiftLimits(source=f"Swift's defaults (GET /info failed: {why})")
+            if status is not None and status >= 500 and status != 501:
+                return limits
+        finally:
+            self.remember(account, conn)
+            conn.close()
+        LOG.debug("backend %r: %s", self.backend, limits)
+        with self._lock:
+            self._limits[key] = limits
+        return limits
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         account = self._current()
         container = self.container_for(image_id)
         location = self._location(account, container, image_id)
+        limits = self.limits(account)
+        largest, most = limits.max_file_size, limits.segment_limit(self.slo)
+        if size is not None and size > capacity(self.segment_size, most, largest, size):
+            # before anything is written (not even the container)
+            kind = "an SLO" if self.slo else "a DLO"
+            raise InvalidArgument(
+                f"image {image_id} ({size} bytes) does not fit in backend {self.backend!r}: "
+                f"{kind} there has at most {most} segments "
+                f"({'max_manifest_segments' if self.slo else 'five-digit numbers'}) of at "
+                f"most {largest} bytes (max_file_size), from {limits.source}"
+            )
         self._ensure_container(account, container)
         if self._exists(account, container, image_id, f"checking {location.redacted()}"):
             raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
-        if size is not None and size < self.large_object_size:
+        if size is not None and size < self.large_object_size and size <= largest:
             return SwiftPutWriter(self, account, location, size)
-        return SwiftSegmentWriter(self, account, location, size)
+        return SwiftSegmentWriter(self, account, location, size, limits)
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         loc = self._checked(location)
@@ -1268,22 +1379,28 @@ def _listing_time(entry: dict[str, Any]) -> datetime.datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.timezone.utc)
 
 
-def segment_size(number: int, base: int, total: int | None, limit: int = MAX_SEGMENTS) -> int:
-    """The size of segment ``number`` (1-based): ``base``, grown to fit ``limit`` segments."""
+def segment_size(
+    number: int,
+    base: int,
+    total: int | None,
+    limit: int = MAX_SEGMENTS,
+    largest: int = MAX_FILE_SIZE,
+    every: int | None = None,
+) -> int:
+    """The size of segment ``number`` (1-based) of a large object of at most ``limit``
+    segments of at most ``largest`` bytes (the cluster's ``max_manifest_segments`` and
+    ``max_file_size``): ``base``, grown to fit (see ``_parallel.piece_size``: an unknown
+    size doubles every ``every`` segments, a tenth of ``limit`` by default)."""
     if number < 1:
         raise ValueError("segment numbers start at 1")
-    if total is not None:
-        needed = -(-total // limit)
-        needed = -(-needed // MiB) * MiB
-        return max(base, needed)
-    return base << ((number - 1) // GROWTH_EVERY)
+    return piece_size(number, base, total, limit, largest, every)
 
 
 class SwiftSegmentWriter(Writer):
     """A large object: segments on a bounded pool, then an SLO (or DLO) manifest."""
 
     def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
-                 size: int | None) -> None:  # fmt: skip
+                 size: int | None, limits: SwiftLimits | None = None) -> None:  # fmt: skip
         self._driver = driver
         self._account = account
         self._location = location
@@ -1291,7 +1408,9 @@ class SwiftSegmentWriter(Writer):
         self._shown = location.redacted()
         self._prefix = f"{location.obj}-{secrets_mod.token_hex(4)}-"
         self._token = secrets_mod.token_hex(16)
-        self._limit = MAX_SEGMENTS if driver.slo else MAX_DLO_SEGMENTS
+        self._limits = limits or SwiftLimits()
+        self._limit = self._limits.segment_limit(driver.slo)
+        self._every = None if driver.slo else GROWTH_EVERY
         self._buffers = BufferPool()
         self._uploader: BoundedUploader | None = None
         self._buf: bytearray | None = None
@@ -1334,12 +1453,20 @@ class SwiftSegmentWriter(Writer):
 
     def _next_size(self) -> int:
         number = self._sent + 1
-        if number > self._limit:
-            raise InvalidArgument(
-                f"{self._shown}: the image needs more than {self._limit} segments; "
-                "raise swift_store_large_object_chunk_size"
+        base, largest = self._driver.segment_size, self._limits.max_file_size
+        if number > self._limit:  # an unknown size only: begin_write checked a known one
+            held = capacity(base, self._limit, largest, None, self._every)
+            what = (
+                f"max_manifest_segments, from {self._limits.source}"
+                if self._driver.slo
+                else "a DLO's five-digit segment numbers"
             )
-        return segment_size(number, self._driver.segment_size, self._size, self._limit)
+            raise InvalidArgument(
+                f"{self._shown}: the image needs more than {self._limit} segments ({what}), "
+                f"more than the {held} bytes they hold; raise "
+                "swift_store_large_object_chunk_size"
+            )
+        return segment_size(number, base, self._size, self._limit, largest, self._every)
 
     def _send(self, last: bool = False) -> None:
         buf, count = self._buf, self._filled
