@@ -11,7 +11,14 @@ Built on python-swiftclient. Options keep glance_store's names
   references, ``default_swift_reference`` chooses one). A token is shared by
   all requests of a backend; a 401 makes swiftclient authenticate again and
   repeat the request, so a token that expires in the middle of a segmented
-  upload costs one re-authentication, not the upload.
+  upload costs one re-authentication, not the upload. Swift checks a token
+  when a request starts, so one that expires while a body flows does no
+  harm; but a streaming PUT cannot be repeated (its body is the caller's
+  stream, read once), so it logs in again just before it starts, never with
+  a shared token that may have expired since the last request (Keystone
+  hands out a new token; tempauth the same one while it lives). With the
+  caller's token (multi-tenant) no new login is possible: an expired one is
+  :class:`AuthenticationFailed`.
 * **multi-tenant** (``swift_store_multi_tenant = True``): no configured
   credentials; the caller gives a token and storage URL per operation::
 
@@ -662,8 +669,12 @@ class SwiftDriver(Driver):
 
     # -- connections -----------------------------------------------------------
 
-    def connection(self, account: Account, retries: int | None = None) -> Any:
-        """A new swiftclient Connection for ``account`` (one per thread; cheap)."""
+    def connection(self, account: Account, retries: int | None = None, fresh: bool = False) -> Any:
+        """A new swiftclient Connection for ``account`` (one per thread; cheap).
+
+        ``fresh``: do not start with the shared token; the connection logs in
+        right before its first request (for a request that cannot be repeated).
+        """
         from swiftclient import client as sc
 
         cached = self._tokens.get(account)
@@ -685,7 +696,7 @@ class SwiftDriver(Driver):
                 auth_version=account.auth_version,
                 os_options=dict(account.os_options),
             )
-            if cached is not None:
+            if cached is not None and not fresh:
                 kwargs.update(preauthurl=cached[0], preauthtoken=cached[1])
         return sc.Connection(**kwargs)
 
@@ -1236,7 +1247,8 @@ class SwiftPutWriter(Writer):
 
     def _run(self) -> None:
         drv, loc = self._driver, self._location
-        conn = drv.connection(self._account, retries=0)
+        # a new token: a refused one would only show after the whole body was sent
+        conn = drv.connection(self._account, retries=0, fresh=True)
         try:
             conn.put_object(
                 loc.container, loc.obj, contents=self._body, content_length=self._size,
