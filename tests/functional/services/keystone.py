@@ -13,9 +13,25 @@ project whose tokens must be refused on demo's account); service
 ``object-store`` with endpoints at the second proxy. Passwords are random at
 every ``up``.
 
+Tokens live 10 seconds (``[token] expiration = 10``, lowered from Keystone's
+3600 here, a real server setting), so a test can watch a token expire in the
+middle of an upload or a download. Clients that log in with a password get a
+new token whenever theirs is refused (imgstore's Swift driver does; so does
+keystonemiddleware for its own service user: keystoneauth renews any token
+within 120 s of its end, so with these tokens it logs in again before each
+validation). The proxy's authtoken keeps validated tokens in memcache for
+``token_cache_time`` (300 s) but checks each one's ``expires_at``, cached or
+not, so an expired token is refused at once. ``allow_expired_window`` (48 h by
+default) only applies to a validation that asks for it, which authtoken does
+only for a request with a valid service token of a service role: never for
+imgstore's requests (tests use it to read an expired token's times). A token
+given by the caller (multi-tenant) lives 10 s too: a test must use it at once.
+
 Ports: ``IMGSTORE_KEYSTONE_PORT`` (18095), ``IMGSTORE_KEYSTONE_SWIFT_PORT``
 (18096). Details: ``auth_url`` (``.../v3``), ``user``/``password``/``project``
-(demo), ``alt_user``/``alt_password``/``alt_project``, ``swift_url``.
+(demo), ``alt_user``/``alt_password``/``alt_project``, ``swift_url``,
+``token_expiration`` (seconds) and ``proxy_log`` (the second proxy's log, one
+line per request and per SLO/DLO segment request, with start and end times).
 """
 
 from __future__ import annotations
@@ -44,6 +60,8 @@ PROXY_REQUIREMENTS = ["swift==2.38.3", "keystonemiddleware==13.0.1"]
 DEFAULT_PORTS = {"keystone": 18095, "swift": 18096}
 TIMEOUT = 90.0
 REGION = "RegionOne"
+TOKEN_EXPIRATION = 10
+"""Seconds a token lives (Keystone's ``[token] expiration``; 3600 by default)."""
 PIPELINE = (
     "catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk "
     "authtoken keystoneauth copy slo dlo proxy-logging proxy-server"
@@ -111,7 +129,7 @@ password_hash_rounds = 4
 
 [token]
 provider = fernet
-expiration = 3600
+expiration = {TOKEN_EXPIRATION}
 
 [fernet_tokens]
 key_repository = {base / "keys" / "fernet-tokens"}
@@ -292,6 +310,8 @@ def up(ctx: Context) -> dict[str, Any]:
         "alt_project": "alt",
         "alt_project_id": projects["alt"],
         "swift_url": swift_url,
+        "token_expiration": TOKEN_EXPIRATION,
+        "proxy_log": str(ctx.path("proxy.log")),
         "ports": ports,
         "secrets": [admin_password, *passwords.values()],
         "install_seconds": round(install_seconds, 3),
@@ -301,10 +321,12 @@ def up(ctx: Context) -> dict[str, Any]:
 
 
 def check(ctx: Context, details: dict[str, Any]) -> bool:
-    """Whether Keystone and the second proxy answer on the wanted ports."""
+    """Whether Keystone (with these token lifetimes) and the second proxy answer on the ports."""
     try:
         if details.get("ports") != _ports(ctx):
             return False
+        if details.get("token_expiration") != TOKEN_EXPIRATION:
+            return False  # started with another token lifetime: start it again
         wait_for_http(ctx, "gunicorn", details["auth_url"], timeout=3, ok=[200])
         wait_for_http(ctx, "proxy", f"{details['swift_url']}/healthcheck", timeout=3, ok=[200])
     except (ServiceError, KeyError):
