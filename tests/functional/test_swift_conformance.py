@@ -5,11 +5,14 @@
 * OpenStack Swift behind Keystone v3 (authtoken + keystoneauth): ``services up keystone``
 
 Each server runs the whole suite with the defaults (images of known size are
-one streaming PUT); Swift and radosgw run it again with every add a Static
-Large Object of 1 MiB segments uploaded 3 at a time, and Swift once more with
-Dynamic Large Objects; every variant runs every size, 64 MiB included. The
-listing that proves nothing is left behind holds every object of the test's
-own container, where the segments live too.
+one streaming PUT); Swift (tempauth and Keystone v3) and radosgw run it again
+with every add a Static Large Object of 1 MiB segments uploaded 3 at a time,
+and Swift (both) once more with Dynamic Large Objects; every variant runs every
+size, 64 MiB included. The listing that proves nothing is left behind holds
+every object of the test's own container, where the segments live too. The
+harness's Keystone tokens live 10 s, so the longer Keystone cases also outlive
+a token (the driver logs in again); test_swift_keystone_expiry.py makes a token
+expire mid-transfer on purpose.
 
 Swift (tempauth) also runs it once more over https, through nginx's TLS port in
 front of its proxy (``services up nginx``; nginx hands out an https storage
@@ -128,6 +131,20 @@ class TestKeystoneSwiftConformance(_SwiftConformance):
     """Swift behind Keystone v3 (authtoken + keystoneauth), defaults."""
 
     service = "keystone"
+
+
+class TestKeystoneSwiftSloConformance(_SwiftConformance):
+    """Swift behind Keystone v3, every add an SLO of 1 MiB segments."""
+
+    service = "keystone"
+    extra = SMALL_SEGMENTS
+
+
+class TestKeystoneSwiftDloConformance(_SwiftConformance):
+    """Swift behind Keystone v3, every add a DLO of 1 MiB segments."""
+
+    service = "keystone"
+    extra = {**SMALL_SEGMENTS, "swift_store_large_object_type": "dlo"}  # noqa: RUF012
 
 
 class TestSwiftHttpsConformance(_SwiftConformance):
