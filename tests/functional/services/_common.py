@@ -215,10 +215,16 @@ def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
 
 
 def env_port(var: str, default: int) -> int:
-    """A port from the environment variable ``var``, else ``default``."""
+    """A port from the environment variable ``var``, else ``default`` plus
+    ``IMGSTORE_PORT_OFFSET`` (0; e.g. 10000 runs a second checkout's servers beside the
+    first's: keep the ports below 32768, where Linux picks its outgoing ports)."""
     value = os.environ.get(var, "")
     if not value:
-        return default
+        offset = os.environ.get("IMGSTORE_PORT_OFFSET", "0") or "0"
+        try:
+            return default + int(offset)
+        except ValueError:
+            raise ServiceError(f"IMGSTORE_PORT_OFFSET={offset!r} is not a number") from None
     try:
         port = int(value)
     except ValueError:
