@@ -54,6 +54,7 @@ from tests.functional.services._common import (
     run,
     wait_for_http,
 )
+from tests.functional.services.swift import proxy_filters
 
 KEYSTONE_REQUIREMENTS = ["keystone==30.0.0", "gunicorn==27.0.1"]
 PROXY_REQUIREMENTS = ["swift==2.38.3", "keystonemiddleware==13.0.1"]
@@ -192,32 +193,7 @@ reseller_prefix = AUTH_
 operator_roles = admin, member
 reseller_admin_role = ResellerAdmin
 
-[filter:cache]
-use = egg:swift#memcache
-memcache_servers = {HOST}:{swift["ports"]["memcached"]}
-
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:bulk]
-use = egg:swift#bulk
-[filter:copy]
-use = egg:swift#copy
-[filter:slo]
-use = egg:swift#slo
-allow_async_delete = false
-rate_limit_after_segment = 100000
-[filter:dlo]
-use = egg:swift#dlo
-rate_limit_after_segment = 100000
-"""
+""" + proxy_filters(swift["ports"]["memcached"])
 
 
 def up(ctx: Context) -> dict[str, Any]:

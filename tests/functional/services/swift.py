@@ -122,6 +122,39 @@ log_level = INFO
 """
 
 
+def proxy_filters(memcached_port: int, slo_extra: str = "") -> str:
+    """The filter sections every test proxy (this one, Keystone's, swift-limits') shares:
+    memcache, the usual middleware, and SLO/DLO serving segments at full speed (see the
+    module docstring). ``slo_extra`` adds lines to the ``slo`` filter."""
+    return f"""
+[filter:cache]
+use = egg:swift#memcache
+memcache_servers = {HOST}:{memcached_port}
+
+[filter:catch_errors]
+use = egg:swift#catch_errors
+[filter:gatekeeper]
+use = egg:swift#gatekeeper
+[filter:healthcheck]
+use = egg:swift#healthcheck
+[filter:proxy-logging]
+use = egg:swift#proxy_logging
+[filter:listing_formats]
+use = egg:swift#listing_formats
+[filter:bulk]
+use = egg:swift#bulk
+[filter:copy]
+use = egg:swift#copy
+[filter:slo]
+use = egg:swift#slo
+allow_async_delete = false
+rate_limit_after_segment = 100000
+{slo_extra}[filter:dlo]
+use = egg:swift#dlo
+rate_limit_after_segment = 100000
+"""
+
+
 def render_configs(ctx: Context, ports: dict[str, int], key: str) -> dict[str, str]:
     """The text of ``swift.conf`` and every server's config, by file name."""
     etc, srv = ctx.path("etc"), ctx.path("srv")
@@ -178,32 +211,8 @@ check_bucket_owner = false
 max_upload_part_num = 10000
 min_segment_size = 5242880
 
-[filter:cache]
-use = egg:swift#memcache
-memcache_servers = {HOST}:{ports["memcached"]}
-
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:bulk]
-use = egg:swift#bulk
-[filter:copy]
-use = egg:swift#copy
-[filter:slo]
-use = egg:swift#slo
-allow_async_delete = false
-rate_limit_after_segment = 100000
-[filter:dlo]
-use = egg:swift#dlo
-rate_limit_after_segment = 100000
 """
+        + proxy_filters(ports["memcached"])
         + _fault_injection_conf(ctx)
     )
     return files

@@ -121,34 +121,11 @@ check_bucket_owner = false
 max_upload_part_num = {LIMITS["max_upload_part_num"]}
 min_segment_size = 5242880
 
-[filter:cache]
-use = egg:swift#memcache
-memcache_servers = {HOST}:{swift["ports"]["memcached"]}
-
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:bulk]
-use = egg:swift#bulk
-[filter:copy]
-use = egg:swift#copy
-[filter:slo]
-use = egg:swift#slo
-allow_async_delete = false
-rate_limit_after_segment = 100000
-# LOWERED for the tests (Swift's default: 1000)
-max_manifest_segments = {LIMITS["max_manifest_segments"]}
-[filter:dlo]
-use = egg:swift#dlo
-rate_limit_after_segment = 100000
-"""
+""" + swift_server.proxy_filters(
+        swift["ports"]["memcached"],
+        "# LOWERED for the tests (Swift's default: 1000)\n"
+        f"max_manifest_segments = {LIMITS['max_manifest_segments']}\n",
+    )
 
 
 def up(ctx: Context) -> dict[str, Any]:
