@@ -75,6 +75,7 @@ from imgstore.exceptions import (
     StorageFull,
 )
 from imgstore.location import Location, redact_uri, register
+from imgstore.threads import import_here
 
 try:
     from cinderclient import api_versions
@@ -462,6 +463,15 @@ class CinderDriver(Driver):
         self._props: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._shared: dict[str, _Shared] = {}
+        try:  # they import eventlet: here, not in the thread of the first attach
+            import_here(
+                "os_brick.privileged", "os_brick.initiator.connector", "oslo_privsep.priv_context"
+            )
+        except ImportError:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: the cinder driver needs os-brick: "
+                "pip install 'imgstore[cinder]'"
+            ) from None
 
     def secrets(self) -> list[str]:
         return [s for s in (self._password, *self._keys) if s]

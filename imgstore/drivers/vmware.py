@@ -102,7 +102,7 @@ from imgstore.location import (
     urlsplit,
 )
 from imgstore.pipeline import scrub
-from imgstore.threads import start_without_signals
+from imgstore.threads import import_here, start_without_signals
 
 LOG = logging.getLogger(__name__)
 
@@ -298,6 +298,11 @@ def _prepare_oslo() -> None:
     whose default backend is eventlet: with imgstore's native threads (and no
     monkey-patching) its hub blocks forever. The threading backend is chosen
     only when the application chose none (nor registered a hook) before.
+
+    Then oslo.vmware's API module is imported here, in the thread that builds the
+    driver, not in whichever thread logs in first: through oslo.service's looping
+    calls it imports eventlet, which left that thread impossible to join
+    (:func:`imgstore.threads.import_here`).
     """
     try:
         import oslo_vmware  # noqa: F401
@@ -313,6 +318,7 @@ def _prepare_oslo() -> None:
             "oslo.service uses eventlet: the vmware driver needs native threads "
             "(monkey-patch, or select oslo.service's threading backend first)"
         )
+    import_here("oslo_vmware.api")
 
 
 # -- errors -----------------------------------------------------------------------------

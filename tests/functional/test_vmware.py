@@ -229,6 +229,49 @@ def test_one_login_for_many_operations(make_stores: Any, admin: Any) -> None:
         assert new == {current_key(drv)}, "exactly one new server session"
 
 
+FIRST_LOGIN_IN_A_THREAD = """
+import os, sys, threading
+from imgstore import Stores
+from imgstore.exceptions import NotFound
+
+assert "eventlet" not in sys.modules, "the test needs a process without eventlet"
+stores = Stores.from_config_files(sys.argv[1])
+
+def first_operation():
+    try:
+        stores.size(sys.argv[2])  # the first login happens here
+    except NotFound:
+        print("not found", flush=True)
+
+worker = threading.Thread(target=first_operation)
+worker.start()
+worker.join(timeout=60)
+print("still alive" if worker.is_alive() else "joined", flush=True)
+os._exit(0)  # a thread that cannot be joined would hang the exit too
+"""
+
+
+def test_a_thread_that_logged_in_first_can_be_joined(
+    make_stores: Any, vmware: dict[str, Any], tmp_path: Path
+) -> None:
+    """The first login imports oslo.vmware's API, and with it eventlet, whose second copy
+    of ``threading`` takes over the importing thread's end-of-thread lock: done in a
+    worker thread (the first operation of a server's thread pool), that thread could
+    never be joined, and ``ThreadPoolExecutor.shutdown`` hung. The driver imports it
+    when it is built instead; in a fresh process, so that eventlet is not there yet."""
+    config = write_config(tmp_path / "first-login.conf", vc_options(vmware))
+    with make_stores() as stores:
+        drv = stores.driver("vc")
+        assert isinstance(drv, VMwareDriver)
+        missing = drv.datastore_location(_id(), drv.datastores[0]).to_uri()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_LOGIN_IN_A_THREAD, str(config), missing],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines() == ["not found", "joined"], done.stderr[-2000:]
+
+
 def test_session_ended_by_the_server_is_renewed(
     make_stores: Any, admin: Any, vmware: dict[str, Any]
 ) -> None:
