@@ -8,6 +8,12 @@ the attachments API (microversion 3.54) and os-brick, writes the bytes,
 detaches, records ``image_size`` in the volume's metadata and marks it
 read-only. Any failure detaches and deletes the volume (waiting until Cinder
 has removed it), so nothing is left behind: no volume, no attachment.
+Volume names need not be unique in Cinder: racing adds of one id each create a
+volume, and each checks (before attaching, and again before finishing) that its
+volume is the first one created under that name (creation time, then id); the
+others get :class:`Duplicate` and delete theirs. An id longer than 249
+characters makes ``image-<first 232>-<16 hex of its SHA-256>``, within Cinder's
+255-character names.
 
 Reads attach read-only (one attachment per volume shared by the concurrent
 readers of this process; an attachment a volume cannot take yet, because it
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import math
 import os
@@ -96,6 +103,24 @@ API_VERSION = "3.54"
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 WRITING_KEY = "imgstore_writing"
 """Volume metadata set while an add writes (its start time); a finished add removes it last."""
+_GOING = ("deleting", "error_deleting")
+"""Statuses of a volume on its way out: it no longer holds its image id."""
+VOLUME_NAME_MAX = 255
+"""Cinder refuses a longer volume name (400 Bad Request)."""
+
+
+def volume_name(image_id: str) -> str:
+    """The name of the volume holding ``image_id``: ``image-<id>`` as glance_store names
+    it, while that fits Cinder's 255 characters; for a longer id (the core allows 255)
+    the id is cut and the first 16 hex digits of its SHA-256 keep it apart from every
+    other id sharing the head: ``image-<first 232 characters>-<hash>``."""
+    name = f"image-{image_id}"
+    if len(name) <= VOLUME_NAME_MAX:
+        return name
+    digest = hashlib.sha256(image_id.encode()).hexdigest()[:16]
+    return f"{name[: VOLUME_NAME_MAX - len(digest) - 1]}-{digest}"
+
+
 _BUSY_RE = re.compile(r"status must be|already attached|attach.*in progress", re.IGNORECASE)
 
 
@@ -819,14 +844,32 @@ class CinderDriver(Driver):
 
     # -- operations --------------------------------------------------------------
 
-    def begin_write(self, image_id: str, size: int | None) -> Writer:
-        name = f"image-{image_id}"
-        cinder = self._cinder()
-        existing = self._call(
-            "listing volumes", cinder.volumes.list, search_opts={"name": name, "all_tenants": 0}
+    def _named(self, name: str) -> list[Any]:
+        """The volumes of the project named ``name`` that are not being deleted."""
+        found = self._call(
+            "listing volumes",
+            self._cinder().volumes.list,
+            search_opts={"name": name, "all_tenants": 0},
         )
-        if any(v.name == name and v.status not in ("deleting", "error_deleting")
-               for v in existing):  # fmt: skip
+        return [v for v in found if v.name == name and v.status not in _GOING]
+
+    def _check_claim(self, image_id: str, volume_id: str) -> None:
+        """Raise Duplicate unless ``volume_id`` is the first volume created for
+        ``image_id``: Cinder names need not be unique, so racing adds of one id all
+        pass the look-up in :meth:`begin_write` and each creates a volume. Every one of
+        them agrees on the first (creation time, then id): only its add goes on."""
+        named = self._named(volume_name(image_id))
+        first = min(named, key=lambda v: (str(v.created_at or ""), str(v.id)), default=None)
+        if first is None or first.id != volume_id:
+            raise Duplicate(
+                f"image {image_id} already exists in backend {self.backend!r} "
+                f"(volume {first.id if first is not None else '?'} was created for it first)"
+            )
+
+    def begin_write(self, image_id: str, size: int | None) -> Writer:
+        name = volume_name(image_id)
+        cinder = self._cinder()
+        if self._named(name):
             raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
         size_gb = max(1, math.ceil((size or 0) / GiB))
         try:
@@ -844,6 +887,7 @@ class CinderDriver(Driver):
             raise self._error(exc, f"creating a volume for image {image_id}") from None
         try:
             self._wait(volume.id, ("creating",), "available")
+            self._check_claim(image_id, volume.id)  # before the costly attach and write
             att = self._attach(volume.id, "rw")
         except BaseException:
             self._remove_volume(volume.id)
@@ -1008,6 +1052,9 @@ class CinderWriter(Writer):
         drv._detach(vid, att)
         cinder = drv._cinder()
         drv._wait(vid, ("detaching", "in-use"), "available")
+        # again: a racing add's volume created in the same instant may not have been
+        # listed yet at the first check; now it is (the loser's abort removes its volume)
+        drv._check_claim(self._image_id, vid)
         drv._call(
             f"recording the size of volume {vid}",
             cinder.volumes.set_metadata,

@@ -39,6 +39,19 @@ def test_glance_store_forms() -> None:
     assert legacy != multi
 
 
+def test_volume_names_fit_cinder_for_every_valid_id() -> None:
+    """glance_store's ``image-<id>`` while it fits Cinder's 255 characters; a longer id
+    is cut and keeps a hash of the whole id, so two ids sharing their head differ."""
+    name = cinder.volume_name
+    assert name(VOL) == f"image-{VOL}"
+    assert name("a" * 249) == "image-" + "a" * 249
+    long_a, long_b = "x" * 254 + "a", "x" * 254 + "b"
+    assert len(name(long_a)) == len(name(long_b)) == 255
+    assert name(long_a) != name(long_b)
+    assert name(long_a).startswith("image-" + "x" * 200)
+    assert name(long_a) == name(long_a)  # the same id finds its volume again
+
+
 def test_volume_id_is_normalised() -> None:
     loc = parse(f"cinder://{VOL.upper()}")
     assert loc == parse(f"cinder://{VOL}")
