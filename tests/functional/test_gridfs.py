@@ -225,7 +225,11 @@ def _failing(pieces: list[bytes], exc: BaseException) -> Iterator[bytes]:
 
 
 def test_racing_adds_of_one_id(env: Env) -> None:
-    """Three adds of one id in parallel (one empty): exactly one wins, nothing else stays."""
+    """Three adds of one id in parallel (one empty): exactly one wins, nothing else stays.
+
+    The conformance kit races adds of one id on every driver (test_race_one_id_*); this
+    one also counts GridFS's documents while the winner is stored: one files document
+    and exactly the winner's chunks, none of a loser's under its files_id."""
     image_id = str(uuid.uuid4())
     payloads = [Payload(0), Payload(3 * CHUNK + 1, seed=5), Payload(CHUNK, seed=6)]
     barrier = threading.Barrier(len(payloads))
