@@ -2,11 +2,17 @@
 
 5.5 GiB crosses the limits big images hit: 4 GiB (32-bit sizes and offsets), and 5 GiB,
 the most one S3 PUT or one Swift object may hold (so S3 goes multipart and Swift writes
-a segmented object, with the drivers' default settings). The image is a generated
+a segmented object). The image is a generated
 stream, never held in memory nor on local disk; it is added, read back in full and
 hashed apart from imgstore, then deleted, in a process of its own
 (``big_image_client.py``) whose peak RSS must stay below 250 MiB. Nothing may be left
 in the backend afterwards.
+
+Memory is bounded by chunk size x concurrency, so the settings that set them are
+chosen for 250 MiB where the defaults are larger: RBD writes 4 chunks of 8 MiB at a
+time (the default window of 8 measured 255 MiB), Swift 32 MiB segments on 2 threads
+(Glance's default 200 MiB segments on 4 threads measured 699 MiB: segments are
+buffered whole until a streaming segment writer replaces the buffers).
 
 ``IMGSTORE_BIG_IMAGE_MIB`` changes the size for a quick local run; CI runs 5632 MiB.
 """
@@ -67,7 +73,8 @@ def _rbd(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], set[str]]]]:
 
     details = ceph_details()
     with admin_cluster(details) as cluster, temp_pool(cluster, "imgstore-big") as pool:
-        conf = write_config(tmp_path / "rbd.conf", {"rbd": rbd_options(details, pool)}, {})
+        options = rbd_options(details, pool, rbd_store_write_window=4)  # 4 x 8 MiB in flight
+        conf = write_config(tmp_path / "rbd.conf", {"rbd": options}, {})
         yield conf, lambda: pool_listing(cluster, pool)
 
 
@@ -106,7 +113,12 @@ def _swift(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], set[str]]]]:
 
     srv = server("swift")
     container = new_container()
-    conf = write_config(tmp_path / "swift.conf", swift_options(srv, container))
+    # 32 MiB segments, 2 uploading while the next fills: Glance's default 200 MiB segments
+    # on 4 threads hold up to 5 x 200 MiB (measured: 699 MiB peak RSS)
+    options = swift_options(
+        srv, container, swift_store_large_object_chunk_size=32, swift_store_thread_pools=2
+    )
+    conf = write_config(tmp_path / "swift.conf", options)
     try:
         yield conf, container_listing(srv, container)
     finally:

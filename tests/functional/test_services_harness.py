@@ -111,10 +111,20 @@ def test_details_and_status(ctx: Context) -> None:
 
 
 def test_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMGSTORE_PORT_OFFSET", raising=False)
     monkeypatch.setenv("IMGSTORE_X_PORT", "12345")
     assert _common.env_port("IMGSTORE_X_PORT", 1) == 12345
     monkeypatch.setenv("IMGSTORE_X_PORT", "")
     assert _common.env_port("IMGSTORE_X_PORT", 7) == 7
+    monkeypatch.setenv("IMGSTORE_PORT_OFFSET", "10000")  # moves defaults, not explicit ports
+    assert _common.env_port("IMGSTORE_X_PORT", 7) == 10007
+    monkeypatch.setenv("IMGSTORE_X_PORT", "12345")
+    assert _common.env_port("IMGSTORE_X_PORT", 7) == 12345
+    monkeypatch.setenv("IMGSTORE_PORT_OFFSET", "many")
+    monkeypatch.setenv("IMGSTORE_X_PORT", "")
+    with pytest.raises(_common.ServiceError):
+        _common.env_port("IMGSTORE_X_PORT", 7)
+    monkeypatch.delenv("IMGSTORE_PORT_OFFSET")
     for bad in ("http", "0", "70000"):
         monkeypatch.setenv("IMGSTORE_X_PORT", bad)
         with pytest.raises(_common.ServiceError):
