@@ -40,9 +40,10 @@ SERVICES: dict[str, str] = {
     "nginx": "tests.functional.services.nginx",
     "tinyproxy": "tests.functional.services.tinyproxy",
     "ceph": "tests.functional.services.ceph",
-    "cinder": "tests.functional.services.cinder",  # needs ceph (RBD backend)
     "swift": "tests.functional.services.swift",
     "keystone": "tests.functional.services.keystone",  # needs swift (a second proxy)
+    # needs ceph (RBD backend) and keystone (its second API authenticates there)
+    "cinder": "tests.functional.services.cinder",
     # a third proxy on swift's servers with lowered limits (max_file_size...)
     "swift-limits": "tests.functional.services.swift_limits",
     "mongo": "tests.functional.services.mongo",
@@ -58,7 +59,7 @@ SERVICES: dict[str, str] = {
 
 NEEDS: dict[str, tuple[str, ...]] = {
     # name -> the servers it needs up first (when they are being started too)
-    "cinder": ("ceph",),
+    "cinder": ("ceph", "keystone"),
     "keystone": ("swift",),
     "swift-limits": ("swift",),
     "glance": ("ceph",),

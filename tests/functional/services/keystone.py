@@ -29,7 +29,10 @@ given by the caller (multi-tenant) lives 10 s too: a test must use it at once.
 
 Ports: ``IMGSTORE_KEYSTONE_PORT`` (18095), ``IMGSTORE_KEYSTONE_SWIFT_PORT``
 (18096). Details: ``auth_url`` (``.../v3``), ``user``/``password``/``project``
-(demo), ``alt_user``/``alt_password``/``alt_project``, ``swift_url``,
+(demo), ``alt_user``/``alt_password``/``alt_project``,
+``admin_user``/``admin_password``/``admin_project`` (the bootstrap admin, for
+servers that register their own users and endpoints here: ``cinder``),
+``region``, ``swift_url``,
 ``token_expiration`` (seconds) and ``proxy_log`` (the second proxy's log, one
 line per request and per SLO/DLO segment request, with start and end times).
 """
@@ -285,6 +288,10 @@ def up(ctx: Context) -> dict[str, Any]:
         "alt_password": passwords["alt"],
         "alt_project": "alt",
         "alt_project_id": projects["alt"],
+        "admin_user": "admin",
+        "admin_password": admin_password,
+        "admin_project": "admin",
+        "region": REGION,
         "swift_url": swift_url,
         "token_expiration": TOKEN_EXPIRATION,
         "proxy_log": str(ctx.path("proxy.log")),
@@ -303,6 +310,8 @@ def check(ctx: Context, details: dict[str, Any]) -> bool:
             return False
         if details.get("token_expiration") != TOKEN_EXPIRATION:
             return False  # started with another token lifetime: start it again
+        if not details.get("admin_password"):
+            return False  # started before the details named the admin: start it again
         wait_for_http(ctx, "gunicorn", details["auth_url"], timeout=3, ok=[200])
         wait_for_http(ctx, "proxy", f"{details['swift_url']}/healthcheck", timeout=3, ok=[200])
     except (ServiceError, KeyError):
