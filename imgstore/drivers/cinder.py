@@ -27,9 +27,15 @@ Locations are glance_store's: ``cinder://<volume id>`` and the multi-store
 backend name. They hold no credentials.
 
 Authentication: with ``cinder_store_auth_address`` set, Keystone v3 password
-auth as ``cinder_store_user_name`` in ``cinder_store_project_name``, the
-endpoint from the catalog (``cinder_catalog_info``, ``cinder_os_region_name``)
-or ``cinder_endpoint_template``. Without it, a Cinder running
+auth as ``cinder_store_user_name`` (domain ``cinder_store_user_domain_name``) in
+``cinder_store_project_name`` (domain ``cinder_store_project_domain_name``) or,
+when both ``cinder_store_application_credential_id`` and ``_secret`` are set
+(glance_store's rule), that application credential; the endpoint from the
+catalog (``cinder_catalog_info``, ``cinder_os_region_name``) or
+``cinder_endpoint_template``. A token is renewed when a quarter of its lifetime
+is left, at most 120 s before its end (keystoneauth's own margin, which alone
+would log in before every request with tokens shorter than that), and after a
+401. Without it, a Cinder running
 ``auth_strategy = noauth``: the token is ``<user>:<project>`` and the endpoint
 ``cinder_endpoint_template % {'project_id': <project>}``.
 
@@ -315,6 +321,33 @@ def _device_io(device: dict[str, Any], connection_info: dict[str, Any]) -> _Devi
     raise NotSupported(f"os-brick returned a device this driver cannot use ({type(path).__name__})")
 
 
+class _RenewBeforeEnd:
+    """Mixed into a keystoneauth identity plugin: renew the token when a quarter of its
+    lifetime is left, at most 120 s before its end.
+
+    keystoneauth renews a token once it has less than ``MIN_TOKEN_LIFE_SECONDS`` (120 s)
+    left, so with a Keystone whose tokens live less than that it logs in before every
+    use (three times per Cinder call), and Cinder's authtoken validates every request's
+    new token. Tokens that live 8 minutes or more are renewed as before. A token that
+    still ends in flight gets a 401, after which keystoneauth's session logs in again
+    and sends the request once more (the 401 comes before Cinder acts on it)."""
+
+    MIN_TOKEN_LIFE_SECONDS = 120
+
+    def get_auth_ref(self, session: Any, **kwargs: Any) -> Any:
+        ref = super().get_auth_ref(session, **kwargs)  # type: ignore[misc]
+        issued, expires = getattr(ref, "issued", None), getattr(ref, "expires", None)
+        if issued is not None and expires is not None:
+            quarter = int((expires - issued).total_seconds() // 4)
+            self.MIN_TOKEN_LIFE_SECONDS = max(1, min(120, quarter))
+        return ref
+
+
+def _renewing(plugin: type) -> Callable[..., Any]:
+    """``plugin`` (a keystoneauth identity plugin class) with :class:`_RenewBeforeEnd`."""
+    return type(f"Renewing{plugin.__name__}", (_RenewBeforeEnd, plugin), {"__module__": __name__})
+
+
 class CinderDriver(Driver):
     """Stores images as Cinder volumes, moved through os-brick."""
 
@@ -371,6 +404,17 @@ class CinderDriver(Driver):
                 "cinder_store_user_domain_name", default="Default", help="The user's domain."
             ),
             cfg.StrOpt("cinder_store_password", secret=True, help="The user's password."),
+            cfg.StrOpt(
+                "cinder_store_application_credential_id",
+                help="Keystone application credential to log in with instead of the "
+                "password (with cinder_store_application_credential_secret; its project "
+                "owns the image volumes).",
+            ),
+            cfg.StrOpt(
+                "cinder_store_application_credential_secret",
+                secret=True,
+                help="The application credential's secret.",
+            ),
             cfg.StrOpt(
                 "cinder_store_project_name",
                 help="Project that owns the image volumes (with noauth: its id, in hex).",
@@ -450,6 +494,12 @@ class CinderDriver(Driver):
         self.timeout = float(c.cinder_state_transition_timeout)
         self.volume_type = c.cinder_volume_type or None
         self._password = c.cinder_store_password or ""
+        # glance_store's rule: both set -> the application credential, else the password
+        self._app_credential = bool(
+            c.cinder_store_application_credential_id
+            and c.cinder_store_application_credential_secret
+        )
+        self._app_secret = c.cinder_store_application_credential_secret or ""
         self._keyring: _Secret | None = None
         self._keys: list[str] = []
         if c.cinder_rbd_keyring:
@@ -471,7 +521,7 @@ class CinderDriver(Driver):
                 n
                 for n in ("cinder_store_user_name", "cinder_store_password",
                           "cinder_store_project_name")
-                if not c.get(n)
+                if not c.get(n) and not self._app_credential
             ]  # fmt: skip
             if missing:
                 raise BadConfiguration(
@@ -499,7 +549,7 @@ class CinderDriver(Driver):
             ) from None
 
     def secrets(self) -> list[str]:
-        return [s for s in (self._password, *self._keys) if s]
+        return [s for s in (self._password, self._app_secret, *self._keys) if s]
 
     def __repr__(self) -> str:
         return f"<CinderDriver backend={self.backend!r}>"
@@ -521,22 +571,27 @@ class CinderDriver(Driver):
         kwargs: dict[str, Any] = {}
         auth: Any
         if c.cinder_store_auth_address:
-            auth = ks_identity.V3Password(
-                auth_url=c.cinder_store_auth_address,
-                username=c.cinder_store_user_name,
-                password=c.cinder_store_password,
-                user_domain_name=c.cinder_store_user_domain_name,
-                project_name=c.cinder_store_project_name,
-                project_domain_name=c.cinder_store_project_domain_name,
-            )
+            if self._app_credential:
+                auth = _renewing(ks_identity.V3ApplicationCredential)(
+                    auth_url=c.cinder_store_auth_address,
+                    application_credential_id=c.cinder_store_application_credential_id,
+                    application_credential_secret=c.cinder_store_application_credential_secret,
+                )
+            else:
+                auth = _renewing(ks_identity.V3Password)(
+                    auth_url=c.cinder_store_auth_address,
+                    username=c.cinder_store_user_name,
+                    password=c.cinder_store_password,
+                    user_domain_name=c.cinder_store_user_domain_name,
+                    project_name=c.cinder_store_project_name,
+                    project_domain_name=c.cinder_store_project_domain_name,
+                )
             session = ks_session.Session(auth=auth, verify=verify)
             if c.cinder_endpoint_template:
                 try:
                     project_id = auth.get_project_id(session)
-                except ks_exc.Unauthorized:
-                    raise AuthenticationFailed(
-                        f"backend {self.backend!r}: Keystone refused the cinder store user"
-                    ) from None
+                except ks_exc.ClientException as exc:
+                    raise self._error(exc, "logging in to Keystone") from None
                 kwargs["endpoint_override"] = c.cinder_endpoint_template % {
                     "project_id": project_id
                 }
