@@ -10,6 +10,15 @@ nothing is written to ``/etc/ceph``.
 
 The conformance kit runs every size, including 64 MiB (each add costs a
 volume create, an attach and a detach: about 1-2 s).
+
+Through Keystone: the same Cinder has a second API that authenticates with the
+harness's Keystone (tokens live 10 s). ``TestCinderKeystoneConformance`` runs
+the whole kit again with the driver configured as an operator would (glance_store's
+``cinder_store_*`` options, a user and project in a domain of their own, Cinder
+found in the catalog); ``TestCinderKeystone`` covers the catalog endpoint and the
+volumes' owner, a token that ends in the middle of an add, a wrong password,
+Keystone unreachable, ``cinder_endpoint_template`` and an application credential.
+Their listing and cleanup use the noauth API as admin in the images project.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +37,7 @@ from typing import Any
 import pytest
 
 from imgstore import (
+    AuthenticationFailed,
     BackendError,
     BackendUnavailable,
     BadConfiguration,
@@ -37,7 +48,7 @@ from imgstore import (
 )
 from imgstore.drivers.cinder import CinderLocation
 from imgstore.testing import ConformanceTests, Payload, StoreUnderTest
-from tests.functional.conftest import skip_or_fail
+from tests.functional.conftest import require_service, skip_or_fail
 
 try:
     import rados
@@ -45,6 +56,7 @@ try:
     from cinderclient import api_versions
     from cinderclient import exceptions as cinder_exc
     from cinderclient.v3 import client as cinder_client
+    from keystoneauth1 import identity as ks_identity
     from keystoneauth1 import session as ks_session
     from keystoneauth1 import token_endpoint
 except ImportError as exc:  # skip locally; in CI a missing dependency is an error
@@ -162,6 +174,262 @@ class TestCinderConformance(ConformanceTests):
                 listing=lambda: listing(client, cinder),
                 make_stores=make_stores,
             )
+
+
+# -- through Keystone ----------------------------------------------------------
+
+
+def keystone_options(details: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A cinder backend as an operator writes it for a Cinder behind Keystone, with
+    glance_store's option names: log in as the images user (a domain of its own), find
+    Cinder in the catalog; the second API of the test Cinder (authtoken)."""
+    return {
+        "cinder_store_auth_address": details["keystone_auth_url"],
+        "cinder_store_user_name": details["keystone_user"],
+        "cinder_store_password": details["keystone_password"],
+        "cinder_store_project_name": details["keystone_project"],
+        "cinder_store_user_domain_name": details["keystone_domain"],
+        "cinder_store_project_domain_name": details["keystone_domain"],
+        "cinder_catalog_info": details["keystone_catalog_info"],
+        "cinder_os_region_name": details["keystone_region"],
+        "cinder_volume_type": details["volume_type"],
+        "cinder_rbd_keyring": details["keyring"],
+        "cinder_root_helper": "env",
+        "cinder_privsep_mode": "in-process",
+        "cinder_state_transition_timeout": 60,
+        "cinder_host_ip": "127.0.0.1",
+        **extra,
+    }
+
+
+class TestCinderKeystoneConformance(ConformanceTests):
+    """The whole kit again, with the driver logged in to Keystone (tokens live 10 s) and
+    Cinder taken from the catalog: the Keystone-authenticated API of the same Cinder.
+
+    The listing and the cleanup use the noauth API as admin in the images project (the
+    same database: an independent view of what the driver did)."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def project(cls, cinder: dict[str, Any]) -> str:
+        """The images project in Keystone (its id is hex: the noauth API takes it too)."""
+        return str(cinder["keystone_project_id"])
+
+    @pytest.fixture
+    def store_under_test(
+        self, tmp_path: Path, cinder: dict[str, Any], client: Any
+    ) -> Iterator[StoreUnderTest]:
+        configs = itertools.count()
+        options = keystone_options(cinder)
+
+        def make_stores(core: dict[str, Any]) -> Stores:
+            path = tmp_path / f"imgstore-{next(configs)}.conf"
+            return Stores.from_config_files(write_config(path, options, core))
+
+        with make_stores({}) as stores:
+            yield StoreUnderTest(
+                stores=stores,
+                backend=BACKEND,
+                secrets=[cinder["keystone_password"], *cinder["secrets"]],
+                listing=lambda: listing(client, cinder),
+                make_stores=make_stores,
+            )
+
+
+class Logins:
+    """Counts the logins of a driver's Keystone plugin and the Cinder requests it makes."""
+
+    def __init__(self, stores: Stores) -> None:
+        cinder_client = stores.driver(BACKEND)._cinder()  # type: ignore[attr-defined]
+        self.http = cinder_client.client
+        self.plugin = self.http.session.auth
+        self.tokens: list[tuple[str, float]] = []  # (token, its end in epoch seconds)
+        self.requests = 0
+        get_auth_ref, request = self.plugin.get_auth_ref, self.http.request
+
+        def counted_login(session: Any, **kw: Any) -> Any:
+            ref = get_auth_ref(session, **kw)
+            self.tokens.append((ref.auth_token, ref.expires.timestamp()))
+            return ref
+
+        def counted_request(*args: Any, **kw: Any) -> Any:
+            self.requests += 1
+            return request(*args, **kw)
+
+        self.plugin.get_auth_ref = counted_login
+        self.http.request = counted_request
+
+
+def keystone_status(details: dict[str, Any], token: str) -> int:
+    """The status of a volume listing through Cinder's Keystone API with ``token``."""
+    url = details["keystone_endpoint_template"] % {"project_id": details["keystone_project_id"]}
+    auth = token_endpoint.Token(endpoint=url, token=token)
+    resp = ks_session.Session(auth=auth).get(f"{url}/volumes", raise_exc=False)
+    return int(resp.status_code)
+
+
+class TestCinderKeystone:
+    """What only the Keystone path has: the catalog, the owner, the token's end, bad
+    credentials, application credentials, the endpoint template with a project id."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def project(cls, cinder: dict[str, Any]) -> str:
+        """The images project in Keystone (its id is hex: the noauth API takes it too)."""
+        return str(cinder["keystone_project_id"])
+
+    def _stores(self, tmp_path: Path, options: dict[str, Any]) -> Stores:
+        path = tmp_path / f"imgstore-{uuid.uuid4().hex[:8]}.conf"
+        return Stores.from_config_files(write_config(path, options))
+
+    def test_catalog_endpoint_and_owner(
+        self, tmp_path: Path, cinder: dict[str, Any], client: Any
+    ) -> None:
+        """The driver finds the Keystone API of Cinder in the catalog, with the project
+        id of its token; the volume belongs to that project; few logins for many calls."""
+        before = listing(client, cinder)
+        with self._stores(tmp_path, keystone_options(cinder)) as stores:
+            logins = Logins(stores)
+            started = time.monotonic()
+            result = stores.add(str(uuid.uuid4()), b"k" * 5000, size=5000)
+            assert _read_all(stores, result.location) == b"k" * 5000
+            vol = _volume(result.location, client)
+            assert getattr(vol, "os-vol-tenant-attr:tenant_id") == cinder["keystone_project_id"]
+            stores.delete(result.location)
+            elapsed = time.monotonic() - started
+            endpoint = logins.http.get_endpoint()
+        assert endpoint == (
+            cinder["keystone_endpoint_template"] % {"project_id": cinder["keystone_project_id"]}
+        )
+        # one token serves about 3/4 of its 10 s; keystoneauth alone would log in
+        # before every use (about three times per request)
+        logged_in, requests = len(logins.tokens), logins.requests  # no token in a message
+        assert requests >= 10
+        assert logged_in <= 2 + int(elapsed / 5), f"{logged_in} logins in {elapsed:.1f} s"
+        assert listing(client, cinder) == before
+
+    def test_token_ends_mid_add(self, tmp_path: Path, cinder: dict[str, Any], client: Any) -> None:
+        """An add whose source stalls until the token it started with has expired: the
+        driver logs in again and Cinder takes the new token (the old one gets 401)."""
+        expiration = require_service("keystone")["token_expiration"]
+        assert expiration <= 30, "Keystone's tokens live too long for this test"
+        before = listing(client, cinder)
+        payload = Payload(2 * MiB + 3, seed=31)
+        assert payload.data is not None
+        with self._stores(tmp_path, keystone_options(cinder)) as stores:
+            logins = Logins(stores)
+
+            def source() -> Iterator[bytes]:
+                assert payload.data is not None
+                yield payload.data[:MiB]
+                first_ends = logins.tokens[0][1]
+                time.sleep(max(0.0, first_ends - time.time()) + 0.5)
+                yield payload.data[MiB:]
+
+            result = stores.add(str(uuid.uuid4()), source(), size=payload.size)
+            assert _read_all(stores, result.location) == payload.data
+            stores.delete(result.location)
+        assert len(logins.tokens) >= 2
+        first_token, first_ends = logins.tokens[0]
+        assert time.time() > first_ends
+        assert keystone_status(cinder, first_token) == 401
+        assert keystone_status(cinder, logins.tokens[-1][0]) in (200, 401)  # maybe gone too
+        assert listing(client, cinder) == before
+
+    def test_wrong_password(self, tmp_path: Path, cinder: dict[str, Any], client: Any) -> None:
+        """Keystone refuses the user: AuthenticationFailed, nothing created, nothing shown."""
+        before = listing(client, cinder)
+        wrong = secrets.token_hex(16)
+        options = keystone_options(cinder, cinder_store_password=wrong)
+        with self._stores(tmp_path, options) as stores:
+            with pytest.raises(AuthenticationFailed) as added:
+                stores.add(str(uuid.uuid4()), b"abc", size=3)
+            with pytest.raises(AuthenticationFailed) as sized:
+                stores.size(f"cinder://{BACKEND}/{uuid.uuid4()}")
+        for raised in (added, sized):
+            assert wrong not in str(raised.value)
+            assert "vols" in str(raised.value)
+        assert listing(client, cinder) == before
+
+    def test_endpoint_template(self, tmp_path: Path, cinder: dict[str, Any], client: Any) -> None:
+        """``cinder_endpoint_template`` instead of the catalog: the token's project id is
+        put into it; a wrong password is AuthenticationFailed there too."""
+        before = listing(client, cinder)
+        options = keystone_options(
+            cinder, cinder_endpoint_template=cinder["keystone_endpoint_template"]
+        )
+        with self._stores(tmp_path, options) as stores:
+            result = stores.add(str(uuid.uuid4()), b"template", size=8)
+            assert _read_all(stores, result.location) == b"template"
+            stores.delete(result.location)
+        wrong = {**options, "cinder_store_password": secrets.token_hex(16)}
+        with self._stores(tmp_path, wrong) as stores, pytest.raises(AuthenticationFailed):
+            stores.size(result.location)
+        assert listing(client, cinder) == before
+
+    @pytest.mark.parametrize("template", [False, True], ids=["catalog", "endpoint-template"])
+    def test_keystone_unreachable(
+        self, tmp_path: Path, cinder: dict[str, Any], template: bool
+    ) -> None:
+        """Nothing listens at cinder_store_auth_address: BackendUnavailable naming the
+        backend, whether the endpoint comes from the catalog or from the template (whose
+        project id needs a login before the client exists)."""
+        with socket.socket() as sock:  # a port that was free a moment ago
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        options = keystone_options(
+            cinder, cinder_store_auth_address=f"http://127.0.0.1:{port}/v3", cinder_http_retries=0
+        )
+        if template:
+            options["cinder_endpoint_template"] = cinder["keystone_endpoint_template"]
+        with (
+            self._stores(tmp_path, options) as stores,
+            pytest.raises(BackendUnavailable, match="'vols'"),
+        ):
+            stores.size(f"cinder://{BACKEND}/{uuid.uuid4()}")
+
+    def test_application_credential(
+        self, tmp_path: Path, cinder: dict[str, Any], client: Any
+    ) -> None:
+        """glance_store's cinder_store_application_credential_id/_secret instead of a
+        password (no user, no project): the volumes go to the credential's project."""
+        before = listing(client, cinder)
+        user = ks_identity.V3Password(
+            auth_url=cinder["keystone_auth_url"],
+            username=cinder["keystone_user"],
+            password=cinder["keystone_password"],
+            user_domain_name=cinder["keystone_domain"],
+            project_name=cinder["keystone_project"],
+            project_domain_name=cinder["keystone_domain"],
+        )
+        session = ks_session.Session(auth=user)
+        identity = {"service_type": "identity", "interface": "public"}
+        user_id = user.get_user_id(session)
+        body = {"application_credential": {"name": f"imgstore-{uuid.uuid4().hex[:12]}"}}
+        created = session.post(
+            f"/users/{user_id}/application_credentials", json=body, endpoint_filter=identity
+        ).json()["application_credential"]
+        try:
+            options = {
+                k: v
+                for k, v in keystone_options(cinder).items()
+                if not k.startswith(("cinder_store_user", "cinder_store_pass", "cinder_store_proj"))
+            }
+            options["cinder_store_application_credential_id"] = created["id"]
+            options["cinder_store_application_credential_secret"] = created["secret"]
+            with self._stores(tmp_path, options) as stores:
+                assert created["secret"] in stores.driver(BACKEND).secrets()
+                result = stores.add(str(uuid.uuid4()), b"app credential", size=14)
+                vol = _volume(result.location, client)
+                assert getattr(vol, "os-vol-tenant-attr:tenant_id") == cinder["keystone_project_id"]
+                assert _read_all(stores, result.location) == b"app credential"
+                stores.delete(result.location)
+        finally:
+            session.delete(
+                f"/users/{user_id}/application_credentials/{created['id']}",
+                endpoint_filter=identity,
+            )
+        assert listing(client, cinder) == before
 
 
 # -- Cinder-specific behaviour ------------------------------------------------
