@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import queue
 import random
+import tempfile
 import threading
 import traceback
 import uuid
@@ -661,10 +662,21 @@ class _RaceOutcome:
     duplicate: str | None = None
 
 
+SOCKET_DIR_MAX = 60
+"""Longest temporary directory under which the fork server's socket path still fits:
+``<tmp>/pymp-xxxxxxxx/listener-xxxxxxxx`` in the 107 bytes of a unix socket path."""
+
+
 def _race_context() -> Any:
     """The multiprocessing context racing processes start from: a fork server (no fork
     of the test process and its threads) that has imported this module once, so a
-    racer starts in about 0.1 s instead of the 1.5 s of a spawned interpreter."""
+    racer starts in about 0.1 s instead of the 1.5 s of a spawned interpreter.
+
+    The fork server listens on a unix socket in a directory under the temporary
+    directory; when that path is too long for a socket (108 bytes, e.g. a pytest
+    ``tmp_path`` as TMPDIR), the racers are spawned instead."""
+    if len(tempfile.gettempdir()) > SOCKET_DIR_MAX:
+        return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # no effect once the server runs
     return ctx
