@@ -321,6 +321,15 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
 # -- helpers --------------------------------------------------------------------------------
 
 
+def _state(pid: int) -> str:
+    """The process's state letter in /proc/PID/stat (``T``: stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 @contextlib.contextmanager
 def stalled(pids: list[int]) -> Iterator[Callable[[], None]]:
     """``stall()`` stops the server processes; they are always continued on exit."""
@@ -330,6 +339,10 @@ def stalled(pids: list[int]) -> Iterator[Callable[[], None]]:
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
+        for pid in pids:  # the signal is asynchronous: wait until the process stands still
+            deadline = time.monotonic() + 5
+            while _state(pid) != "T" and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     try:
         yield stall
