@@ -68,10 +68,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from oslo_config import cfg
 
+from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
@@ -685,21 +686,23 @@ class CinderDriver(Driver):
     def _get(self, volume_id: str) -> Any:
         return self._call(f"looking up volume {volume_id}", self._cinder().volumes.get, volume_id)
 
+    def _still(self, volume_id: str, status: str) -> NoReturn:
+        raise BackendUnavailable(
+            f"backend {self.backend!r}: volume {volume_id} is still {status!r} "
+            f"after {self.timeout:g} s (cinder_state_transition_timeout)"
+        )
+
     def _wait(self, volume_id: str, transitional: tuple[str, ...], expected: str) -> Any:
         """Poll until the volume leaves ``transitional``; it must then be ``expected``."""
-        deadline = time.monotonic() + self.timeout
-        delay = 0.05
-        while True:
+        status = "unknown"
+
+        def settled() -> Any:
+            nonlocal status
             volume = self._get(volume_id)
-            if volume.status not in transitional:
-                break
-            if time.monotonic() >= deadline:
-                raise BackendUnavailable(
-                    f"backend {self.backend!r}: volume {volume_id} is still {volume.status!r} "
-                    f"after {self.timeout:g} s (cinder_state_transition_timeout)"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            status = volume.status
+            return None if status in transitional else volume
+
+        volume = poll(settled, self.timeout, lambda: self._still(volume_id, status))
         if volume.status != expected:
             raise BackendError(
                 f"backend {self.backend!r}: volume {volume_id} is {volume.status!r}, "
@@ -708,24 +711,22 @@ class CinderDriver(Driver):
         return volume
 
     def _wait_gone(self, volume_id: str) -> None:
-        deadline = time.monotonic() + self.timeout
-        delay = 0.05
-        while True:
+        status = "unknown"
+
+        def gone() -> bool | None:
+            nonlocal status
             try:
                 volume = self._cinder().volumes.get(volume_id)
             except cinder_exc.NotFound:
-                return
+                return True
             except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
                 raise self._error(exc, f"waiting for volume {volume_id} to go") from None
             if volume.status == "error_deleting":
                 raise BackendError(f"backend {self.backend!r}: deleting volume {volume_id} failed")
-            if time.monotonic() >= deadline:
-                raise BackendUnavailable(
-                    f"backend {self.backend!r}: volume {volume_id} is still {volume.status!r} "
-                    f"after {self.timeout:g} s (cinder_state_transition_timeout)"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            status = volume.status
+            return None
+
+        poll(gone, self.timeout, lambda: self._still(volume_id, status))
 
     def _remove_volume(self, volume_id: str, quiet: bool = True) -> None:
         """Delete a volume we created (cleanup), whatever its status; quiet: log, never raise."""
@@ -766,20 +767,27 @@ class CinderDriver(Driver):
 
         props = self._connector_properties()
         cinder = self._cinder()
-        deadline = time.monotonic() + self.timeout
-        delay = 0.05
-        while True:
+        doing = f"attaching volume {volume_id}"
+        busy: Exception | None = None
+
+        def attached() -> Any:
+            nonlocal busy
             try:
-                att = cinder.attachments.create(volume_id, None, mode=mode)
-                break
+                return cinder.attachments.create(volume_id, None, mode=mode)
             except cinder_exc.BadRequest as exc:
                 # attached elsewhere (not multi-attach) or still detaching: wait for it
-                if not _BUSY_RE.search(str(exc)) or time.monotonic() >= deadline:
-                    raise self._error(exc, f"attaching volume {volume_id}") from None
+                if not _BUSY_RE.search(str(exc)):
+                    raise self._error(exc, doing) from None
+                busy = exc
+                return None
             except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
-                raise self._error(exc, f"attaching volume {volume_id}") from None
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+                raise self._error(exc, doing) from None
+
+        def too_long() -> NoReturn:
+            assert busy is not None
+            raise self._error(busy, doing) from None
+
+        att = poll(attached, self.timeout, too_long, cap=1.0)
         att_id = att["id"] if isinstance(att, dict) else att.id
         connector = device = None
         info: dict[str, Any] | None = None

@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +56,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import connection as urllib3_connection
 
+from imgstore.backoff import Backoff
 from imgstore.capabilities import Capability
 from imgstore.driver import DEFAULT_CHUNK_SIZE, Driver, ReadStream, clamp_range
 from imgstore.drivers.http_guard import NetworkGuard
@@ -279,7 +279,8 @@ class HttpDriver(Driver):
                 "http_retry_backoff",
                 default=0.5,
                 min=0,
-                help="Seconds before the first retry; doubled for each next one (max 30).",
+                help="Longest wait before the first retry; doubled for each next one (max 30). "
+                "Each wait is drawn at random below its bound (full jitter).",
             ),
             cfg.ListOpt(
                 "http_allowed_networks",
@@ -370,11 +371,11 @@ class HttpDriver(Driver):
     ) -> requests.Response:
         shown = redact_uri(url)
         problem = ""
+        backoff = Backoff(self.backoff, _MAX_BACKOFF)
         for attempt in range(self.retries + 1):
             if attempt:
-                delay = min(self.backoff * 2 ** (attempt - 1), _MAX_BACKOFF)
-                LOG.info("%s %s: %s; retry %d in %.1f s", method, shown, problem, attempt, delay)
-                time.sleep(delay)
+                LOG.info("%s %s: %s; retry %d", method, shown, problem, attempt)
+                backoff.wait()
             try:
                 response = self._request_once(method, url, headers, auth)
             except requests.exceptions.SSLError as exc:

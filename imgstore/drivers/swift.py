@@ -104,6 +104,7 @@ from typing import Any
 
 from oslo_config import cfg
 
+from imgstore.backoff import Backoff
 from imgstore.capabilities import Capability
 from imgstore.driver import (
     IMAGE_ID_RE,
@@ -1159,15 +1160,13 @@ class SwiftStream(ReadStream):
         self._retrying(6, deadline=time.monotonic() + self._driver.timeout)
 
     def _retrying(self, retries: int, deadline: float | None = None) -> dict[str, str]:
-        delay = 0.5
+        backoff = Backoff(0.5, 16.0)
         for _ in range(retries):
             try:
                 return self._request()
             except BackendUnavailable:
-                if deadline is not None and time.monotonic() + delay >= deadline:
+                if not backoff.wait(deadline):
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, 16)
         return self._request()
 
     def _close_body(self) -> None:

@@ -56,6 +56,7 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -70,6 +71,7 @@ import requests
 import requests.adapters
 from oslo_config import cfg
 
+from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import (
     PARTIAL_SUFFIX,
@@ -844,17 +846,15 @@ class VMwareDriver(Driver):
         from oslo_vmware import exceptions as vexc
         from oslo_vmware import vim_util
 
-        delay = 0.02
-        while True:
+        def ended() -> Any:
             info = api.invoke_api(
                 vim_util, "get_object_property", api.vim, task, "info", skip_op_id=True
             )
-            if info.state == "success":
-                return info
             if info.state == "error":
                 raise vexc.translate_fault(info.error)
-            time.sleep(delay)
-            delay = min(delay * 2, max(self.poll_interval, delay))
+            return info if info.state == "success" else None
+
+        return poll(ended, first=0.02, cap=self.poll_interval, factor=2.0)
 
     def delete_file(self, loc: VsphereLocation, what: str) -> None:
         """``DeleteDatastoreFile_Task`` on ``loc``; :class:`NotFound` when it is not there."""
@@ -1229,18 +1229,19 @@ class VMwarePutWriter(Writer):
     def _remove_partial(self, linger: float = _CLEANUP_WAIT) -> None:
         """Delete the temporary file; watch ``linger`` s for a file the server creates late."""
         drv, loc = self._driver, self._temp
-        deadline = time.monotonic() + linger
+        quiet_since = time.monotonic()
         what = f"removing the partial upload {self._temp_shown}"
+
+        def quiet_for_linger() -> bool | None:
+            nonlocal quiet_since
+            if drv.exists(loc, what):
+                with contextlib.suppress(NotFound):
+                    drv.delete_file(loc, what)
+                quiet_since = time.monotonic()
+                return None
+            return True if time.monotonic() - quiet_since >= linger else None
+
         try:
-            while True:
-                if drv.exists(loc, what):
-                    try:
-                        drv.delete_file(loc, what)
-                    except NotFound:
-                        pass
-                    deadline = time.monotonic() + linger
-                elif time.monotonic() >= deadline:
-                    return
-                time.sleep(0.05)
+            poll(quiet_for_linger, first=0.05, cap=0.05)
         except ImgstoreError as exc:
             LOG.warning("backend %r: %s", drv.backend, exc)
