@@ -49,7 +49,6 @@ so an existing ``[glance_store]`` section works unchanged.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import logging
 import re
@@ -71,7 +70,6 @@ from imgstore.driver import (
     clamp_range,
     tls_verify_failure,
 )
-from imgstore.drivers._parallel import capacity, growth_every, piece_size
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -84,7 +82,7 @@ from imgstore.exceptions import (
     NotFound,
 )
 from imgstore.location import Location, redact_uri, register
-from imgstore.threads import block_signals
+from imgstore.parallel import BoundedUploader, BufferPool, capacity, growth_every, piece_size
 
 LOG = logging.getLogger(__name__)
 
@@ -799,17 +797,17 @@ class S3Writer(Writer):
         self._filled = 0
         self._parts_sent = 0
         self._upload_id: str | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._futures: list[concurrent.futures.Future[None]] = []
+        self._uploader: BoundedUploader | None = None
+        self._buffers = BufferPool()
         self._etags: dict[int, str] = {}
-        self._slots = threading.BoundedSemaphore(driver.threads)
-        self._free: list[bytearray] = []
-        self._state_lock = threading.Lock()
-        self._failure: BaseException | None = None
+        self._etags_lock = threading.Lock()
         self._done = False
         self._token = secrets_mod.token_hex(16)
-        self.buffers_allocated = 0
+
+    @property
+    def buffers_allocated(self) -> int:
         """How many part buffers this writer allocated (tests check the memory bound)."""
+        return self._buffers.allocated
 
     def __repr__(self) -> str:
         return f"<S3Writer {self._shown}>"
@@ -828,7 +826,7 @@ class S3Writer(Writer):
         view = chunk
         while view:
             if self._buf is None:
-                self._buf = self._take_buffer(self._next_part_size())
+                self._buf = self._buffers.take(self._next_part_size())
                 self._filled = 0
             take = min(len(self._buf) - self._filled, len(view))
             self._buf[self._filled : self._filled + take] = view[:take]
@@ -849,23 +847,9 @@ class S3Writer(Writer):
             )
         return part_size(number, drv.part_base, self._size, drv.max_parts)
 
-    def _take_buffer(self, size: int) -> bytearray:
-        with self._state_lock:
-            while self._free:
-                buf = self._free.pop()
-                if len(buf) == size:
-                    return buf
-        self.buffers_allocated += 1
-        return bytearray(size)
-
-    def _give_back(self, buf: bytearray) -> None:
-        with self._state_lock:
-            self._free.append(buf)
-
     def _raise_failure(self) -> None:
-        failure = self._failure
-        if failure is not None:
-            raise failure
+        if self._uploader is not None:
+            self._uploader.raise_failure()
 
     def _start_upload(self) -> None:
         drv = self._driver
@@ -877,11 +861,7 @@ class S3Writer(Writer):
             Metadata={WRITER_KEY: self._token},
         )
         self._upload_id = str(created["UploadId"])
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=drv.threads,
-            thread_name_prefix="imgstore-s3-part",
-            initializer=block_signals,
-        )
+        self._uploader = BoundedUploader(drv.threads, "imgstore-s3-part")
 
     def _send_part(self, last: bool = False) -> None:
         """Hand the filled buffer to a part thread; wait for a free thread first."""
@@ -890,43 +870,35 @@ class S3Writer(Writer):
         self._buf, self._filled = None, 0
         if self._upload_id is None:
             self._start_upload()
-        assert self._pool is not None
-        self._slots.acquire()  # back-pressure: at most `threads` parts in flight
-        try:
-            self._raise_failure()
-            self._parts_sent += 1
-            future = self._pool.submit(self._upload_part, self._parts_sent, buf, count, not last)
-        except BaseException:
-            self._slots.release()
-            raise
-        self._futures.append(future)
+        assert self._uploader is not None
+        number = self._parts_sent + 1
+        # blocks while `threads` parts are in flight (back-pressure), raises a part's failure
+        self._uploader.submit(
+            self._upload_part, number, buf, count,
+            on_error=lambda exc: self._part_error(exc, number),
+            finally_=None if last else lambda: self._buffers.give(buf),
+        )  # fmt: skip
+        self._parts_sent = number
 
-    def _upload_part(self, number: int, buf: bytearray, count: int, reuse: bool) -> None:
+    def _upload_part(self, number: int, buf: bytearray, count: int) -> None:
         drv = self._driver
-        try:
-            if self._failure is not None or self._done:
-                return
-            response = drv.client.upload_part(
-                Bucket=drv.bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=_Body(buf, count),
-            )
-            with self._state_lock:
-                self._etags[number] = str(response["ETag"])
-        except BaseException as exc:
-            err = self._part_refused(exc, number) or drv.map_error(
-                exc, f"uploading part {number} of {self._shown}"
-            )
-            with self._state_lock:
-                if self._failure is None:
-                    self._failure = err
-            raise err from exc
-        finally:
-            if reuse:
-                self._give_back(buf)
-            self._slots.release()
+        response = drv.client.upload_part(
+            Bucket=drv.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=_Body(buf, count),
+        )
+        with self._etags_lock:
+            self._etags[number] = str(response["ETag"])
+
+    def _part_error(self, exc: BaseException, number: int) -> BaseException:
+        """A failed part's exception, as the imgstore error the writer raises."""
+        err = self._part_refused(exc, number) or self._driver.map_error(
+            exc, f"uploading part {number} of {self._shown}"
+        )
+        err.__cause__ = exc
+        return err
 
     def _part_refused(self, exc: BaseException, number: int) -> BadConfiguration | None:
         """The server's refusal of a part number above its limit, as the configuration
@@ -948,10 +920,9 @@ class S3Writer(Writer):
         )
 
     def _wait_parts(self) -> None:
-        for future in self._futures:
-            # a failed part is recorded in self._failure; wait() does not raise it
-            concurrent.futures.wait([future])
-        self._futures.clear()
+        """Wait until no part is in flight (a failed part is raised by _raise_failure)."""
+        if self._uploader is not None:
+            self._uploader.wait()
 
     # -- finishing ---------------------------------------------------------
 
@@ -1036,10 +1007,7 @@ class S3Writer(Writer):
     def abort(self) -> None:
         self._done = True
         self._buf = None
-        try:
-            self._wait_parts()  # no part may land after the upload is aborted
-        finally:
-            self._shutdown_pool()
+        self._shutdown_pool()  # parts not started are skipped; none lands after the abort
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
@@ -1059,7 +1027,7 @@ class S3Writer(Writer):
                 )
 
     def _shutdown_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        self._free.clear()
+        uploader, self._uploader = self._uploader, None
+        if uploader is not None:
+            uploader.stop()
+        self._buffers.clear()

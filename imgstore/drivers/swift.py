@@ -116,7 +116,7 @@ from imgstore.driver import (
     clamp_range,
     tls_verify_failure,
 )
-from imgstore.drivers._parallel import BoundedUploader, BufferPool, capacity, piece_size
+from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -1400,7 +1400,7 @@ def segment_size(
 ) -> int:
     """The size of segment ``number`` (1-based) of a large object of at most ``limit``
     segments of at most ``largest`` bytes (the cluster's ``max_manifest_segments`` and
-    ``max_file_size``): ``base``, grown to fit (see ``_parallel.piece_size``: an unknown
+    ``max_file_size``): ``base``, grown to fit (see ``imgstore.parallel.piece_size``: an unknown
     size doubles every ``every`` segments, a tenth of ``limit`` by default)."""
     if number < 1:
         raise ValueError("segment numbers start at 1")

@@ -1,7 +1,7 @@
 """Piece sizes within a server's limits, and the Swift driver's reading of its limits
 (``GET /info``), without a server.
 
-The pure logic: :func:`imgstore.drivers._parallel.piece_size` and ``capacity`` (shared
+The pure logic: :func:`imgstore.parallel.piece_size` and ``capacity`` (shared
 by S3 parts and Swift segments), the S3 driver's ``s3_store_max_parts`` and its reading
 of a server's refusal of a part number, the Swift driver's :class:`SwiftLimits` from an
 ``/info`` document, its cache and its fallback when ``/info`` is disabled. The crossings
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgstore import BackendUnavailable, BadConfiguration, InvalidArgument, Stores
-from imgstore.drivers._parallel import capacity, growth_every, piece_size
+from imgstore.parallel import capacity, growth_every, piece_size
 from imgstore.drivers.s3 import MAX_PART_SIZE, S3Driver, S3Location, S3Writer, max_total, part_size
 from imgstore.drivers.swift import (
     MAX_FILE_SIZE,
