@@ -93,7 +93,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import queue
 import re
 import secrets as secrets_mod
 import threading
@@ -116,7 +115,6 @@ from imgstore.driver import (
     clamp_range,
     tls_verify_failure,
 )
-from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -130,8 +128,9 @@ from imgstore.exceptions import (
     StorageFull,
 )
 from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
+from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
 from imgstore.pipeline import scrub
-from imgstore.threads import start_without_signals
+from imgstore.streaming import FedRequest, SizedFedBody
 
 LOG = logging.getLogger(__name__)
 
@@ -1187,36 +1186,6 @@ class SwiftStream(ReadStream):
 # -- writing -------------------------------------------------------------------------
 
 
-class _QueueBody:
-    """A file-like request body fed chunk by chunk from another thread."""
-
-    _END = object()
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=8)
-        self._view = memoryview(b"")
-        self._ended = False
-
-    def read(self, size: int = -1) -> bytes | memoryview:
-        while not self._view:
-            if self._ended:
-                return b""
-            item = self.queue.get()
-            if item is self._END:
-                self._ended = True
-                return b""
-            if isinstance(item, BaseException):
-                raise item
-            self._view = memoryview(item)
-        n = len(self._view) if size is None or size < 0 else size
-        data, self._view = self._view[:n], self._view[n:]
-        return data
-
-
-class _Aborted(Exception):
-    """Ends a streaming PUT on purpose (the writer was aborted)."""
-
-
 class SwiftPutWriter(Writer):
     """An image of known size as one streaming PUT; the last chunk waits for commit."""
 
@@ -1227,11 +1196,10 @@ class SwiftPutWriter(Writer):
         self._location = location
         self._size = size
         self._shown = location.redacted()
-        self._body = _QueueBody()
+        self._request = FedRequest(
+            self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self._shown}"
+        )
         self._pending: bytes | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._stored = False
         self._done = False
         self._token = secrets_mod.token_hex(16)
         self._answered = False
@@ -1240,76 +1208,44 @@ class SwiftPutWriter(Writer):
     def __repr__(self) -> str:
         return f"<SwiftPutWriter {self._shown}>"
 
-    def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="imgstore-swift-put", daemon=True)
-        start_without_signals(self._thread)
-
-    def _run(self) -> None:
+    def _send(self) -> None:
         drv, loc = self._driver, self._location
         # a new token: a refused one would only show after the whole body was sent
         conn = drv.connection(self._account, retries=0, fresh=True)
         try:
             conn.put_object(
-                loc.container, loc.obj, contents=self._body, content_length=self._size,
+                loc.container, loc.obj, contents=self._request.body, content_length=self._size,
                 headers={"If-None-Match": "*", WRITER_HEADER: self._token},
                 content_type="application/octet-stream",
             )  # fmt: skip
-            self._stored = True
-        except _Aborted:
-            pass
         except BaseException as exc:
             self._answered = _status(exc) is not None
-            self._error = drv.map_error(exc, f"writing {self._shown}")
-            if isinstance(self._error, Duplicate):
-                self._error = Duplicate(
-                    f"image {loc.obj} already exists in backend {drv.backend!r}"
-                )
+            error = drv.map_error(exc, f"writing {self._shown}")
+            if isinstance(error, Duplicate):
+                error = Duplicate(f"image {loc.obj} already exists in backend {drv.backend!r}")
+            raise error from exc
         finally:
             drv.remember(self._account, conn)
             conn.close()
 
-    def _put(self, item: Any) -> None:
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._thread is None or not self._thread.is_alive():
-                if self._error is not None:
-                    raise self._error
-                if self._stored and item is _QueueBody._END:
-                    return  # a 0-byte PUT may end before the body is read
-                raise BackendError(f"writing {self._shown}: the upload ended early")
-            try:
-                self._body.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
     def write(self, chunk: memoryview) -> None:
         assert not self._done, "write after commit or abort"
-        if self._thread is None:
-            self._start()
+        self._request.start()
         if self._pending is not None:
-            self._put(self._pending)
+            self._request.feed(self._pending)
         self._pending = bytes(chunk)  # the core reuses its buffer: copy
 
     def commit(self) -> Written:
         assert not self._done, "commit after commit or abort"
-        if self._thread is None:
-            self._start()
         try:
             if self._pending is not None:
-                self._put(self._pending)
+                self._request.feed(self._pending)
                 self._pending = None
-            self._put(_QueueBody._END)
-            assert self._thread is not None
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
+            self._request.finish()
         except BackendUnavailable:
             # not retried (the body was a stream), but the server may have stored all of
             # it and then answered an error: then the image is there, whole, and ours
-            assert self._thread is not None
-            self._thread.join()
+            self._request.join()
             loc = self._location
             if not (
                 self._answered
@@ -1320,27 +1256,14 @@ class SwiftPutWriter(Writer):
                 "backend %r: %s: the server stored the image but answered an error",
                 self._driver.backend, self._shown,
             )  # fmt: skip
-            self._stored = True
         self._done = True
         return Written(self._location)
 
     def abort(self) -> None:
         self._done = True
         self._pending = None
-        thread = self._thread
-        if thread is None:
-            return
-        while thread.is_alive():
-            try:
-                self._body.queue.put(_Aborted(), timeout=0.2)
-                break
-            except queue.Full:
-                try:
-                    self._body.queue.get_nowait()
-                except queue.Empty:
-                    pass
-        thread.join()
-        if self._stored:  # cannot happen (the last chunk was held back), but never leave it
+        self._request.abort()
+        if self._request.sent:  # cannot happen (the last chunk was held back), but never leave it
             try:
                 self._driver.call(self._account, "aborting", "delete_object",
                                   self._location.container, self._location.obj)  # fmt: skip

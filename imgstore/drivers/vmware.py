@@ -60,7 +60,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import queue
 import threading
 import time
 import urllib.parse
@@ -104,7 +103,8 @@ from imgstore.location import (
     urlsplit,
 )
 from imgstore.pipeline import scrub
-from imgstore.threads import import_here, start_without_signals
+from imgstore.streaming import FedBody, FedRequest, SizedFedBody
+from imgstore.threads import import_here
 
 LOG = logging.getLogger(__name__)
 
@@ -1065,38 +1065,6 @@ class VMwareStream(ReadStream):
 # -- writing --------------------------------------------------------------------------------
 
 
-class _Aborted(Exception):
-    """Ends a streaming PUT on purpose (the writer was aborted)."""
-
-
-class _QueueBody:
-    """A request body fed chunk by chunk from the writer; ``len`` only when the size is known."""
-
-    _END = object()
-
-    def __init__(self, size: int | None) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
-        self._size = size
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            item = self.queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def __repr__(self) -> str:
-        return "<vmware upload body>"
-
-
-class _SizedBody(_QueueBody):
-    def __len__(self) -> int:
-        assert self._size is not None
-        return self._size
-
-
 class VMwarePutWriter(Writer):
     """One streaming PUT of a temporary file, fed from another thread; commit moves the
     file to the image's name."""
@@ -1111,78 +1079,42 @@ class VMwarePutWriter(Writer):
         self._size = size
         self._shown = location.redacted()
         self._temp_shown = temp.redacted()
-        self._body: _QueueBody = _SizedBody(size) if size is not None else _QueueBody(None)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._status: int | None = None
-        self._started_at = 0.0
+        body = SizedFedBody(size, _QUEUE_DEPTH) if size is not None else FedBody(_QUEUE_DEPTH)
+        self._request = FedRequest(
+            self._send, body, "imgstore-vmware-put", f"writing {self._shown}"
+        )
         self._done = False
 
     def __repr__(self) -> str:
         return f"<VMwarePutWriter {self._shown}>"
 
-    def _start(self) -> None:
-        self._started_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="imgstore-vmware-put", daemon=True)
-        start_without_signals(self._thread)
-
-    def _run(self) -> None:
+    def _send(self) -> None:
         drv = self._driver
         headers = {"Content-Type": "application/octet-stream"}
+        doing = f"writing {self._temp_shown}"
         try:
-            resp = drv.request("PUT", self._temp, f"writing {self._temp_shown}", headers,
-                               data=self._body)  # fmt: skip
-            self._status = resp.status_code
-            if resp.status_code not in (200, 201):
-                if resp.status_code == 409:
-                    self._error = Duplicate(
-                        f"image {self._location.image_id} already exists in backend {drv.backend!r}"
-                    )
-                else:
-                    self._error = drv.status_error(resp, f"writing {self._temp_shown}")
-            resp.close()
-        except _Aborted:
-            pass
-        except ImgstoreError as exc:
-            self._error = exc
+            resp = drv.request("PUT", self._temp, doing, headers, data=self._request.body)
+        except ImgstoreError:
+            raise
         except BaseException as exc:
-            cause = exc.__context__ if isinstance(exc.__context__, _Aborted) else None
-            if cause is None:
-                self._error = drv.map_error(exc, f"writing {self._temp_shown}")
-
-    def _put(self, item: Any) -> None:
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._thread is None or not self._thread.is_alive():
-                if self._error is not None:
-                    raise self._error
-                if item is _QueueBody._END and self._status is not None:
-                    return  # a 0-byte PUT may end before the end marker is read
-                raise BackendError(f"writing {self._shown}: the upload ended early")
-            try:
-                self._body.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+            raise drv.map_error(exc, doing) from exc
+        try:
+            if resp.status_code == 409:
+                raise Duplicate(
+                    f"image {self._location.image_id} already exists in backend {drv.backend!r}"
+                )
+            if resp.status_code not in (200, 201):
+                raise drv.status_error(resp, doing)
+        finally:
+            resp.close()
 
     def write(self, chunk: memoryview) -> None:
         assert not self._done, "write after commit or abort"
-        if self._thread is None:
-            self._start()
-        self._put(bytes(chunk))  # the core reuses its buffer: copy
+        self._request.feed(bytes(chunk))  # the core reuses its buffer: copy
 
     def commit(self) -> Written:
         assert not self._done, "commit after commit or abort"
-        if self._thread is None:
-            self._start()
-        self._put(_QueueBody._END)
-        assert self._thread is not None
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        if self._status not in (200, 201):
-            raise BackendError(f"writing {self._shown}: the upload ended without an answer")
+        self._request.finish()
         self._done = True
         try:
             self._move_into_place()
@@ -1211,19 +1143,9 @@ class VMwarePutWriter(Writer):
         if self._done:
             return
         self._done = True
-        thread = self._thread
-        if thread is None:
+        if not self._request.started:
             return  # nothing was sent
-        while thread.is_alive():
-            try:
-                self._body.queue.put(_Aborted(), timeout=0.2)
-                break
-            except queue.Full:
-                try:
-                    self._body.queue.get_nowait()
-                except queue.Empty:
-                    pass
-        thread.join()
+        self._request.abort()
         self._remove_partial()
 
     def _remove_partial(self, linger: float = _CLEANUP_WAIT) -> None:

@@ -1,0 +1,77 @@
+"""The core's fed request: what the writer feeds is what the request reads, failures and
+early ends reach the writer, and an abort ends the request without its body."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from imgstore.exceptions import BackendError, BackendUnavailable
+from imgstore.streaming import FedBody, FedRequest, SizedFedBody
+
+
+def test_the_request_reads_what_is_fed_in_order() -> None:
+    got: list[bytes] = []
+    body = SizedFedBody(9)
+    request = FedRequest(lambda: got.append(b"".join(iter(lambda: bytes(body.read(2)), b""))),
+                         body, "t", "writing x")  # fmt: skip
+    for piece in (b"abc", b"def", b"ghi"):
+        request.feed(piece)
+    request.finish()
+    assert got == [b"abcdefghi"]
+    assert request.sent and len(body) == 9
+
+
+def test_an_iterating_client_gets_the_chunks() -> None:
+    got: list[bytes] = []
+    body = FedBody()
+    request = FedRequest(lambda: got.extend(body), body, "t", "writing x")
+    request.feed(b"one")
+    request.feed(b"two")
+    request.finish()
+    assert got == [b"one", b"two"]
+
+
+def test_a_failure_of_the_request_reaches_the_writer() -> None:
+    body = FedBody(depth=1)
+
+    def send() -> None:
+        next(iter(body))
+        raise BackendUnavailable("backend 'x': writing: the server went away")
+
+    request = FedRequest(send, body, "t", "writing x")
+    with pytest.raises(BackendUnavailable, match="went away"):
+        for _ in range(100):  # the request fails after the first chunk; a feed says so
+            request.feed(b"chunk")
+    assert not request.sent
+
+
+def test_a_request_that_ends_before_its_body_is_an_early_end() -> None:
+    request = FedRequest(lambda: None, FedBody(depth=1), "t", "writing x")
+    request.start()
+    request.join()
+    with pytest.raises(BackendError, match="ended early"):
+        request.feed(b"more")
+
+
+def test_an_empty_request_may_end_before_the_end_marker() -> None:
+    request = FedRequest(lambda: None, SizedFedBody(0), "t", "writing x")
+    request.finish()
+    assert request.sent
+
+
+def test_abort_ends_the_request_without_an_error() -> None:
+    reading = threading.Event()
+    body = FedBody(depth=1)
+
+    def send() -> None:
+        reading.set()
+        for _ in body:
+            pass
+
+    request = FedRequest(send, body, "t", "writing x")
+    request.feed(b"first")
+    assert reading.wait(5)
+    request.abort()
+    assert request.error is None and not request.sent
