@@ -122,6 +122,31 @@ log_level = INFO
 """
 
 
+def tempauth_proxy(user: str, key: str, s3_extra: str = "max_upload_part_num = 10000\n") -> str:
+    """The proxy app, tempauth with ``user`` (``account:name``, admin) and s3api (like
+    AWS where it matters to a client: 5 MiB parts; ``s3_extra`` adds lines, by default
+    AWS's 10,000 parts), as the tempauth test proxies have them (this one, swift-limits')."""
+    account, name = user.split(":")
+    return f"""
+[app:proxy-server]
+use = egg:swift#proxy
+account_autocreate = true
+allow_account_management = true
+
+[filter:tempauth]
+use = egg:swift#tempauth
+user_{account}_{name} = {key} .admin
+storage_url_scheme = default
+
+[filter:s3api]
+use = egg:swift#s3api
+location = {REGION}
+s3_acl = false
+check_bucket_owner = false
+min_segment_size = 5242880
+{s3_extra}"""
+
+
 def proxy_filters(memcached_port: int, slo_extra: str = "") -> str:
     """The filter sections every test proxy (this one, Keystone's, swift-limits') shares:
     memcache, the usual middleware, and SLO/DLO serving segments at full speed (see the
@@ -186,32 +211,14 @@ use = egg:swift#{svc}
 use = egg:swift#healthcheck
 """
         )
-    account, tuser = USER.split(":")
     files["proxy-server.conf"] = (
         _common_conf(etc, ports["proxy"], "proxy-server", user)
         + f"""
 [pipeline:main]
 pipeline = {_pipeline(ctx)}
 
-[app:proxy-server]
-use = egg:swift#proxy
-account_autocreate = true
-allow_account_management = true
-
-[filter:tempauth]
-use = egg:swift#tempauth
-user_{account}_{tuser} = {key} .admin
-storage_url_scheme = default
-
-[filter:s3api]
-use = egg:swift#s3api
-location = {REGION}
-s3_acl = false
-check_bucket_owner = false
-max_upload_part_num = 10000
-min_segment_size = 5242880
-
 """
+        + tempauth_proxy(USER, key)
         + proxy_filters(ports["memcached"])
         + _fault_injection_conf(ctx)
     )

@@ -88,9 +88,9 @@ def _swift_conf(swift_etc: str) -> str:
 
 
 def _proxy_conf(ctx: Context, swift: dict[str, Any], port: int, key: str) -> str:
-    account, tuser = USER.split(":")
     user = pwd.getpwuid(os.geteuid()).pw_name
-    return f"""[DEFAULT]
+    return (
+        f"""[DEFAULT]
 bind_ip = {HOST}
 bind_port = {port}
 workers = 0
@@ -102,29 +102,18 @@ log_level = INFO
 [pipeline:main]
 pipeline = {swift_server.PIPELINE}
 
-[app:proxy-server]
-use = egg:swift#proxy
-account_autocreate = true
-allow_account_management = true
-
-[filter:tempauth]
-use = egg:swift#tempauth
-user_{account}_{tuser} = {key} .admin
-storage_url_scheme = default
-
-[filter:s3api]
-use = egg:swift#s3api
-location = {swift_server.REGION}
-s3_acl = false
-check_bucket_owner = false
-# LOWERED for the tests (AWS: 10000)
-max_upload_part_num = {LIMITS["max_upload_part_num"]}
-min_segment_size = 5242880
-
-""" + swift_server.proxy_filters(
-        swift["ports"]["memcached"],
-        "# LOWERED for the tests (Swift's default: 1000)\n"
-        f"max_manifest_segments = {LIMITS['max_manifest_segments']}\n",
+"""
+        + swift_server.tempauth_proxy(
+            USER,
+            key,
+            "# LOWERED for the tests (AWS: 10000)\n"
+            f"max_upload_part_num = {LIMITS['max_upload_part_num']}\n",
+        )
+        + swift_server.proxy_filters(
+            swift["ports"]["memcached"],
+            "# LOWERED for the tests (Swift's default: 1000)\n"
+            f"max_manifest_segments = {LIMITS['max_manifest_segments']}\n",
+        )
     )
 
 
