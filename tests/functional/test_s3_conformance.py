@@ -32,9 +32,9 @@ from typing import Any
 import pytest
 
 from imgstore import Stores
-from imgstore.exceptions import BackendError
 from imgstore.testing import ConformanceTests, StoreUnderTest
 from tests.functional.conftest import require_service
+from tests.functional.tls_helpers import assert_wrong_ca_refused
 
 pytestmark = pytest.mark.functional
 
@@ -288,19 +288,9 @@ def test_radosgw_https_with_a_wrong_ca(tmp_path: Path) -> None:
         driver: Any = stores.driver("s3")
         try:
             present = stores.add(str(uuid.uuid4()), b"signed by the right CA", size=22)
-            before = bucket_listing(stores, "s3", good)()
-            with Stores.from_config_files(wrong_conf) as wrong_stores:
-                with pytest.raises(BackendError) as added:
-                    wrong_stores.add(str(uuid.uuid4()), b"never stored", size=12)
-                with pytest.raises(BackendError) as read:
-                    with wrong_stores.get(present.location) as reader:
-                        b"".join(reader)
-            for raised in (added, read):
-                assert type(raised.value) is BackendError
-                message = str(raised.value)
-                assert expected in message, message
-                assert good["s3_secret_key"] not in message
-                assert good["s3_access_key"] not in message
-            assert bucket_listing(stores, "s3", good)() == before
+            assert_wrong_ca_refused(
+                wrong_conf, present, expected, [good["s3_secret_key"], good["s3_access_key"]],
+                bucket_listing(stores, "s3", good),
+            )  # fmt: skip
         finally:
             purge_bucket(driver)

@@ -32,7 +32,6 @@ from typing import Any
 import pytest
 
 from imgstore import Stores
-from imgstore.exceptions import BackendError
 from imgstore.testing import ConformanceTests, StoreUnderTest
 from tests.functional.conftest import require_service
 from tests.functional.swift_helpers import (
@@ -44,6 +43,7 @@ from tests.functional.swift_helpers import (
     swift_options,
     write_config,
 )
+from tests.functional.tls_helpers import assert_wrong_ca_refused
 
 
 def https_server(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -211,19 +211,7 @@ def test_swift_https_with_a_wrong_ca(tmp_path: Path) -> None:
         driver: Any = stores.driver("swift")
         present = stores.add(str(uuid.uuid4()), b"signed by the right CA", size=22)
         try:
-            before = listing()
-            with Stores.from_config_files(wrong_conf) as wrong_stores:
-                with pytest.raises(BackendError) as added:
-                    wrong_stores.add(str(uuid.uuid4()), b"never stored", size=12)
-                with pytest.raises(BackendError) as read:
-                    with wrong_stores.get(present.location) as reader:
-                        b"".join(reader)
-            for raised in (added, read):
-                assert type(raised.value) is BackendError
-                message = str(raised.value)
-                assert expected in message, message
-                assert srv["key"] not in message
-            assert listing() == before
+            assert_wrong_ca_refused(wrong_conf, present, expected, [srv["key"]], listing)
         finally:
             stores.delete(present.location)
             driver.call(driver.account, "removing the container", "delete_container", container)
