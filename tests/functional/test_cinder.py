@@ -159,21 +159,32 @@ class TestCinderConformance(ConformanceTests):
     def store_under_test(
         self, tmp_path: Path, cinder: dict[str, Any], project: str, client: Any, password: str
     ) -> Iterator[StoreUnderTest]:
-        configs = itertools.count()
         options = cinder_options(cinder, project, cinder_store_password=password)
+        yield from cinder_store_under_test(tmp_path, options, [password], cinder, client)
 
-        def make_stores(core: dict[str, Any]) -> Stores:
-            path = tmp_path / f"imgstore-{next(configs)}.conf"
-            return Stores.from_config_files(write_config(path, options, core))
 
-        with make_stores({}) as stores:
-            yield StoreUnderTest(
-                stores=stores,
-                backend=BACKEND,
-                secrets=[password, *cinder["secrets"]],
-                listing=lambda: listing(client, cinder),
-                make_stores=make_stores,
-            )
+def cinder_store_under_test(
+    tmp_path: Path,
+    options: dict[str, Any],
+    secrets: list[str],
+    cinder: dict[str, Any],
+    client: Any,
+) -> Iterator[StoreUnderTest]:
+    """The kit's view of a cinder backend with ``options``; its listing through ``client``."""
+    configs = itertools.count()
+
+    def make_stores(core: dict[str, Any]) -> Stores:
+        path = tmp_path / f"imgstore-{next(configs)}.conf"
+        return Stores.from_config_files(write_config(path, options, core))
+
+    with make_stores({}) as stores:
+        yield StoreUnderTest(
+            stores=stores,
+            backend=BACKEND,
+            secrets=[*secrets, *cinder["secrets"]],
+            listing=lambda: listing(client, cinder),
+            make_stores=make_stores,
+        )
 
 
 # -- through Keystone ----------------------------------------------------------
@@ -219,21 +230,9 @@ class TestCinderKeystoneConformance(ConformanceTests):
     def store_under_test(
         self, tmp_path: Path, cinder: dict[str, Any], client: Any
     ) -> Iterator[StoreUnderTest]:
-        configs = itertools.count()
-        options = keystone_options(cinder)
-
-        def make_stores(core: dict[str, Any]) -> Stores:
-            path = tmp_path / f"imgstore-{next(configs)}.conf"
-            return Stores.from_config_files(write_config(path, options, core))
-
-        with make_stores({}) as stores:
-            yield StoreUnderTest(
-                stores=stores,
-                backend=BACKEND,
-                secrets=[cinder["keystone_password"], *cinder["secrets"]],
-                listing=lambda: listing(client, cinder),
-                make_stores=make_stores,
-            )
+        yield from cinder_store_under_test(
+            tmp_path, keystone_options(cinder), [cinder["keystone_password"]], cinder, client
+        )
 
 
 class Logins:
