@@ -69,3 +69,27 @@ def poll(
         if on_timeout is not None and time.monotonic() >= deadline:
             on_timeout()
         time.sleep(min(backoff.delay(), max(0.0, deadline - time.monotonic())))
+
+
+def retry(
+    call: Callable[[], T],
+    tries: int,
+    backoff: Backoff,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    deadline: float | None = None,
+    on_retry: Callable[[int, BaseException], None] | None = None,
+) -> T:
+    """``call()``, tried up to ``tries`` times while it raises ``retry_on``, with
+    ``backoff`` between tries; the last error is raised (also when the next wait would
+    end past ``deadline``). ``on_retry(attempt, error)`` runs before each new try."""
+    for attempt in range(1, tries + 1):
+        try:
+            return call()
+        except retry_on as exc:
+            if attempt == tries:
+                raise
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            if not backoff.wait(deadline):
+                raise
+    raise ValueError("retry needs at least one try")

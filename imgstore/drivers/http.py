@@ -56,7 +56,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import connection as urllib3_connection
 
-from imgstore.backoff import Backoff
+from imgstore.backoff import Backoff, retry
 from imgstore.capabilities import Capability
 from imgstore.driver import DEFAULT_CHUNK_SIZE, Driver, ReadStream, clamp_range
 from imgstore.drivers.http_guard import NetworkGuard
@@ -77,6 +77,10 @@ LOG = logging.getLogger(__name__)
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
 _MAX_BACKOFF = 30.0
+
+
+class _Retryable(Exception):
+    """A request's outcome worth another try (its text says which)."""
 
 
 @register
@@ -370,41 +374,54 @@ class HttpDriver(Driver):
         self, method: str, url: str, headers: dict[str, str], auth: tuple[str, str] | None
     ) -> requests.Response:
         shown = redact_uri(url)
-        problem = ""
-        backoff = Backoff(self.backoff, _MAX_BACKOFF)
-        for attempt in range(self.retries + 1):
-            if attempt:
-                LOG.info("%s %s: %s; retry %d", method, shown, problem, attempt)
-                backoff.wait()
-            try:
-                response = self._request_once(method, url, headers, auth)
-            except requests.exceptions.SSLError as exc:
-                raise BackendError(
-                    f"TLS failure talking to {shown}: {_reason(exc)}; check the server "
-                    "certificate, or set https_ca_certificates_file to the CA that signed it"
+
+        def log_retry(attempt: int, exc: BaseException) -> None:
+            LOG.info("%s %s: %s; retry %d", method, shown, exc, attempt)
+
+        try:
+            return retry(
+                lambda: self._request_checked(method, url, headers, auth, shown),
+                self.retries + 1, Backoff(self.backoff, _MAX_BACKOFF), _Retryable,
+                on_retry=log_retry,
+            )  # fmt: skip
+        except _Retryable as exc:
+            raise BackendUnavailable(
+                f"{method} {shown} failed after {self.retries + 1} attempt(s): {exc}"
+            ) from None
+
+    def _request_checked(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        auth: tuple[str, str] | None,
+        shown: str,
+    ) -> requests.Response:
+        """One request; :class:`_Retryable` for what is worth another try (a connection or
+        proxy failure, 429, 5xx), an imgstore error for what is not."""
+        try:
+            response = self._request_once(method, url, headers, auth)
+        except requests.exceptions.SSLError as exc:
+            raise BackendError(
+                f"TLS failure talking to {shown}: {_reason(exc)}; check the server "
+                "certificate, or set https_ca_certificates_file to the CA that signed it"
+            ) from None
+        except requests.exceptions.ProxyError as exc:
+            reason = _reason(exc)
+            if re.search(r"\b40[17]\b", reason):
+                raise AuthenticationFailed(
+                    f"{method} {shown}: the proxy refused our credentials ({reason}); "
+                    "check http_proxy_information"
                 ) from None
-            except requests.exceptions.ProxyError as exc:
-                reason = _reason(exc)
-                if re.search(r"\b40[17]\b", reason):
-                    raise AuthenticationFailed(
-                        f"{method} {shown}: the proxy refused our credentials ({reason}); "
-                        "check http_proxy_information"
-                    ) from None
-                problem = f"proxy error: {reason}"
-                continue
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                problem = f"{type(exc).__name__}: {_reason(exc)}"
-                continue
-            except requests.RequestException as exc:
-                raise BackendError(f"{method} {shown} failed: {_reason(exc)}") from None
-            if response.status_code >= 500 or response.status_code == 429:
-                problem = f"HTTP {response.status_code}"
-                response.close()
-                continue
-            return response
-        raise BackendUnavailable(
-            f"{method} {shown} failed after {self.retries + 1} attempt(s): {problem}"
-        )
+            raise _Retryable(f"proxy error: {reason}") from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {_reason(exc)}") from None
+        except requests.RequestException as exc:
+            raise BackendError(f"{method} {shown} failed: {_reason(exc)}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            response.close()
+            raise _Retryable(f"HTTP {response.status_code}")
+        return response
 
     def _send(
         self, method: str, location: HttpLocation, headers: dict[str, str]

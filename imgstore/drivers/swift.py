@@ -103,7 +103,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from imgstore.backoff import Backoff
+from imgstore.backoff import Backoff, retry
 from imgstore.capabilities import Capability
 from imgstore.driver import (
     IMAGE_ID_RE,
@@ -1159,14 +1159,7 @@ class SwiftStream(ReadStream):
         self._retrying(6, deadline=time.monotonic() + self._driver.timeout)
 
     def _retrying(self, retries: int, deadline: float | None = None) -> dict[str, str]:
-        backoff = Backoff(0.5, 16.0)
-        for _ in range(retries):
-            try:
-                return self._request()
-            except BackendUnavailable:
-                if not backoff.wait(deadline):
-                    raise
-        return self._request()
+        return retry(self._request, retries + 1, Backoff(0.5, 16.0), BackendUnavailable, deadline)
 
     def _close_body(self) -> None:
         conn, self._conn, self._body = self._conn, None, None

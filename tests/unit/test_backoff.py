@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import pytest
 
-from imgstore.backoff import Backoff, poll
+from imgstore.backoff import Backoff, poll, retry
 
 
 def test_delays_grow_to_the_cap_without_jitter() -> None:
@@ -62,3 +62,35 @@ def test_poll_times_out_through_on_timeout() -> None:
 def test_poll_needs_timeout_and_on_timeout_together() -> None:
     with pytest.raises(ValueError):
         poll(lambda: 1, timeout=1.0)
+
+
+def test_retry_tries_again_only_on_the_given_errors() -> None:
+    outcomes: list[Exception | str] = [TimeoutError("1"), TimeoutError("2"), "done"]
+    seen: list[int] = []
+
+    def call() -> str:
+        item = outcomes.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    backoff = Backoff(0.001, 0.001)
+    assert retry(call, 3, backoff, TimeoutError, on_retry=lambda n, _e: seen.append(n)) == "done"
+    assert seen == [1, 2]
+    with pytest.raises(KeyError):  # not retried
+        retry(lambda: {}["x"], 5, backoff, TimeoutError)
+
+
+def test_retry_raises_the_last_error_when_tries_or_time_run_out() -> None:
+    calls = 0
+
+    def failing() -> None:
+        nonlocal calls
+        calls += 1
+        raise TimeoutError(f"try {calls}")
+
+    with pytest.raises(TimeoutError, match="try 3"):
+        retry(failing, 3, Backoff(0.001, 0.001), TimeoutError)
+    calls = 0
+    with pytest.raises(TimeoutError, match="try 1"):  # the first wait would end too late
+        retry(failing, 3, Backoff(5.0, 5.0, jitter=False), TimeoutError, deadline=time.monotonic())
