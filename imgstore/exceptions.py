@@ -90,6 +90,32 @@ class BackendError(ImgstoreError):
     """The backend failed in a way none of the other classes describes."""
 
 
+_BY_STATUS: dict[int, type[ImgstoreError]] = {
+    401: AuthenticationFailed,
+    403: AuthenticationFailed,
+    404: NotFound,
+    407: AuthenticationFailed,
+    408: BackendUnavailable,
+    410: NotFound,
+    412: Duplicate,
+    429: BackendUnavailable,
+    498: BackendUnavailable,
+    499: BackendUnavailable,
+    507: StorageFull,
+}
+
+
+def for_status(status: int) -> type[ImgstoreError]:
+    """The class of an HTTP error status from a storage server, the same for every
+    driver: 404/410 not found, 401/403/407 refused, 412 exists (a conditional create),
+    507 full, 408/429/5xx worth retrying later (498/499: Swift's client timeouts), any
+    other status a plain :class:`BackendError`."""
+    cls = _BY_STATUS.get(status)
+    if cls is not None:
+        return cls
+    return BackendUnavailable if status >= 500 else BackendError
+
+
 __all__ = [
     "AuthenticationFailed",
     "BackendError",
@@ -110,4 +136,5 @@ __all__ = [
     "StorageFull",
     "UnknownBackend",
     "UnknownScheme",
+    "for_status",
 ]

@@ -69,6 +69,7 @@ from imgstore.exceptions import (
     NotFound,
     NotSupported,
     SizeMismatch,
+    for_status,
 )
 from imgstore.location import Location, redact_uri, register, urlsplit
 
@@ -418,7 +419,7 @@ class HttpDriver(Driver):
             raise _Retryable(f"{type(exc).__name__}: {_reason(exc)}") from None
         except requests.RequestException as exc:
             raise BackendError(f"{method} {shown} failed: {_reason(exc)}") from None
-        if response.status_code >= 500 or response.status_code == 429:
+        if for_status(response.status_code) is BackendUnavailable:
             response.close()
             raise _Retryable(f"HTTP {response.status_code}")
         return response
@@ -466,14 +467,15 @@ class HttpDriver(Driver):
         if 200 <= code < 300:
             return
         response.close()
-        if code in (404, 410):
+        cls = for_status(code)
+        if cls is NotFound:
             raise NotFound(f"no image at {location.redacted()} (HTTP {code})")
-        if code in (401, 403, 407):
+        if cls is AuthenticationFailed:
             who = "the proxy" if code == 407 else "the server"
             if self.proxies and code != 407:
                 who = "the server (or the proxy)"
             raise AuthenticationFailed(f"{location.redacted()}: {who} refused access (HTTP {code})")
-        raise BackendError(f"{location.redacted()}: unexpected HTTP {code} {response.reason}")
+        raise cls(f"{location.redacted()}: unexpected HTTP {code} {response.reason}")
 
     # -- operations ------------------------------------------------------
 

@@ -80,6 +80,7 @@ from imgstore.exceptions import (
     ImgstoreError,
     InvalidArgument,
     NotFound,
+    for_status,
 )
 from imgstore.location import Location, redact_uri, register
 from imgstore.parallel import BoundedUploader, BufferPool, capacity, growth_every, piece_size
@@ -479,18 +480,21 @@ class S3Driver(Driver):
         if isinstance(exc, bx.ClientError):
             code, status = _error_code(exc)
             detail = f"{code or status} (HTTP {status})"
-            if code in _NOT_FOUND or status == 404:
+            cls = for_status(status)
+            if code in _NOT_FOUND or cls is NotFound:
                 if code == "NoSuchBucket":
                     return NotFound(f"{what}: bucket {self.bucket!r} does not exist")
                 return NotFound(f"{what}: not found")
-            if code in _AUTH or status in (401, 403):
+            if code in _AUTH or cls is AuthenticationFailed:
                 return AuthenticationFailed(
                     f"{what}: the S3 server refused our credentials ({detail}); "
                     "check s3_store_access_key and s3_store_secret_key"
                 )
-            if code in _UNAVAILABLE or status >= 500 or status == 429:
+            if code in _UNAVAILABLE or cls is BackendUnavailable:
                 return BackendUnavailable(f"{what}: the S3 server failed ({detail}); retried")
-            return BackendError(f"{what}: {detail}")
+            if cls is Duplicate:  # 412 of a conditional write
+                return Duplicate(f"{what}: the object already exists ({detail})")
+            return cls(f"{what}: {detail}")
         tls = tls_verify_failure(exc) if isinstance(exc, bx.SSLError) else None
         if tls is not None:
             # before the connection errors: botocore's SSLError is a ConnectionError

@@ -126,6 +126,7 @@ from imgstore.exceptions import (
     InvalidArgument,
     NotFound,
     StorageFull,
+    for_status,
 )
 from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
 from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
@@ -725,30 +726,28 @@ class SwiftDriver(Driver):
         reason = getattr(exc, "http_reason", "") or ""
         name = type(exc).__name__
         text = scrub(str(exc), self.secrets())
-        if status == 404:
-            return NotFound(f"{doing}: not found")
-        if status in (401, 403) or name in ("Unauthorized", "Forbidden", "AuthorizationFailure"):
-            return AuthenticationFailed(f"{doing}: refused ({status or name} {reason})".rstrip())
-        if status is None and "Unauthorized" in text:
+        if status is not None:
+            cls = for_status(status)
+            detail = {
+                NotFound: "not found",
+                AuthenticationFailed: f"refused ({status} {reason})".rstrip(),
+                StorageFull: f"Swift has no room ({status} {reason})",
+                Duplicate: "the object already exists",
+            }.get(cls, f"Swift answered {status} {reason}".rstrip())
+            return cls(f"{doing}: {detail}")
+        if name in ("Unauthorized", "Forbidden", "AuthorizationFailure"):
+            return AuthenticationFailed(f"{doing}: refused ({name})")
+        if "Unauthorized" in text:
             return AuthenticationFailed(f"{doing}: the login was refused")
-        tls = tls_verify_failure(exc) if status is None else None
+        tls = tls_verify_failure(exc)
         if tls is not None:
             return BackendError(
                 f"{doing}: TLS certificate verification failed for {_tls_server(exc)} "
                 f"({tls}); set swift_store_cacert to the CA that signed its certificate"
             )
-        if status == 507:
-            return StorageFull(f"{doing}: Swift has no room ({status} {reason})")
-        if status == 412:
-            return Duplicate(f"{doing}: the object already exists")
-        if status is not None and (status >= 500 or status in (408, 429, 498, 499)):
-            return BackendUnavailable(f"{doing}: Swift answered {status} {reason}")
-        if status is None and (
-            isinstance(exc, OSError)
-            or any(
-                k in name
-                for k in ("Connection", "Timeout", "ConnectFailure", "Protocol", "IncompleteRead")
-            )
+        if isinstance(exc, OSError) or any(
+            k in name
+            for k in ("Connection", "Timeout", "ConnectFailure", "Protocol", "IncompleteRead")
         ):
             return BackendUnavailable(f"{doing}: {name}: {text}")
         return BackendError(f"{doing}: {name}: {text}")

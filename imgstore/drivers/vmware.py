@@ -93,6 +93,7 @@ from imgstore.exceptions import (
     ImgstoreError,
     NotFound,
     StorageFull,
+    for_status,
 )
 from imgstore.location import (
     Location,
@@ -745,15 +746,11 @@ class VMwareDriver(Driver):
         """The imgstore exception for an unexpected HTTP status."""
         status = resp.status_code
         resp.close()
-        if status == 404:
-            return NotFound(f"{what}: no such file")
-        if status in (401, 403):
-            return AuthenticationFailed(f"{what}: the server answered {status}")
-        if status == 507:
-            return StorageFull(f"{what}: the datastore is full")
-        if status >= 500:
-            return BackendUnavailable(f"{what}: the server answered {status}")
-        return BackendError(f"{what}: the server answered {status}")
+        cls = for_status(status)
+        detail = {NotFound: "no such file", StorageFull: "the datastore is full"}.get(
+            cls, f"the server answered {status}"
+        )
+        return cls(f"{what}: {detail}")
 
     def exists(self, loc: VsphereLocation, what: str) -> bool:
         """Whether a file is at ``loc`` (HEAD)."""
