@@ -29,10 +29,10 @@ from imgstore.pipeline import (
     Progress,
     new_hash,
     new_md5,
-    wrap_backend_error,
     write_image,
 )
 from imgstore.readahead import ReadAhead
+from imgstore.scrubbing import backend_error
 
 LOG = logging.getLogger(__name__)
 
@@ -206,17 +206,17 @@ class Stores:
         return self._drivers[self.backend_for(loc)], loc
 
     def _wrap(self, drv: Driver, what: str) -> Callable[[BaseException], ImgstoreError]:
-        secrets = drv.secrets()
         doing = f"backend {drv.backend!r}: {what}"
-        return lambda exc: wrap_backend_error(exc, doing, secrets)
+        return lambda exc: backend_error(exc, doing, drv.secrets)
 
     def _call(self, drv: Driver, what: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except ImgstoreError:
-            raise
         except Exception as exc:
-            raise self._wrap(drv, what)(exc) from exc
+            error = self._wrap(drv, what)(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     # -- operations ----------------------------------------------------
 

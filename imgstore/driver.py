@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.exceptions import BadLocation, InvalidArgument, NotFound, NotSupported
+from imgstore.exceptions import BadLocation, ImgstoreError, InvalidArgument, NotFound, NotSupported
 from imgstore.location import Location, parse
+from imgstore.scrubbing import backend_error
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -174,7 +175,11 @@ class Driver(abc.ABC):
         self.conf = conf
         self.backend = backend
         self.chunk_size = DEFAULT_CHUNK_SIZE
-        self.configure()
+        try:
+            self.configure()
+        except ImgstoreError as exc:  # its message, scrubbed (other errors pass unchanged)
+            backend_error(exc, f"backend {backend!r}: configuring", self.secrets)
+            raise
 
     @property
     def write_chunk_size(self) -> int:

@@ -27,7 +27,6 @@ from typing import Any, Protocol, TypeVar
 
 from imgstore.driver import ReadStream, Writer, Written
 from imgstore.exceptions import (
-    BackendError,
     ChecksumMismatch,
     ImgstoreError,
     InvalidArgument,
@@ -332,12 +331,13 @@ def _backend_call(
 ) -> T:
     try:
         return fn(*args)
-    except ImgstoreError:
-        raise
     except Exception as exc:
         if on_error is None:
             raise
-        raise on_error(exc) from exc
+        error = on_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def _abort(writer: Writer, describe: str) -> None:
@@ -391,12 +391,13 @@ class ImageReader:
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._chunks()
-        except ImgstoreError:
-            raise
         except Exception as exc:
             if self._on_error is None:
                 raise
-            raise self._on_error(exc) from exc
+            error = self._on_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self.close()
 
@@ -485,18 +486,3 @@ class ImageReader:
 
     def __repr__(self) -> str:
         return f"<ImageReader {self._describe} size={self.size}>"
-
-
-def wrap_backend_error(exc: BaseException, what: str, secrets: Iterable[str] = ()) -> ImgstoreError:
-    """Turn an unexpected driver exception into :class:`BackendError`, scrubbing secrets."""
-    if isinstance(exc, ImgstoreError):
-        return exc
-    return BackendError(scrub(f"{what} failed: {type(exc).__name__}: {exc}", secrets))
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret in ``text`` with ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text

@@ -15,6 +15,8 @@ gets the same order, which is harmless.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import pytest
@@ -77,3 +79,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return group_of(nodeid)
 
     return GroupScheduling(config, log)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Name each failure the moment it happens, with its last line, on the terminal
+    (xdist prints only an ``F``): a run cut short by CI's limit still says what failed."""
+    if not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the controller reports what the workers send it
+    crash = getattr(report.longrepr, "reprcrash", None)
+    reason = crash.message.splitlines()[0][:300] if crash and crash.message else ""
+    stage = "" if report.when == "call" else f" (in {report.when})"
+    line = f"\n{'ERROR' if report.when != 'call' else 'FAILED'}{stage} {report.nodeid}: {reason}"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

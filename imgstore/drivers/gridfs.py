@@ -55,7 +55,7 @@ from imgstore.exceptions import (
     StorageFull,
 )
 from imgstore.location import Location, redact_uri, register
-from imgstore.pipeline import scrub
+from imgstore.scrubbing import scrub
 
 LOG = logging.getLogger(__name__)
 

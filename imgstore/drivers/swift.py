@@ -130,7 +130,7 @@ from imgstore.exceptions import (
 )
 from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
 from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
-from imgstore.pipeline import scrub
+from imgstore.scrubbing import scrub
 from imgstore.streaming import FedRequest, SizedFedBody
 
 LOG = logging.getLogger(__name__)

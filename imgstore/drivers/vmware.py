@@ -103,7 +103,7 @@ from imgstore.location import (
     unquote_path,
     urlsplit,
 )
-from imgstore.pipeline import scrub
+from imgstore.scrubbing import scrub
 from imgstore.streaming import FedBody, FedRequest, SizedFedBody
 from imgstore.threads import import_here
 

@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgstore import BackendUnavailable, BadConfiguration, InvalidArgument, Stores
-from imgstore.parallel import capacity, growth_every, piece_size
 from imgstore.drivers.s3 import MAX_PART_SIZE, S3Driver, S3Location, S3Writer, max_total, part_size
 from imgstore.drivers.swift import (
     MAX_FILE_SIZE,
@@ -29,6 +28,7 @@ from imgstore.drivers.swift import (
     SwiftLimits,
     segment_size,
 )
+from imgstore.parallel import capacity, growth_every, piece_size
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -1,0 +1,48 @@
+"""Secrets out of every error a driver raises, in one place.
+
+The core passes whatever a driver raises through :func:`backend_error` (calls, reads,
+writes, and the driver's configuration): an imgstore error keeps its class and gets its
+message scrubbed, anything else becomes a :class:`BackendError` saying what failed. The
+secrets are asked of the driver at that moment (a token it got a second ago counts),
+and a message is trimmed only after it was scrubbed, so no part of a secret is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from imgstore.exceptions import BackendError, ImgstoreError
+
+MAX_MESSAGE = 1000
+"""Longest message kept (backend libraries can put whole server answers in theirs)."""
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret in ``text`` with ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _clean(text: str, secrets: list[str]) -> str:
+    text = scrub(text, secrets)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def backend_error(
+    exc: BaseException, what: str, secrets: Callable[[], Iterable[str]]
+) -> ImgstoreError:
+    """The error to raise for ``exc``, raised by a driver while doing ``what``: the same
+    imgstore error with its message scrubbed, or a new :class:`BackendError`."""
+    try:
+        found = [s for s in secrets() if s]
+    except Exception:  # a driver that failed to configure may not know them all
+        found = []
+    if isinstance(exc, ImgstoreError):
+        clean = _clean(exc.msg, found)
+        if clean != exc.msg:
+            exc.msg = clean
+            exc.args = (clean,)
+        return exc
+    return BackendError(_clean(f"{what} failed: {type(exc).__name__}: {exc}", found))
