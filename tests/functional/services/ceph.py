@@ -192,6 +192,17 @@ rgw gc processor max time = 5
 """
 
 
+OSD_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "MALLOC_TRIM_THRESHOLD_": "131072",
+    "MALLOC_ARENA_MAX": "2",
+}
+"""glibc settings for the memstore OSD (Debian's ceph-osd uses glibc's malloc): the data of
+a deleted object goes back to the system at once. Measured: 3 GiB written to RBD holds
+6.2 GiB of RSS (memstore holds about twice the data); after the removal glibc's default
+kept 3 GiB of it (the next writes reuse it, other processes cannot), these keep 0.1 GiB."""
+
+
 def _clean_env() -> dict[str, str]:
     # the Ceph daemons and tools run Debian's python3: keep our venv out of them
     env = {
@@ -316,7 +327,7 @@ def up(ctx: Context) -> dict[str, Any]:
         if osd_id != 0:
             raise ServiceError(f"ceph: unexpected osd id {osd_id!r}")
         _tool(["ceph-osd", *c, "-i", "0", "--mkfs", "--osd-uuid", osd_uuid], "osd mkfs", 120)
-        ctx.start("osd", ["ceph-osd", *c, "-f", "-i", "0"], env=env)
+        ctx.start("osd", ["ceph-osd", *c, "-f", "-i", "0"], env={**env, **OSD_MALLOC})
 
         def osd_up() -> bool:
             osds = _command(cluster, {"prefix": "osd dump"})["osds"]
