@@ -55,7 +55,6 @@ from imgstore.exceptions import (
     StorageFull,
 )
 from imgstore.location import Location, redact_uri, register
-from imgstore.scrubbing import scrub
 
 LOG = logging.getLogger(__name__)
 
@@ -213,8 +212,7 @@ class GridFSDriver(Driver):
             )
         except (ConfigurationError, InvalidURI, ValueError, TypeError) as exc:
             raise BadConfiguration(
-                f"backend {self.backend!r}: bad mongodb_store_uri {redact_uri(uri)!r}: "
-                + scrub(str(exc), self._secrets)
+                f"backend {self.backend!r}: bad mongodb_store_uri {redact_uri(uri)!r}: {exc}"
             ) from None
         try:
             db_name = conf.mongodb_store_db
@@ -230,9 +228,7 @@ class GridFSDriver(Driver):
                     ) from None
         except (pymongo.errors.InvalidName, ValueError, TypeError) as exc:
             self.client.close()
-            raise BadConfiguration(
-                f"backend {self.backend!r}: bad database name: {scrub(str(exc), self._secrets)}"
-            ) from None
+            raise BadConfiguration(f"backend {self.backend!r}: bad database name: {exc}") from None
         except BaseException:
             self.client.close()
             raise
@@ -251,7 +247,7 @@ class GridFSDriver(Driver):
     # -- errors ------------------------------------------------------------
 
     def _fail(self, exc: Exception, doing: str) -> NoReturn:
-        """Raise the imgstore exception for a pymongo error, secrets scrubbed."""
+        """Raise the imgstore exception for a pymongo error (the core scrubs its message)."""
         raise self.error(exc, doing) from None
 
     def error(self, exc: Exception, doing: str) -> ImgstoreError:
@@ -261,7 +257,7 @@ class GridFSDriver(Driver):
         if isinstance(exc, ImgstoreError):
             return exc
         what = f"backend {self.backend!r}: {doing}"
-        detail = scrub(f"{type(exc).__name__}: {exc}", self._secrets)[:500]
+        detail = f"{type(exc).__name__}: {exc}"
         code = getattr(exc, "code", None)
         if isinstance(exc, errors.ServerSelectionTimeoutError) and _AUTH_FAILURE_RE.search(
             str(exc)
@@ -635,10 +631,7 @@ class GridFSStream(ReadStream):
                 left -= len(data)
                 yield data
         except CorruptGridFile as exc:
-            raise IntegrityError(
-                f"{self._describe}: the GridFS file is damaged: "
-                + scrub(str(exc), self._driver.secrets())
-            ) from None
+            raise IntegrityError(f"{self._describe}: the GridFS file is damaged: {exc}") from None
         except PyMongoError as exc:
             self._driver._fail(exc, f"reading {self._describe}")
 

@@ -494,9 +494,6 @@ class VMwareDriver(Driver):
             found.append(cookie)
         return found
 
-    def _scrub(self, text: str) -> str:
-        return scrub(text, self.secrets())
-
     # -- the API session ----------------------------------------------------------------
 
     def _session(self) -> Any:
@@ -571,12 +568,13 @@ class VMwareDriver(Driver):
                 raise self.map_error(exc, what) from None
 
     def map_error(self, exc: BaseException, what: str) -> ImgstoreError:
-        """An imgstore exception for an oslo.vmware or requests error, secrets scrubbed."""
+        """An imgstore exception for an oslo.vmware or requests error (the core scrubs and
+        trims its message: trimming here could cut a secret in two)."""
         if isinstance(exc, ImgstoreError):
             return exc
         from oslo_vmware import exceptions as vexc
 
-        detail = self._scrub(f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
         faults = _fault_names(exc)
         if isinstance(exc, vexc.FileNotFoundException) or "FileNotFound" in faults:
             return NotFound(f"{what}: no such file")
