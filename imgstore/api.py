@@ -14,6 +14,7 @@ from imgstore import config as config_mod
 from imgstore.capabilities import Capability
 from imgstore.driver import IMAGE_ID_RE, Driver, Leftover
 from imgstore.exceptions import (
+    BadConfiguration,
     BadLocation,
     ImgstoreError,
     IntegrityError,
@@ -71,6 +72,16 @@ class BackendInfo:
     capabilities: Capability
     default: bool
     schemes: tuple[str, ...]
+    unusable: str | None = None
+    """Why the backend could not be configured (only with ``keep_unusable``), else None."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unusable:
+    """A backend whose driver could not be configured, kept to be reported."""
+
+    spec: config_mod.BackendSpec
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +120,16 @@ class Stores:
     """
 
     def __init__(
-        self, conf: cfg.ConfigOpts, *, settings: config_mod.StoreSettings | None = None
+        self,
+        conf: cfg.ConfigOpts,
+        *,
+        settings: config_mod.StoreSettings | None = None,
+        keep_unusable: bool = False,
     ) -> None:
+        """``keep_unusable``: a backend whose driver cannot be configured (a missing
+        library, a bad option, no credentials) is logged once and kept as unusable
+        (:meth:`describe` says why; every operation on it raises
+        :class:`BadConfiguration`) instead of failing the whole construction."""
         if settings is None:
             settings = config_mod.read_settings(conf)
         self._conf = conf
@@ -118,17 +137,32 @@ class Stores:
         self._md5 = settings.md5_checksum
         self.default_backend = settings.default_backend
         self._drivers: dict[str, Driver] = {}
+        self._unusable: dict[str, _Unusable] = {}
         try:
             for name, spec in settings.backends.items():
-                self._drivers[name] = spec.instantiate()
+                try:
+                    self._drivers[name] = spec.instantiate()
+                except ImgstoreError as exc:
+                    if not keep_unusable:
+                        raise
+                    self._unusable[name] = _Unusable(spec, exc.msg)
+                    LOG.error(
+                        "backend %r (%s) is unusable until its configuration is fixed; "
+                        "the other backends serve: %s",
+                        name,
+                        spec.driver_name,
+                        exc.msg,
+                    )
         except BaseException:
             self.close()
             raise
 
     @classmethod
-    def from_config_files(cls, *paths: str | os.PathLike[str]) -> Stores:
+    def from_config_files(
+        cls, *paths: str | os.PathLike[str], keep_unusable: bool = False
+    ) -> Stores:
         """Stores configured by ``paths`` (e.g. an existing glance-api.conf)."""
-        return cls(config_mod.config_from_files(paths))
+        return cls(config_mod.config_from_files(paths), keep_unusable=keep_unusable)
 
     @classmethod
     def single(
@@ -137,13 +171,15 @@ class Stores:
         driver: str,
         group: str = config_mod.STORE_GROUP,
         name: str | None = None,
+        keep_unusable: bool = False,
     ) -> Stores:
         """One backend of ``driver`` configured from ``[group]`` alone.
 
         For a private store beside the configured ones (a staging area, say):
         ``stores``/``enabled_backends`` in ``conf`` are not consulted.
         """
-        return cls(conf, settings=config_mod.read_single_settings(conf, driver, group, name))
+        settings = config_mod.read_single_settings(conf, driver, group, name)
+        return cls(conf, settings=settings, keep_unusable=keep_unusable)
 
     @classmethod
     def default(cls) -> Stores:
@@ -154,8 +190,8 @@ class Stores:
 
     @property
     def backends(self) -> list[str]:
-        """The names of the configured backends."""
-        return list(self._drivers)
+        """The names of the configured backends (unusable ones included)."""
+        return [*self._drivers, *self._unusable]
 
     def driver(self, backend: str | None = None) -> Driver:
         """The driver serving ``backend`` (the default when None)."""
@@ -163,8 +199,11 @@ class Stores:
         try:
             return self._drivers[name]
         except KeyError:
+            unusable = self._unusable.get(name)
+            if unusable is not None:
+                raise BadConfiguration(f"backend {name!r} is unusable: {unusable.reason}") from None
             raise UnknownBackend(
-                f"no backend named {name!r}; configured: {', '.join(self._drivers)}"
+                f"no backend named {name!r}; configured: {', '.join(self.backends)}"
             ) from None
 
     def capabilities(self, backend: str | None = None) -> Capability:
@@ -177,22 +216,45 @@ class Stores:
 
     def describe(self) -> list[BackendInfo]:
         """Every backend with its driver, capabilities and whether it is the default."""
-        return [
+        usable = [
             BackendInfo(name, d.name, d.capabilities, name == self.default_backend, d.schemes)
             for name, d in self._drivers.items()
         ]
+        unusable = [
+            BackendInfo(
+                name, u.spec.driver_class.name, Capability(0), name == self.default_backend,
+                tuple(u.spec.driver_class.location_class.schemes), u.reason,
+            )
+            for name, u in self._unusable.items()
+        ]  # fmt: skip
+        return usable + unusable
+
+    def options(self, backend: str | None = None) -> Mapping[str, Any]:
+        """The option values ``backend`` was configured with (secrets included: for
+        callers that read settings, never to be shown)."""
+        name = self.default_backend if backend is None else backend
+        unusable = self._unusable.get(name)
+        if unusable is not None:
+            return dict(unusable.spec.values)
+        return self.driver(name).conf.values()
 
     def backend_for(self, location: str | Location) -> str:
         """The name of the backend that holds ``location``."""
         loc = parse(location)
         candidates = [n for n, d in self._drivers.items() if isinstance(loc, d.location_class)]
+        for name in candidates:
+            if self._drivers[name].owns(loc):
+                return name
+        for name, u in self._unusable.items():  # it may be there: say so, not "nowhere"
+            if isinstance(loc, u.spec.driver_class.location_class):
+                raise BadConfiguration(
+                    f"{loc.redacted()} is not in a usable backend; backend {name!r}, which "
+                    f"may hold it, is unusable: {u.reason}"
+                )
         if not candidates:
             raise BadLocation(
                 f"no configured backend reads {loc.scheme}:// locations ({loc.redacted()})"
             )
-        for name in candidates:
-            if self._drivers[name].owns(loc):
-                return name
         raise BadLocation(f"{loc.redacted()} is not inside any configured {loc.scheme} backend")
 
     def _resolve(self, location: str | Location, backend: str | None) -> tuple[Driver, Location]:
@@ -562,7 +624,9 @@ def _image_id_from(location: Location) -> str:
     return validate_image_id(tail.split("?", 1)[0])
 
 
-def open_stores(config_files: Iterable[str] = ()) -> Stores:
+def open_stores(config_files: Iterable[str] = (), keep_unusable: bool = False) -> Stores:
     """Stores from ``config_files``, or the embedded default when there are none."""
     files = list(config_files)
-    return Stores.from_config_files(*files) if files else Stores.default()
+    if not files:
+        return Stores.default()
+    return Stores.from_config_files(*files, keep_unusable=keep_unusable)

@@ -32,7 +32,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from imgstore.api import DEFAULT_CLEANUP_AGE, DEFAULT_HASH_ALGO, AddResult, Stores, open_stores
+from imgstore.api import (
+    DEFAULT_CLEANUP_AGE,
+    DEFAULT_HASH_ALGO,
+    AddResult,
+    BackendInfo,
+    Stores,
+    open_stores,
+)
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -653,12 +660,20 @@ def cmd_stores(args: argparse.Namespace, stores: Stores) -> None:
             "default": info.default,
             "capabilities": info.capabilities.names(),
             "schemes": list(info.schemes),
+            "unusable": info.unusable,
         }
         for info in infos
     ]
     if args.json:
         _emit_json(rows)
-        return
+    else:
+        _stores_table(infos)
+    unusable = [info.name for info in infos if info.unusable]
+    if unusable:  # listed above; the exit code tells a script (2, bad configuration)
+        raise BadConfiguration(f"unusable backends: {', '.join(unusable)}")
+
+
+def _stores_table(infos: list[BackendInfo]) -> None:
     table = [("", "NAME", "DRIVER", "SCHEMES", "CAPABILITIES")]
     table += [
         (
@@ -666,7 +681,7 @@ def cmd_stores(args: argparse.Namespace, stores: Stores) -> None:
             info.name,
             info.driver,
             ",".join(info.schemes),
-            ",".join(info.capabilities.names()),
+            "UNUSABLE" if info.unusable else ",".join(info.capabilities.names()),
         )
         for info in infos
     ]
@@ -674,7 +689,8 @@ def cmd_stores(args: argparse.Namespace, stores: Stores) -> None:
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
     ]
-    _out("\n".join(lines) + "\n(* = default backend)\n")
+    reasons = [f"{info.name}: unusable: {info.unusable}\n" for info in infos if info.unusable]
+    _out("\n".join(lines) + "\n(* = default backend)\n" + "".join(reasons))
 
 
 def cmd_cleanup(args: argparse.Namespace, stores: Stores) -> None:
@@ -909,7 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error("output closed")
         return EXIT_FAILURE
     try:
-        with open_stores(config_files(args)) as stores:
+        # `stores` reports a backend that cannot be configured; other commands stop
+        with open_stores(config_files(args), keep_unusable=args.func is cmd_stores) as stores:
             args.func(args, stores)
         return EXIT_OK
     except OutputClosed:

@@ -59,8 +59,8 @@ def test_kept_unusable_the_others_serve_and_it_says_why(tmp_path: Path) -> None:
         # a location only the broken backend could hold says so (not "no backend")
         with pytest.raises(BadConfiguration, match="unusable"):
             stores.size(f"file://{tmp_path / 'a-file' / 'images' / 'img-2'}")
-        with pytest.raises(BadLocation):
-            stores.size("file:///nowhere/img-3")  # no file backend holds it
+        with pytest.raises(BadLocation, match="no configured backend reads"):
+            stores.size("rbd://img-3")  # no backend of that kind at all
         assert stores.options("broken")["filesystem_store_datadir"].endswith("images")
 
 
