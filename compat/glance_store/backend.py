@@ -11,6 +11,7 @@ and call it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +30,8 @@ _STORE_CFG_GROUP = imgstore_config.STORE_GROUP
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"conf": None, "stores": None}
+_work_stores: dict[str, Store] = {}
+"""Private filesystem stores for Glance's scratch directories, by directory."""
 
 
 GLANCE_STORE_DEFAULTS: dict[str, object] = {
@@ -51,6 +54,43 @@ def _safe_register(conf: cfg.ConfigOpts, opts: Iterable[cfg.Opt], group: str | N
             continue
         if opt.dest in GLANCE_STORE_DEFAULTS:
             conf.set_default(opt.dest, GLANCE_STORE_DEFAULTS[opt.dest], group=group)
+
+
+def absolute_datadirs(conf: cfg.ConfigOpts, groups: Iterable[str]) -> None:
+    """Make a relative ``filesystem_store_datadir(s)`` in ``groups`` absolute, once.
+
+    glance_store takes such a path relative to the working directory, where imgstore
+    refuses it: resolve it here (against the working directory, as glance_store) and
+    warn, so a later ``chdir`` cannot move the store.
+    """
+    for group in groups:
+        try:
+            section = getattr(conf, group)
+            single = section.filesystem_store_datadir
+            multi = list(section.filesystem_store_datadirs or [])
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError, AttributeError):
+            continue
+        if single and not os.path.isabs(single):
+            resolved = os.path.abspath(single)
+            LOG.warning(
+                "[%s] filesystem_store_datadir %r is relative: using %s", group, single, resolved
+            )
+            conf.set_override("filesystem_store_datadir", resolved, group)
+        fixed = [_absolute_entry(entry, group) for entry in multi]
+        if fixed != multi:
+            conf.set_override("filesystem_store_datadirs", fixed, group)
+
+
+def _absolute_entry(entry: str, group: str) -> str:
+    path, sep, priority = entry.strip().rpartition(":")
+    if not sep or not priority.strip().lstrip("-").isdigit():
+        path, sep, priority = entry.strip(), "", ""
+    if os.path.isabs(path):
+        return entry
+    resolved = os.path.abspath(path)
+    LOG.warning("[%s] filesystem_store_datadirs entry %r is relative: using %s", group, path,
+                resolved)  # fmt: skip
+    return f"{resolved}{sep}{priority}"
 
 
 def _list_opts() -> list[tuple[str, list[cfg.Opt]]]:
@@ -81,8 +121,14 @@ def _load_store(conf: cfg.ConfigOpts | None, store_entry: str, invoke_load: bool
         LOG.warning("cannot load store %s: %s", store_entry, exc.msg)
         return None
     name = imgstore_config.canonical_driver_name(store_entry)
+    private = conf
+
+    def build() -> imgstore.Stores:
+        absolute_datadirs(private, [_STORE_CFG_GROUP])
+        return imgstore.Stores.single(private, store_entry, _STORE_CFG_GROUP, name)
+
     return Store(
-        lambda: imgstore.Stores.single(conf, store_entry, _STORE_CFG_GROUP, name),
+        build,
         name,
         conf,
         store_entry=store_entry,
@@ -105,8 +151,9 @@ def _scheme_map(stores: imgstore.Stores, conf: cfg.ConfigOpts) -> dict[str, dict
 def create_stores(conf: cfg.ConfigOpts = CONF) -> int:
     """Build the stores listed in ``[glance_store] stores``; returns how many."""
     register_opts(conf)
-    try:
-        stores = imgstore.Stores(conf)
+    absolute_datadirs(conf, [_STORE_CFG_GROUP])
+    try:  # a store that fails to configure stays loaded, unusable (as glance_store)
+        stores = imgstore.Stores(conf, keep_unusable=True)
     except imgstore.ImgstoreError as exc:
         raise exceptions.from_imgstore(exc) from exc
     scheme_map = _scheme_map(stores, conf)
@@ -161,24 +208,82 @@ def get_store_from_location(uri: str) -> str:
     return location.get_location_from_uri(uri, conf=_conf()).store_name
 
 
+def _glance_work_dirs(conf: cfg.ConfigOpts) -> list[str]:
+    """Glance's own scratch directories: ``[task] work_dir`` and ``node_staging_uri``
+    (a ``file://`` URI), where its legacy imports write and later delete files."""
+    found = []
+    for group, option in (("task", "work_dir"), (None, "node_staging_uri")):
+        try:
+            value: Any = getattr(getattr(conf, group) if group else conf, option)
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError, AttributeError):
+            continue
+        if isinstance(value, str) and value.startswith("file://"):
+            value = value[len("file://") :]
+        if isinstance(value, str) and value and os.path.isabs(value):
+            found.append(os.path.normpath(value))
+    return found
+
+
+def _scratch_store(root: str) -> Store:
+    private = cfg.ConfigOpts()
+    register_opts(private)
+    private.set_override("filesystem_store_datadir", root, _STORE_CFG_GROUP)
+
+    def build() -> imgstore.Stores:
+        return imgstore.Stores.single(private, "file", _STORE_CFG_GROUP)
+
+    return Store(build, "file", private, store_entry="file")
+
+
+def _work_dir_store(uri: str) -> Store | None:
+    """A private filesystem store rooted at the Glance scratch directory that holds
+    the ``file://`` ``uri``, or None. Only these directories and the configured data
+    directories are ever read or deleted in: the confinement stays."""
+    if not uri.startswith("file://"):
+        return None
+    path = os.path.normpath(uri[len("file://") :])
+    conf = _conf()
+    for root in _glance_work_dirs(conf):
+        if os.path.dirname(path) != root and not path.startswith(root + os.sep):
+            continue
+        with _lock:
+            store = _work_stores.get(root)
+            if store is None:
+                store = _work_stores[root] = _scratch_store(root)
+        return store
+    return None
+
+
+def _store_and_location(uri: str) -> tuple[Store, location.Location]:
+    loc = location.get_location_from_uri(uri, conf=_conf())
+    store = get_store_from_uri(uri)
+    if store.store_entry in ("file", "filesystem"):
+        try:
+            store.stores.backend_for(uri)
+        except imgstore.ImgstoreError:  # not in the data directories: Glance's own?
+            store = _work_dir_store(uri) or store
+    return store, loc
+
+
 def get_from_backend(
     uri: str, offset: int = 0, chunk_size: int | None = None, context: Any = None
 ) -> tuple[Any, int]:
     """``(chunk iterator, size)`` of the image at ``uri``."""
-    loc = location.get_location_from_uri(uri, conf=_conf())
-    return get_store_from_uri(uri).get(loc, offset=offset, chunk_size=chunk_size, context=context)
+    store, loc = _store_and_location(uri)
+    return store.get(loc, offset=offset, chunk_size=chunk_size, context=context)
 
 
 def get_size_from_backend(uri: str, context: Any = None) -> int:
     """The size of the image at ``uri``."""
-    loc = location.get_location_from_uri(uri, conf=_conf())
-    return get_store_from_uri(uri).get_size(loc, context=context)
+    store, loc = _store_and_location(uri)
+    return store.get_size(loc, context=context)
 
 
 def delete_from_backend(uri: str, context: Any = None) -> None:
-    """Delete the image at ``uri``."""
-    loc = location.get_location_from_uri(uri, conf=_conf())
-    return get_store_from_uri(uri).delete(loc, context=context)
+    """Delete the image at ``uri`` (also a file Glance's legacy import left in its
+    ``[task] work_dir`` or ``node_staging_uri``)."""
+    store, loc = _store_and_location(uri)
+    return store.delete(loc, context=context)
 
 
 def check_location_metadata(val: Any, key: str = "") -> None:

@@ -9,6 +9,7 @@ Glance reads for ``GET /v2/info/stores/detail`` (``datadir``, ``chunk_size``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
@@ -141,9 +142,39 @@ class Store:
         """The imgstore driver serving this backend."""
         return self.stores.driver(self.backend)
 
+    def _info(self) -> imgstore.api.BackendInfo:
+        for info in self.stores.describe():
+            if info.name == self.backend:
+                return info
+        raise exceptions.UnknownScheme(f"Store for identifier {self.backend} not found")
+
+    @property
+    def unusable(self) -> str | None:
+        """Why this backend could not be configured (it stays loaded, unusable), or None.
+
+        glance_store's ``configure(re_raise_bsc=False)`` keeps a store that failed to
+        configure, without write access, so glance-api starts and serves the others."""
+        return self._info().unusable
+
+    def _as_caller(self, context: Any) -> contextlib.AbstractContextManager[None]:
+        """Act with the request's own credentials where the backend has none of its own
+        (a cinder backend without service credentials: glance_store takes the context's
+        token, project and service catalog); otherwise nothing changes."""
+        if context is None or self.unusable is not None:
+            return contextlib.nullcontext()
+        drv = self.driver
+        if not getattr(drv, "per_request", False):
+            return contextlib.nullcontext()
+        project = getattr(context, "project_id", None) or getattr(context, "project", None)
+        return drv.credentials(  # type: ignore[attr-defined,no-any-return]
+            getattr(context, "auth_token", None) or "",
+            project or "",
+            getattr(context, "service_catalog", None),
+        )
+
     def get_schemes(self) -> tuple[str, ...]:
         """The URI schemes this store reads."""
-        return tuple(self.driver.schemes)
+        return tuple(self._info().schemes)
 
     def get_store_location_class(self) -> type[StoreLocation]:
         """The location class (one for all schemes: imgstore parses)."""
@@ -151,7 +182,7 @@ class Store:
 
     def is_capable(self, *capabilities: Any) -> bool:
         """Whether the backend has every one of glance_store's ``BitMasks`` given."""
-        have = self.driver.capabilities
+        have = self.capabilities
         wanted = BitMasks(0)
         for cap in capabilities:
             wanted |= BitMasks(cap)
@@ -168,8 +199,8 @@ class Store:
 
     @property
     def capabilities(self) -> Capability:
-        """imgstore's capabilities of this backend."""
-        return self.driver.capabilities
+        """imgstore's capabilities of this backend (none while it is unusable)."""
+        return self._info().capabilities
 
     def add(
         self,
@@ -185,14 +216,21 @@ class Store:
         Returns ``(uri, size, md5, multihash, metadata)`` when ``hashing_algo``
         is given, else glance_store's older ``(uri, size, md5, metadata)``.
         """
+        reason = self.unusable
+        if reason is not None:  # glance_store: write access removed, StoreAddDisabled
+            raise exceptions.StoreAddDisabled(
+                f"Adding images to store {self.backend_group or self.backend} is disabled: {reason}"
+            )
         algo = hashing_algo or imgstore.api.DEFAULT_HASH_ALGO
         if algo not in hashlib.algorithms_available:
             raise exceptions.UnknownHashingAlgo(algo=algo)
         data = image_file if verifier is None else _VerifyingReader(image_file, verifier)
         try:
-            result = self.stores.add(
-                image_id, data, size=image_size or None, backend=self.backend, hash_algo=algo
-            )
+            with self._as_caller(context):
+                result = self.stores.add(
+                    str(image_id),  # glance_store takes any id and calls str() on it
+                    data, size=image_size or None, backend=self.backend, hash_algo=algo,
+                )  # fmt: skip
         except imgstore_exc.ImgstoreError as exc:
             raise exceptions.from_imgstore(exc, "add") from exc
         metadata = dict(result.metadata)
@@ -209,9 +247,10 @@ class Store:
     ) -> tuple[ImageIterator, int]:
         """``(chunk iterator, size)`` of ``chunk_size`` bytes (None: all) from ``offset``."""
         try:
-            reader = self.stores.get(
-                _uri_of(location), offset=offset, length=chunk_size, backend=self.backend
-            )
+            with self._as_caller(context):
+                reader = self.stores.get(
+                    _uri_of(location), offset=offset, length=chunk_size, backend=self.backend
+                )
         except imgstore_exc.ImgstoreError as exc:
             raise exceptions.from_imgstore(exc, "get") from exc
         it = ImageIterator(reader)
@@ -220,14 +259,16 @@ class Store:
     def get_size(self, location: Any, context: Any = None) -> int:
         """The image's size in bytes."""
         try:
-            return self.stores.size(_uri_of(location), backend=self.backend)
+            with self._as_caller(context):
+                return self.stores.size(_uri_of(location), backend=self.backend)
         except imgstore_exc.ImgstoreError as exc:
             raise exceptions.from_imgstore(exc, "size") from exc
 
     def delete(self, location: Any, context: Any = None) -> None:
         """Delete the image."""
         try:
-            self.stores.delete(_uri_of(location), backend=self.backend)
+            with self._as_caller(context):
+                self.stores.delete(_uri_of(location), backend=self.backend)
         except imgstore_exc.ImgstoreError as exc:
             raise exceptions.from_imgstore(exc, "delete") from exc
 
@@ -255,6 +296,12 @@ class Store:
             return 0
 
     @property
+    def store_conf(self) -> Any:
+        """The backend's option group, as glance_store's ``store_conf`` (Glance reads
+        e.g. ``store_conf.cinder_volume_type`` for ``GET /v2/info/stores/detail``)."""
+        return getattr(self.conf, self.backend_group or "glance_store")
+
+    @property
     def chunk_size(self) -> int:
         """The chunk size imgstore uses for this backend."""
         return self.stores.chunk_size(self.backend)
@@ -277,7 +324,11 @@ class Store:
         Glance matches a location to its backend by this prefix
         (``file://<datadir>``, ``rbd://<fsid>/<pool>/``, ``http`` ...).
         """
+        if self.unusable is not None:
+            return None
         drv = self.driver
+        if drv.name == "cinder":  # glance_store: cinder://<backend id> (multi-store)
+            return f"cinder://{self.backend_group}" if self.backend_group else "cinder://"
         if drv.name == "file":
             return f"file://{self.datadir}"
         if drv.name == "rbd":
@@ -288,6 +339,30 @@ class Store:
             host = str(drv.conf.get("s3_store_host") or "").split("://", 1)[-1].rstrip("/")
             return f"s3://{host}/{drv.conf.get('s3_store_bucket')}"
         return None
+
+    def is_image_associated_with_store(self, context: Any, volume_id: str) -> bool:
+        """Whether Cinder volume ``volume_id`` belongs to this backend: its volume type
+        is this backend's ``cinder_volume_type`` (or Cinder's default type when none is
+        set). Glance asks it on each image GET to rewrite a legacy ``cinder://<volume>``
+        location to ``cinder://<backend>/<volume>``; any failure is False (as
+        glance_store), logged."""
+        if self.unusable is not None:
+            return False
+        drv = self.driver
+        belongs = getattr(drv, "volume_belongs", None)
+        if belongs is None:
+            return False
+        try:
+            with self._as_caller(context):
+                return bool(belongs(volume_id))
+        except imgstore_exc.ImgstoreError as exc:
+            LOG.warning(
+                "store %s: cannot tell whether volume %s is its own: %s",
+                self.backend_group or self.backend,
+                volume_id,
+                exc.msg,
+            )
+            return False
 
     def __getattr__(self, name: str) -> Any:
         # the remaining attributes Glance reads are options (s3_store_*, swift's container...)

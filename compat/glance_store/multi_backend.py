@@ -21,6 +21,7 @@ import imgstore
 from glance_store import exceptions, location
 from glance_store.backend import (
     _safe_register,
+    absolute_datadirs,
     apply_acls,
     check_location_metadata,
     store_add_to_backend,
@@ -94,10 +95,13 @@ def create_multi_stores(
 ) -> int:
     """Build the backends of ``enabled_backends`` and ``reserved_stores``; returns how many."""
     register_store_opts(conf, reserved_stores)
+    absolute_datadirs(conf, [*(conf.enabled_backends or {}), *(reserved_stores or {})])
+    # as glance_store: a backend that fails to configure is logged and stays loaded,
+    # unusable (no write access), so glance-api still starts and serves the others
     try:
-        stores = imgstore.Stores(conf)
+        stores = imgstore.Stores(conf, keep_unusable=True)
         reserved = {
-            name: imgstore.Stores.single(conf, driver, name, name)
+            name: imgstore.Stores.single(conf, driver, name, name, keep_unusable=True)
             for name, driver in (reserved_stores or {}).items()
         }
     except imgstore.ImgstoreError as exc:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import uuid
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from oslo_config import cfg
@@ -272,3 +274,90 @@ def test_glance_store_chunk_size_default_and_explicit_values(tmp_path: Path) -> 
     legacy.set_override("default_store", "file", "glance_store")
     glance_store.create_stores(legacy)
     assert glance_store.get_store_from_scheme("file").chunk_size == 64 * 1024
+
+
+def test_relative_datadir_is_taken_from_the_working_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """glance_store takes a relative filesystem_store_datadir relative to the working
+    directory; the compat layer resolves it once, with a warning."""
+    monkeypatch.chdir(tmp_path)
+    conf = _conf()
+    conf.register_opt(cfg.DictOpt("enabled_backends"))
+    conf.set_override("enabled_backends", {"fast": "file", "many": "file"})
+    glance_store.register_store_opts(conf, reserved_stores=RESERVED)
+    conf.set_override("default_backend", "fast", "glance_store")
+    conf.set_override("filesystem_store_datadir", "rel/images", "fast")
+    conf.set_override("filesystem_store_datadirs", ["rel/a:100", str(tmp_path / "b")], "many")
+    for group in RESERVED:
+        conf.set_override("filesystem_store_datadir", f"rel/{group}", group)
+    glance_store.create_multi_stores(conf, reserved_stores=RESERVED)
+    assert conf.fast.filesystem_store_datadir == str(tmp_path / "rel" / "images")
+    assert conf.many.filesystem_store_datadirs == [f"{tmp_path}/rel/a:100", str(tmp_path / "b")]
+    assert "filesystem_store_datadir 'rel/images' is relative" in caplog.text
+    monkeypatch.chdir("/")  # a later chdir does not move the store
+    uri, *_ = glance_store.add_with_multihash(conf, "img-r", io.BytesIO(b"r"), 1, "fast", "sha512")
+    assert uri == f"file://{tmp_path}/rel/images/img-r"
+    assert (tmp_path / "rel" / "images" / "img-r").read_bytes() == b"r"
+
+
+def test_image_id_that_is_not_a_str_is_taken_as_str(legacy: cfg.ConfigOpts) -> None:
+    image_id = uuid.uuid4()  # glance_store calls str() on what it is given
+    uri, size, *_ = glance_store.add_to_backend_with_multihash(
+        legacy, image_id, io.BytesIO(b"u"), 1, "sha512"
+    )
+    assert uri.endswith(f"/{image_id}") and size == 1
+
+
+def test_private_driver_modules_have_glance_store_class_names() -> None:
+    from glance_store._drivers import cinder, filesystem, http, rbd, s3, swift, vmware_datastore
+    from glance_store._drivers.cinder import store as cinder_store
+    from glance_store._drivers.swift import store as swift_store
+
+    for module in (cinder, cinder_store, filesystem, http, rbd, s3, swift, swift_store,
+                   vmware_datastore):  # fmt: skip
+        assert issubclass(module.Store, glance_store.driver.Store), module
+        assert module.StoreLocation is glance_store.location.StoreLocation
+    for name in ("BaseStore", "SingleTenantStore", "MultiTenantStore"):
+        assert issubclass(getattr(swift, name), glance_store.driver.Store)
+    with mock.patch("glance_store._drivers.swift.store.BaseStore.get_size", return_value=3):
+        assert swift.SingleTenantStore.get_size(None, "loc") == 3  # type: ignore[arg-type]
+
+
+def test_store_conf_is_the_backend_group(multi: cfg.ConfigOpts, legacy: cfg.ConfigOpts) -> None:
+    fast = glance_store.get_store_from_store_identifier("fast")
+    assert fast.store_conf.filesystem_store_datadir == multi.fast.filesystem_store_datadir
+    assert fast.store_conf.store_description == "quick disks"
+    file_store = glance_store.get_store_from_scheme("file")
+    assert file_store.store_conf.default_store == "file"
+
+
+def test_legacy_delete_of_glance_scratch_files(tmp_path: Path) -> None:
+    """Glance's legacy task import writes into ``[task] work_dir`` (and web-download
+    into ``node_staging_uri``) with a private file store, then removes the file with
+    ``delete_from_backend``: those directories count as roots, no other does."""
+    conf = _conf()
+    conf.register_opt(cfg.StrOpt("work_dir"), group="task")  # Glance registers these
+    conf.register_opt(cfg.StrOpt("node_staging_uri"))
+    conf.set_override("work_dir", str(tmp_path / "work"), "task")
+    conf.set_override("node_staging_uri", f"file://{tmp_path}/staging", None)
+    glance_store.register_opts(conf)
+    conf.set_override("filesystem_store_datadir", str(tmp_path / "images"), "glance_store")
+    glance_store.create_stores(conf)
+    for scratch in ("work", "staging"):
+        (tmp_path / scratch).mkdir()
+        leftover = tmp_path / scratch / "3a6d9a4e-5c2b-4f57-9c1e-0d6f0a1b2c3d"
+        leftover.write_bytes(b"imported")
+        uri = f"file://{leftover}"
+        assert glance_store.get_size_from_backend(uri) == 8
+        chunks, _ = glance_store.get_from_backend(uri)
+        assert b"".join(chunks) == b"imported"
+        glance_store.delete_from_backend(uri)
+        assert not leftover.exists()
+    outside = tmp_path / "elsewhere" / "img"
+    outside.parent.mkdir()
+    outside.write_bytes(b"precious")
+    for uri in (f"file://{outside}", f"file://{tmp_path}/work/../elsewhere/img"):
+        with pytest.raises(glance_store.BadStoreUri):
+            glance_store.delete_from_backend(uri)
+    assert outside.read_bytes() == b"precious"

@@ -43,7 +43,7 @@ REQUIREMENTS = [
     f"glance=={GLANCE_VERSION}",
     "gunicorn==27.0.1",
     "-e",
-    str(REPO_ROOT),
+    f"{REPO_ROOT}[cinder]",  # as glance_store[cinder]: a cinder backend needs os-brick
     "-e",
     str(REPO_ROOT / "compat"),
 ]
@@ -120,9 +120,9 @@ def _trusted_paste(stock: str, healthcheck_off: Path) -> str:
     return text + _TRUSTED_COMPOSITE
 
 
-def _glance_conf(ctx: Context, backends: dict[str, str], ceph: dict[str, Any] | None,
-                 paste: Path) -> str:  # fmt: skip
-    base = ctx.dir
+def glance_conf(base: Path, backends: dict[str, str], paste: Path, extra: str = "") -> str:
+    """glance-api.conf for a Glance whose state (db, logs, images, staging...) is under
+    ``base``: ``backends`` (id -> driver), ``fs`` the default, ``extra`` sections added."""
     enabled = ", ".join(f"{k}:{v}" for k, v in backends.items())
     text = f"""[DEFAULT]
 enabled_backends = {enabled}
@@ -158,8 +158,13 @@ enforce_scope = false
 [oslo_concurrency]
 lock_path = {base / "locks"}
 """
-    if ceph is not None:
-        text += f"""
+    return text + extra
+
+
+def _ceph_section(ceph: dict[str, Any] | None) -> str:
+    if ceph is None:
+        return ""
+    return f"""
 [ceph]
 store_description = Ceph RBD (imgstore)
 rbd_store_pool = {RBD_POOL}
@@ -167,7 +172,6 @@ rbd_store_user = {ceph["user"]}
 rbd_store_ceph_conf = {ceph["ceph_conf"]}
 rbd_store_chunk_size = 4
 """
-    return text
 
 
 def up(ctx: Context) -> dict[str, Any]:
@@ -196,7 +200,8 @@ def up(ctx: Context) -> dict[str, Any]:
     stock = (venv / "etc" / "glance" / "glance-api-paste.ini").read_text()
     paste.write_text(_trusted_paste(stock, ctx.path("etc", "healthcheck_off")))
     conf = ctx.path("etc", "glance-api.conf")
-    conf.write_text(_glance_conf(ctx, backends, ceph, paste))
+    extra = _ceph_section(ceph) if "ceph" in backends else ""
+    conf.write_text(glance_conf(ctx.dir, backends, paste, extra))
     run(
         [str(venv / "bin" / "glance-manage"), "--config-file", str(conf), "db_sync"],
         "glance-manage db_sync",
@@ -221,6 +226,7 @@ def up(ctx: Context) -> dict[str, Any]:
         "default_backend": "fs",
         "datadir": str(ctx.path("images")),
         "python": py,
+        "paste": str(paste),
         "glance_version": GLANCE_VERSION,
         "identity_headers": IDENTITY_HEADERS,
     }
