@@ -39,6 +39,16 @@ would log in before every request with tokens shorter than that), and after a
 ``auth_strategy = noauth``: the token is ``<user>:<project>`` and the endpoint
 ``cinder_endpoint_template % {'project_id': <project>}``.
 
+With no service credentials (neither ``cinder_store_auth_address`` nor
+``cinder_endpoint_template`` with ``cinder_store_project_name``), each request brings
+its caller's own: :meth:`CinderDriver.credentials` (a context manager; glance_store's
+cinder store uses the request context's token the same way) takes a Keystone token,
+its project id and either the caller's service catalog (Keystone v2 form, as
+Glance's request context carries it: ``cinder_catalog_info`` and
+``cinder_os_region_name`` pick the endpoint) or ``cinder_endpoint_template``. An
+operation keeps the credentials it started with (a read attaches, a write detaches,
+after the ``with`` block). Service credentials, where configured, are always used.
+
 Privileges: os-brick runs privileged calls through oslo.privsep, either in a
 ``privsep-helper`` daemon started with ``cinder_root_helper`` (default:
 glance_store's ``sudo glance-rootwrap <rootwrap_config>``; ``env`` when the
@@ -56,6 +66,8 @@ online extend are not exercised against a real server here.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -112,6 +124,8 @@ WRITING_KEY = "imgstore_writing"
 """Volume metadata set while an add writes (its start time); a finished add removes it last."""
 _GOING = ("deleting", "error_deleting")
 """Statuses of a volume on its way out: it no longer holds its image id."""
+_CALLER_CLIENTS = 16
+"""Clients kept for the most recent callers' credentials (no service credentials)."""
 VOLUME_NAME_MAX = 255
 """Cinder refuses a longer volume name (400 Bad Request)."""
 
@@ -182,6 +196,32 @@ class _Secret(str):
 
     def __repr__(self) -> str:
         return "'***'"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Caller:
+    """A request's own credentials: its token and the Cinder endpoint of its project."""
+
+    token: _Secret
+    endpoint: str
+
+
+_CALLER: contextvars.ContextVar[_Caller | None] = contextvars.ContextVar(
+    "imgstore_cinder_caller", default=None
+)
+
+
+@contextlib.contextmanager
+def _acting_as(caller: _Caller | None) -> Iterator[None]:
+    """Run the block with ``caller``'s credentials (None: as it is)."""
+    if caller is None:
+        yield
+        return
+    reset = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(reset)
 
 
 class _Attachment:
@@ -529,13 +569,18 @@ class CinderDriver(Driver):
                     f"backend {self.backend!r}: cinder_store_auth_address needs "
                     f"{', '.join(missing)}"
                 )
-        elif not c.cinder_endpoint_template or not c.cinder_store_project_name:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: set cinder_store_auth_address (Keystone) or "
-                "cinder_endpoint_template and cinder_store_project_name (noauth Cinder)"
+        self.per_request = not c.cinder_store_auth_address and not (
+            c.cinder_endpoint_template and c.cinder_store_project_name
+        )
+        if self.per_request:
+            LOG.info(
+                "backend %r has no service credentials: each request uses its caller's "
+                "token (CinderDriver.credentials)",
+                self.backend,
             )
         self.root_helper = c.cinder_root_helper or f"sudo glance-rootwrap {c.rootwrap_config}"
         self._client: Any = None
+        self._callers: dict[_Caller, Any] = {}
         self._props: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._shared: dict[str, _Shared] = {}
@@ -550,25 +595,108 @@ class CinderDriver(Driver):
             ) from None
 
     def secrets(self) -> list[str]:
-        return [s for s in (self._password, self._app_secret, *self._keys) if s]
+        caller = _CALLER.get()
+        token = str.__str__(caller.token) if caller is not None else ""
+        return [s for s in (self._password, self._app_secret, *self._keys, token) if s]
+
+    @contextlib.contextmanager
+    def credentials(
+        self,
+        token: str,
+        project_id: str,
+        catalog: list[dict[str, Any]] | None = None,
+    ) -> Iterator[None]:
+        """Act with a caller's Keystone ``token`` for ``project_id`` inside the block,
+        reaching Cinder through ``cinder_endpoint_template`` or the caller's service
+        ``catalog`` (Keystone v2 form). Without effect where service credentials are
+        configured (they are preferred, as in glance_store)."""
+        if not self.per_request:
+            yield
+            return
+        if not token or not project_id:
+            raise AuthenticationFailed(
+                f"backend {self.backend!r} acts with the caller's credentials: a token "
+                "and a project id are needed"
+            )
+        with _acting_as(_Caller(_Secret(token), self._endpoint_for(project_id, catalog))):
+            yield
+
+    def _endpoint_for(self, project_id: str, catalog: list[dict[str, Any]] | None) -> str:
+        c = self.conf
+        if c.cinder_endpoint_template:
+            try:
+                return str(c.cinder_endpoint_template % {"project_id": project_id})
+            except (KeyError, ValueError, TypeError) as exc:
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
+                ) from None
+        from keystoneauth1.access import service_catalog
+
+        service_type, service_name, interface = ([*c.cinder_catalog_info.split(":"), "", ""])[:3]
+        try:
+            url = service_catalog.ServiceCatalogV2(catalog or []).url_for(
+                service_type=service_type or "volumev3",
+                service_name=service_name or None,
+                interface=interface or "publicURL",
+                region_name=c.cinder_os_region_name,
+            )
+        except ks_exc.EndpointNotFound:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: the caller's service catalog has no "
+                f"{c.cinder_catalog_info!r} endpoint (cinder_catalog_info, "
+                "cinder_os_region_name), and no cinder_endpoint_template is set"
+            ) from None
+        return str(url)
 
     def __repr__(self) -> str:
         return f"<CinderDriver backend={self.backend!r}>"
 
     def _cinder(self) -> Any:
-        """The cinderclient (one per backend, created on first use)."""
+        """The cinderclient: the service's (one per backend, created on first use) or,
+        with no service credentials, one for the caller of :meth:`credentials`."""
+        if self.per_request:
+            caller = _CALLER.get()
+            if caller is None:
+                raise AuthenticationFailed(
+                    f"backend {self.backend!r} has no service credentials: call it inside "
+                    "CinderDriver.credentials(token, project_id, catalog)"
+                )
+            with self._lock:
+                client = self._callers.pop(caller, None)
+                if client is None:
+                    client = self._client_for(
+                        self._session(token_endpoint.Token(caller.endpoint, caller.token))
+                    )
+                self._callers[caller] = client  # the most recent last
+                while len(self._callers) > _CALLER_CLIENTS:
+                    del self._callers[next(iter(self._callers))]
+            return client
         with self._lock:
             if self._client is None:
                 self._client = self._make_client()
             return self._client
 
-    def _make_client(self) -> Any:
+    def _session(self, auth: Any) -> Any:
         c = self.conf
         verify: bool | str = True
         if c.cinder_api_insecure:
             verify = False
         elif c.cinder_ca_certificates_file:
             verify = c.cinder_ca_certificates_file
+        return ks_session.Session(auth=auth, verify=verify)
+
+    def _client_for(self, session: Any, **kwargs: Any) -> Any:
+        c = self.conf
+        return cinder_client.Client(
+            session=session,
+            region_name=c.cinder_os_region_name,
+            retries=c.cinder_http_retries,
+            api_version=api_versions.APIVersion(API_VERSION),
+            **kwargs,
+        )
+
+    def _make_client(self) -> Any:
+        c = self.conf
         kwargs: dict[str, Any] = {}
         auth: Any
         if c.cinder_store_auth_address:
@@ -587,7 +715,7 @@ class CinderDriver(Driver):
                     project_name=c.cinder_store_project_name,
                     project_domain_name=c.cinder_store_project_domain_name,
                 )
-            session = ks_session.Session(auth=auth, verify=verify)
+            session = self._session(auth)
             if c.cinder_endpoint_template:
                 try:
                     project_id = auth.get_project_id(session)
@@ -605,23 +733,17 @@ class CinderDriver(Driver):
                     service_name=service_name or None,
                     interface=interface or "publicURL",
                 )
-        else:
-            project = c.cinder_store_project_name
-            user = c.cinder_store_user_name or "imgstore"
-            try:
-                url = c.cinder_endpoint_template % {"project_id": project}
-            except (KeyError, ValueError, TypeError) as exc:
-                raise BadConfiguration(
-                    f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
-                ) from None
-            auth = token_endpoint.Token(endpoint=url, token=f"{user}:{project}")
-            session = ks_session.Session(auth=auth, verify=verify)
-        return cinder_client.Client(
-            session=session,
-            region_name=c.cinder_os_region_name,
-            retries=c.cinder_http_retries,
-            api_version=api_versions.APIVersion(API_VERSION),
-            **kwargs,
+            return self._client_for(session, **kwargs)
+        project = c.cinder_store_project_name
+        user = c.cinder_store_user_name or "imgstore"
+        try:
+            url = c.cinder_endpoint_template % {"project_id": project}
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
+            ) from None
+        return self._client_for(
+            self._session(token_endpoint.Token(endpoint=url, token=f"{user}:{project}"))
         )
 
     def _connector_properties(self) -> dict[str, Any]:
@@ -905,6 +1027,23 @@ class CinderDriver(Driver):
                 ) from None
         return int(volume.size) * GiB  # glance_store's fallback
 
+    def volume_belongs(self, volume_id: str) -> bool:
+        """Whether volume ``volume_id`` is of this backend's ``cinder_volume_type`` (of
+        Cinder's default type when that is unset); False when Cinder has no such volume.
+        This is how glance_store tells which backend a legacy ``cinder://<volume>``
+        location belongs to."""
+        try:
+            volume = self._get(volume_id)
+        except NotFound:
+            return False
+        wanted = self.volume_type
+        if wanted is None:
+            default = self._call(
+                "reading the default volume type", self._cinder().volume_types.default
+            )
+            wanted = default.name
+        return bool(volume.volume_type == wanted)
+
     # -- operations --------------------------------------------------------------
 
     def _named(self, name: str) -> list[Any]:
@@ -1066,9 +1205,14 @@ class CinderWriter(Writer):
         self._att: _Attachment | None = att
         self._offset = 0
         self._done = False
+        self._caller = _CALLER.get()  # the credentials the add started with
 
     def _grow(self, needed: int) -> None:
         """Detach, extend the volume by at least 1 GiB to hold ``needed`` bytes, re-attach."""
+        with _acting_as(self._caller):
+            self._grow_to(needed)
+
+    def _grow_to(self, needed: int) -> None:
         drv, vid = self._driver, self._volume_id
         att, self._att = self._att, None
         assert att is not None
@@ -1099,6 +1243,10 @@ class CinderWriter(Writer):
 
     def commit(self) -> Written:
         assert not self._done, "commit after commit or abort"
+        with _acting_as(self._caller):
+            return self._commit()
+
+    def _commit(self) -> Written:
         drv, vid = self._driver, self._volume_id
         att, self._att = self._att, None
         assert att is not None
@@ -1134,9 +1282,10 @@ class CinderWriter(Writer):
             return
         self._done = True
         att, self._att = self._att, None
-        if att is not None:
-            self._driver._detach(self._volume_id, att)
-        self._driver._remove_volume(self._volume_id)
+        with _acting_as(self._caller):
+            if att is not None:
+                self._driver._detach(self._volume_id, att)
+            self._driver._remove_volume(self._volume_id)
 
 
 class CinderStream(ReadStream):
@@ -1151,13 +1300,15 @@ class CinderStream(ReadStream):
         self.size = count
         self._chunk = chunk
         self._shared: _Shared | None = None
+        self._caller = _CALLER.get()  # the credentials the read started with
 
     def __iter__(self) -> Iterator[bytes]:
         if self.size == 0:
             return
         drv = self._driver
         if self._shared is None:
-            self._shared, att = drv._acquire_ro(self._volume_id)
+            with _acting_as(self._caller):
+                self._shared, att = drv._acquire_ro(self._volume_id)
         else:
             assert self._shared.attachment is not None
             att = self._shared.attachment
@@ -1182,7 +1333,8 @@ class CinderStream(ReadStream):
     def close(self) -> None:
         shared, self._shared = self._shared, None
         if shared is not None:
-            self._driver._release_ro(self._volume_id, shared)
+            with _acting_as(self._caller):
+                self._driver._release_ro(self._volume_id, shared)
 
     def __repr__(self) -> str:
         return f"<CinderStream volume={self._volume_id} size={self.size}>"

@@ -150,3 +150,56 @@ def test_short_tokens_are_reused() -> None:
     assert _logins(_Issuing, 10, 5)[0] == 5
     assert _logins(cinder._renewing(_Issuing), 10, 5)[0] == 1
     assert _logins(_Issuing, 3600, 5)[0] == 1
+
+
+CATALOG = [
+    {
+        "type": "volumev3",
+        "name": "cinderv3",
+        "endpoints": [
+            {"region": "RegionOne", "publicURL": "http://cinder.invalid/v3/p1",
+             "internalURL": "http://cinder-internal.invalid/v3/p1"},
+            {"region": "RegionTwo", "publicURL": "http://cinder-two.invalid/v3/p1"},
+        ],
+    }
+]  # fmt: skip
+
+
+def test_no_service_credentials_acts_with_the_callers_token(tmp_path: Path) -> None:
+    """Neither Keystone nor noauth settings: each request brings its own token, and the
+    endpoint comes from its catalog (cinder_catalog_info, region) - no request is made."""
+    from imgstore import AuthenticationFailed
+
+    with stores(tmp_path, cinder_os_region_name="RegionTwo") as s:
+        drv: Any = s.driver("vols")
+        assert drv.per_request
+        with pytest.raises(AuthenticationFailed, match="no service credentials"):
+            drv._cinder()
+        with drv.credentials("caller-token-1", "p1", CATALOG):
+            plugin = plugin_of(s)
+            assert plugin.endpoint == "http://cinder-two.invalid/v3/p1"
+            assert plugin.token == "caller-token-1"
+            assert "caller-token-1" in drv.secrets()  # scrubbed while it is in use
+        assert "caller-token-1" not in drv.secrets()
+        with pytest.raises(AuthenticationFailed, match="a token and a project id"):
+            with drv.credentials("", "p1", CATALOG):
+                pass
+        with pytest.raises(BadConfiguration, match="service catalog has no"):
+            with drv.credentials("caller-token-1", "p1", []):
+                pass
+    with stores(tmp_path, cinder_endpoint_template="http://cinder.invalid/v3/%(project_id)s") as s:
+        drv = s.driver("vols")
+        with drv.credentials("caller-token-2", "p9", None):
+            assert plugin_of(s).endpoint == "http://cinder.invalid/v3/p9"
+
+
+def test_service_credentials_are_preferred_over_the_callers(tmp_path: Path) -> None:
+    with stores(
+        tmp_path,
+        cinder_endpoint_template="http://cinder.invalid/v3/%(project_id)s",
+        cinder_store_project_name="images",
+    ) as s:
+        drv: Any = s.driver("vols")
+        assert not drv.per_request
+        with drv.credentials("caller-token-3", "p1", CATALOG):
+            assert plugin_of(s).endpoint == "http://cinder.invalid/v3/images"
