@@ -51,6 +51,27 @@ class PrivateGlance:
         return requests.get(f"{self.url}{path}", headers=self.headers, timeout=60, **kw)
 
 
+def legacy_conf(base: Path, backends: dict[str, str], paste: Path, extra: str = "") -> str:
+    """glance-api.conf in glance_store's single-store form (no ``enabled_backends``)."""
+    multi = glance_conf(base, {"fs": "file"}, paste)
+    head, _, _ = multi.partition("[glance_store]")
+    head = head.replace("enabled_backends = fs:file\n", "")
+    head = head.replace(
+        "[DEFAULT]\n",
+        f"[DEFAULT]\nnode_staging_uri = file://{base / 'staging'}\n",
+    )
+    drivers = list(dict.fromkeys(backends.values()))
+    return (
+        head
+        + f"[glance_store]\nstores = {', '.join(drivers)}\ndefault_store = {drivers[0]}\n"
+        + f"filesystem_store_datadir = {base / 'images'}\n"
+        + f"\n[task]\nwork_dir = {base / 'work'}\n"
+        + "\n[oslo_policy]\nenforce_new_defaults = false\nenforce_scope = false\n"
+        + f"\n[oslo_concurrency]\nlock_path = {base / 'locks'}\n"
+        + extra
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -64,15 +85,18 @@ def private_glance(
     backends: dict[str, str],
     extra: str = "",
     default_backend: str = "fs",
+    legacy: bool = False,
 ) -> Iterator[PrivateGlance]:
     """Start glance-api with ``backends`` (id -> driver; ``extra`` holds their sections)
-    under ``base``; yield it; stop it."""
+    under ``base``; yield it; stop it. ``legacy``: the single-store form instead
+    (``[glance_store] stores``, ``default_store`` the first of ``backends``' drivers,
+    ``node_staging_uri`` and ``[task] work_dir`` under ``base``)."""
     bin_dir = Path(glance["python"]).parent
-    for sub in ("etc", "db", "logs", "images", "staging", "tasks", "cache", "locks"):
+    for sub in ("etc", "db", "logs", "images", "staging", "tasks", "work", "cache", "locks"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     paste = base / "etc" / "glance-api-paste.ini"
     paste.write_text(Path(glance["paste"]).read_text())
-    text = glance_conf(base, backends, paste, extra)
+    text = (legacy_conf if legacy else glance_conf)(base, backends, paste, extra)
     if default_backend != "fs":
         text = text.replace("default_backend = fs", f"default_backend = {default_backend}")
     conf = base / "etc" / "glance-api.conf"

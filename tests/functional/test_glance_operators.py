@@ -10,7 +10,11 @@ Glance install and compat package, another glance-api.conf) and talks to it over
   reads ``store.store_conf``);
 * a legacy ``cinder://<volume>`` location (single-store days) is rewritten by Glance to
   ``cinder://<backend>/<volume>`` on the next image GET (``is_image_associated_with_store``
-  and ``url_prefix``), and the image is served from the real Cinder.
+  and ``url_prefix``), and the image is served from the real Cinder;
+* a cinder backend with no service credentials works with the caller's own token
+  (Glance's request context), against Cinder behind Keystone;
+* single-store Glance's task import removes its download from ``[task] work_dir``
+  (legacy ``delete_from_backend`` outside the store's directory).
 
 The Cinder tests share the test Cinder's RBD pool with ``test_cinder.py`` (whose checks
 list the whole pool), so this module runs in that module's group (tests/conftest.py).
@@ -18,11 +22,16 @@ list the whole pool), so this module runs in that module's group (tests/conftest
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import sqlite3
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +273,69 @@ def test_cinder_with_the_users_own_token(
         assert gone.status_code == 404 or gone.json()["volume"]["status"] == "deleting"
         log = g.log_text()
         assert not [t for t in tokens if t in log]
+
+
+@contextlib.contextmanager
+def _serving(data: bytes) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every GET with ``data``; its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/image.raw"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_legacy_task_import_leaves_nothing_in_the_work_dir(
+    glance: dict[str, Any], tmp_path: Path
+) -> None:
+    """Single-store Glance's tasks API: the import flow downloads into ``[task]
+    work_dir`` with a private file store, imports into the store, then removes the
+    download with the legacy ``delete_from_backend`` - outside the store's directory,
+    in Glance's own scratch directory."""
+    data = os.urandom(300_000)
+    # the source is the test's own server on loopback: Glance refuses loopback and ports
+    # other than 80 and 443 unless allowed
+    allow = "\n[import_filtering_opts]\nallowed_hosts = [127.0.0.1]\nallowed_ports = []\n"
+    with (
+        _serving(data) as url,
+        private_glance(glance, tmp_path, {"file": "file"}, allow, legacy=True) as g,
+    ):
+        task = requests.post(
+            f"{g.url}/v2/tasks",
+            headers={**g.headers, "Content-Type": "application/json"},
+            json={"type": "import", "input": {
+                "import_from": url, "import_from_format": "raw",
+                "image_properties": {"disk_format": "raw", "container_format": "bare",
+                                     "name": "imported by a task"}}},
+            timeout=60,
+        )  # fmt: skip
+        assert task.status_code == 201, task.text
+        task_id = task.json()["id"]
+        deadline = time.monotonic() + 90
+        while (state := g.get(f"/v2/tasks/{task_id}").json())["status"] in (
+            "pending",
+            "processing",
+        ):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.3)
+        assert state["status"] == "success", (state, g.log_text()[-3000:])
+        image_id = state["result"]["image_id"]
+        assert (tmp_path / "images" / image_id).read_bytes() == data
+        assert g.get(f"/v2/images/{image_id}/file").content == data
+        left = [p.name for p in (tmp_path / "work").iterdir()]
+        assert left == [], g.log_text()[-3000:]
