@@ -75,6 +75,20 @@ def module(name: str) -> ModuleType:
         raise ServiceError(f"unknown server {name!r}; known: {', '.join(SERVICES)}") from None
 
 
+def install(name: str) -> None:
+    """Install what server ``name`` runs from (its venv, Debian packages) when its module
+    says how (an ``install()`` function): this needs no other server, so ``up`` of several
+    does it at once, before waiting for the servers ``name`` needs (NEEDS); ``up`` then
+    finds it done. A failure here is left for ``up`` to report."""
+    step = getattr(module(name), "install", None)
+    if step is None:
+        return
+    try:
+        step()
+    except Exception as exc:  # up() installs again and says what failed
+        LOG.warning("%s: installing ahead failed (up will retry): %s", name, exc)
+
+
 def bring_up(name: str) -> dict[str, Any]:
     """Start server ``name`` unless it is already up; return its details."""
     mod = module(name)

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from tests.functional.services import NEEDS, SERVICES, bring_down, bring_up
+from tests.functional.services import NEEDS, SERVICES, bring_down, bring_up, install
 from tests.functional.services._common import ServiceError, service_status
 
 
@@ -22,6 +22,8 @@ def bring_all_up(names: list[str]) -> list[str]:
 
     def start(name: str) -> None:
         try:
+            if any(need in done for need in NEEDS.get(name, ())):
+                install(name)  # meanwhile: venvs and packages need no other server
             for need in NEEDS.get(name, ()):
                 if need in done:
                     done[need].wait()

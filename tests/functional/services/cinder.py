@@ -561,6 +561,11 @@ def _keystone_api_ok(base: str, keystone: dict[str, Any], password: str, project
     return "volumes" in _api(f"{base}/v3/{project}/volumes", token=token)
 
 
+def install() -> None:
+    """Cinder's venv with Ceph's bindings (they need no server)."""
+    _link_bindings(ensure_venv("cinder", REQUIREMENTS))
+
+
 def up(ctx: Context) -> dict[str, Any]:
     """Install the venv, set up the pool and user on Ceph, register Cinder in Keystone,
     start Cinder, wait until both APIs serve."""

@@ -174,6 +174,12 @@ rbd_store_chunk_size = 4
 """
 
 
+def install() -> None:
+    """Debian's qemu-utils and Glance's venv (they need no server)."""
+    apt_install(["qemu-utils"])
+    ensure_venv("glance", REQUIREMENTS)
+
+
 def up(ctx: Context) -> dict[str, Any]:
     """Install Glance + the compat package, configure, sync the db, start gunicorn."""
     port = ctx.port("PORT", DEFAULT_PORT)

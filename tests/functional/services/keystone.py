@@ -199,6 +199,12 @@ reseller_admin_role = ResellerAdmin
 """ + proxy_filters(swift["ports"]["memcached"])
 
 
+def install() -> None:
+    """Keystone's venv and the second Swift proxy's (they need no server)."""
+    ensure_venv("keystone", KEYSTONE_REQUIREMENTS)
+    ensure_venv("swift-keystone", PROXY_REQUIREMENTS)
+
+
 def up(ctx: Context) -> dict[str, Any]:
     """Install both venvs, set Keystone up, start it and the second proxy, create users."""
     swift = read_details("swift")
