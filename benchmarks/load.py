@@ -74,6 +74,13 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: that survives exec, so
+    a process spawned by a large one (a pytest worker of 1 GiB, through vfork) starts
+    with its parent's peak."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -618,8 +618,29 @@ class RbdDriver(Driver):
         name = str(leftover.ref)
         try:
             _remove_image(ioctx, name, only_if_flagged=True)
+        except rbd.ImageBusy:
+            raise InUse(
+                f"backend {self.backend!r}: {leftover.kind} {leftover.name} still has "
+                f"watchers ({self._watchers(ioctx, name)}); retry once they have lapsed"
+            ) from None
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, f"removing {leftover.kind}", leftover.name) from None
+
+    def _watchers(self, ioctx: Any, name: str) -> str:
+        """Who watches image ``name`` (for an error message): client ids and addresses,
+        this process's own client marked."""
+        try:
+            cluster = self._cluster
+            own = int(cluster.get_instance_id()) if cluster is not None else None
+            with rbd.Image(ioctx, name, read_only=True) as image:
+                found = [
+                    f"client.{w['id']} at {w['addr']}"
+                    + (" (this process)" if own is not None and int(w["id"]) == own else "")
+                    for w in image.watchers_list()
+                ]
+        except Exception as exc:  # only for the message
+            return f"cannot list them: {type(exc).__name__}"
+        return ", ".join(found) or "none left"
 
     def close(self) -> None:
         with self._lock:

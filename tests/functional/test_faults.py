@@ -372,14 +372,18 @@ def clean_up_until_back(target: Target, expected: set[str], wait: float = 150.0)
     deadline = time.monotonic() + wait
     while True:
         try:
-            target.stores.cleanup([target.backend], older_than=0)
+            outcomes = target.stores.cleanup([target.backend], older_than=0)
             now = target.listing()
         except Exception as exc:  # the server may not answer yet
             last = f"{type(exc).__name__}: {exc}"
         else:
             if now == expected:
                 return
-            last = f"left over: {sorted(now - expected)}, missing: {sorted(expected - now)}"
+            errors = [o.error for o in outcomes if o.error]
+            last = (
+                f"left over: {sorted(now - expected)}, missing: {sorted(expected - now)}, "
+                f"cleanup said: {errors}"
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"{target.backend}: not back to what it held within {wait:.0f} s ({last})")
         time.sleep(1.0)
