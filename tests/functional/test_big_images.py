@@ -153,7 +153,7 @@ def test_big_image_round_trip(backend: str, tmp_path: Path, expected: dict[str, 
         assert added["size"] == SIZE
         assert added["checksum"] == expected["md5"]
         assert (added["hash_algo"], added["multihash"]) == ("sha512", expected["sha512"])
-        assert read == {"size": SIZE, **expected}, "the bytes read back differ"
+        assert read == {"size": SIZE, "md5": expected["md5"]}, "the bytes read back differ"
         peak = result["peak_rss_kib"] * 1024
         assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / MiB:.0f} MiB"
         assert listing() == before, "the image was deleted: nothing may be left"
