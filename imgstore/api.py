@@ -229,15 +229,6 @@ class Stores:
         ]  # fmt: skip
         return usable + unusable
 
-    def options(self, backend: str | None = None) -> Mapping[str, Any]:
-        """The option values ``backend`` was configured with (secrets included: for
-        callers that read settings, never to be shown)."""
-        name = self.default_backend if backend is None else backend
-        unusable = self._unusable.get(name)
-        if unusable is not None:
-            return dict(unusable.spec.values)
-        return self.driver(name).conf.values()
-
     def backend_for(self, location: str | Location) -> str:
         """The name of the backend that holds ``location``."""
         loc = parse(location)

@@ -85,10 +85,6 @@ class DriverConf:
         """The value of ``name``, or ``default`` when the driver declared no such option."""
         return self._values.get(name, default)
 
-    def values(self) -> dict[str, Any]:
-        """Every option's value (a copy)."""
-        return dict(self._values)
-
     def __repr__(self) -> str:
         return f"<DriverConf {sorted(self._values)}>"
 
