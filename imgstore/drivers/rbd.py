@@ -369,7 +369,7 @@ class RbdDriver(Driver):
         """Remove image ``image_id`` of the pool with its snapshots, finished or not."""
         ioctx = self._ioctx(self.pool, for_write=True)
         try:
-            return _remove_image(ioctx, image_id)
+            return self._remove(ioctx, image_id)
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, "discarding", image_id) from None
 
@@ -617,18 +617,74 @@ class RbdDriver(Driver):
         ioctx = self._ioctx(self.pool, for_write=True)
         name = str(leftover.ref)
         try:
-            _remove_image(ioctx, name, only_if_flagged=True)
+            self._remove(ioctx, name, only_if_flagged=True)
         except rbd.ImageBusy:
             raise InUse(
-                f"backend {self.backend!r}: {leftover.kind} {leftover.name} still has "
-                f"watchers ({self._watchers(ioctx, name)}); retry once they have lapsed"
+                f"backend {self.backend!r}: {leftover.kind} {leftover.name} is still in use "
+                f"({self._users(ioctx, name)}); retry once its watchers have lapsed"
             ) from None
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, f"removing {leftover.kind}", leftover.name) from None
 
-    def _watchers(self, ioctx: Any, name: str) -> str:
-        """Who watches image ``name`` (for an error message): client ids and addresses,
-        this process's own client marked."""
+    def _remove(self, ioctx: Any, name: str, *, only_if_flagged: bool = False) -> bool:
+        """``_remove_image``, once more after breaking a stale lock of this process's own
+        (see ``_break_own_stale_lock``) when librbd finds the image busy."""
+        try:
+            return _remove_image(ioctx, name, only_if_flagged=only_if_flagged)
+        except rbd.ImageBusy:
+            if not self._break_own_stale_lock(ioctx, name):
+                raise
+        return _remove_image(ioctx, name, only_if_flagged=only_if_flagged)
+
+    def _break_own_stale_lock(self, ioctx: Any, name: str) -> bool:
+        """Break the exclusive lock on image ``name`` that this process's own Ceph client
+        still holds although nothing has the image open (no watcher); whether it did.
+
+        Such a lock is left when a writer's close cannot reach a stalled OSD: the lock
+        request sent before the stall is granted once the OSD runs again, after the
+        client gave it up. librbd breaks a lock whose owner has no watch only after
+        blocklisting that owner, and it will not blocklist its own client, so removal
+        fails with EBUSY for as long as this process lives. A second, short-lived client
+        with ``rbd_blocklist_on_break_lock = false`` breaks it (blocklisting our own
+        client would cut every image this process has open).
+        """
+        own = str(self._connect().get_addrs())
+        with rbd.Image(ioctx, name, read_only=True) as image:
+            if list(image.watchers_list()):
+                return False  # open somewhere: not stale
+        helper = rados.Rados(conffile=self.conf_file, rados_id=self.user)
+        try:
+            helper.conf_set("rbd_blocklist_on_break_lock", "false")
+            if self.op_timeout > 0:
+                helper.conf_set("rados_mon_op_timeout", str(self.op_timeout))
+                helper.conf_set("rados_osd_op_timeout", str(self.op_timeout))
+            helper.connect()
+            helper_ioctx = helper.open_ioctx(ioctx.get_pool_name())
+            try:
+                # opened for writing: a read-only image lists no lock owners
+                with rbd.Image(helper_ioctx, name) as image:
+                    try:
+                        owners = [str(o["owner"]) for o in image.lock_get_owners()]
+                    except rbd.InvalidArgument:
+                        owners = []  # not locked
+                    if own not in owners:
+                        return False
+                    image.lock_break(rbd.RBD_LOCK_MODE_EXCLUSIVE, own)
+            finally:
+                helper_ioctx.close()
+        finally:
+            helper.shutdown()
+        LOG.warning(
+            "backend %r: broke the stale exclusive lock this process held on image %s "
+            "(left by a writer that could not reach the cluster)",
+            self.backend,
+            name,
+        )
+        return True
+
+    def _users(self, ioctx: Any, name: str) -> str:
+        """Who watches and who locks image ``name`` (for an error message): client ids
+        and addresses, this process's own client marked."""
         try:
             cluster = self._cluster
             own = int(cluster.get_instance_id()) if cluster is not None else None
@@ -639,8 +695,8 @@ class RbdDriver(Driver):
                     for w in image.watchers_list()
                 ]
         except Exception as exc:  # only for the message
-            return f"cannot list them: {type(exc).__name__}"
-        return ", ".join(found) or "none left"
+            return f"cannot list its watchers: {type(exc).__name__}"
+        return f"watchers: {', '.join(found) or 'none left'}"
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from imgstore import BackendUnavailable, BadLocation, Duplicate, InUse, NotFound, Stores
-from imgstore.drivers.rbd import RbdLocation
+from imgstore.drivers.rbd import WRITING_KEY, RbdDriver, RbdLocation
 from imgstore.testing import Payload
 from tests.functional.rbd_helpers import (
     admin_cluster,
@@ -280,6 +281,67 @@ def test_a_removal_cut_short_is_finished(
         result = stores.add(name, b"fresh", size=5)
         assert read_all(stores, result.location) == b"fresh"
     assert pool_listing(cluster, pools[0]) == {f"image:{name}", f"snap:{name}@snap"}
+
+
+def leave_stale_lock(ioctx: Any, name: str) -> None:
+    """Make the client of ``ioctx`` hold image ``name``'s exclusive lock with no watch
+    behind it, as a writer whose close could not reach a stalled OSD leaves it (the RBD
+    stall of test_faults.py met it about one clean run in three). The lock is taken on
+    the real OSD as librbd takes it: the ``lock`` class's ``lock`` call on the image
+    header, with librbd's lock name, tag and cookie form (``auto <watch handle>``), for
+    a watch that does not exist."""
+    with rbd.Image(ioctx, name, read_only=True) as image:
+        header = f"rbd_header.{image.id()}"
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return struct.pack("<I", len(data)) + data
+
+    # cls_lock_lock_op, encoding 1: name, type (1: exclusive), cookie, tag, description,
+    # duration (s, ns; 0: forever), flags
+    body = b"".join(
+        [text("rbd_lock"), b"\x01", text("auto 1234567890"), text("internal"), text("")]
+    ) + struct.pack("<IIB", 0, 0, 0)
+    ioctx.execute(header, "lock", "lock", struct.pack("<BBI", 1, 1, len(body)) + body)
+
+
+@pytest.mark.parametrize("how", ["discard", "cleanup"])
+def test_a_stale_lock_of_this_process_does_not_keep_its_leftover(
+    tmp_path: Path,
+    ceph: dict[str, Any],
+    cluster: Any,
+    pools: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    """An unfinished image whose exclusive lock the driver's own client still holds, with
+    no watch: librbd alone refuses to remove it for as long as the process lives (it
+    would have to blocklist its own client first); discard and cleanup break the lock
+    without blocklisting, remove the image, and the client goes on working."""
+    name = f"stale-{uuid.uuid4().hex[:8]}"
+    with make_stores(tmp_path, ceph, pools) as stores:
+        driver = stores.driver("a")
+        assert isinstance(driver, RbdDriver)
+        ioctx = driver._ioctx(pools[0], for_write=True)  # the driver's own client
+        features = rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+        rbd.RBD().create(ioctx, name, MiB, old_format=False, features=features)
+        with rbd.Image(ioctx, name) as image:
+            image.metadata_set(WRITING_KEY, "0")  # an add that never finished
+        leave_stale_lock(ioctx, name)
+        with pytest.raises(rbd.ImageBusy):
+            rbd.RBD().remove(ioctx, name)
+        with caplog.at_level(logging.WARNING, logger="imgstore"):
+            if how == "discard":
+                assert stores.discard(name, "a") is True
+            else:
+                found = stores.cleanup(["a"], older_than=0)
+                assert [(o.leftover.kind, o.outcome) for o in found] == [
+                    ("unfinished image", "removed")
+                ], [o.error for o in found]
+        assert "broke the stale exclusive lock this process held" in caplog.text
+        assert pool_listing(cluster, pools[0]) == set()
+        result = stores.add(name, b"fresh", size=5)  # not blocklisted
+        assert read_all(stores, result.location) == b"fresh"
 
 
 def test_legacy_location_reads_the_image_head(
