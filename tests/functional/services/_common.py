@@ -161,11 +161,17 @@ def _ensure_venv(
     _run([*cmd, str(venv)], f"creating the venv {name}")
     if requirements:
         _run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *requirements],
+            pip_install(venv / "bin" / "python", *requirements),
             f"pip install into the venv {name}",
         )
     stamp.write_text(stamp_text)
     return venv
+
+
+def pip_install(python: Path | str, *args: str) -> list[str]:
+    """The command that pip-installs ``args`` into the environment of ``python``
+    (scripts/pip-install: by uv when .venv has it, else by pip)."""
+    return ["bash", str(REPO_ROOT / "scripts" / "pip-install"), str(python), *args]
 
 
 def _run(cmd: Sequence[str], what: str, timeout: float = 1800) -> str:

@@ -32,6 +32,7 @@ from tests.functional.services._common import (
     ServiceError,
     apt_install,
     ensure_venv,
+    pip_install,
     port_open,
     read_details,
     run,
@@ -189,7 +190,7 @@ def up(ctx: Context) -> dict[str, Any]:
     venv = ensure_venv("glance", REQUIREMENTS)
     py = str(venv / "bin" / "python")
     # glance pulls in the real glance_store; the compat package takes its place
-    run([py, "-m", "pip", "uninstall", "-q", "-y", "glance_store"], "pip uninstall glance_store")
+    run(pip_install(py, "--uninstall", "glance_store"), "pip uninstall glance_store")
     run(
         [py, "-c", "import glance_store, sys; sys.exit('imgstore' not in glance_store.__doc__)"],
         "checking that glance_store is imgstore's compat package",
