@@ -25,7 +25,7 @@ verification failed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,26 +86,40 @@ class _SwiftConformance(ConformanceTests):
     def container(cls) -> str:
         return new_container()
 
-    @pytest.fixture
-    def store_under_test(self, tmp_path: Path, container: str) -> Iterator[StoreUnderTest]:
-        srv = server(self.service)
+    @pytest.fixture(scope="class")
+    def class_stores(
+        self, tmp_path_factory: pytest.TempPathFactory, container: str
+    ) -> Iterator[tuple[Stores, Callable[[dict[str, Any]], Stores]]]:
+        """One Stores for the class's tests, as an image service keeps one: its token and
+        connections live on between tests (a Stores per test took a Keystone login and a
+        token validation each, half the time of a Keystone class)."""
         driver_srv, options = self.driver_server()
         make_stores = make_stores_factory(
-            tmp_path, driver_srv, container, {**self.extra, **options}
+            tmp_path_factory.mktemp("swift"), driver_srv, container, {**self.extra, **options}
         )
         with make_stores({}) as stores:
             driver: Any = stores.driver("swift")
             assert driver.account is not None
             driver._ensure_container(driver.account, container)
-            yield StoreUnderTest(
-                stores=stores,
-                backend="swift",
-                secrets=[srv["key"]],
-                listing=container_listing(srv, container),
-                max_size=self.max_size,
-                make_stores=make_stores,
-                last_writer_wins=LAST_WRITER_WINS.get(self.service, ""),
-            )
+            yield stores, make_stores
+
+    @pytest.fixture
+    def store_under_test(
+        self,
+        class_stores: tuple[Stores, Callable[[dict[str, Any]], Stores]],
+        container: str,
+    ) -> StoreUnderTest:
+        srv = server(self.service)
+        stores, make_stores = class_stores
+        return StoreUnderTest(
+            stores=stores,
+            backend="swift",
+            secrets=[srv["key"]],
+            listing=container_listing(srv, container),
+            max_size=self.max_size,
+            make_stores=make_stores,
+            last_writer_wins=LAST_WRITER_WINS.get(self.service, ""),
+        )
 
 
 class TestSwiftConformance(_SwiftConformance):
