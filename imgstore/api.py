@@ -11,6 +11,7 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore import config as config_mod
+from imgstore import telemetry
 from imgstore.capabilities import Capability
 from imgstore.driver import IMAGE_ID_RE, Driver, Leftover
 from imgstore.exceptions import (
@@ -22,6 +23,7 @@ from imgstore.exceptions import (
     NotSupported,
     ReadOnlyStore,
     SizeCapExceeded,
+    SizeMismatch,
     UnknownBackend,
 )
 from imgstore.location import Location, parse
@@ -296,19 +298,20 @@ class Stores:
         if Capability.WRITE not in drv.capabilities:
             raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) is read-only")
         describe = f"image {image_id} on backend {drv.backend!r}"
-        writer = self._call(drv, "starting a write", drv.begin_write, image_id, size)
-        result = write_image(
-            data,
-            writer,
-            chunk_size=drv.write_chunk_size,
-            size=size,
-            size_cap=self._size_cap,
-            hash_algo=hash_algo,
-            md5=self._md5,
-            progress=progress,
-            describe=describe,
-            on_backend_error=self._wrap(drv, "writing"),
-        )
+        with telemetry.measure("add", drv.backend, drv.name) as op:
+            writer = self._call(drv, "starting a write", drv.begin_write, image_id, size)
+            result = write_image(
+                data,
+                writer,
+                chunk_size=drv.write_chunk_size,
+                size=size,
+                size_cap=self._size_cap,
+                hash_algo=hash_algo,
+                md5=self._md5,
+                progress=_counting(op, progress),
+                describe=describe,
+                on_backend_error=self._wrap(drv, "writing"),
+            )
         location = result.written.location
         metadata = {"store": drv.backend, **result.written.metadata}
         LOG.info("added %s: %d bytes at %s", describe, result.size, location.redacted())
@@ -352,38 +355,47 @@ class Stores:
             raise NotSupported(f"backend {drv.backend!r} ({drv.name}) cannot read images")
         ranged = offset != 0 or length is not None
         native = not ranged or Capability.READ_RANDOM in drv.capabilities
-        stream = self._call(
-            drv, "opening", drv.open, loc, *((offset, length) if native else (0, None))
-        )
-        if drv.read_ahead > 0:
-            stream = ReadAhead(stream, drv.read_ahead)
-        if ranged and not native and offset > stream.size:
-            stream.close()
-            raise InvalidArgument(
-                f"offset {offset} is past the end of the image ({stream.size} bytes)"
+        op = telemetry.start("get", drv.backend, drv.name)  # ended by the reader's close
+        try:
+            with op.current():
+                stream = self._call(
+                    drv, "opening", drv.open, loc, *((offset, length) if native else (0, None))
+                )
+            if drv.read_ahead > 0:
+                stream = ReadAhead(stream, drv.read_ahead)
+            if ranged and not native and offset > stream.size:
+                stream.close()
+                raise InvalidArgument(
+                    f"offset {offset} is past the end of the image ({stream.size} bytes)"
+                )
+            return ImageReader(
+                stream,
+                describe=loc.redacted(),
+                skip=0 if native else offset,
+                limit=None if native else length,
+                hash_algo=hash_algo,
+                expected_multihash=expected_multihash,
+                expected_checksum=expected_checksum,
+                on_error=self._wrap(drv, "reading"),
+                operation=op,
             )
-        return ImageReader(
-            stream,
-            describe=loc.redacted(),
-            skip=0 if native else offset,
-            limit=None if native else length,
-            hash_algo=hash_algo,
-            expected_multihash=expected_multihash,
-            expected_checksum=expected_checksum,
-            on_error=self._wrap(drv, "reading"),
-        )
+        except BaseException as exc:
+            op.end(exc)
+            raise
 
     def size(self, location: str | Location, backend: str | None = None) -> int:
         """The size in bytes of the image at ``location``."""
         drv, loc = self._resolve(location, backend)
-        return int(self._call(drv, "size", drv.size, loc))
+        with telemetry.measure("size", drv.backend, drv.name):
+            return int(self._call(drv, "size", drv.size, loc))
 
     def delete(self, location: str | Location, backend: str | None = None) -> None:
         """Delete the image at ``location``; :class:`NotFound` if it is not there."""
         drv, loc = self._resolve(location, backend)
         if Capability.DELETE not in drv.capabilities:
             raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) cannot delete images")
-        self._call(drv, "delete", drv.delete, loc)
+        with telemetry.measure("delete", drv.backend, drv.name):
+            self._call(drv, "delete", drv.delete, loc)
         LOG.info("deleted %s", loc.redacted())
 
     def location_for(self, image_id: str, backend: str | None = None) -> str | None:
@@ -404,7 +416,8 @@ class Stores:
         drv = self.driver(backend)
         if Capability.DELETE not in drv.capabilities:
             raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) cannot delete images")
-        removed = bool(self._call(drv, "discarding", drv.discard, image_id))
+        with telemetry.measure("discard", drv.backend, drv.name):
+            removed = bool(self._call(drv, "discarding", drv.discard, image_id))
         if removed:
             LOG.info("discarded image %s in backend %r", image_id, drv.backend)
         return removed
@@ -430,19 +443,21 @@ class Stores:
         target = self.driver(to_backend)
         if image_id is None:
             image_id = _image_id_from(loc)
-        result = self._copy_inside(drv, loc, target, image_id, hash_algo, progress)
-        if result is None:
-            with self.get(loc, backend=drv.backend) as reader:
-                result = self.add(
-                    image_id,
-                    reader,
-                    size=reader.size,
-                    backend=target.backend,
-                    hash_algo=hash_algo,
-                    progress=progress,
-                )
-        if verify:
-            self._verify_copy(result)
+        with telemetry.measure("copy", target.backend, target.name) as op:
+            result = self._copy_inside(drv, loc, target, image_id, hash_algo, progress)
+            if result is None:
+                with self.get(loc, backend=drv.backend) as reader:
+                    result = self.add(
+                        image_id,
+                        reader,
+                        size=reader.size,
+                        backend=target.backend,
+                        hash_algo=hash_algo,
+                        progress=progress,
+                    )
+            op.bytes = result.size
+            if verify:
+                self._verify_copy(result)
         return result
 
     def _copy_inside(
@@ -533,21 +548,24 @@ class Stores:
         backend: str | None = None,
     ) -> None:
         """Re-read the image and check it against recorded size and hashes."""
-        with self.get(
-            location,
-            backend=backend,
-            hash_algo=hash_algo,
-            expected_multihash=multihash,
-            expected_checksum=checksum,
-        ) as reader:
+        drv, loc = self._resolve(location, backend)
+        with (
+            telemetry.measure("verify", drv.backend, drv.name) as op,
+            self.get(
+                loc,
+                backend=drv.backend,
+                hash_algo=hash_algo,
+                expected_multihash=multihash,
+                expected_checksum=checksum,
+            ) as reader,
+        ):
             if size is not None and reader.size != size:
-                from imgstore.exceptions import SizeMismatch
-
                 raise SizeMismatch(
                     f"{reader!r}: stored size {reader.size} differs from the recorded {size}"
                 )
             for _ in reader:
                 pass
+            op.bytes = reader.bytes_read
 
     def cleanup(
         self,
@@ -568,9 +586,10 @@ class Stores:
         outcomes: list[CleanupOutcome] = []
         for name in names:
             drv = self.driver(name)
-            found = self._call(
-                drv, "listing leftovers", lambda d=drv: list(d.leftovers(older_than))
-            )
+            with telemetry.measure("cleanup", drv.backend, drv.name):
+                found = self._call(
+                    drv, "listing leftovers", lambda d=drv: list(d.leftovers(older_than))
+                )
             for item in found:
                 if not remove:
                     outcomes.append(CleanupOutcome(item, "found"))
@@ -603,6 +622,17 @@ class Stores:
 
     def __repr__(self) -> str:
         return f"<Stores default={self.default_backend!r} backends={self.backends}>"
+
+
+def _counting(op: telemetry.Operation, progress: Progress | None) -> Progress:
+    """``progress``, also telling ``op`` how many bytes went to the backend so far."""
+
+    def report(done: int, total: int | None) -> None:
+        op.bytes = done
+        if progress is not None:
+            progress(done, total)
+
+    return report
 
 
 def _image_id_from(location: Location) -> str:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
+from imgstore import telemetry
+
 T = TypeVar("T")
 
 
@@ -92,4 +94,5 @@ def retry(
                 on_retry(attempt, exc)
             if not backoff.wait(deadline):
                 raise
+            telemetry.retried()
     raise ValueError("retry needs at least one try")

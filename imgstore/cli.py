@@ -228,6 +228,19 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
         )
         p.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
         p.add_argument(
+            "--metrics-port",
+            type=_positive,
+            metavar="N",
+            help="serve the run's metrics as Prometheus text at http://HOST:N/metrics while "
+            "it lasts (needs imgstore[metrics])",
+        )
+        p.add_argument(
+            "--metrics-host",
+            default="127.0.0.1",
+            metavar="HOST",
+            help="address --metrics-port listens on (default 127.0.0.1)",
+        )
+        p.add_argument(
             "--hash-algo",
             default=DEFAULT_HASH_ALGO,
             metavar="ALG",
@@ -764,7 +777,13 @@ def _write_report(path: str, data: dict[str, Any]) -> None:
 
 
 def _run_many(args: argparse.Namespace, label: str, run: Callable[[Any], Any]) -> Any:
-    """Run ``run(progress)`` under a count bar; write and print the report."""
+    """Run ``run(progress)`` under a count bar (serving metrics with ``--metrics-port``);
+    write and print the report."""
+    stop_metrics = None
+    if args.metrics_port is not None:
+        from imgstore.metrics_server import serve
+
+        stop_metrics = serve(args.metrics_port, args.metrics_host)
     bar = count_bar(sys.stderr, label, enabled=not args.quiet)
     try:
         report = run(bar)
@@ -772,6 +791,9 @@ def _run_many(args: argparse.Namespace, label: str, run: Callable[[Any], Any]) -
         if bar is not None:
             bar.finish(ok=False)
         raise
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     if bar is not None:
         bar.finish()
     data = report.as_dict()

@@ -21,6 +21,7 @@ part numbers, an SLO's ``max_manifest_segments``) of at most so many bytes (S3's
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -166,7 +167,9 @@ class BoundedUploader:
             self.raise_failure()
             if self._stopped:
                 raise RuntimeError("submit after the uploader stopped")
-            future = self._pool.submit(self._run, fn, args, on_error, finally_)
+            # in the caller's context: the operation it works for stays the current one
+            context = contextvars.copy_context()
+            future = self._pool.submit(context.run, self._run, fn, args, on_error, finally_)
         except BaseException:
             self._slots.release()
             if finally_ is not None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from imgstore import telemetry
 from imgstore.driver import ReadStream, Writer, Written
 from imgstore.exceptions import (
     ChecksumMismatch,
@@ -366,8 +367,14 @@ class ImageReader:
         expected_multihash: str | None = None,
         expected_checksum: str | None = None,
         on_error: Callable[[BaseException], BaseException] | None = None,
+        operation: telemetry.Operation | None = None,
     ) -> None:
+        """``operation``: the ``get`` being measured (:mod:`imgstore.telemetry`); the
+        reader counts its bytes, fetches each chunk as part of it, and ends it on
+        :meth:`close` with the error iterating raised, if any."""
         self._stream = stream
+        self._operation = operation
+        self._error: BaseException | None = None
         self._describe = describe
         self._skip = skip
         available = stream.size - skip
@@ -392,18 +399,31 @@ class ImageReader:
         try:
             yield from self._chunks()
         except Exception as exc:
-            if self._on_error is None:
-                raise
-            error = self._on_error(exc)
+            error = exc if self._on_error is None else self._on_error(exc)
+            self._error = error
             if error is exc:
                 raise
             raise error from exc
         finally:
             self.close()
 
+    def _pulled(self) -> Iterator[bytes]:
+        """The stream's chunks, each fetched as part of the reader's operation."""
+        op = self._operation
+        if op is None:
+            yield from self._stream
+            return
+        chunks = iter(self._stream)
+        while True:
+            with op.current():
+                data = next(chunks, None)
+            if data is None:
+                return
+            yield data
+
     def _chunks(self) -> Iterator[bytes]:
         streamed = 0
-        for data in self._stream:
+        for data in self._pulled():
             if not data:
                 continue
             streamed += len(data)
@@ -472,6 +492,9 @@ class ImageReader:
                 self._stream.close()
             except Exception:
                 LOG.warning("closing the stream of %s failed", self._describe, exc_info=True)
+            if self._operation is not None:
+                self._operation.bytes = self.bytes_read
+                self._operation.end(self._error)
 
     def __enter__(self) -> ImageReader:
         return self

@@ -13,6 +13,7 @@ built (:func:`import_here`), not in whichever thread uses them first.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import signal
 import threading
@@ -26,7 +27,12 @@ def block_signals() -> None:
 
 
 def start_without_signals(thread: threading.Thread) -> None:
-    """Start ``thread`` with SIGINT and SIGTERM blocked in it from its first instruction."""
+    """Start ``thread`` with SIGINT and SIGTERM blocked in it from its first instruction,
+    running in a copy of the caller's context (the operation it works for stays the
+    current one: :mod:`imgstore.telemetry`)."""
+    context = contextvars.copy_context()
+    run = thread.run
+    thread.run = lambda: context.run(run)  # type: ignore[method-assign]
     old = signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
     try:
         thread.start()

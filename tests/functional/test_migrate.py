@@ -19,10 +19,12 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -370,3 +372,83 @@ def test_discard_removes_what_a_killed_write_left(tmp_path: Path, target: Target
         stores.add("half", b"whole", backend="dst")
         assert stores.discard("half", "dst") is True
         assert stores.add("half", b"again", backend="dst").size == 5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(url: str) -> str | None:
+    """The metrics page's text, or None while nothing answers."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+@pytest.mark.parametrize("target", ["s3"], indirect=True)
+def test_migrate_serves_its_metrics_while_it_runs(tmp_path: Path, target: Target) -> None:
+    """``migrate --metrics-port``: /metrics, scraped over HTTP while a real migrate runs,
+    counts the adds to the target and their bytes; nothing listens once it has ended."""
+    conf = write_config(tmp_path / "m.conf", tmp_path / "src", target.driver, target.options)
+    records = []
+    with Stores.from_config_files(conf) as stores:
+        for n in range(24):
+            result = stores.add(f"m{n}-{uuid.uuid4().hex[:6]}", os.urandom(3 * MiB), backend="src")
+            records.append(
+                {"image_id": result.image_id, "location": result.location, "size": result.size,
+                 "os_hash_algo": result.hash_algo, "os_hash_value": result.multihash}
+            )  # fmt: skip
+    listing = tmp_path / "m.jsonl"
+    listing.write_text("".join(json.dumps(r) + "\n" for r in records))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    proc = run_cli(
+        "--config-file", str(conf), "migrate", str(listing), "--to", "dst", "-q",
+        "--journal", str(tmp_path / "m.journal"), "--metrics-port", str(port),
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        while proc.poll() is None:
+            text = scrape(url)
+            if text is not None:
+                seen.append(text)
+            time.sleep(0.1)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert seen, "nothing answered at /metrics while the migrate ran"
+
+    def adds(text: str, **more: str) -> float:
+        return sample(text, "imgstore_operation_duration_seconds_count",
+                      imgstore_backend="dst", imgstore_operation="add", **more)  # fmt: skip
+
+    mid = [t for t in seen if adds(t) > 0]
+    assert mid, "no scrape during the run counted an add to the target"
+    last = mid[-1]
+    done = adds(last, imgstore_outcome="ok")
+    assert 1 <= done <= len(records)
+    moved = sample(last, "imgstore_transferred_bytes_total",
+                   imgstore_backend="dst", imgstore_operation="add")  # fmt: skip
+    assert moved >= done * 3 * MiB
+    assert "imgstore_operations_in_flight{" in last
+    assert scrape(url) is None, "the metrics server outlived the run"

@@ -6,7 +6,8 @@ add (one request and multipart/segmented), whole and ranged get, size,
 duplicate add, delete, get/delete of a missing image, and a second store with
 a wrong password (the authentication error path). It then fails if any secret
 of the harness (``secret_audit.harness_secrets()``) or the wrong password
-appears in a log record, an exception message or repr, or a location.
+appears in a log record, an exception message or repr, a location, or a trace span
+(the real OpenTelemetry SDK records every span of the run).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from imgstore import Stores
 from imgstore.exceptions import AuthenticationFailed, Duplicate, NotFound
+from tests import otel_sdk
 from tests.functional import secret_audit
 from tests.functional.conftest import require_service, skip_or_fail
 from tests.functional.swift_helpers import new_container, swift_options
@@ -135,11 +137,17 @@ def audited(extra: list[str]) -> Iterator[list[str]]:
     """Run the body at DEBUG; then no secret in any record or in the texts it returned."""
     secrets = [*secret_audit.harness_secrets(), WRONG, *extra]
     shown: list[str] = []
+    spans = otel_sdk.installed().spans
+    spans.clear()
     with secret_audit.audit(secrets) as collector:
         yield shown
     secret_audit.assert_no_secret(collector)
     leaks = secret_audit.find_leaks(secrets, shown)
     assert not leaks, f"a secret shows in an exception or location: {leaks[:3]}"
+    traced = spans.get_finished_spans()
+    assert any(s.status.description for s in traced), "no failed operation was traced"
+    leaks = secret_audit.find_leaks(secrets, otel_sdk.span_texts(list(traced)))
+    assert not leaks, f"a secret shows in a trace span: {leaks[:3]}"
     assert collector.count > 10, "hardly a log record: DEBUG logging did not reach the handler"
 
 
