@@ -137,6 +137,14 @@ class Writer(abc.ABC):
     def abort(self) -> None:
         """Remove everything written so far. Idempotent; should not raise."""
 
+    @property
+    def accepted(self) -> int | None:
+        """Bytes the backend has taken so far, for a writer that holds bytes back after
+        :meth:`write` returns (a buffer sent whole at commit, parts still uploading);
+        None (the default): whatever ``write`` took is with the backend once it returns.
+        The core's progress counts this, so 100% means stored."""
+        return None
+
 
 class ReadStream(abc.ABC):
     """An open image (or byte range of one), as returned by :meth:`Driver.open`."""

@@ -290,6 +290,7 @@ def write_image(
         buffers = [new_buffer(chunk_size)]
         current = 0
         total = 0
+        reported = 0
         count = chunks.fill(buffers[current])
         while count:
             total += count
@@ -303,7 +304,8 @@ def write_image(
             hashers.start(chunk)
             _backend_call(writer.write, on_backend_error, chunk)
             if progress is not None:
-                progress(total, size)
+                reported = _accepted(writer, total)
+                progress(reported, size)
             if count < chunk_size:
                 break
             current = (current + 1) % depth
@@ -324,7 +326,15 @@ def write_image(
         raise
     finally:
         hashers.close()
+    if progress is not None and reported < total:
+        progress(total, size)  # stored: what the writer held back is in too
     return PipelineResult(written, total, hashers.md5, hashers.multihash)
+
+
+def _accepted(writer: Writer, written: int) -> int:
+    """Bytes of the ``written`` so far that the backend has taken (:attr:`Writer.accepted`)."""
+    accepted = writer.accepted
+    return written if accepted is None else min(accepted, written)
 
 
 def _backend_call(

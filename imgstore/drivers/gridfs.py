@@ -481,6 +481,11 @@ class GridFSWriter(Writer):
     def _describe(self) -> str:
         return f"image {self._id}"
 
+    @property
+    def accepted(self) -> int:
+        """Bytes of the chunks in the database (a short tail waits for the next write)."""
+        return self._total - len(self._pending)
+
     def write(self, chunk: memoryview) -> None:
         assert not self._done, "write after commit or abort"
         view = chunk if chunk.format == "B" and chunk.ndim == 1 else chunk.cast("B")

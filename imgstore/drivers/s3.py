@@ -805,6 +805,7 @@ class S3Writer(Writer):
         self._buffers = BufferPool()
         self._etags: dict[int, str] = {}
         self._etags_lock = threading.Lock()
+        self._confirmed = 0
         self._done = False
         self._token = secrets_mod.token_hex(16)
 
@@ -815,6 +816,12 @@ class S3Writer(Writer):
 
     def __repr__(self) -> str:
         return f"<S3Writer {self._shown}>"
+
+    @property
+    def accepted(self) -> int:
+        """Bytes of the parts the server has answered for (a single PUT: none before commit)."""
+        with self._etags_lock:
+            return self._confirmed
 
     # -- writing -----------------------------------------------------------
 
@@ -895,6 +902,7 @@ class S3Writer(Writer):
         )
         with self._etags_lock:
             self._etags[number] = str(response["ETag"])
+            self._confirmed += count
 
     def _part_error(self, exc: BaseException, number: int) -> BaseException:
         """A failed part's exception, as the imgstore error the writer raises."""

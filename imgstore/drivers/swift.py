@@ -1191,6 +1191,7 @@ class SwiftPutWriter(Writer):
             self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self._shown}"
         )
         self._pending: bytes | None = None
+        self._fed = 0
         self._done = False
         self._token = secrets_mod.token_hex(16)
         self._answered = False
@@ -1198,6 +1199,11 @@ class SwiftPutWriter(Writer):
 
     def __repr__(self) -> str:
         return f"<SwiftPutWriter {self._shown}>"
+
+    @property
+    def accepted(self) -> int:
+        """Bytes handed to the PUT's body (the last chunk waits for commit)."""
+        return self._fed
 
     def _send(self) -> None:
         drv, loc = self._driver, self._location
@@ -1224,6 +1230,7 @@ class SwiftPutWriter(Writer):
         self._request.start()
         if self._pending is not None:
             self._request.feed(self._pending)
+            self._fed += len(self._pending)
         self._pending = bytes(chunk)  # the core reuses its buffer: copy
 
     def commit(self) -> Written:
@@ -1344,11 +1351,18 @@ class SwiftSegmentWriter(Writer):
         self._names: list[str] = []
         self._entries: dict[int, dict[str, Any]] = {}
         self._entries_lock = threading.Lock()
+        self._confirmed = 0
         self._peak = 0
         self._done = False
 
     def __repr__(self) -> str:
         return f"<SwiftSegmentWriter {self._shown}>"
+
+    @property
+    def accepted(self) -> int:
+        """Bytes of the segments the server has stored (one segment: none before commit)."""
+        with self._entries_lock:
+            return self._confirmed
 
     @property
     def buffers_allocated(self) -> int:
@@ -1432,6 +1446,7 @@ class SwiftSegmentWriter(Writer):
                 "etag": str(etag).strip('"'),
                 "size_bytes": len(data),
             }
+            self._confirmed += len(data)
 
     def commit(self) -> Written:
         assert not self._done, "commit after commit or abort"

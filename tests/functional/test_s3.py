@@ -212,10 +212,23 @@ def test_parts_go_up_concurrently_within_the_memory_bound(make: Any) -> None:
     ],
 )
 def test_single_put_or_multipart(make: Any, size: int, known: bool, parts: int) -> None:
+    """Single PUT or multipart as the size says; progress counts what the server has
+    taken (a single PUT: nothing until it is sent), so it reaches the size only once
+    the image is stored."""
     stores = make(s3_store_large_object_size=32, s3_store_large_object_chunk_size=5)
     drv = driver_of(stores)
     payload = Payload(size, seed=24, keep=False)
-    result = stores.add(str(uuid.uuid4()), payload.pieces(), size=size if known else None)
+    calls: list[int] = []
+    result = stores.add(
+        str(uuid.uuid4()),
+        payload.pieces(),
+        size=size if known else None,
+        progress=lambda done, _total: calls.append(done),
+    )
+    assert calls == sorted(calls) and calls[-1] == size
+    assert all(done < size for done in calls[:-1]), "100% before the image was stored"
+    if not parts:
+        assert set(calls[:-1]) == {0}, "a single PUT counted bytes before it was sent"
     etag = drv.client.head_object(Bucket=drv.bucket, Key=result.image_id)["ETag"].strip('"')
     assert etag.endswith(f"-{parts}") if parts else "-" not in etag
     assert stores.size(result.location) == size

@@ -225,6 +225,46 @@ def test_progress_is_monotonic_and_ends_at_size(size: int | None) -> None:
     assert {t for _, t in calls} == {size}
 
 
+class HoldingWriter(MemoryWriter):
+    """Takes the bytes but sends them only at commit, like an S3 single PUT (the
+    backend has accepted nothing before); ``events`` records progress and commit."""
+
+    def __init__(self, events: list[object]) -> None:
+        super().__init__()
+        self.events = events
+        self.sent = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.sent
+
+    def commit(self) -> Written:
+        self.sent = len(self.data)
+        self.events.append("commit")
+        return super().commit()
+
+
+def test_progress_counts_what_the_backend_accepted_so_100_percent_means_stored() -> None:
+    events: list[object] = []
+    run(
+        odd_pieces(DATA),
+        HoldingWriter(events),
+        size=len(DATA),
+        progress=lambda done, total: events.append(done),
+    )
+    writes = -(-len(DATA) // 1000)
+    assert events == [0] * writes + ["commit", len(DATA)]
+
+
+def test_progress_of_a_writer_holding_bytes_back_is_capped_by_what_was_written() -> None:
+    """A writer that reports more accepted than it was given cannot push progress past it."""
+    events: list[object] = []
+    writer = HoldingWriter(events)
+    writer.sent = 10**9
+    run(b"x" * 2500, writer, progress=lambda done, total: events.append(done))
+    assert events == [1000, 2000, 2500, "commit"]
+
+
 @pytest.mark.parametrize(
     ("declared", "actual"), [(1, 0), (len(DATA), len(DATA) - 1), (len(DATA) - 1, len(DATA))]
 )
