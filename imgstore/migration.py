@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from imgstore import journal as journal_mod
 from imgstore.api import DEFAULT_HASH_ALGO, Stores, validate_image_id
+from imgstore.backoff import poll
 from imgstore.exceptions import (
     ChecksumMismatch,
     Duplicate,
@@ -597,13 +598,16 @@ class _Migration:
         """Remove the target's copy of ``record``, waiting while the backend says it is in use:
         a client's hold on an image (an RBD watch, also a killed one's) lapses within ~30 s."""
         deadline = time.monotonic() + DISCARD_WAIT
-        while True:
+
+        def discarded() -> bool | None:
             try:
                 return bool(self.stores.discard(record.image_id, self.target))
             except InUse:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(2)
+                return None  # still held: wait and try again
+
+        return poll(discarded, first=1.0, cap=4.0)
 
     def _copy(self, record: ImageRecord, outcome: ImageOutcome) -> None:
         source_size = self.stores.size(record.location)

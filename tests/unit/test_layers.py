@@ -1,0 +1,97 @@
+"""One place for each shared concern, checked by reading imgstore's own source: a wait,
+a tracing or metrics call, or a secret scrub written again in a driver fails here.
+
+Each rule names the one module allowed to do the thing, and the few exceptions with
+the reason they stay.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "imgstore"
+
+
+def sources() -> dict[str, ast.Module]:
+    """Every module of the imgstore package (testing kit included), parsed."""
+    return {
+        path.relative_to(PACKAGE.parent).as_posix(): ast.parse(path.read_text(), str(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def calls_to(tree: ast.Module, module: str, name: str) -> list[int]:
+    """Lines that call ``module.name(...)`` (as an attribute of the imported module)."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == name
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == module
+    ]
+
+
+def imports_of(tree: ast.Module) -> set[str]:
+    """Every module ``tree`` imports (``from x import y`` gives ``x`` and ``x.y``)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_waits_are_only_in_backoff() -> None:
+    """Retries and polls wait through imgstore.backoff (one schedule, counted retries)."""
+    sleeping = {
+        path: lines
+        for path, tree in sources().items()
+        if (lines := calls_to(tree, "time", "sleep")) and path != "imgstore/backoff.py"
+    }
+    assert sleeping == {}, f"time.sleep outside imgstore/backoff.py: {sleeping}"
+
+
+def test_opentelemetry_is_used_only_by_the_telemetry_layer() -> None:
+    allowed = {"imgstore/telemetry.py", "imgstore/metrics_server.py"}
+    using = sorted(
+        path
+        for path, tree in sources().items()
+        if any(m == "opentelemetry" or m.startswith("opentelemetry.") for m in imports_of(tree))
+        and path not in allowed
+    )
+    assert using == [], f"instrument operations in imgstore/telemetry.py only: {using}"
+
+
+SCRUBS_ITSELF = {
+    "imgstore/drivers/vmware.py": "a logging filter on the suds loggers: at DEBUG they log "
+    "the SOAP login body, password included, outside any error the core sees",
+}
+
+
+def test_drivers_leave_scrubbing_to_the_core() -> None:
+    scrubbing = {
+        path
+        for path, tree in sources().items()
+        if path.startswith("imgstore/drivers/") and "imgstore.scrubbing" in imports_of(tree)
+    }
+    assert scrubbing == set(SCRUBS_ITSELF), (
+        f"drivers scrubbing secrets themselves: {sorted(scrubbing - set(SCRUBS_ITSELF))} "
+        "(the core scrubs every error a driver raises; see imgstore/scrubbing.py)"
+    )
+
+
+@pytest.mark.parametrize("rule", [calls_to, imports_of])
+def test_the_readers_find_what_they_look_for(rule: object) -> None:
+    """The checks above can fail: each reader finds its target in a sample."""
+    tree = ast.parse("import time\nfrom opentelemetry import trace\ntime.sleep(1)\n")
+    if rule is calls_to:
+        assert calls_to(tree, "time", "sleep") == [3]
+    else:
+        assert {"opentelemetry", "opentelemetry.trace", "time"} <= imports_of(tree)
