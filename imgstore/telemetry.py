@@ -15,7 +15,8 @@ these instruments (attributes: ``imgstore.backend``, ``imgstore.driver``,
 ``imgstore.errors`` (counter)
     failed operations, by kind.
 ``imgstore.retries`` (counter)
-    requests tried again inside an operation (:func:`imgstore.backoff.retry`).
+    requests tried again inside an operation: by :func:`imgstore.backoff.retry`, and
+    by the client libraries that retry by themselves (botocore, swiftclient).
 ``imgstore.operations.in_flight`` (up-down counter)
     operations started and not yet ended.
 
@@ -95,10 +96,10 @@ class Operation:
         """``n`` more image bytes moved."""
         self.bytes += n
 
-    def retried(self) -> None:
-        """One request of this operation is tried again."""
-        self.retries += 1
-        _retries.add(1, self.attributes)
+    def retried(self, count: int = 1) -> None:
+        """``count`` requests of this operation are tried again."""
+        self.retries += count
+        _retries.add(count, self.attributes)
 
     def end(self, error: BaseException | None = None) -> None:
         """Record the operation's outcome, duration and bytes; later calls do nothing."""
@@ -162,11 +163,11 @@ def measure(name: str, backend: str, driver: str) -> Iterator[Operation]:
     op.end()
 
 
-def retried() -> None:
-    """Count one retry for the operation running in this context, if any."""
+def retried(count: int = 1) -> None:
+    """Count ``count`` retries for the operation running in this context, if any."""
     op = _current.get()
-    if op is not None:
-        op.retried()
+    if op is not None and count > 0:
+        op.retried(count)
 
 
 def run_in_context() -> Any:

@@ -798,7 +798,14 @@ class RbdWriter(Writer):
         self._free: list[bytearray] = []
         self._failure: int | None = None
         self._seq = 0
+        self._stored = 0
         self._done = False
+
+    @property
+    def accepted(self) -> int:
+        """Bytes the cluster has acknowledged (writes still in the aio window are not)."""
+        with self._cond:
+            return self._stored
 
     # completions run on a librbd thread: record, hand the buffer back, never raise
     def _complete(self, seq: int, completion: Any) -> None:
@@ -808,6 +815,8 @@ class RbdWriter(Writer):
             ret = -5  # EIO
         with self._cond:
             entry = self._inflight.pop(seq, None)
+            if entry is not None and ret >= 0:
+                self._stored += len(entry[1])
             if entry is not None and isinstance(entry[1], bytearray):
                 self._free.append(entry[1])
             if ret < 0 and self._failure is None:
@@ -862,8 +871,9 @@ class RbdWriter(Writer):
             zero = self._zero[:n]
         self._offset = offset + n
         if zero and data == zero:  # thin provisioning: leave the range unallocated
-            if isinstance(data, bytearray):
-                with self._cond:
+            with self._cond:
+                self._stored += n
+                if isinstance(data, bytearray):
                     self._free.append(data)
             return
         with self._cond:

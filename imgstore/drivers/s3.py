@@ -59,6 +59,7 @@ from typing import Any
 
 from oslo_config import cfg
 
+from imgstore import telemetry
 from imgstore.capabilities import Capability
 from imgstore.driver import (
     IMAGE_ID_RE,
@@ -433,6 +434,9 @@ class S3Driver(Driver):
                 verify=conf.s3_store_cacert or True,
                 config=config,
             )
+            # botocore retries by itself: each request it makes again counts as a retry
+            # of the imgstore operation running (imgstore.telemetry)
+            self._client.meta.events.register("request-created.s3", _count_retry)
             return self._client
 
     @property
@@ -784,6 +788,14 @@ class _Body:
 
     def __repr__(self) -> str:
         return f"<part body of {len(self._view)} bytes>"
+
+
+def _count_retry(request: Any, **_: Any) -> None:
+    """botocore's ``request-created`` hook: a request made for a second or later attempt
+    is a retry of the operation running in this context."""
+    attempt = getattr(request, "context", {}).get("retries", {}).get("attempt", 1)
+    if attempt > 1:
+        telemetry.retried()
 
 
 class S3Writer(Writer):

@@ -103,6 +103,7 @@ from typing import Any
 
 from oslo_config import cfg
 
+from imgstore import telemetry
 from imgstore.backoff import Backoff, retry
 from imgstore.capabilities import Capability
 from imgstore.driver import (
@@ -323,6 +324,16 @@ def _cluster_key(account: Account) -> str:
 
 
 # -- errors --------------------------------------------------------------------------
+
+
+def _segments_refused_the_token(exc: BaseException) -> bool:
+    """Whether ``exc`` is an SLO manifest PUT refused (400) because the proxy's checks of
+    the segments, made with the manifest's token, got 401: the token expired in between."""
+    if _status(exc) != 400:
+        return False
+    content = getattr(exc, "http_response_content", b"") or b""
+    text = content.decode(errors="replace") if isinstance(content, bytes) else str(content)
+    return "401 Unauthorized" in text
 
 
 def _status(exc: BaseException) -> int | None:
@@ -712,7 +723,9 @@ class SwiftDriver(Driver):
             conn.close()
 
     def remember(self, account: Account, conn: Any) -> None:
-        """Keep the token ``conn`` obtained, for the next connections."""
+        """Keep the token ``conn`` obtained, for the next connections; count the tries
+        swiftclient made again for its last request (imgstore.telemetry)."""
+        telemetry.retried(int(getattr(conn, "attempts", 0) or 0) - 1)
         if account.token is None and conn.url and conn.token:
             with self._lock:
                 self._tokens[account] = (conn.url, conn.token)
@@ -1144,6 +1157,7 @@ class SwiftStream(ReadStream):
                 )
             attempts += 1
             self.resumed += 1
+            telemetry.retried()
             LOG.warning(
                 "backend %r: %s: the download broke at byte %d; resuming (%d/%d)",
                 drv.backend, self._doing, self._pos, attempts, drv.retry_get_count,
@@ -1484,11 +1498,33 @@ class SwiftSegmentWriter(Writer):
         drv, loc = self._driver, self._location
         conn = drv.connection(self._account)
         try:
-            conn.put_object(
-                loc.container, loc.obj, contents=body, content_length=length,
-                headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
-                content_type="application/octet-stream", **kwargs,
-            )  # fmt: skip
+            try:
+                conn.put_object(
+                    loc.container, loc.obj, contents=body, content_length=length,
+                    headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
+                    content_type="application/octet-stream", **kwargs,
+                )  # fmt: skip
+            except Exception as exc:
+                if not (_segments_refused_the_token(exc) and self._account.token is None):
+                    raise
+                # the token expired while the proxy checked the segments (SLO checks each
+                # with the manifest's token, after the PUT itself was let in): the manifest
+                # was not stored; once more with a new token
+                LOG.info(
+                    "backend %r: %s %s: the token expired while Swift checked the "
+                    "segments; once more with a new token", drv.backend, what, self._shown,
+                )  # fmt: skip
+                drv.remember(self._account, conn)
+                conn.close()
+                conn = drv.connection(self._account, fresh=True)
+                telemetry.retried()
+                if hasattr(body, "seek"):
+                    body.seek(0)
+                conn.put_object(
+                    loc.container, loc.obj, contents=body, content_length=length,
+                    headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
+                    content_type="application/octet-stream", **kwargs,
+                )  # fmt: skip
         except Exception as exc:
             error = drv.map_error(exc, f"{what} {self._shown}")
             answered = _status(exc) is not None  # not a stalled or unreachable server

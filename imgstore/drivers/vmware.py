@@ -70,6 +70,7 @@ import requests
 import requests.adapters
 from oslo_config import cfg
 
+from imgstore import telemetry
 from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import (
@@ -736,6 +737,7 @@ class VMwareDriver(Driver):
             if resp.status_code == 401 and attempt == 1:
                 resp.close()
                 self.renew(cookie)
+                telemetry.retried()
                 continue
             return resp
         return resp

@@ -44,6 +44,7 @@ import pytest
 from imgstore import Stores
 from imgstore.driver import Writer
 from imgstore.exceptions import BackendUnavailable, ImgstoreError, NotFound
+from tests import otel_sdk
 from tests.functional.conftest import require_service
 from tests.functional.services._common import ServiceError
 
@@ -706,11 +707,14 @@ def _timed_failure(
 @pytest.mark.parametrize("errors", ERROR_CASES, indirect=True)
 def test_server_errors_within_the_retry_budget_are_retried(errors: ErrorTarget) -> None:
     """Fewer errors than the retries, on every kind of request: each one is retried and the
-    operation succeeds with the image's bytes intact."""
+    operation succeeds with the image's bytes intact; the operation's span counts exactly
+    the retries it took (imgstore.telemetry, read with the real OpenTelemetry SDK)."""
     t, inject = errors.target, errors.inject
     stores, backend = t.stores, t.backend
     before = t.listing()
     n = ERROR_RETRIES
+    spans = otel_sdk.installed().spans
+    spans.clear()
     big, image_id = os.urandom(errors.large), str(uuid.uuid4())
 
     # a segmented add: a segment (part) upload and the manifest (completion) fail n times
@@ -740,6 +744,17 @@ def test_server_errors_within_the_retry_budget_are_retried(errors: ErrorTarget) 
     assert inject.injected() == n
     inject.off()
     assert t.listing() == before
+    retried = [
+        (s.name, (s.attributes or {}).get("imgstore.retries"))
+        for s in spans.get_finished_spans()
+        if (s.attributes or {}).get("imgstore.backend") == backend
+        and (s.attributes or {}).get("imgstore.retries")
+    ]
+    single = [("imgstore.add", n)] if backend == "s3" else []
+    assert retried == [
+        ("imgstore.add", 2 * n), ("imgstore.get", n), ("imgstore.size", n), *single,
+        ("imgstore.delete", n),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("errors", ERROR_CASES, indirect=True)

@@ -40,6 +40,7 @@ from imgstore.exceptions import (
 )
 from imgstore.location import parse
 from imgstore.testing import ConformanceTests, StoreUnderTest
+from tests import otel_sdk
 
 pytestmark = pytest.mark.functional
 
@@ -330,10 +331,14 @@ def test_401_on_the_datastore_interface_renews_the_session(make_stores: Any, adm
         )  # fmt: skip
         injector = _RejectStaleCookies({stale_cookie})
         drv.http.mount("https://", injector)
+        spans = otel_sdk.installed().spans
+        spans.clear()
         try:
             # a read with the ended session's cookie: 401, one new login, retried
             assert stores.get(res.location, offset=7, length=1000).read_all() == data[7:1007]
             assert injector.rejected == 1
+            (get,) = [s for s in spans.get_finished_spans() if s.name == "imgstore.get"]
+            assert (get.attributes or {})["imgstore.retries"] == 1, "the retry was not counted"
             assert drv.logins == 2
             assert drv.cookie_header() != stale_cookie
             assert current_key(drv) in session_keys(admin)
