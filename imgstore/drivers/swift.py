@@ -1496,14 +1496,18 @@ class SwiftSegmentWriter(Writer):
         self, what: str, body: Any, length: int, headers: dict[str, str], **kwargs: Any
     ) -> None:
         drv, loc = self._driver, self._location
+
+        def put(conn: Any) -> None:
+            conn.put_object(
+                loc.container, loc.obj, contents=body, content_length=length,
+                headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
+                content_type="application/octet-stream", **kwargs,
+            )  # fmt: skip
+
         conn = drv.connection(self._account)
         try:
             try:
-                conn.put_object(
-                    loc.container, loc.obj, contents=body, content_length=length,
-                    headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
-                    content_type="application/octet-stream", **kwargs,
-                )  # fmt: skip
+                put(conn)
             except Exception as exc:
                 if not (_segments_refused_the_token(exc) and self._account.token is None):
                     raise
@@ -1520,11 +1524,7 @@ class SwiftSegmentWriter(Writer):
                 telemetry.retried()
                 if hasattr(body, "seek"):
                     body.seek(0)
-                conn.put_object(
-                    loc.container, loc.obj, contents=body, content_length=length,
-                    headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
-                    content_type="application/octet-stream", **kwargs,
-                )  # fmt: skip
+                put(conn)
         except Exception as exc:
             error = drv.map_error(exc, f"{what} {self._shown}")
             answered = _status(exc) is not None  # not a stalled or unreachable server
