@@ -32,7 +32,6 @@ import contextvars
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Status, StatusCode
@@ -168,9 +167,3 @@ def retried(count: int = 1) -> None:
     op = _current.get()
     if op is not None and count > 0:
         op.retried(count)
-
-
-def run_in_context() -> Any:
-    """A copy of the calling context, for work handed to another thread:
-    ``ctx.run(fn, *args)`` there counts retries for the operation running here."""
-    return contextvars.copy_context()

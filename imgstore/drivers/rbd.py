@@ -274,12 +274,7 @@ class RbdDriver(Driver):
                     f"backend {self.backend!r}: cannot read {self.conf_file}: {exc}"
                 ) from None
             try:
-                # Rados.connect(timeout) ignores its argument: set librados' own knobs
-                if self.connect_timeout > 0:
-                    cluster.conf_set("client_mount_timeout", str(self.connect_timeout))
-                if self.op_timeout > 0:
-                    cluster.conf_set("rados_mon_op_timeout", str(self.op_timeout))
-                    cluster.conf_set("rados_osd_op_timeout", str(self.op_timeout))
+                self._set_timeouts(cluster)
                 cluster.connect()
                 fsid = cluster.get_fsid()
             except rados.PermissionDeniedError:
@@ -297,6 +292,14 @@ class RbdDriver(Driver):
             self._cluster, self._fsid = cluster, fsid
             LOG.debug("backend %r: connected to Ceph cluster %s", self.backend, fsid)
             return cluster
+
+    def _set_timeouts(self, cluster: Any) -> None:
+        """Rados.connect(timeout) ignores its argument: set librados' own knobs."""
+        if self.connect_timeout > 0:
+            cluster.conf_set("client_mount_timeout", str(self.connect_timeout))
+        if self.op_timeout > 0:
+            cluster.conf_set("rados_mon_op_timeout", str(self.op_timeout))
+            cluster.conf_set("rados_osd_op_timeout", str(self.op_timeout))
 
     def fsid(self) -> str:
         """The cluster's fsid (connects if needed)."""
@@ -655,9 +658,7 @@ class RbdDriver(Driver):
         helper = rados.Rados(conffile=self.conf_file, rados_id=self.user)
         try:
             helper.conf_set("rbd_blocklist_on_break_lock", "false")
-            if self.op_timeout > 0:
-                helper.conf_set("rados_mon_op_timeout", str(self.op_timeout))
-                helper.conf_set("rados_osd_op_timeout", str(self.op_timeout))
+            self._set_timeouts(helper)
             helper.connect()
             helper_ioctx = helper.open_ioctx(ioctx.get_pool_name())
             try:
