@@ -40,6 +40,7 @@ from oslo_config import cfg
 
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.drivers.rbd_close import ImageCloser
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -255,6 +256,7 @@ class RbdDriver(Driver):
         self._cluster: Any = None
         self._fsid: str | None = None
         self._ioctxs: dict[str, Any] = {}
+        self._closer = ImageCloser(self.backend)  # every image goes through it
 
     # -- connection ------------------------------------------------------
 
@@ -397,15 +399,15 @@ class RbdDriver(Driver):
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, "creating image", image_id) from None
         try:
-            image = rbd.Image(ioctx, image_id)
+            image = self._closer.open(ioctx, image_id)
         except (rbd.Error, rados.Error) as exc:
-            _remove_quietly(ioctx, image_id)
+            _remove_quietly(ioctx, image_id, self._closer)
             raise self._error(exc, "opening new image", image_id) from None
         try:
             _mark_writing(image)
         except (rbd.Error, rados.Error) as exc:
-            image.close()
-            _remove_quietly(ioctx, image_id)
+            self._closer.close(image)
+            _remove_quietly(ioctx, image_id, self._closer)
             raise self._error(exc, "marking new image", image_id) from None
         return RbdWriter(self, ioctx, image, image_id, initial, known_size=size is not None)
 
@@ -415,7 +417,7 @@ class RbdDriver(Driver):
             raise BadLocation(f"{location.redacted()} is not in backend {self.backend!r}")
         ioctx = self._ioctx(location.pool or self.pool)
         try:
-            return rbd.Image(ioctx, location.image, snapshot=snapshot, read_only=read_only)
+            return self._closer.open(ioctx, location.image, snapshot=snapshot, read_only=read_only)
         except rbd.ImageNotFound:
             raise NotFound(f"no image at {location.redacted()}") from None
         except (rbd.Error, rados.Error) as exc:
@@ -427,9 +429,11 @@ class RbdDriver(Driver):
         try:
             start, count = clamp_range(image.size(), offset, length)
         except BaseException:
-            image.close()
+            self._closer.close(image)
             raise
-        return RbdStream(image, start, count, self.chunk_size, self.window, self.backend)
+        return RbdStream(
+            image, start, count, self.chunk_size, self.window, self.backend, self._closer
+        )
 
     def size(self, location: Location) -> int:
         assert isinstance(location, RbdLocation)
@@ -437,7 +441,7 @@ class RbdDriver(Driver):
         try:
             return int(image.size())
         finally:
-            image.close()
+            self._closer.close(image)
 
     def delete(self, location: Location) -> None:
         assert isinstance(location, RbdLocation)
@@ -458,7 +462,7 @@ class RbdDriver(Driver):
             except (rbd.Error, rados.Error) as exc:
                 raise self._error(exc, "inspecting", shown) from None
             finally:
-                reader.close()
+                self._closer.close(reader)
             if children:
                 raise InUse(
                     f"{shown} has {len(children)} clone(s) ({', '.join(sorted(children)[:5])}); "
@@ -479,7 +483,7 @@ class RbdDriver(Driver):
             except (rbd.Error, rados.Error) as exc:
                 raise self._error(exc, "removing the snapshot of", shown) from None
             finally:
-                image.close()
+                self._closer.close(image)
         try:
             rbd.RBD().remove(ioctx, name)
         except rbd.ImageNotFound:
@@ -494,7 +498,7 @@ class RbdDriver(Driver):
     def _finish_cut_removal(self, ioctx: Any, name: str, shown: str) -> bool:
         """Finish removing ``name`` if an earlier removal was cut short; whether it was."""
         try:
-            with rbd.Image(ioctx, name, read_only=True):
+            with self._closer.opened(ioctx, name, read_only=True):
                 return False  # the image is there (without that snapshot): not ours to remove
         except rbd.ImageNotFound:
             pass
@@ -555,14 +559,14 @@ class RbdDriver(Driver):
         except (rbd.Error, rados.Error) as exc:
             raise self._error(exc, "cloning into", image_id) from None
         try:
-            with rbd.Image(dst_ioctx, image_id) as image:
+            with self._closer.opened(dst_ioctx, image_id) as image:
                 _mark_writing(image)
                 image.flatten()
                 image.create_snap(SNAPSHOT)
                 image.protect_snap(SNAPSHOT)
                 image.metadata_remove(WRITING_KEY)  # the commit point
         except BaseException as exc:
-            _remove_quietly(dst_ioctx, image_id)
+            _remove_quietly(dst_ioctx, image_id, self._closer)
             if isinstance(exc, rbd.Error | rados.Error):
                 raise self._error(exc, "flattening the copy", image_id) from None
             raise
@@ -589,7 +593,7 @@ class RbdDriver(Driver):
         unopenable = []
         for name in names:
             try:
-                with rbd.Image(ioctx, name, read_only=True) as image:
+                with self._closer.opened(ioctx, name, read_only=True) as image:
                     started = image.metadata_get(WRITING_KEY)
                     size = int(image.size())
             except KeyError:
@@ -633,11 +637,11 @@ class RbdDriver(Driver):
         """``_remove_image``, once more after breaking a stale lock of this process's own
         (see ``_break_own_stale_lock``) when librbd finds the image busy."""
         try:
-            return _remove_image(ioctx, name, only_if_flagged=only_if_flagged)
+            return _remove_image(ioctx, name, self._closer, only_if_flagged=only_if_flagged)
         except rbd.ImageBusy:
             if not self._break_own_stale_lock(ioctx, name):
                 raise
-        return _remove_image(ioctx, name, only_if_flagged=only_if_flagged)
+        return _remove_image(ioctx, name, self._closer, only_if_flagged=only_if_flagged)
 
     def _break_own_stale_lock(self, ioctx: Any, name: str) -> bool:
         """Break the exclusive lock on image ``name`` that this process's own Ceph client
@@ -652,7 +656,7 @@ class RbdDriver(Driver):
         client would cut every image this process has open).
         """
         own = str(self._connect().get_addrs())
-        with rbd.Image(ioctx, name, read_only=True) as image:
+        with self._closer.opened(ioctx, name, read_only=True) as image:
             if list(image.watchers_list()):
                 return False  # open somewhere: not stale
         helper = rados.Rados(conffile=self.conf_file, rados_id=self.user)
@@ -663,7 +667,7 @@ class RbdDriver(Driver):
             helper_ioctx = helper.open_ioctx(ioctx.get_pool_name())
             try:
                 # opened for writing: a read-only image lists no lock owners
-                with rbd.Image(helper_ioctx, name) as image:
+                with self._closer.opened(helper_ioctx, name) as image:
                     try:
                         owners = [str(o["owner"]) for o in image.lock_get_owners()]
                     except rbd.InvalidArgument:
@@ -689,7 +693,7 @@ class RbdDriver(Driver):
         try:
             cluster = self._cluster
             own = int(cluster.get_instance_id()) if cluster is not None else None
-            with rbd.Image(ioctx, name, read_only=True) as image:
+            with self._closer.opened(ioctx, name, read_only=True) as image:
                 found = [
                     f"client.{w['id']} at {w['addr']}"
                     + (" (this process)" if own is not None and int(w["id"]) == own else "")
@@ -700,6 +704,7 @@ class RbdDriver(Driver):
         return f"watchers: {', '.join(found) or 'none left'}"
 
     def close(self) -> None:
+        self._closer.flush()  # images first, then their pools' contexts and the connection
         with self._lock:
             ioctxs, self._ioctxs = list(self._ioctxs.values()), {}
             cluster, self._cluster = self._cluster, None
@@ -733,7 +738,9 @@ def _mark_writing(image: Any) -> None:
     image.metadata_set(WRITING_KEY, str(int(time.time())))
 
 
-def _remove_image(ioctx: Any, name: str, *, only_if_flagged: bool = False) -> bool:
+def _remove_image(
+    ioctx: Any, name: str, closer: ImageCloser, *, only_if_flagged: bool = False
+) -> bool:
     """Remove image ``name`` with its snapshots; whether there was anything to remove.
 
     An image that cannot be opened may be a removal that was cut short (its
@@ -743,7 +750,7 @@ def _remove_image(ioctx: Any, name: str, *, only_if_flagged: bool = False) -> bo
     alone (its add finished after all).
     """
     try:
-        with rbd.Image(ioctx, name) as image:
+        with closer.opened(ioctx, name) as image:
             if only_if_flagged:
                 try:
                     image.metadata_get(WRITING_KEY)
@@ -762,10 +769,10 @@ def _remove_image(ioctx: Any, name: str, *, only_if_flagged: bool = False) -> bo
     return True
 
 
-def _remove_quietly(ioctx: Any, name: str) -> None:
+def _remove_quietly(ioctx: Any, name: str, closer: ImageCloser) -> None:
     """Remove image ``name`` and its snapshots (cleanup after a failure); log, never raise."""
     try:
-        _remove_image(ioctx, name)
+        _remove_image(ioctx, name, closer)
     except Exception:
         LOG.warning("cleanup: cannot remove rbd image %s; remove it by hand", name, exc_info=True)
 
@@ -912,7 +919,7 @@ class RbdWriter(Writer):
             raise self._driver._error(exc, "finishing image", self._image_id) from None
         self._done = True
         self._image = None
-        image.close()
+        self._driver._closer.close(image)
         return Written(self._driver._location(self._image_id))
 
     def abort(self) -> None:
@@ -922,10 +929,10 @@ class RbdWriter(Writer):
                 self._drain()
             finally:
                 with contextlib.suppress(Exception):
-                    image.close()
+                    self._driver._closer.close(image)
         if not self._done:
             self._done = True
-            _remove_quietly(self._ioctx, self._image_id)
+            _remove_quietly(self._ioctx, self._image_id, self._driver._closer)
 
 
 def _aio_error(err: int) -> type[ImgstoreError]:
@@ -941,9 +948,17 @@ class RbdStream(ReadStream):
     """Reads ``count`` bytes from ``offset`` of an open image, ``window`` chunks ahead."""
 
     def __init__(
-        self, image: Any, offset: int, count: int, chunk: int, window: int, backend: str = "rbd"
+        self,
+        image: Any,
+        offset: int,
+        count: int,
+        chunk: int,
+        window: int,
+        backend: str,
+        closer: ImageCloser,
     ) -> None:
         self._image: Any = image
+        self._closer = closer
         self._backend = backend
         self._offset = offset
         self.size = count
@@ -987,4 +1002,4 @@ class RbdStream(ReadStream):
             completion, _slot = self._pending.popleft()
             with contextlib.suppress(Exception):
                 completion.wait_for_complete_and_cb()
-        image.close()
+        self._closer.close(image)

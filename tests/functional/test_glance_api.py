@@ -79,6 +79,8 @@ def _in_rbd(glance: dict[str, Any], image_id: str) -> bytes | None:
     import rados
     import rbd
 
+    from tests.functional.rbd_helpers import CLOSER, open_image
+
     cluster = rados.Rados(conffile=glance["ceph_conf"], rados_id=glance["ceph_user"])
     cluster.conf_set("client_mount_timeout", "20")
     cluster.connect()
@@ -86,9 +88,10 @@ def _in_rbd(glance: dict[str, Any], image_id: str) -> bytes | None:
         with cluster.open_ioctx(glance["rbd_pool"]) as ioctx:
             if image_id not in rbd.RBD().list(ioctx):
                 return None
-            with rbd.Image(ioctx, image_id, snapshot="snap", read_only=True) as img:
+            with open_image(ioctx, image_id, snapshot="snap", read_only=True) as img:
                 return bytes(img.read(0, img.size()))
     finally:
+        CLOSER.flush()
         cluster.shutdown()
 
 

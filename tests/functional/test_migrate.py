@@ -222,8 +222,8 @@ def test_migrate_killed_and_resumed_copies_each_image_once(tmp_path: Path, targe
     outcomes = {i["image_id"]: i for i in report["images"]}
     assert [i["image_id"] for i in report["images"]] == [r["image_id"] for r in records]
 
-    assert outcomes[corrupt]["outcome"] == "failed"
-    assert outcomes[corrupt]["error_type"] == "ChecksumMismatch"
+    assert outcomes[corrupt]["outcome"] == "failed", outcomes[corrupt]
+    assert outcomes[corrupt]["error_type"] == "ChecksumMismatch", outcomes[corrupt]
     assert outcomes[corrupt]["location"] is None
     assert outcomes[taken]["outcome"] == "failed"
     assert outcomes[taken]["error_type"] == "Duplicate"

@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from imgstore.testing import Payload
 from tests.functional.rbd_helpers import (
     admin_cluster,
     ceph_details,
+    open_image,
     pool_listing,
     rbd,
     rbd_options,
@@ -81,7 +83,7 @@ def allocated(cluster: Any, pool: str, image: str, snapshot: str | None = "snap"
 
     with (
         cluster.open_ioctx(pool) as ioctx,
-        rbd.Image(ioctx, image, snapshot=snapshot, read_only=True) as img,
+        open_image(ioctx, image, snapshot=snapshot, read_only=True) as img,
     ):
         img.diff_iterate(0, img.size(), None, count)
     return total
@@ -140,11 +142,11 @@ def test_clone_from_protected_snapshot_blocks_delete(
         loc = RbdLocation.from_uri(result.location)
         assert loc.snapshot == "snap" and loc.pool == pools[0] and loc.fsid == ceph["fsid"]
         with cluster.open_ioctx(pools[0]) as ioctx:
-            with rbd.Image(ioctx, "parent", read_only=True) as img:
+            with open_image(ioctx, "parent", read_only=True) as img:
                 assert img.is_protected_snap("snap")
             # what Nova/Cinder do: a copy-on-write clone of the protected snapshot
             rbd.RBD().clone(ioctx, "parent", "snap", ioctx, "vm-disk")
-            with rbd.Image(ioctx, "vm-disk", read_only=True) as clone:
+            with open_image(ioctx, "vm-disk", read_only=True) as clone:
                 assert clone.read(0, 4096) == payload.data[:4096]
             before = pool_listing(cluster, pools[0])
             with pytest.raises(InUse, match="clone") as info:
@@ -164,14 +166,14 @@ def test_delete_refuses_an_image_with_other_snapshots(
 ) -> None:
     with make_stores(tmp_path, ceph, pools) as stores:
         result = stores.add("snapped", b"x" * 1000, size=1000)
-        with cluster.open_ioctx(pools[0]) as ioctx, rbd.Image(ioctx, "snapped") as img:
+        with cluster.open_ioctx(pools[0]) as ioctx, open_image(ioctx, "snapped") as img:
             img.create_snap("backup")
         before = pool_listing(cluster, pools[0])
         with pytest.raises(InUse, match="backup"):
             stores.delete(result.location)
         assert pool_listing(cluster, pools[0]) == before
         assert read_all(stores, result.location) == b"x" * 1000
-        with cluster.open_ioctx(pools[0]) as ioctx, rbd.Image(ioctx, "snapped") as img:
+        with cluster.open_ioctx(pools[0]) as ioctx, open_image(ioctx, "snapped") as img:
             img.remove_snap("backup")
         stores.delete(result.location)
         assert pool_listing(cluster, pools[0]) == set()
@@ -200,7 +202,7 @@ def cut_short_removal(ceph: dict[str, Any], cluster: Any, pool: str, name: str) 
     """
     with cluster.open_ioctx(pool) as ioctx:
         rbd.RBD().create(ioctx, name, 4 * MiB, order=12, old_format=False)
-        with rbd.Image(ioctx, name) as image:
+        with open_image(ioctx, name) as image:
             image.write(b"\x5a" * (4 * MiB), 0)
         command = ["rbd", "-c", ceph["ceph_conf"], "--id", ceph["user"], "-p", pool]
         proc = subprocess.Popen([*command, "--no-progress", "rm", name])
@@ -209,7 +211,7 @@ def cut_short_removal(ceph: dict[str, Any], cluster: Any, pool: str, name: str) 
             while time.monotonic() < deadline:
                 assert proc.poll() is None, "rbd rm finished before it could be cut short"
                 try:
-                    with rbd.Image(ioctx, name, read_only=True):
+                    with open_image(ioctx, name, read_only=True):
                         pass
                 except rbd.ImageNotFound:
                     break
@@ -290,7 +292,7 @@ def leave_stale_lock(ioctx: Any, name: str) -> None:
     the real OSD as librbd takes it: the ``lock`` class's ``lock`` call on the image
     header, with librbd's lock name, tag and cookie form (``auto <watch handle>``), for
     a watch that does not exist."""
-    with rbd.Image(ioctx, name, read_only=True) as image:
+    with open_image(ioctx, name, read_only=True) as image:
         header = f"rbd_header.{image.id()}"
 
     def text(value: str) -> bytes:
@@ -325,7 +327,7 @@ def test_a_stale_lock_of_this_process_does_not_keep_its_leftover(
         ioctx = driver._ioctx(pools[0], for_write=True)  # the driver's own client
         features = rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
         rbd.RBD().create(ioctx, name, MiB, old_format=False, features=features)
-        with rbd.Image(ioctx, name) as image:
+        with open_image(ioctx, name) as image:
             image.metadata_set(WRITING_KEY, "0")  # an add that never finished
         leave_stale_lock(ioctx, name)
         with pytest.raises(rbd.ImageBusy):
@@ -350,7 +352,7 @@ def test_legacy_location_reads_the_image_head(
     data = b"legacy image bytes" * 1000
     with cluster.open_ioctx(pools[0]) as ioctx:
         rbd.RBD().create(ioctx, "old-glance-image", len(data), old_format=False)
-        with rbd.Image(ioctx, "old-glance-image") as img:
+        with open_image(ioctx, "old-glance-image") as img:
             img.write(data, 0)
     with make_stores(tmp_path, ceph, pools) as stores:
         assert stores.backend_for("rbd://old-glance-image") == "a"
@@ -384,9 +386,9 @@ def test_unknown_size_add_grows_and_trims(
         assert result.size == size
         assert result.multihash == payload.hexdigest("sha256")
         with cluster.open_ioctx(pools[0]) as ioctx:
-            with rbd.Image(ioctx, "unknown", read_only=True) as head:
+            with open_image(ioctx, "unknown", read_only=True) as head:
                 assert head.size() == size  # trimmed to the real size
-            with rbd.Image(ioctx, "unknown", snapshot="snap", read_only=True) as snap:
+            with open_image(ioctx, "unknown", snapshot="snap", read_only=True) as snap:
                 assert snap.size() == size
         stores.verify(result.location, "sha256", multihash=payload.hexdigest("sha256"), size=size)
         stores.delete(result.location)
@@ -448,6 +450,35 @@ def test_one_connection_shared_by_threads(
     assert driver._cluster is None  # closed with the Stores
 
 
+def test_quick_opens_and_closes_under_load_keep_the_process_alive(
+    tmp_path: Path, ceph: dict[str, Any], pools: tuple[str, str]
+) -> None:
+    """librbd 16 can free an image that is closed right after librbd finished opening it,
+    and the process then aborts (``std::system_error: Invalid argument``) or crashes:
+    imgstore.drivers.rbd_close. A child process sizes and reads one small image in a loop,
+    in two threads, with three CPU-bound processes beside it (the race needs the librbd
+    thread to lose its CPU at one instant). Before the closer it died within 1 to 6 s."""
+    config = tmp_path / "rbd.conf"
+    write_config(config, {"a": rbd_options(ceph, pools[0])}, {})
+    with Stores.from_config_files(config) as stores:
+        location = stores.add("quick", b"q" * 4096, size=4096).location
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.functional.rbd_open_loop", str(config), location,
+             "12", "4"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert child.returncode == 0, (
+        f"the reading process ended with {child.returncode}: {child.stderr[-2000:]}"
+    )
+    assert int(child.stdout) > 0
+
+
 # -- copy inside the cluster ------------------------------------------------------------
 
 
@@ -470,7 +501,10 @@ def test_copy_between_pools_happens_inside_the_cluster(
         assert copy.checksum == payload.md5
         loc = RbdLocation.from_uri(copy.location)
         assert (loc.pool, loc.image, loc.snapshot) == (pools[1], "orig", "snap")
-        with cluster.open_ioctx(pools[1]) as ioctx, rbd.Image(ioctx, "orig", read_only=True) as img:
+        with (
+            cluster.open_ioctx(pools[1]) as ioctx,
+            open_image(ioctx, "orig", read_only=True) as img,
+        ):
             with pytest.raises(rbd.ImageNotFound):
                 img.parent_info()  # flattened: independent of the source
             assert img.is_protected_snap("snap")
@@ -502,7 +536,7 @@ def test_copy_of_a_legacy_location_streams(
     """No snapshot to clone from: the core streams the bytes (and still verifies them)."""
     with cluster.open_ioctx(pools[0]) as ioctx:
         rbd.RBD().create(ioctx, "legacy", 5000, old_format=False)
-        with rbd.Image(ioctx, "legacy") as img:
+        with open_image(ioctx, "legacy") as img:
             img.write(b"L" * 5000, 0)
     with make_stores(tmp_path, ceph, pools) as stores:
         copy = stores.copy("rbd://legacy", "b")
