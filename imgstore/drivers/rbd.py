@@ -656,9 +656,14 @@ class RbdDriver(Driver):
         client would cut every image this process has open).
         """
         own = str(self._connect().get_addrs())
-        with self._closer.opened(ioctx, name, read_only=True) as image:
-            if list(image.watchers_list()):
-                return False  # open somewhere: not stale
+        try:
+            with self._closer.opened(ioctx, name, read_only=True) as image:
+                if list(image.watchers_list()):
+                    return False  # open somewhere: not stale
+        except rbd.ImageNotFound:
+            # a removal cut short whose killed client still watches the image: its watch
+            # lapses by itself (the caller reports the image in use, and is retried)
+            return False
         helper = rados.Rados(conffile=self.conf_file, rados_id=self.user)
         try:
             helper.conf_set("rbd_blocklist_on_break_lock", "false")

@@ -285,6 +285,21 @@ def test_a_removal_cut_short_is_finished(
     assert pool_listing(cluster, pools[0]) == {f"image:{name}", f"snap:{name}@snap"}
 
 
+def test_the_stale_lock_check_leaves_an_image_it_cannot_open_to_the_caller(
+    tmp_path: Path, ceph: dict[str, Any], pools: tuple[str, str]
+) -> None:
+    """A removal that librbd refuses (EBUSY) after moving the image to its trash leaves an
+    image that cannot be opened by name; the check for a stale lock of this process then
+    says "not mine" (the caller reports the image in use and is retried until the other
+    client's watch lapses) instead of raising NotFound, which failed an image of a resumed
+    migration in clean run 13 ("discarding img-10-…: not found")."""
+    with make_stores(tmp_path, ceph, pools) as stores:
+        driver = stores.driver("a")
+        assert isinstance(driver, RbdDriver)
+        ioctx = driver._ioctx(pools[0], for_write=True)
+        assert driver._break_own_stale_lock(ioctx, f"gone-{uuid.uuid4().hex[:8]}") is False
+
+
 def leave_stale_lock(ioctx: Any, name: str) -> None:
     """Make the client of ``ioctx`` hold image ``name``'s exclusive lock with no watch
     behind it, as a writer whose close could not reach a stalled OSD leaves it (the RBD
