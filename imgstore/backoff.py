@@ -96,3 +96,10 @@ def retry(
                 raise
             telemetry.retried()
     raise ValueError("retry needs at least one try")
+
+
+def sleep_until(when: float) -> None:
+    """Sleep until :func:`time.monotonic` reaches ``when`` (at once if it has)."""
+    delay = when - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)

@@ -14,7 +14,8 @@ few milliseconds later, never in tens of thousands of opens.
 So every image imgstore opens goes through an :class:`ImageCloser`:
 
 - an image opened read-only holds no lock and no watch (nobody waits for it to go), so
-  it is closed by the closer's own thread ``grace`` seconds after its user let go;
+  it is closed ``grace`` seconds after its user let go, by the core's
+  :class:`imgstore.deferred.Deferred`;
 - an image opened for writing holds the exclusive lock and a watch that other clients
   wait for, so it is closed by its user, at once if it has been open ``grace`` seconds,
   else once it has (a delete's quick snapshot removal, say).
@@ -26,17 +27,13 @@ connection goes.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from imgstore import threads
-
-LOG = logging.getLogger(__name__)
+from imgstore.backoff import sleep_until
+from imgstore.deferred import Deferred
 
 GRACE = 0.05
 """Seconds an image stays open after librbd's last action on it, at least (25 times the
@@ -54,12 +51,9 @@ class ImageCloser:
 
     def __init__(self, name: str, grace: float = GRACE) -> None:
         self.grace = grace
-        self._name = name
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._opened: dict[int, tuple[float, bool]] = {}  # id(image) -> (when, read-only)
-        self._due: list[tuple[float, int, Any]] = []  # (close at, tiebreak, image)
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._later = Deferred(f"rbd-close-{name}")
 
     def open(
         self, ioctx: Any, name: str, *, snapshot: str | None = None, read_only: bool = False
@@ -67,7 +61,7 @@ class ImageCloser:
         """``rbd.Image(ioctx, name, snapshot=…, read_only=…)``, to be given back to
         :meth:`close` (not closed by its own ``close``)."""
         image = rbd.Image(ioctx, name, snapshot=snapshot, read_only=read_only)
-        with self._cond:
+        with self._lock:
             self._opened[id(image)] = (time.monotonic(), read_only)
         return image
 
@@ -83,52 +77,17 @@ class ImageCloser:
             self.close(image)
 
     def close(self, image: Any) -> None:
-        """Close ``image`` (from :meth:`open`): later, on the closer's thread, if it is
-        read-only; now, or once it has been open ``grace`` seconds, if not."""
+        """Close ``image`` (from :meth:`open`): later if it is read-only; now, or once it
+        has been open ``grace`` seconds, if not."""
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
             opened_at, read_only = self._opened.pop(id(image), (now, False))
-            if read_only:
-                heapq.heappush(self._due, (now + self.grace, next(self._order), image))
-                self._start()
-                self._cond.notify_all()
-                return
-        wait = opened_at + self.grace - time.monotonic()
-        if wait > 0:
-            threading.Event().wait(wait)
-        image.close()
+        if read_only:
+            self._later.call_at(now + self.grace, image.close)
+        else:
+            sleep_until(opened_at + self.grace)
+            image.close()
 
     def flush(self) -> None:
         """Close every image still waiting, each at its time (at most ``grace`` seconds)."""
-        with self._cond:
-            while self._due:
-                self._close_due()
-
-    def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"imgstore-rbd-close-{self._name}", daemon=True
-            )
-            threads.start_without_signals(self._thread)
-
-    def _run(self) -> None:
-        with self._cond:
-            while self._due:
-                self._close_due()
-            self._thread = None  # the next close starts a new one
-
-    def _close_due(self) -> None:
-        """Close the first image waiting once its time has come (the condition held)."""
-        when, _, image = self._due[0]
-        wait = when - time.monotonic()
-        if wait > 0:
-            self._cond.wait(wait)
-            return
-        heapq.heappop(self._due)
-        self._cond.release()  # others may queue theirs meanwhile
-        try:
-            image.close()
-        except Exception:  # a read-only image: nothing is lost if its close fails
-            LOG.warning("closing an rbd image failed", exc_info=True)
-        finally:
-            self._cond.acquire()
+        self._later.flush()

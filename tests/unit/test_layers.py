@@ -58,6 +58,17 @@ def test_waits_are_only_in_backoff() -> None:
     assert sleeping == {}, f"time.sleep outside imgstore/backoff.py: {sleeping}"
 
 
+def test_drivers_start_no_threads_of_their_own() -> None:
+    """Work in the background runs on the core's threads (imgstore.parallel, .deferred)."""
+    spawning = {
+        path: lines
+        for path, tree in sources().items()
+        if path.startswith("imgstore/drivers/")
+        and (lines := calls_to(tree, "threading", "Thread") + calls_to(tree, "threading", "Timer"))
+    }
+    assert spawning == {}, f"threads started by drivers: {spawning}"
+
+
 def test_opentelemetry_is_used_only_by_the_telemetry_layer() -> None:
     allowed = {"imgstore/telemetry.py", "imgstore/metrics_server.py"}
     using = sorted(

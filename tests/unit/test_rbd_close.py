@@ -42,7 +42,7 @@ def fake_rbd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rbd_close, "rbd", FakeRbd)
 
 
-def test_a_read_only_image_is_closed_later_on_the_closers_thread() -> None:
+def test_a_read_only_image_is_closed_later_on_the_cores_thread() -> None:
     closer = ImageCloser("t", grace=0.2)
     image = closer.open(None, "a", snapshot="snap", read_only=True)
     let_go = time.monotonic()
@@ -89,9 +89,9 @@ def test_a_failing_close_is_logged_and_the_rest_still_closed(
 
     bad.close = fail  # type: ignore[method-assign]
     # the logger's own level: an earlier test (the CLI's) may have raised imgstore's
-    with caplog.at_level(logging.WARNING, logger="imgstore.drivers.rbd_close"):
+    with caplog.at_level(logging.WARNING, logger="imgstore.deferred"):
         closer.close(bad)
         closer.close(good)
         closer.flush()
     assert good.closed_at is not None
-    assert "closing an rbd image failed" in caplog.text
+    assert "rbd-close-t: a deferred call failed" in caplog.text
