@@ -28,6 +28,8 @@ class Deferred:
         self._name = name
         self._cond = threading.Condition()
         self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._calling = 0
+        """Calls under way (on the thread, or on a flushing caller's)."""
         self._order = itertools.count()
         self._running = False
 
@@ -43,10 +45,14 @@ class Deferred:
                 )
 
     def flush(self) -> None:
-        """Make every pending call now, each once its time has come."""
+        """Make every pending call, each once its time has come, and return once none is
+        under way (also on the thread: what the calls need may go when this returns)."""
         with self._cond:
-            while self._due:
-                self._next()
+            while self._due or self._calling:
+                if self._due:
+                    self._next()
+                else:
+                    self._cond.wait()
 
     def _run(self) -> None:
         with self._cond:
@@ -63,6 +69,7 @@ class Deferred:
             self._cond.wait(wait)
             return
         heapq.heappop(self._due)
+        self._calling += 1
         self._cond.release()
         try:
             call()
@@ -70,3 +77,5 @@ class Deferred:
             LOG.warning("%s: a deferred call failed", self._name, exc_info=True)
         finally:
             self._cond.acquire()
+            self._calling -= 1
+            self._cond.notify_all()
