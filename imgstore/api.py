@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -13,7 +14,7 @@ from oslo_config import cfg
 from imgstore import config as config_mod
 from imgstore import telemetry
 from imgstore.capabilities import Capability
-from imgstore.driver import IMAGE_ID_RE, Driver, Leftover
+from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream
 from imgstore.exceptions import (
     BadConfiguration,
     BadLocation,
@@ -273,6 +274,11 @@ class Stores:
                 raise
             raise error from exc
 
+    def _reopen(self, drv: Driver, loc: Location, start: int, done: int, count: int) -> ReadStream:
+        """A new stream of ``count`` bytes from ``start + done``, for a resumed read."""
+        stream = self._call(drv, "reopening", drv.open, loc, start + done, count)
+        return ReadAhead(stream, drv.read_ahead) if drv.read_ahead > 0 else stream
+
     # -- operations ----------------------------------------------------
 
     def add(
@@ -299,6 +305,9 @@ class Stores:
             raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) is read-only")
         describe = f"image {image_id} on backend {drv.backend!r}"
         with telemetry.measure("add", drv.backend, drv.name) as op:
+            limits = self._call(drv, "reading its limits", drv.write_limits)
+            if limits is not None and size is not None and size > limits.capacity(size):
+                raise limits.refusal(describe, size)  # before anything is written
             writer = self._call(drv, "starting a write", drv.begin_write, image_id, size)
             result = write_image(
                 data,
@@ -311,6 +320,7 @@ class Stores:
                 progress=_counting(op, progress),
                 describe=describe,
                 on_backend_error=self._wrap(drv, "writing"),
+                limits=limits,
             )
         location = result.written.location
         metadata = {"store": drv.backend, **result.written.metadata}
@@ -363,6 +373,9 @@ class Stores:
                 )
             if drv.read_ahead > 0:
                 stream = ReadAhead(stream, drv.read_ahead)
+            reopen = None
+            if Capability.READ_RANDOM in drv.capabilities and drv.read_resumes > 0:
+                reopen = functools.partial(self._reopen, drv, loc, offset)
             if ranged and not native and offset > stream.size:
                 stream.close()
                 raise InvalidArgument(
@@ -378,6 +391,8 @@ class Stores:
                 expected_checksum=expected_checksum,
                 on_error=self._wrap(drv, "reading"),
                 operation=op,
+                reopen=reopen,
+                resumes=drv.read_resumes,
             )
         except BaseException as exc:
             op.end(exc)

@@ -28,6 +28,7 @@ from oslo_config import cfg
 from imgstore.capabilities import Capability
 from imgstore.exceptions import BadLocation, ImgstoreError, InvalidArgument, NotFound, NotSupported
 from imgstore.location import Location, parse
+from imgstore.parallel import capacity
 from imgstore.scrubbing import backend_error
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -109,6 +110,48 @@ class Leftover:
 
 
 @dataclasses.dataclass(frozen=True)
+class WriteLimits:
+    """What one image in a backend can be, declared by its driver
+    (:meth:`Driver.write_limits`): at most ``most_pieces`` pieces (S3 parts, Swift
+    segments; 1: one object) of at most ``largest_piece`` bytes, starting at
+    ``first_piece`` bytes and grown as :func:`imgstore.parallel.piece_size` grows them.
+
+    The core refuses an image of known size that cannot fit before a byte is written,
+    and stops one of unknown size as soon as it outgrows them (its write aborted)."""
+
+    largest_piece: int
+    most_pieces: int = 1
+    first_piece: int | None = None
+    """The driver's piece size when nothing forces more (None: ``largest_piece``)."""
+    growth_every: int | None = None
+    """Unknown size: pieces between two doublings (None: a tenth of ``most_pieces``)."""
+    pieces: str = "pieces"
+    """What the backend calls them, for messages: ``parts``, ``segments``..."""
+    why: str = ""
+    """Where the limits come from (option names, the server's limits), for messages."""
+
+    def capacity(self, size: int | None = None) -> int:
+        """The most bytes an image of ``size`` (None: unknown, growing pieces) can hold."""
+        first = self.first_piece or self.largest_piece
+        return capacity(first, self.most_pieces, self.largest_piece, size, self.growth_every)
+
+    def refusal(self, describe: str, size: int | None) -> InvalidArgument:
+        """The error for an image of ``size`` bytes (None: an unknown size that outgrew
+        :meth:`capacity`) that cannot fit."""
+        held = self.capacity(size)
+        shape = f"{self.most_pieces} {self.pieces} of at most {self.largest_piece} bytes"
+        if size is not None:
+            return InvalidArgument(
+                f"{describe} ({size} bytes) does not fit: at most {shape} ({self.why}), "
+                f"{held} bytes in all"
+            )
+        return InvalidArgument(
+            f"{describe} needs more than {self.most_pieces} {self.pieces}, more than the "
+            f"{held} bytes they hold ({self.why})"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Written:
     """What a writer reports on commit: where the image is, and extra metadata."""
 
@@ -119,10 +162,12 @@ class Written:
 class Writer(abc.ABC):
     """Receives one image's bytes; created by :meth:`Driver.begin_write`.
 
-    The core calls :meth:`write` with consecutive chunks, then exactly one of
-    :meth:`commit` (after it verified size and cap) or :meth:`abort`. The
-    buffer passed to :meth:`write` is reused by the core once ``write``
-    returns: a writer that keeps the bytes for later must copy them.
+    The core (:func:`imgstore.pipeline.write_image`) holds the order, so a writer
+    needs no guard of its own: :meth:`write` with consecutive chunks, then
+    :meth:`commit` once, told the size it counted and checked; :meth:`abort`
+    once when anything failed, the commit included, and never after a commit
+    that succeeded. The buffer passed to :meth:`write` is reused by the core
+    once ``write`` returns: a writer that keeps the bytes for later must copy them.
     """
 
     @abc.abstractmethod
@@ -130,12 +175,14 @@ class Writer(abc.ABC):
         """Store the next chunk."""
 
     @abc.abstractmethod
-    def commit(self) -> Written:
-        """Make the image visible under its final location and return it."""
+    def commit(self, size: int) -> Written:
+        """Make the image visible under its final location and return it; ``size``
+        is the number of bytes :meth:`write` received in all."""
 
     @abc.abstractmethod
     def abort(self) -> None:
-        """Remove everything written so far. Idempotent; should not raise."""
+        """Remove everything written so far (also after a failed :meth:`commit`);
+        should not raise."""
 
     @property
     def accepted(self) -> int | None:
@@ -151,6 +198,11 @@ class ReadStream(abc.ABC):
 
     size: int
     """How many bytes iterating will yield."""
+
+    version: str | None = None
+    """What identifies the bytes being read (an ETag, an upload date, a snapshot), when
+    the backend tells. The core resumes a read that broke off (:attr:`Driver.read_resumes`)
+    only where it can check that the reopened stream reads the same version."""
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[bytes]:
@@ -170,6 +222,11 @@ class Driver(abc.ABC):
     """The :class:`Location` subclass this driver emits and reads."""
 
     capabilities: Capability = Capability.RW | Capability.READ_RANDOM
+
+    read_resumes: int = 0
+    """How often the core reopens a read that broke off (the connection dropped, a
+    temporary error, fewer bytes than announced) at the byte where it stopped; only for a
+    driver with :attr:`Capability.READ_RANDOM` whose streams give a :attr:`ReadStream.version`."""
 
     read_ahead: int = 0
     """Chunks the core fetches ahead of the caller on a worker thread (0: none).
@@ -223,8 +280,14 @@ class Driver(abc.ABC):
         """Whether ``location`` belongs to this backend (not merely this scheme)."""
         return isinstance(location, self.location_class)
 
+    def write_limits(self) -> WriteLimits | None:
+        """What one image here can be (None, the default: nothing but the storage's room);
+        asked before every add, so it may reflect the server's current settings."""
+        return None
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
-        """Start writing image ``image_id``; ``size`` is None when unknown."""
+        """Start writing image ``image_id``; ``size`` is None when unknown (and, when
+        known, within :meth:`write_limits`: the core checked)."""
         raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot add images")
 
     @abc.abstractmethod

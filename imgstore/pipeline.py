@@ -26,8 +26,11 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from imgstore import telemetry
-from imgstore.driver import ReadStream, Writer, Written
+from imgstore.backoff import Backoff
+from imgstore.driver import ReadStream, WriteLimits, Writer, Written
 from imgstore.exceptions import (
+    BackendError,
+    BackendUnavailable,
     ChecksumMismatch,
     ImgstoreError,
     InvalidArgument,
@@ -46,6 +49,9 @@ _MIN_THREADED_CHUNK = 64 * 1024
 _QUEUE_BYTES = 32 * 1024 * 1024
 """How far (in bytes) hashing may trail the writer; bounds the buffers of one add."""
 _MAX_BUFFERS = 16
+RESUME_FIRST_WAIT = 0.2
+RESUME_MAX_WAIT = 8.0
+"""Seconds before a read that broke off is reopened: full jitter, doubling, capped."""
 
 
 class _Hash(Protocol):
@@ -266,15 +272,18 @@ def write_image(
     progress: Progress | None = None,
     describe: str = "image",
     on_backend_error: Callable[[Exception], ImgstoreError] | None = None,
+    limits: WriteLimits | None = None,
 ) -> PipelineResult:
     """Stream ``source`` into ``writer``; commit on success, abort on any failure.
 
     Raises :class:`SizeMismatch` when the stream is shorter or longer than
-    ``size`` and :class:`SizeCapExceeded` as soon as ``size_cap`` is crossed;
-    either way, and on any error from the source or the writer, the writer is
+    ``size``, :class:`SizeCapExceeded` as soon as ``size_cap`` is crossed, and
+    :class:`InvalidArgument` as soon as the image outgrows the backend's ``limits``;
+    each time, and on any error from the source or the writer, the writer is
     aborted before the error propagates. Errors from the source propagate
     unchanged; unexpected errors from the writer pass through ``on_backend_error``.
     """
+    writer = InOrder(writer)
     try:
         hashers = _Hashers(hash_algo, md5)
     except BaseException:
@@ -285,6 +294,8 @@ def write_image(
             raise SizeCapExceeded(
                 f"{describe} is declared as {size} bytes, more than image_size_cap ({size_cap})"
             )
+        # a known size was checked before the write began (Stores.add)
+        largest = None if limits is None else limits.capacity(size)
         chunks = ChunkSource(source)
         depth = _buffer_count(chunk_size)
         buffers = [new_buffer(chunk_size)]
@@ -294,12 +305,7 @@ def write_image(
         count = chunks.fill(buffers[current])
         while count:
             total += count
-            if size is not None and total > size:
-                raise SizeMismatch(f"{describe}: the data is longer than the declared size {size}")
-            if size_cap and total > size_cap:
-                raise SizeCapExceeded(
-                    f"{describe} is larger than image_size_cap ({size_cap} bytes); upload stopped"
-                )
+            _check_growth(total, size, size_cap, limits, largest, describe)
             chunk = memoryview(buffers[current])[:count]
             hashers.start(chunk)
             _backend_call(writer.write, on_backend_error, chunk)
@@ -319,7 +325,7 @@ def write_image(
             raise SizeMismatch(
                 f"{describe}: the data ended after {total} bytes, but {size} were declared"
             )
-        written = _backend_call(writer.commit, on_backend_error)
+        written = _backend_call(writer.commit, on_backend_error, total)
     except BaseException:
         hashers.wait_quietly()
         _abort(writer, describe)
@@ -329,6 +335,71 @@ def write_image(
     if progress is not None and reported < total:
         progress(total, size)  # stored: what the writer held back is in too
     return PipelineResult(written, total, hashers.md5, hashers.multihash)
+
+
+class InOrder(Writer):
+    """A driver's writer, called only in the order :class:`~imgstore.driver.Writer`
+    promises: writes, then one commit; one abort after any failure (a failed commit
+    included), none after a commit that succeeded. A call out of that order is a bug
+    in the caller and raises :class:`RuntimeError` without reaching the driver."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._state = "writing"
+
+    @property
+    def accepted(self) -> int | None:
+        return self._writer.accepted
+
+    def _expect_writing(self, call: str) -> None:
+        if self._state != "writing":
+            raise RuntimeError(f"{call} of {self._writer!r} after its {self._state}")
+
+    def write(self, chunk: memoryview) -> None:
+        self._expect_writing("write")
+        self._writer.write(chunk)
+
+    def commit(self, size: int) -> Written:
+        self._expect_writing("commit")
+        self._state = "commit"
+        written = self._writer.commit(size)
+        self._state = "successful commit"
+        return written
+
+    def abort(self) -> None:
+        if self._state in ("successful commit", "abort"):
+            return
+        self._state = "abort"
+        self._writer.abort()
+
+    def __repr__(self) -> str:
+        return repr(self._writer)
+
+
+def _why(failure: Exception | None) -> str:
+    """A short reason for a read that broke off, for the log (never a message: it may
+    hold what the core scrubs)."""
+    return "ended early" if failure is None else type(failure).__name__
+
+
+def _check_growth(
+    total: int,
+    size: int | None,
+    size_cap: int | None,
+    limits: WriteLimits | None,
+    largest: int | None,
+    describe: str,
+) -> None:
+    """Stop a write whose ``total`` bytes so far passed its declared ``size``, the size
+    cap, or the backend's ``largest`` image (:meth:`WriteLimits.capacity`)."""
+    if size is not None and total > size:
+        raise SizeMismatch(f"{describe}: the data is longer than the declared size {size}")
+    if size_cap and total > size_cap:
+        raise SizeCapExceeded(
+            f"{describe} is larger than image_size_cap ({size_cap} bytes); upload stopped"
+        )
+    if limits is not None and largest is not None and total > largest:
+        raise limits.refusal(describe, None)
 
 
 def _accepted(writer: Writer, written: int) -> int:
@@ -378,15 +449,27 @@ class ImageReader:
         expected_checksum: str | None = None,
         on_error: Callable[[BaseException], BaseException] | None = None,
         operation: telemetry.Operation | None = None,
+        reopen: Callable[[int, int], ReadStream] | None = None,
+        resumes: int = 0,
     ) -> None:
         """``operation``: the ``get`` being measured (:mod:`imgstore.telemetry`); the
         reader counts its bytes, fetches each chunk as part of it, and ends it on
-        :meth:`close` with the error iterating raised, if any."""
+        :meth:`close` with the error iterating raised, if any.
+
+        ``reopen(done, count)``: a new stream of the ``count`` bytes that follow the first
+        ``done`` of ``stream``; given it, a read that breaks off (a temporary error,
+        fewer bytes than announced) is resumed there, up to ``resumes`` times, when the
+        stream has a :attr:`~imgstore.driver.ReadStream.version` and the new one has
+        the same."""
         self._stream = stream
+        self._reopen = reopen
+        self._resumes = resumes
         self._operation = operation
         self._error: BaseException | None = None
         self._describe = describe
         self._skip = skip
+        self._announced = stream.size
+        """The bytes the first stream announced (a resumed one announces the rest)."""
         available = stream.size - skip
         self.size: int = available if limit is None else min(limit, available)
         # An emulated range reads part of the stream and stops; otherwise the
@@ -417,13 +500,13 @@ class ImageReader:
         finally:
             self.close()
 
-    def _pulled(self) -> Iterator[bytes]:
-        """The stream's chunks, each fetched as part of the reader's operation."""
+    def _pulled(self, stream: ReadStream) -> Iterator[bytes]:
+        """``stream``'s chunks, each fetched as part of the reader's operation."""
         op = self._operation
         if op is None:
-            yield from self._stream
+            yield from stream
             return
-        chunks = iter(self._stream)
+        chunks = iter(stream)
         while True:
             with op.current():
                 data = next(chunks, None)
@@ -431,15 +514,77 @@ class ImageReader:
                 return
             yield data
 
+    def _resumed(self) -> Iterator[bytes]:
+        """The stream's chunks; where it breaks off and may be resumed, the rest from
+        streams reopened at the byte where it stopped."""
+        total = self._announced
+        done = 0
+        attempts = 0
+        while True:
+            failure: Exception | None = None
+            try:
+                for data in self._pulled(self._stream):
+                    done += len(data)
+                    yield data
+            except Exception as exc:
+                failure = exc
+            if failure is None and done >= total:
+                return
+            if not self._may_resume(failure, attempts):
+                if failure is not None:
+                    raise failure
+                return  # short: _chunks says by how much
+            attempts = self._resume(done, total - done, attempts, failure)
+
+    def _may_resume(self, failure: Exception | None, attempts: int) -> bool:
+        if self._reopen is None or attempts >= self._resumes or self._stream.version is None:
+            return False
+        if failure is None:  # the stream ended early: the connection was cut
+            return True
+        error = failure if self._on_error is None else self._on_error(failure)
+        return isinstance(error, BackendUnavailable)
+
+    def _resume(self, done: int, count: int, attempts: int, failure: Exception | None) -> int:
+        """Replace the stream with one of the ``count`` bytes after its first ``done``,
+        of the same version; return the attempts made so far."""
+        assert self._reopen is not None
+        version = self._stream.version
+        self._close_stream()
+        backoff = Backoff(RESUME_FIRST_WAIT, RESUME_MAX_WAIT)
+        while True:
+            attempts += 1
+            LOG.warning(
+                "%s: the read broke off after %d of %d bytes (%s); resuming (%d/%d)",
+                self._describe, done, done + count, _why(failure), attempts, self._resumes,
+            )  # fmt: skip
+            telemetry.retried()
+            backoff.wait()
+            try:
+                stream = self._reopen(done, count)
+            except BackendUnavailable as exc:
+                if attempts >= self._resumes:
+                    raise
+                failure = exc
+                continue
+            break
+        if stream.version != version or stream.size != count:
+            stream.close()
+            raise BackendError(
+                f"{self._describe}: the image changed while it was read (version "
+                f"{version!r}, now {stream.version!r}); read it again"
+            )
+        self._stream = stream
+        return attempts
+
     def _chunks(self) -> Iterator[bytes]:
         streamed = 0
-        for data in self._pulled():
+        for data in self._resumed():
             if not data:
                 continue
             streamed += len(data)
-            if streamed > self._stream.size:
+            if streamed > self._announced:
                 raise SizeMismatch(
-                    f"{self._describe}: the backend sent more than the {self._stream.size} "
+                    f"{self._describe}: the backend sent more than the {self._announced} "
                     "bytes it announced"
                 )
             if self._skip:
@@ -494,14 +639,17 @@ class ImageReader:
         """All the bytes at once; only for small images."""
         return b"".join(self)
 
+    def _close_stream(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:
+            LOG.warning("closing the stream of %s failed", self._describe, exc_info=True)
+
     def close(self) -> None:
         """Release the driver's stream; safe to call twice."""
         if not self._closed:
             self._closed = True
-            try:
-                self._stream.close()
-            except Exception:
-                LOG.warning("closing the stream of %s failed", self._describe, exc_info=True)
+            self._close_stream()
             if self._operation is not None:
                 self._operation.bytes = self.bytes_read
                 self._operation.end(self._error)

@@ -37,6 +37,7 @@ class ReadAhead(ReadStream):
     def __init__(self, stream: ReadStream, depth: int) -> None:
         self._stream = stream
         self.size = stream.size
+        self.version = stream.version
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -68,7 +68,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import errno
 import hashlib
 import logging
 import math
@@ -87,6 +86,7 @@ from oslo_config import cfg
 from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.drivers.rbd_aio import AioWindow
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -256,71 +256,44 @@ class _DeviceIO:
     def close(self) -> None:
         """Release what this object opened itself."""
 
+    @property
+    def stored(self) -> int | None:
+        """Bytes the storage has acknowledged of those :meth:`pwrite` took; None: all of
+        them once ``pwrite`` returned."""
+        return None
+
 
 class _RbdIO(_DeviceIO):
     """librados: the image of os-brick's ``RBDVolumeIOWrapper``.
 
     Reads are positional librbd calls (thread-safe, so concurrent readers share
-    one attachment); writes are asynchronous, at most ``WINDOW`` in flight, each
-    with its own copy of the bytes.
+    one attachment); writes go through the RBD driver's :class:`AioWindow`, at
+    most ``WINDOW`` in flight.
     """
 
     WINDOW = 8
 
     def __init__(self, wrapper: Any) -> None:
         self._image = wrapper.rbd_image
-        self._cond = threading.Condition()
-        self._inflight: dict[int, bytes] = {}  # the buffers of writes in flight
-        self._seq = 0
-        self._error = 0
+        self._aio = AioWindow(self._image, self.WINDOW)
+
+    @property
+    def stored(self) -> int | None:
+        return self._aio.stored
 
     def pread(self, offset: int, length: int) -> bytes:
         return bytes(self._image.read(offset, length))
 
-    def _done(self, seq: int, completion: Any) -> None:  # on a librbd thread: never raise
-        try:
-            ret = int(completion.get_return_value())
-        except Exception:
-            ret = -errno.EIO
-        with self._cond:
-            self._inflight.pop(seq, None)
-            if ret < 0 and not self._error:
-                self._error = ret
-            self._cond.notify_all()
-
-    def _check(self) -> None:
-        if self._error:
-            raise OSError(-self._error, os.strerror(-self._error))
-
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        buf = bytes(data)  # our own copy: the caller reuses its buffer
-        with self._cond:
-            while len(self._inflight) >= self.WINDOW:
-                self._cond.wait()
-            self._check()
-            self._seq += 1
-            seq = self._seq
-            self._inflight[seq] = buf
-        try:  # not under the lock: librbd may block here until completions ran
-            self._image.aio_write(buf, offset, lambda c: self._done(seq, c))
-        except BaseException:
-            with self._cond:
-                self._inflight.pop(seq, None)
-                self._cond.notify_all()
-            raise
-
-    def _drain(self) -> None:
-        with self._cond:
-            while self._inflight:
-                self._cond.wait()
+        self._aio.write(memoryview(data), offset)
 
     def flush(self) -> None:
-        self._drain()
-        self._check()
+        self._aio.drain()
+        self._aio.check()
         self._image.flush()
 
     def close(self) -> None:
-        self._drain()
+        self._aio.drain()
 
 
 class _PathIO(_DeviceIO):
@@ -1204,8 +1177,16 @@ class CinderWriter(Writer):
         self._size_gb = size_gb
         self._att: _Attachment | None = att
         self._offset = 0
-        self._done = False
+        self._attached_at = 0
+        """Where the current attachment's writes began (what came before is flushed)."""
         self._caller = _CALLER.get()  # the credentials the add started with
+
+    @property
+    def accepted(self) -> int:
+        """Bytes the volume has acknowledged (RBD writes still in flight are not)."""
+        att = self._att
+        stored = att.io.stored if att is not None else None
+        return self._offset if stored is None else self._attached_at + stored
 
     def _grow(self, needed: int) -> None:
         """Detach, extend the volume by at least 1 GiB to hold ``needed`` bytes, re-attach."""
@@ -1225,9 +1206,9 @@ class CinderWriter(Writer):
         drv._wait(vid, ("extending",), "available")
         self._size_gb = new_gb
         self._att = drv._attach(vid, "rw")
+        self._attached_at = self._offset
 
     def write(self, chunk: memoryview) -> None:
-        assert not self._done, "write after commit or abort"
         n = len(chunk)
         if self._offset + n > self._size_gb * GiB:
             self._grow(self._offset + n)
@@ -1241,12 +1222,11 @@ class CinderWriter(Writer):
             ) from None
         self._offset += n
 
-    def commit(self) -> Written:
-        assert not self._done, "commit after commit or abort"
+    def commit(self, size: int) -> Written:
         with _acting_as(self._caller):
-            return self._commit()
+            return self._commit(size)
 
-    def _commit(self) -> Written:
+    def _commit(self, size: int) -> Written:
         drv, vid = self._driver, self._volume_id
         att, self._att = self._att, None
         assert att is not None
@@ -1270,17 +1250,13 @@ class CinderWriter(Writer):
             f"recording the size of volume {vid}",
             cinder.volumes.set_metadata,
             vid,
-            {"image_size": str(self._offset)},
+            {"image_size": str(size)},
         )
         drv._call(f"marking volume {vid} read-only", cinder.volumes.update_readonly_flag, vid, True)
         drv._call(f"finishing volume {vid}", cinder.volumes.delete_metadata, vid, [WRITING_KEY])
-        self._done = True
         return Written(CinderLocation(vid, drv.backend), {"volume_id": vid})
 
     def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
         att, self._att = self._att, None
         with _acting_as(self._caller):
             if att is not None:

@@ -547,7 +547,7 @@ class FileWriter(Writer):
         )
 
     def write(self, chunk: memoryview) -> None:
-        assert self._fd is not None, "write after commit or abort"
+        assert self._fd is not None
         n = len(chunk)
         try:
             if self._zero:
@@ -565,12 +565,12 @@ class FileWriter(Writer):
             self._writeback(self._fd, self._flushed, self._size - self._flushed)
             self._flushed = self._size
 
-    def commit(self) -> Written:
+    def commit(self, size: int) -> Written:
         fd = self._fd
-        assert fd is not None, "commit after commit or abort"
+        assert fd is not None
         try:
             if self._zero:
-                os.ftruncate(fd, self._size)
+                os.ftruncate(fd, size)
             os.fsync(fd)
             if self._driver.file_mode is not None:
                 os.fchmod(fd, self._driver.file_mode)

@@ -476,7 +476,6 @@ class GridFSWriter(Writer):
         """Chunk 0's bytes when a network error hid whether it was inserted."""
         self._files_doc: dict[str, Any] | None = None
         self._files_unsure = False
-        self._done = False
 
     def _describe(self) -> str:
         return f"image {self._id}"
@@ -487,7 +486,6 @@ class GridFSWriter(Writer):
         return self._total - len(self._pending)
 
     def write(self, chunk: memoryview) -> None:
-        assert not self._done, "write after commit or abort"
         view = chunk if chunk.format == "B" and chunk.ndim == 1 else chunk.cast("B")
         self._total += len(view)
         docs: list[bytes] = []
@@ -542,18 +540,17 @@ class GridFSWriter(Writer):
     def _duplicate(self) -> Duplicate:
         return Duplicate(f"image {self._id} already exists in backend {self._driver.backend!r}")
 
-    def commit(self) -> Written:
+    def commit(self, size: int) -> Written:
         from bson.int64 import Int64
         from pymongo.errors import DuplicateKeyError, PyMongoError
 
-        assert not self._done, "commit after commit or abort"
         if self._pending:
             last = bytes(self._pending)
             self._pending.clear()
             self._insert([last])
         doc = {
             "_id": self._id,
-            "length": Int64(self._total),
+            "length": Int64(size),
             "chunkSize": self._cs,
             "uploadDate": datetime.datetime.now(tz=datetime.timezone.utc),
             "filename": self._id,
@@ -567,7 +564,6 @@ class GridFSWriter(Writer):
         except PyMongoError as exc:
             self._files_unsure = True
             self._driver._fail(exc, f"finishing {self._describe()}")
-        self._done = True
         try:  # the image is complete: the marker is no longer needed
             self._driver.chunks.update_one(
                 {"files_id": self._id, "n": 0}, {"$unset": {WRITING_FIELD: ""}}
@@ -579,9 +575,6 @@ class GridFSWriter(Writer):
         return Written(GridFSLocation(self._id), {})
 
     def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
         self._pending.clear()
         driver = self._driver
         try:

@@ -40,6 +40,7 @@ from oslo_config import cfg
 
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.drivers.rbd_aio import AioWindow
 from imgstore.drivers.rbd_close import ImageCloser
 from imgstore.exceptions import (
     AuthenticationFailed,
@@ -803,54 +804,25 @@ class RbdWriter(Writer):
         self._known_size = known_size
         self._grow_step = driver.chunk_size * driver.window
         self._offset = 0
-        self._window = driver.window
-        self._chunk = driver.chunk_size
         self._zero = bytes(driver.chunk_size) if driver.thin else b""
-        self._cond = threading.Condition()
-        self._inflight: dict[int, list[Any]] = {}
-        self._free: list[bytearray] = []
-        self._failure: int | None = None
-        self._seq = 0
-        self._stored = 0
-        self._done = False
+        self._aio = AioWindow(image, driver.window, driver.chunk_size)
 
     @property
     def accepted(self) -> int:
         """Bytes the cluster has acknowledged (writes still in the aio window are not)."""
-        with self._cond:
-            return self._stored
-
-    # completions run on a librbd thread: record, hand the buffer back, never raise
-    def _complete(self, seq: int, completion: Any) -> None:
-        try:
-            ret = int(completion.get_return_value())
-        except Exception:
-            ret = -5  # EIO
-        with self._cond:
-            entry = self._inflight.pop(seq, None)
-            if entry is not None and ret >= 0:
-                self._stored += len(entry[1])
-            if entry is not None and isinstance(entry[1], bytearray):
-                self._free.append(entry[1])
-            if ret < 0 and self._failure is None:
-                self._failure = ret
-            self._cond.notify_all()
+        return self._aio.stored
 
     def _raise_failure(self) -> None:
-        if self._failure is not None:
-            err = -self._failure
-            raise _aio_error(err)(
+        try:
+            self._aio.check()
+        except OSError as exc:
+            raise _aio_error(exc.errno or errno.EIO)(
                 f"backend {self._driver.backend!r}: writing image {self._image_id} failed: "
-                f"{os.strerror(err)}"
-            )
-
-    def _drain(self) -> None:
-        with self._cond:
-            while self._inflight:
-                self._cond.wait()
+                f"{exc.strerror}"
+            ) from None
 
     def _grow(self, needed: int) -> None:
-        self._drain()
+        self._aio.drain()
         self._raise_failure()
         new = max(needed, self._image_size + self._grow_step)
         self._grow_step = min(self._grow_step * 2, MAX_GROW_STEP)
@@ -861,83 +833,59 @@ class RbdWriter(Writer):
         self._image_size = new
 
     def write(self, chunk: memoryview) -> None:
-        assert self._image is not None and not self._done, "write after commit or abort"
+        assert self._image is not None
         self._raise_failure()
         n = len(chunk)
         offset = self._offset
         if offset + n > self._image_size:
             self._grow(offset + n)
-        data: bytes | bytearray
-        if n == self._chunk:
-            with self._cond:  # wait for a free slot in the window
-                while len(self._inflight) >= self._window:
-                    self._cond.wait()
-                self._raise_failure()
-                data = self._free.pop() if self._free else bytearray(self._chunk)
-            data[:] = chunk  # our own copy: the core reuses its buffer
-            zero = self._zero
-        else:  # the last, short chunk
-            with self._cond:
-                while len(self._inflight) >= self._window:
-                    self._cond.wait()
-            data = chunk.tobytes()
-            zero = self._zero[:n]
         self._offset = offset + n
-        if zero and data == zero:  # thin provisioning: leave the range unallocated
-            with self._cond:
-                self._stored += n
-                if isinstance(data, bytearray):
-                    self._free.append(data)
+        if self._zero and chunk == self._zero[:n]:  # thin provisioning: leave it unallocated
+            self._aio.skip(n)
             return
-        with self._cond:
-            self._seq += 1
-            seq = self._seq
-            entry: list[Any] = [None, data]
-            self._inflight[seq] = entry
         try:
-            # the completion is kept in ``entry`` until it has fired
-            entry[0] = self._image.aio_write(
-                data, offset, lambda comp, seq=seq: self._complete(seq, comp)
-            )
+            self._aio.write(chunk, offset)
         except (rbd.Error, rados.Error) as exc:
-            self._complete_failed(seq)
             raise self._driver._error(exc, "writing image", self._image_id) from None
+        except OSError:  # an earlier write failed
+            self._raise_failure()
+            raise
 
-    def _complete_failed(self, seq: int) -> None:
-        with self._cond:
-            self._inflight.pop(seq, None)
-            self._cond.notify_all()
-
-    def commit(self) -> Written:
-        assert self._image is not None and not self._done, "commit after commit or abort"
-        self._drain()
+    def commit(self, size: int) -> Written:
+        assert self._image is not None
+        self._aio.drain()
         self._raise_failure()
         image = self._image
         try:
             image.flush()
-            if image.size() != self._offset:
-                image.resize(self._offset)  # unknown size: trim to what was written
+            if image.size() != size:
+                image.resize(size)  # unknown size: trim to what was written
             image.create_snap(SNAPSHOT)
             image.protect_snap(SNAPSHOT)
             image.metadata_remove(WRITING_KEY)  # the commit point
         except (rbd.Error, rados.Error) as exc:
             raise self._driver._error(exc, "finishing image", self._image_id) from None
-        self._done = True
         self._image = None
-        self._driver._closer.close(image)
+        try:
+            self._driver._closer.close(image)
+        except (rbd.Error, rados.Error):  # stored whole: its lock lapses with our watch
+            LOG.warning(
+                "backend %r: closing image %s after its commit failed",
+                self._driver.backend,
+                self._image_id,
+                exc_info=True,
+            )
         return Written(self._driver._location(self._image_id))
 
     def abort(self) -> None:
         image, self._image = self._image, None
         if image is not None:
             try:
-                self._drain()
+                self._aio.drain()
             finally:
                 with contextlib.suppress(Exception):
                     self._driver._closer.close(image)
-        if not self._done:
-            self._done = True
-            _remove_quietly(self._ioctx, self._image_id, self._driver._closer)
+        _remove_quietly(self._ioctx, self._image_id, self._driver._closer)
 
 
 def _aio_error(err: int) -> type[ImgstoreError]:

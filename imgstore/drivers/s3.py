@@ -66,6 +66,7 @@ from imgstore.driver import (
     Driver,
     Leftover,
     ReadStream,
+    WriteLimits,
     Writer,
     Written,
     clamp_range,
@@ -79,7 +80,6 @@ from imgstore.exceptions import (
     BadLocation,
     Duplicate,
     ImgstoreError,
-    InvalidArgument,
     NotFound,
     for_status,
 )
@@ -609,12 +609,17 @@ class S3Driver(Driver):
             removed = True
         return removed
 
+    def write_limits(self) -> WriteLimits:
+        return WriteLimits(
+            largest_piece=MAX_PART_SIZE,
+            most_pieces=self.max_parts,
+            first_piece=self.part_base,
+            pieces="parts",
+            why="s3_store_max_parts, and S3's 5 GiB parts; an image of unknown size starts "
+            "with parts of s3_store_large_object_chunk_size",
+        )
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
-        if size is not None and size > self.max_parts * MAX_PART_SIZE:
-            raise InvalidArgument(
-                f"image {image_id} ({size} bytes) is larger than backend {self.backend!r} "
-                f"can hold: {self.max_parts} parts (s3_store_max_parts) of at most 5 GiB"
-            )
         self._ensure_bucket()
         location = self._location(image_id)
         if self._exists(image_id, f"checking {location.redacted()}"):
@@ -818,7 +823,6 @@ class S3Writer(Writer):
         self._etags: dict[int, str] = {}
         self._etags_lock = threading.Lock()
         self._confirmed = 0
-        self._done = False
         self._token = secrets_mod.token_hex(16)
 
     @property
@@ -838,7 +842,6 @@ class S3Writer(Writer):
     # -- writing -----------------------------------------------------------
 
     def write(self, chunk: memoryview) -> None:
-        assert not self._done, "write after commit or abort"
         self._raise_failure()
         n = len(chunk)
         if self._single:
@@ -861,13 +864,7 @@ class S3Writer(Writer):
     def _next_part_size(self) -> int:
         number = self._parts_sent + 1
         drv = self._driver
-        if number > drv.max_parts:  # an unknown size only: a known one was checked
-            held = max_total(drv.part_base, None, drv.max_parts)
-            raise InvalidArgument(
-                f"{self._shown}: the image needs more than {drv.max_parts} parts "
-                f"(s3_store_max_parts), more than the {held} bytes they hold; "
-                "raise s3_store_large_object_chunk_size"
-            )
+        assert number <= drv.max_parts, "the core stops an image that outgrows write_limits"
         return part_size(number, drv.part_base, self._size, drv.max_parts)
 
     def _raise_failure(self) -> None:
@@ -950,8 +947,7 @@ class S3Writer(Writer):
 
     # -- finishing ---------------------------------------------------------
 
-    def commit(self) -> Written:
-        assert not self._done, "commit after commit or abort"
+    def commit(self, size: int) -> Written:
         self._raise_failure()
         drv = self._driver
         if self._upload_id is None and (self._single or self._parts_sent == 0):
@@ -977,7 +973,6 @@ class S3Writer(Writer):
             )
             self._upload_id = None
             self._shutdown_pool()
-        self._done = True
         return Written(self._location)
 
     def _put_new(self, body: bytearray, length: int) -> None:
@@ -1029,7 +1024,6 @@ class S3Writer(Writer):
         return bool(head.get("Metadata", {}).get(WRITER_KEY) == self._token)
 
     def abort(self) -> None:
-        self._done = True
         self._buf = None
         self._shutdown_pool()  # parts not started are skipped; none lands after the abort
         upload_id, self._upload_id = self._upload_id, None

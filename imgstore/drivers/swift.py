@@ -65,10 +65,10 @@ Built on python-swiftclient. Options keep glance_store's names
   limit (the ``dlo`` filter pages through the container listing): its segments
   keep their size, up to the 99,999 of the five-digit segment numbers.
 * **get**: a streaming GET; an offset/length read sends ``Range``
-  (READ_RANDOM). When the connection drops mid-body, the driver asks again
+  (READ_RANDOM). When the connection drops mid-body, the core asks again
   for the rest with ``Range`` (up to ``swift_store_retry_get_count`` times,
-  with backoff) and checks the ETag did not change, so the caller gets
-  exactly the bytes of the image.
+  with backoff) and checks the ETag (the stream's version) did not change, so
+  the caller gets exactly the bytes of the image.
 * **large objects of glance_store**: a DLO manifest (``X-Object-Manifest``,
   ``<obj>-00001`` segments) is read like any object; ``delete`` removes the
   manifest and then every segment under its prefix, and an SLO's manifest
@@ -96,7 +96,6 @@ import logging
 import re
 import secrets as secrets_mod
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -111,6 +110,7 @@ from imgstore.driver import (
     Driver,
     Leftover,
     ReadStream,
+    WriteLimits,
     Writer,
     Written,
     clamp_range,
@@ -130,7 +130,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
-from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
+from imgstore.parallel import BoundedUploader, BufferPool, piece_size
 from imgstore.streaming import FedRequest, SizedFedBody
 
 LOG = logging.getLogger(__name__)
@@ -518,7 +518,7 @@ class SwiftDriver(Driver):
         self.segment_size = conf.swift_store_large_object_chunk_size * MiB
         self.slo = conf.swift_store_large_object_type == "slo"
         self.threads = conf.swift_store_thread_pools
-        self.retry_get_count = conf.swift_store_retry_get_count
+        self.read_resumes = conf.swift_store_retry_get_count
         self.retries = conf.swift_store_retries
         self.timeout = conf.swift_store_timeout
         self.cacert = conf.swift_store_cacert or None
@@ -875,21 +875,25 @@ class SwiftDriver(Driver):
             self._limits[key] = limits
         return limits
 
+    def write_limits(self) -> WriteLimits:
+        limits = self.limits(self._current())
+        most = "max_manifest_segments" if self.slo else "a DLO's five-digit segment numbers"
+        return WriteLimits(
+            largest_piece=limits.max_file_size,
+            most_pieces=limits.segment_limit(self.slo),
+            first_piece=self.segment_size,
+            growth_every=None if self.slo else GROWTH_EVERY,
+            pieces="segments",
+            why=f"{most} and max_file_size, from {limits.source}; an image of unknown size "
+            "starts with segments of swift_store_large_object_chunk_size",
+        )
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         account = self._current()
         container = self.container_for(image_id)
         location = self._location(account, container, image_id)
         limits = self.limits(account)
-        largest, most = limits.max_file_size, limits.segment_limit(self.slo)
-        if size is not None and size > capacity(self.segment_size, most, largest, size):
-            # before anything is written (not even the container)
-            kind = "an SLO" if self.slo else "a DLO"
-            raise InvalidArgument(
-                f"image {image_id} ({size} bytes) does not fit in backend {self.backend!r}: "
-                f"{kind} there has at most {most} segments "
-                f"({'max_manifest_segments' if self.slo else 'five-digit numbers'}) of at "
-                f"most {largest} bytes (max_file_size), from {limits.source}"
-            )
+        largest = limits.max_file_size
         self._ensure_container(account, container)
         if self._exists(account, container, image_id, f"checking {location.redacted()}"):
             raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
@@ -1062,7 +1066,8 @@ class SwiftDriver(Driver):
 
 
 class SwiftStream(ReadStream):
-    """One GET (whole or ranged), resumed with Range when the connection drops."""
+    """One GET (whole or ranged); its version is the object's ETag, so the core can
+    resume it with a ranged GET when the connection drops."""
 
     def __init__(
         self,
@@ -1079,18 +1084,16 @@ class SwiftStream(ReadStream):
         self._pos = start
         self._end: int | None = None if count is None else start + count
         self._doing = doing
-        self._etag: str | None = None
         self._conn: Any = None
         self._body: Any = None
         self.size = count or 0
-        self.resumed = 0
-        """How many times the download was resumed (tests read it)."""
 
     def start(self) -> None:
-        """Send the first GET (raises NotFound etc. before any byte is read)."""
+        """Send the GET (raises NotFound etc. before any byte is read)."""
         if self._end is not None and self._end == self._pos:
             return
-        headers = self._retrying(self._driver.retries)
+        tries = self._driver.retries + 1
+        headers = retry(self._request, tries, Backoff(0.5, 16.0), BackendUnavailable)
         if self._end is None:
             self.size = int(headers["content-length"])
             self._end = self.size
@@ -1103,7 +1106,7 @@ class SwiftStream(ReadStream):
         elif self._pos:
             req["Range"] = f"bytes={self._pos}-"
         # retries=0: swiftclient would otherwise resume a broken body by itself
-        # (whole reads only, sharing its request retries); this class does it
+        # (whole reads only, sharing its request retries); the core does it
         conn = drv.connection(self._account, retries=0)
         try:
             headers, body = conn.get_object(
@@ -1114,64 +1117,34 @@ class SwiftStream(ReadStream):
             raise drv.map_error(exc, self._doing) from exc
         finally:
             drv.remember(self._account, conn)
-        etag = headers.get("etag")
-        if self._etag is None:
-            self._etag = etag
-        elif etag and etag != self._etag:
-            conn.close()
-            raise BackendError(f"{self._doing}: the object changed while it was being read")
         if req and not str(headers.get("content-range", "")).startswith(f"bytes {self._pos}-"):
             conn.close()
             raise BackendError(f"{self._doing}: the server ignored the Range request")
+        self.version = headers.get("etag")
         self._conn, self._body = conn, body
         return dict(headers)
 
     def __iter__(self) -> Iterator[bytes]:
-        drv = self._driver
-        attempts = 0
-        while self._end is not None and self._pos < self._end:
-            if self._body is None:
-                self._request()
-            failure: BaseException | None = None
-            try:
-                for data in self._body:
-                    if not data:
-                        break
-                    take = min(len(data), self._end - self._pos)
-                    self._pos += take
-                    yield data[:take] if take < len(data) else data
-                    if self._pos >= self._end:
-                        break
-            except GeneratorExit:
-                raise
-            except Exception as exc:
-                failure = exc
-            if self._pos >= self._end:
-                break
+        end = self._end
+        if end is None or self._pos >= end:
+            return
+        try:
+            for data in self._body:
+                if not data:
+                    break
+                take = min(len(data), end - self._pos)
+                self._pos += take
+                yield data[:take] if take < len(data) else data
+                if self._pos >= end:
+                    break
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise self._driver.map_error(exc, self._doing) from exc
+        finally:
             self._close_body()
-            if attempts >= drv.retry_get_count:
-                if failure is not None:
-                    raise drv.map_error(failure, self._doing) from failure
-                raise BackendUnavailable(
-                    f"{self._doing}: the connection ended after {self._pos} bytes"
-                )
-            attempts += 1
-            self.resumed += 1
-            telemetry.retried()
-            LOG.warning(
-                "backend %r: %s: the download broke at byte %d; resuming (%d/%d)",
-                drv.backend, self._doing, self._pos, attempts, drv.retry_get_count,
-            )  # fmt: skip
-            self._resume(attempts)
-        self._close_body()
-
-    def _resume(self, attempt: int) -> None:
-        # a restarting server answers 503 for a moment: keep asking, but never
-        # for longer than the configured timeout in all
-        self._retrying(6, deadline=time.monotonic() + self._driver.timeout)
-
-    def _retrying(self, retries: int, deadline: float | None = None) -> dict[str, str]:
-        return retry(self._request, retries + 1, Backoff(0.5, 16.0), BackendUnavailable, deadline)
+        if self._pos < end:
+            raise BackendUnavailable(f"{self._doing}: the connection ended after {self._pos} bytes")
 
     def _close_body(self) -> None:
         conn, self._conn, self._body = self._conn, None, None
@@ -1206,7 +1179,6 @@ class SwiftPutWriter(Writer):
         )
         self._pending: bytes | None = None
         self._fed = 0
-        self._done = False
         self._token = secrets_mod.token_hex(16)
         self._answered = False
         """Whether the server answered the PUT (with an error), rather than not at all."""
@@ -1240,15 +1212,13 @@ class SwiftPutWriter(Writer):
             conn.close()
 
     def write(self, chunk: memoryview) -> None:
-        assert not self._done, "write after commit or abort"
         self._request.start()
         if self._pending is not None:
             self._request.feed(self._pending)
             self._fed += len(self._pending)
         self._pending = bytes(chunk)  # the core reuses its buffer: copy
 
-    def commit(self) -> Written:
-        assert not self._done, "commit after commit or abort"
+    def commit(self, size: int) -> Written:
         try:
             if self._pending is not None:
                 self._request.feed(self._pending)
@@ -1268,11 +1238,9 @@ class SwiftPutWriter(Writer):
                 "backend %r: %s: the server stored the image but answered an error",
                 self._driver.backend, self._shown,
             )  # fmt: skip
-        self._done = True
         return Written(self._location)
 
     def abort(self) -> None:
-        self._done = True
         self._pending = None
         self._request.abort()
         if self._request.sent:  # cannot happen (the last chunk was held back), but never leave it
@@ -1367,7 +1335,6 @@ class SwiftSegmentWriter(Writer):
         self._entries_lock = threading.Lock()
         self._confirmed = 0
         self._peak = 0
-        self._done = False
 
     def __repr__(self) -> str:
         return f"<SwiftSegmentWriter {self._shown}>"
@@ -1389,7 +1356,6 @@ class SwiftSegmentWriter(Writer):
         return self._uploader.peak if self._uploader is not None else self._peak
 
     def write(self, chunk: memoryview) -> None:
-        assert not self._done, "write after commit or abort"
         if self._uploader is not None:
             self._uploader.raise_failure()
         view = chunk
@@ -1407,18 +1373,7 @@ class SwiftSegmentWriter(Writer):
     def _next_size(self) -> int:
         number = self._sent + 1
         base, largest = self._driver.segment_size, self._limits.max_file_size
-        if number > self._limit:  # an unknown size only: begin_write checked a known one
-            held = capacity(base, self._limit, largest, None, self._every)
-            what = (
-                f"max_manifest_segments, from {self._limits.source}"
-                if self._driver.slo
-                else "a DLO's five-digit segment numbers"
-            )
-            raise InvalidArgument(
-                f"{self._shown}: the image needs more than {self._limit} segments ({what}), "
-                f"more than the {held} bytes they hold; raise "
-                "swift_store_large_object_chunk_size"
-            )
+        assert number <= self._limit, "the core stops an image that outgrows write_limits"
         return segment_size(number, base, self._size, self._limit, largest, self._every)
 
     def _send(self, last: bool = False) -> None:
@@ -1462,15 +1417,13 @@ class SwiftSegmentWriter(Writer):
             }
             self._confirmed += len(data)
 
-    def commit(self) -> Written:
-        assert not self._done, "commit after commit or abort"
+    def commit(self, size: int) -> Written:
         drv, loc = self._driver, self._location
         if self._uploader is None:  # everything fits in one segment: one plain PUT
             body = memoryview(self._buf if self._buf is not None else bytearray())
             body = body[: self._filled]
             self._buf = None
             self._put_manifest("writing", _SegmentBody(body), len(body), {})
-            self._done = True
             return Written(loc)
         if self._buf is not None and self._filled:
             self._send(last=True)
@@ -1489,7 +1442,6 @@ class SwiftSegmentWriter(Writer):
             target = f"{urllib.parse.quote(loc.container)}/{urllib.parse.quote(self._prefix)}"
             self._put_manifest("writing the manifest of", b"", 0, {"X-Object-Manifest": target})
         self._finish_pool()
-        self._done = True
         return Written(loc, {"segments": self._sent})
 
     def _put_manifest(
@@ -1557,7 +1509,6 @@ class SwiftSegmentWriter(Writer):
         self._buffers.clear()
 
     def abort(self) -> None:
-        self._done = True
         self._buf = None
         try:
             self._finish_pool()  # no segment may land after the cleanup

@@ -1080,7 +1080,6 @@ class VMwarePutWriter(Writer):
         self._request = FedRequest(
             self._send, body, "imgstore-vmware-put", f"writing {self._shown}"
         )
-        self._done = False
 
     def __repr__(self) -> str:
         return f"<VMwarePutWriter {self._shown}>"
@@ -1106,18 +1105,11 @@ class VMwarePutWriter(Writer):
             resp.close()
 
     def write(self, chunk: memoryview) -> None:
-        assert not self._done, "write after commit or abort"
         self._request.feed(bytes(chunk))  # the core reuses its buffer: copy
 
-    def commit(self) -> Written:
-        assert not self._done, "commit after commit or abort"
+    def commit(self, size: int) -> Written:
         self._request.finish()
-        self._done = True
-        try:
-            self._move_into_place()
-        except BaseException:
-            self._remove_partial(linger=0.0)  # the PUT has ended: no late file to wait for
-            raise
+        self._move_into_place()
         return Written(self._location)
 
     def _move_into_place(self) -> None:
@@ -1137,13 +1129,11 @@ class VMwarePutWriter(Writer):
         )  # fmt: skip
 
     def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
         if not self._request.started:
             return  # nothing was sent
+        stored = self._request.sent  # the PUT has ended: no late file to wait for
         self._request.abort()
-        self._remove_partial()
+        self._remove_partial(linger=0.0 if stored else _CLEANUP_WAIT)
 
     def _remove_partial(self, linger: float = _CLEANUP_WAIT) -> None:
         """Delete the temporary file; watch ``linger`` s for a file the server creates late."""

@@ -154,7 +154,7 @@ def _rbd_target(tmp_path: Path) -> Iterator[Target]:
         with Stores.from_config_files(conf) as stores:
 
             def settle(writer: Writer) -> None:
-                writer._drain()  # type: ignore[attr-defined]
+                writer._aio.drain()  # type: ignore[attr-defined]
                 writer._image.close()  # type: ignore[attr-defined]  # a dead client's watch goes
 
             yield Target(

@@ -246,9 +246,9 @@ def test_racing_writers_of_one_id(make: Any, size: int) -> None:
     assert a.data is not None and b.data is not None
     for writer, data in ((first, a.data), (second, b.data)):
         writer.write(memoryview(data))
-    location = first.commit().location
+    location = first.commit(size).location
     with pytest.raises(Duplicate):
-        second.commit()
+        second.commit(size)
     second.abort()
     assert drv.client.list_multipart_uploads(Bucket=drv.bucket).get("Uploads", []) == []
     assert drain(stores.get(str(location))).data == a.data
@@ -264,7 +264,7 @@ def test_writer_copies_the_chunk(make: Any) -> None:
     buf[:] = b"b" * len(buf)
     writer.write(memoryview(buf))
     buf[:] = b"c" * len(buf)
-    location = writer.commit().location
+    location = writer.commit(6 * MiB).location
     assert drain(stores.get(str(location))).data == b"a" * (3 * MiB) + b"b" * (3 * MiB)
 
 

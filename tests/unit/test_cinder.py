@@ -159,8 +159,8 @@ class _FakeImage:
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.data[offset : offset + length])
 
-    def write(self, data: bytes, offset: int) -> int:
-        assert isinstance(data, bytes)
+    def write(self, data: bytes | bytearray, offset: int) -> int:
+        assert isinstance(data, (bytes, bytearray))  # what python-rbd takes (not a memoryview)
         self.data[offset : offset + len(data)] = data
         return len(data)
 

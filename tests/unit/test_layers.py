@@ -69,6 +69,26 @@ def test_drivers_start_no_threads_of_their_own() -> None:
     assert spawning == {}, f"threads started by drivers: {spawning}"
 
 
+def stored_attributes(tree: ast.Module, name: str) -> list[int]:
+    """Lines that assign ``<something>.name``."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == name and isinstance(node.ctx, ast.Store)
+    ]
+
+
+def test_writers_leave_the_call_order_to_the_core() -> None:
+    """The core holds write, commit, abort in order (imgstore.pipeline.InOrder): no driver
+    writer keeps a flag of its own to refuse a late call or a second abort."""
+    guarding = {
+        path: lines
+        for path, tree in sources().items()
+        if path.startswith("imgstore/drivers/") and (lines := stored_attributes(tree, "_done"))
+    }
+    assert guarding == {}, f"writers guarding their own call order: {guarding}"
+
+
 def test_opentelemetry_is_used_only_by_the_telemetry_layer() -> None:
     allowed = {"imgstore/telemetry.py", "imgstore/metrics_server.py"}
     using = sorted(
@@ -98,11 +118,15 @@ def test_drivers_leave_scrubbing_to_the_core() -> None:
     )
 
 
-@pytest.mark.parametrize("rule", [calls_to, imports_of])
+@pytest.mark.parametrize("rule", [calls_to, imports_of, stored_attributes])
 def test_the_readers_find_what_they_look_for(rule: object) -> None:
     """The checks above can fail: each reader finds its target in a sample."""
-    tree = ast.parse("import time\nfrom opentelemetry import trace\ntime.sleep(1)\n")
+    tree = ast.parse(
+        "import time\nfrom opentelemetry import trace\ntime.sleep(1)\nself._done = True\n"
+    )
     if rule is calls_to:
         assert calls_to(tree, "time", "sleep") == [3]
+    elif rule is stored_attributes:
+        assert stored_attributes(tree, "_done") == [4]
     else:
         assert {"opentelemetry", "opentelemetry.trace", "time"} <= imports_of(tree)

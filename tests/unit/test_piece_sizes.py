@@ -178,6 +178,12 @@ class _Conn:
 
 
 def _swift(tmp_path: Path) -> SwiftDriver:
+    driver = _swift_stores(tmp_path).driver("swift")
+    assert isinstance(driver, SwiftDriver)
+    return driver
+
+
+def _swift_stores(tmp_path: Path) -> Stores:
     conf = tmp_path / "glance.conf"
     conf.write_text(
         "[glance_store]\nstores = swift\ndefault_store = swift\n"
@@ -185,9 +191,7 @@ def _swift(tmp_path: Path) -> SwiftDriver:
         "swift_store_user = test:tester\nswift_store_key = testing-key\n"
         "swift_store_auth_version = 1\nswift_store_large_object_chunk_size = 1\n"
     )
-    driver = Stores.from_config_files(conf).driver("swift")
-    assert isinstance(driver, SwiftDriver)
-    return driver
+    return Stores.from_config_files(conf)
 
 
 def _answering(driver: SwiftDriver, monkeypatch: Any, *answers: Any) -> list[int]:
@@ -263,7 +267,9 @@ def test_an_unreachable_server_or_refused_login_is_not_taken_for_defaults(
 def test_an_image_that_cannot_fit_is_refused_before_any_request(
     tmp_path: Path, monkeypatch: Any, slo: bool
 ) -> None:
-    driver = _swift(tmp_path)
+    stores = _swift_stores(tmp_path)
+    driver = stores.driver("swift")
+    assert isinstance(driver, SwiftDriver)
     driver.slo = slo
     small = SwiftLimits(16 * MiB, 4, "the cluster's GET /info")
     monkeypatch.setattr(driver, "limits", lambda account: small)
@@ -272,9 +278,13 @@ def test_an_image_that_cannot_fit_is_refused_before_any_request(
         raise AssertionError("a request was made before the refusal")
 
     monkeypatch.setattr(driver, "call", no_request)
+    monkeypatch.setattr(driver, "begin_write", no_request)
     most = 4 if slo else 99_999
-    with pytest.raises(InvalidArgument, match=f"at most {most} segments"):
-        driver.begin_write("image-1", most * 16 * MiB + 1)
+    size = most * 16 * MiB + 1
+    with pytest.raises(InvalidArgument, match=f"at most {most} segments") as refused:
+        stores.add("image-1", b"", size)
+    for word in (str(size), "max_file_size", "GET /info"):
+        assert word in str(refused.value)
 
 
 # -- S3 parts -----------------------------------------------------------------------------
@@ -316,8 +326,8 @@ def test_s3_max_parts_option(tmp_path: Path) -> None:
         assert isinstance(driver, S3Driver)
         assert driver.max_parts == 3
         # refused before any request (the endpoint is a closed port)
-        with pytest.raises(InvalidArgument, match=r"3 parts \(s3_store_max_parts\)"):
-            driver.begin_write("image-1", 3 * MAX_PART_SIZE + 1)
+        with pytest.raises(InvalidArgument, match=r"at most 3 parts .*\(s3_store_max_parts"):
+            stores.add("image-1", b"", 3 * MAX_PART_SIZE + 1)
     with pytest.raises(BadConfiguration):
         _s3_stores(tmp_path, s3_store_max_parts=0)
 

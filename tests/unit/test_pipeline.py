@@ -11,16 +11,17 @@ from typing import Any
 
 import pytest
 
-from imgstore.driver import ReadStream, Writer, Written
+from imgstore.driver import ReadStream, WriteLimits, Writer, Written
 from imgstore.drivers.filesystem import FileLocation
 from imgstore.exceptions import (
     BackendError,
+    BackendUnavailable,
     ChecksumMismatch,
     InvalidArgument,
     SizeCapExceeded,
     SizeMismatch,
 )
-from imgstore.pipeline import ChunkSource, ImageReader, new_hash, write_image
+from imgstore.pipeline import ChunkSource, ImageReader, InOrder, new_hash, write_image
 
 DATA = bytes(range(256)) * 41 + b"tail"  # 10500 bytes, no repeating chunk alignment
 
@@ -144,6 +145,7 @@ class MemoryWriter(Writer):
         self.data = bytearray()
         self.writes = 0
         self.committed = False
+        self.committed_size: int | None = None
         self.aborted = 0
         self._fail_on_write = fail_on_write
 
@@ -153,9 +155,10 @@ class MemoryWriter(Writer):
             raise OSError("fault injected: the device went away")
         self.data += chunk
 
-    def commit(self) -> Written:
-        assert not self.aborted
+    def commit(self, size: int) -> Written:
+        assert not self.aborted and not self.committed
         self.committed = True
+        self.committed_size = size
         return Written(FileLocation("/images/x"), {"k": "v"})
 
     def abort(self) -> None:
@@ -182,7 +185,7 @@ def test_write_image_round_trip(chunk_size: int, size: int | None) -> None:
     result, writer = run(odd_pieces(DATA), chunk_size=chunk_size, size=size)
     assert bytes(writer.data) == DATA
     assert writer.committed and not writer.aborted
-    assert result.size == len(DATA)
+    assert writer.committed_size == result.size == len(DATA)
     assert result.checksum == hashlib.md5(DATA, usedforsecurity=False).hexdigest()
     assert result.multihash == hashlib.sha512(DATA).hexdigest()
     assert result.written.metadata == {"k": "v"}
@@ -238,10 +241,10 @@ class HoldingWriter(MemoryWriter):
     def accepted(self) -> int:
         return self.sent
 
-    def commit(self) -> Written:
+    def commit(self, size: int) -> Written:
         self.sent = len(self.data)
         self.events.append("commit")
-        return super().commit()
+        return super().commit(size)
 
 
 def test_progress_counts_what_the_backend_accepted_so_100_percent_means_stored() -> None:
@@ -293,6 +296,22 @@ def test_size_cap(size: int | None) -> None:
         assert writer.writes == 0, "a declared size over the cap is refused before any write"
 
 
+def test_an_unknown_size_that_outgrows_the_backend_limits_is_stopped_and_aborted() -> None:
+    # pieces of 500, then 1000 bytes (doubling after each: a tenth of 2 pieces, at least 1)
+    limits = WriteLimits(largest_piece=1000, most_pieces=2, first_piece=500, why="the test's")
+    assert limits.capacity() == 1500
+    writer = MemoryWriter()
+    with pytest.raises(InvalidArgument) as refused:
+        run(b"x" * 1501, writer, chunk_size=100, limits=limits, describe="image i")
+    assert str(refused.value) == (
+        "image i needs more than 2 pieces, more than the 1500 bytes they hold (the test's)"
+    )
+    assert writer.aborted == 1 and not writer.committed
+    assert len(writer.data) == 1500, "the chunk that crossed the limit never reached the writer"
+    result, _ = run(b"x" * 1500, chunk_size=100, limits=limits)
+    assert result.size == 1500
+
+
 def test_size_cap_zero_means_no_cap() -> None:
     result, _ = run(DATA, size_cap=0)
     assert result.size == len(DATA)
@@ -317,6 +336,61 @@ def test_writer_error_is_mapped_and_aborts() -> None:
     with pytest.raises(BackendError, match="device went away"):
         run(DATA, writer, on_backend_error=lambda exc: BackendError(f"wrapped: {exc}"))
     assert writer.aborted == 1
+
+
+class CallLog(MemoryWriter):
+    """Records every call in order; its commit fails when told to."""
+
+    def __init__(self, fail_commit: bool = False) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self._fail_commit = fail_commit
+
+    def write(self, chunk: memoryview) -> None:
+        self.calls.append("write")
+        super().write(chunk)
+
+    def commit(self, size: int) -> Written:
+        self.calls.append(f"commit {size}")
+        if self._fail_commit:
+            raise OSError("fault injected: the commit failed")
+        return super().commit(size)
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+        super().abort()
+
+
+def test_the_core_commits_once_with_the_size_and_never_aborts_after_it() -> None:
+    writer = CallLog()
+    run(b"x" * 2500, writer, chunk_size=1000)
+    assert writer.calls == ["write"] * 3 + ["commit 2500"]
+
+
+def test_a_failed_commit_is_aborted_once() -> None:
+    writer = CallLog(fail_commit=True)
+    with pytest.raises(OSError, match="commit failed"):
+        run(b"x" * 2500, writer, chunk_size=1000)
+    assert writer.calls == ["write"] * 3 + ["commit 2500", "abort"]
+
+
+def test_in_order_refuses_calls_out_of_order_before_they_reach_the_driver() -> None:
+    driver_writer = CallLog()
+    writer = InOrder(driver_writer)
+    writer.write(memoryview(b"ab"))
+    writer.commit(2)
+    writer.abort()  # after a successful commit: nothing to undo
+    with pytest.raises(RuntimeError, match=r"write of .* after its successful commit"):
+        writer.write(memoryview(b"c"))
+    with pytest.raises(RuntimeError, match=r"commit of .* after its successful commit"):
+        writer.commit(2)
+    aborted = InOrder(CallLog())
+    aborted.abort()
+    aborted.abort()
+    with pytest.raises(RuntimeError, match=r"commit of .* after its abort"):
+        aborted.commit(0)
+    assert driver_writer.calls == ["write", "commit 2"]
+    assert aborted._writer.calls == ["abort"]  # type: ignore[attr-defined]
 
 
 def test_invalid_hash_algo_aborts() -> None:
@@ -348,6 +422,95 @@ class ListStream(ReadStream):
 
     def close(self) -> None:
         self.closed += 1
+
+
+class BreakingStream(ReadStream):
+    """Fault injection: ``data`` announced whole, broken off after ``cut`` bytes with
+    ``error`` (None: it just ends), in ``version``."""
+
+    def __init__(
+        self, data: bytes, cut: int, error: Exception | None = None, version: str | None = "v1"
+    ) -> None:
+        self._data, self._cut, self._error = data, cut, error
+        self.size = len(data)
+        self.version = version
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._data[: self._cut]
+        if self._error is not None:
+            raise self._error
+
+
+class Reopener:
+    """``reopen(done, count)`` for a reader of ``data``: each call gives the next of
+    ``breaks`` (cut, error) after byte ``done``, then whole streams of the rest."""
+
+    def __init__(
+        self, data: bytes, breaks: list[tuple[int, Exception | None]], version: str = "v1"
+    ) -> None:
+        self.data, self.breaks, self.version = data, breaks, version
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, done: int, count: int) -> ReadStream:
+        self.calls.append((done, count))
+        rest = self.data[done : done + count]
+        cut, error = self.breaks.pop(0) if self.breaks else (len(rest), None)
+        return BreakingStream(rest, cut, error, self.version)
+
+
+@pytest.fixture
+def no_resume_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("imgstore.pipeline.RESUME_FIRST_WAIT", 0.0)
+
+
+@pytest.mark.usefixtures("no_resume_wait")
+@pytest.mark.parametrize("error", [None, BackendUnavailable("connection reset")])
+def test_a_read_that_breaks_off_is_resumed_where_it_stopped(error: Exception | None) -> None:
+    reopen = Reopener(DATA, [(1000, error)])
+    reader = ImageReader(
+        BreakingStream(DATA, 2500, error), describe="img", reopen=reopen, resumes=2,
+        hash_algo="sha256",
+    )  # fmt: skip
+    assert reader.read_all() == DATA
+    assert reopen.calls == [(2500, len(DATA) - 2500), (3500, len(DATA) - 3500)]
+    assert reader.multihash == hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.mark.usefixtures("no_resume_wait")
+def test_resumes_stop_at_their_count_with_the_last_error() -> None:
+    cut = BackendUnavailable("connection reset")
+    reopen = Reopener(DATA, [(10, cut), (10, cut)])
+    reader = ImageReader(BreakingStream(DATA, 2500, cut), describe="img", reopen=reopen, resumes=2)
+    with pytest.raises(BackendUnavailable):
+        reader.read_all()
+    assert len(reopen.calls) == 2
+
+
+@pytest.mark.usefixtures("no_resume_wait")
+def test_a_read_is_not_resumed_into_another_version_of_the_image() -> None:
+    reopen = Reopener(DATA, [], version="v2")
+    reader = ImageReader(BreakingStream(DATA, 2500), describe="img", reopen=reopen, resumes=3)
+    with pytest.raises(BackendError, match="changed while it was read"):
+        reader.read_all()
+    assert len(reopen.calls) == 1
+
+
+@pytest.mark.usefixtures("no_resume_wait")
+@pytest.mark.parametrize(
+    ("version", "error", "expected"),
+    [
+        (None, None, SizeMismatch),  # no version: nothing to check a reopened stream by
+        ("v1", BackendError("bad request"), BackendError),  # not temporary
+    ],
+)
+def test_no_resume_without_a_version_or_after_a_lasting_error(
+    version: str | None, error: Exception | None, expected: type[Exception]
+) -> None:
+    reopen = Reopener(DATA, [])
+    stream = BreakingStream(DATA, 2500, error, version)
+    with pytest.raises(expected):
+        ImageReader(stream, describe="img", reopen=reopen, resumes=3).read_all()
+    assert reopen.calls == []
 
 
 def test_reader_yields_exactly_the_bytes() -> None:

@@ -240,7 +240,6 @@ class SqliteWriter(Writer):
         self._buffer = bytearray(self._chunk_size)
         self._filled = 0
         self._seq = 0
-        self._size = 0
         self._conn: sqlite3.Connection | None = None
         try:
             conn = driver._connect()
@@ -277,33 +276,32 @@ class SqliteWriter(Writer):
 
     def write(self, chunk: memoryview) -> None:
         """Copy ``chunk`` into fixed-size rows (the core reuses its buffer)."""
-        assert self._conn is not None, "write after commit or abort"
+        assert self._conn is not None
         view = chunk.cast("B") if chunk.format != "B" or chunk.ndim != 1 else chunk
         try:
             while view:
                 take = min(len(view), self._chunk_size - self._filled)
                 self._buffer[self._filled : self._filled + take] = view[:take]
                 self._filled += take
-                self._size += take
                 view = view[take:]
                 if self._filled == self._chunk_size:
                     self._flush()
         except sqlite3.Error as exc:
             raise _error(exc, f"write image {self._image_id}") from None
 
-    def commit(self) -> Written:
+    def commit(self, size: int) -> Written:
         """Write the last row, record the size and commit the transaction."""
         conn = self._conn
-        assert conn is not None, "commit after commit or abort"
+        assert conn is not None
         try:
             self._flush()
-            conn.execute("UPDATE images SET size = ? WHERE id = ?", (self._size, self._image_id))
+            conn.execute("UPDATE images SET size = ? WHERE id = ?", (size, self._image_id))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise _error(exc, f"commit image {self._image_id}") from None
         self._conn = None
         conn.close()
-        LOG.debug("committed %s: %d bytes in %d rows", self._image_id, self._size, self._seq)
+        LOG.debug("committed %s: %d bytes in %d rows", self._image_id, size, self._seq)
         return Written(
             SqliteLocation(self._driver.path, self._image_id),
             {"chunk_size": self._chunk_size},
@@ -312,7 +310,7 @@ class SqliteWriter(Writer):
     def abort(self) -> None:
         """Roll the transaction back; nothing of the image remains."""
         conn, self._conn = self._conn, None
-        if conn is None:
+        if conn is None:  # the commit closed it already
             return
         try:
             if conn.in_transaction:

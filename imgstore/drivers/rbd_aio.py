@@ -1,0 +1,101 @@
+"""One window of asynchronous librbd writes, for the RBD driver and Cinder's RBD volumes.
+
+librbd's ``aio_write`` returns at once and calls back on a librbd thread when the
+cluster has the bytes. :class:`AioWindow` keeps at most ``depth`` writes in flight,
+each from a buffer of its own (the core reuses the buffer it passed to ``write``), and
+recycles full-sized buffers, so a write holds at most ``depth`` buffers however large
+the image; it counts what the cluster acknowledged (a writer's ``accepted``) and keeps
+the first failure to raise on the next call.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Any
+
+
+class AioWindow:
+    """At most ``depth`` ``aio_write`` calls of ``image`` in flight; buffers of
+    ``buffer_size`` bytes (None: the size of the first write) are reused, chunks of other
+    sizes are copied once."""
+
+    def __init__(self, image: Any, depth: int, buffer_size: int | None = None) -> None:
+        self._image = image
+        self._depth = depth
+        self._buffer_size = buffer_size
+        self._cond = threading.Condition()
+        self._inflight: dict[int, list[Any]] = {}  # seq -> [completion, buffer]
+        self._free: list[bytearray] = []
+        self._failure = 0
+        self._seq = 0
+        self._stored = 0
+
+    @property
+    def stored(self) -> int:
+        """Bytes the cluster has acknowledged (or that :meth:`skip` counted)."""
+        with self._cond:
+            return self._stored
+
+    def check(self) -> None:
+        """Raise the first failed write's error as an :class:`OSError` with its errno."""
+        if self._failure:
+            raise OSError(self._failure, os.strerror(self._failure))
+
+    def skip(self, count: int) -> None:
+        """Count ``count`` bytes as stored without writing them (a range left thin)."""
+        with self._cond:
+            self._stored += count
+
+    def write(self, chunk: memoryview, offset: int) -> None:
+        """Start writing ``chunk`` at ``offset``, once a slot is free; raises the first
+        earlier failure, and what ``aio_write`` itself raises."""
+        if self._buffer_size is None:
+            self._buffer_size = len(chunk)
+        reuse = len(chunk) == self._buffer_size
+        entry: list[Any] = [None, None]  # [completion, buffer], kept until it has fired
+        with self._cond:  # wait for a free slot in the window, and take it
+            while len(self._inflight) >= self._depth:
+                self._cond.wait()
+            self.check()
+            buffer = self._free.pop() if reuse and self._free else None
+            self._seq += 1
+            seq = self._seq
+            self._inflight[seq] = entry
+        if reuse:
+            buffer = buffer if buffer is not None else bytearray(len(chunk))
+            buffer[:] = chunk  # our own copy
+            entry[1] = buffer
+        else:
+            entry[1] = chunk.tobytes()
+        try:  # not under the lock: librbd may block here until completions ran
+            entry[0] = self._image.aio_write(entry[1], offset, lambda c: self._complete(seq, c))
+        except BaseException:
+            with self._cond:
+                self._inflight.pop(seq, None)
+                self._cond.notify_all()
+            raise
+
+    # runs on a librbd thread: record, hand the buffer back, never raise
+    def _complete(self, seq: int, completion: Any) -> None:
+        try:
+            ret = int(completion.get_return_value())
+        except Exception:
+            ret = -errno.EIO
+        with self._cond:
+            entry = self._inflight.pop(seq, None)
+            if entry is not None:
+                if ret >= 0:
+                    self._stored += len(entry[1])
+                if isinstance(entry[1], bytearray):
+                    self._free.append(entry[1])
+            if ret < 0 and not self._failure:
+                self._failure = -ret
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until no write is in flight (failures are kept for :meth:`check`)."""
+        with self._cond:
+            while self._inflight:
+                self._cond.wait()
