@@ -364,6 +364,21 @@ class Driver(abc.ABC):
         """Release connections and sessions."""
 
 
+def read_resumes_option(name: str, default: int = 3) -> cfg.IntOpt:
+    """The option that sets a driver's :attr:`Driver.read_resumes`, declared here once
+    for every driver (``name``: the driver's, e.g. glance_store's
+    ``swift_store_retry_get_count``)."""
+    return cfg.IntOpt(
+        name,
+        default=default,
+        min=0,
+        help="How often a read that broke off (the connection dropped, a temporary "
+        "error) is resumed where it stopped, with a ranged request for the rest; only "
+        "when the image is the same one (its ETag, or what the backend has like it). "
+        "0: never.",
+    )
+
+
 def clamp_range(total: int, offset: int, length: int | None) -> tuple[int, int]:
     """Return ``(offset, count)`` for a read of ``length`` from ``offset`` in ``total`` bytes.
 

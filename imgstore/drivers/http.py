@@ -58,7 +58,13 @@ from urllib3.util import connection as urllib3_connection
 
 from imgstore.backoff import Backoff, retry
 from imgstore.capabilities import Capability
-from imgstore.driver import DEFAULT_CHUNK_SIZE, Driver, ReadStream, clamp_range
+from imgstore.driver import (
+    DEFAULT_CHUNK_SIZE,
+    Driver,
+    ReadStream,
+    clamp_range,
+    read_resumes_option,
+)
 from imgstore.drivers.http_guard import NetworkGuard
 from imgstore.exceptions import (
     AuthenticationFailed,
@@ -68,7 +74,6 @@ from imgstore.exceptions import (
     BadLocation,
     NotFound,
     NotSupported,
-    SizeMismatch,
     for_status,
 )
 from imgstore.location import Location, redact_uri, register, urlsplit
@@ -195,6 +200,21 @@ class GuardedAdapter(requests.adapters.HTTPAdapter):
 # -- the driver ------------------------------------------------------------------
 
 
+def _validator(response: requests.Response | None) -> str | None:
+    """What tells this version of the image from another: the strong ETag, else the
+    Last-Modified date with the length (a weak ETag promises no byte equality)."""
+    if response is None:
+        return None
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    modified = response.headers.get("Last-Modified")
+    if not modified:
+        return None
+    _first, _last, total = _content_range(response)
+    return f"{modified}; {total if total is not None else response.headers.get('Content-Length')}"
+
+
 class HttpStream(ReadStream):
     """The body of one GET response, streamed without decoding."""
 
@@ -205,6 +225,7 @@ class HttpStream(ReadStream):
         self.size = size
         self._chunk_size = chunk_size
         self._describe = describe
+        self.version = _validator(response)
 
     def __iter__(self) -> Iterator[bytes]:
         if self._response is None or self.size == 0:
@@ -220,12 +241,14 @@ class HttpStream(ReadStream):
                 f"{self.size} bytes (read timeout)"
             ) from None
         except (ProtocolError, OSError, requests.RequestException) as exc:
-            raise SizeMismatch(
+            raise BackendUnavailable(
                 f"{self._describe}: the server closed the connection after {received} of "
                 f"{self.size} bytes ({type(exc).__name__})"
             ) from None
-        if received < self.size:
-            raise SizeMismatch(f"{self._describe}: the server sent {received} of {self.size} bytes")
+        if received < self.size:  # the connection ended early: worth another try
+            raise BackendUnavailable(
+                f"{self._describe}: the server sent {received} of {self.size} bytes"
+            )
 
     def close(self) -> None:
         if self._response is not None:
@@ -280,6 +303,7 @@ class HttpDriver(Driver):
                 min=0,
                 help="Retries, before the body starts, after a connection error, 429 or 5xx.",
             ),
+            read_resumes_option("http_read_resumes"),
             cfg.FloatOpt(
                 "http_retry_backoff",
                 default=0.5,
@@ -329,6 +353,7 @@ class HttpDriver(Driver):
         self.max_redirects = int(conf.http_max_redirects)
         self.timeout = (float(conf.http_connect_timeout), float(conf.http_read_timeout))
         self.retries = int(conf.http_retries)
+        self.read_resumes = int(conf.http_read_resumes)
         self.backoff = float(conf.http_retry_backoff)
         self.chunk_size = int(conf.http_chunk_size)
         self.guard = NetworkGuard(conf.http_allowed_networks or [])

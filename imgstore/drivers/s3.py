@@ -70,6 +70,7 @@ from imgstore.driver import (
     Writer,
     Written,
     clamp_range,
+    read_resumes_option,
     tls_verify_failure,
 )
 from imgstore.exceptions import (
@@ -356,6 +357,7 @@ class S3Driver(Driver):
             cfg.FloatOpt(
                 "s3_store_read_timeout", default=60.0, min=0.1, help="Read timeout, seconds."
             ),
+            read_resumes_option("s3_store_read_resumes"),
         ]
 
     def configure(self) -> None:
@@ -383,6 +385,7 @@ class S3Driver(Driver):
         self.large_object_size = conf.s3_store_large_object_size * MiB
         self.part_base = conf.s3_store_large_object_chunk_size * MiB
         self.max_parts: int = conf.s3_store_max_parts
+        self.read_resumes = conf.s3_store_read_resumes
         self.threads = conf.s3_store_thread_pools
         self.create_bucket = conf.s3_store_create_bucket_on_put
         if conf.s3_store_enable_data_integrity_protection:
@@ -520,6 +523,11 @@ class S3Driver(Driver):
         ):
             return BackendUnavailable(
                 f"{what}: cannot reach {self.endpoint_url} ({type(exc).__name__})"
+            )
+        if isinstance(exc, (bx.IncompleteReadError, bx.ResponseStreamingError)):
+            # the connection broke off mid-body: worth another try, never bad bytes
+            return BackendUnavailable(
+                f"{what}: the connection to {self.endpoint_url} broke off ({type(exc).__name__})"
             )
         if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             return BadConfiguration(f"{what}: no S3 credentials")
@@ -721,6 +729,7 @@ class S3Stream(ReadStream):
         self._body = response["Body"] if response is not None else None
         self.size = size
         self._doing = doing
+        self.version = response.get("ETag") if response is not None else None
 
     def __iter__(self) -> Iterator[bytes]:
         body = self._body
@@ -732,8 +741,11 @@ class S3Stream(ReadStream):
                 data = body.read(min(READ_CHUNK_SIZE, left))
             except Exception as exc:
                 raise self._driver.map_error(exc, self._doing) from exc
-            if not data:
-                return
+            if not data:  # botocore checks the length at the end; should it not, say so
+                raise BackendUnavailable(
+                    f"backend {self._driver.backend!r}: {self._doing}: the connection broke "
+                    f"off after {self.size - left} of {self.size} bytes"
+                )
             left -= len(data)
             yield data
 

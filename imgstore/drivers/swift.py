@@ -114,6 +114,7 @@ from imgstore.driver import (
     Writer,
     Written,
     clamp_range,
+    read_resumes_option,
     tls_verify_failure,
 )
 from imgstore.exceptions import (
@@ -483,13 +484,7 @@ class SwiftDriver(Driver):
                 default="object-store",
                 help="Keystone: the catalog's service type for Swift.",
             ),
-            cfg.IntOpt(
-                "swift_store_retry_get_count",
-                default=0,
-                min=0,
-                help="How often a download whose connection drops is resumed (with a "
-                "Range request for the rest).",
-            ),
+            read_resumes_option("swift_store_retry_get_count", default=0),
             cfg.IntOpt(
                 "swift_store_retries",
                 default=3,

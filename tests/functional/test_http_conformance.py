@@ -29,15 +29,16 @@ from imgstore import (
     NotFound,
     NotSupported,
     ReadOnlyStore,
-    SizeMismatch,
     Stores,
 )
 from imgstore.capabilities import Capability
 from imgstore.testing import ReadConformanceTests, StoreUnderTest
+from tests.functional.cutting_proxy import CuttingProxy
 
 pytestmark = pytest.mark.functional
 
 ALLOW_LOOPBACK = "127.0.0.0/8"
+MiB = 1 << 20
 
 
 def make_stores(tmp_path: Path, options: dict[str, Any], name: str = "web") -> Stores:
@@ -523,20 +524,83 @@ def _response(status: str, body: bytes, length: int | None = None, extra: str = 
 
 
 def test_body_cut_short_is_a_clear_error(fault_stores: Stores) -> None:
+    """A connection that ends mid-body is worth another try (BackendUnavailable), not an
+    integrity failure; without a validator (ETag, Last-Modified) it is not resumed."""
     server = FaultServer([_response("200 OK", b"x" * 5000, length=10000)])
     try:
         reader = fault_stores.get(server.url())
         assert reader.size == 10000
-        with pytest.raises(SizeMismatch, match="5000 of 10000"):
+        with pytest.raises(BackendUnavailable, match="5000 of 10000"):
             reader.read_all()
         ranged = _response(
             "206 Partial Content", b"y" * 10, length=100, extra="Content-Range: bytes 5-104/200\r\n"
         )
         server.script = [ranged]
-        with pytest.raises(SizeMismatch, match="10 of 100"):
+        with pytest.raises(BackendUnavailable, match="10 of 100"):
             fault_stores.get(server.url(), offset=5, length=100).read_all()
+        assert len(server.requests) == 2, "nothing to resume by: no second request"
     finally:
         server.close()
+
+
+@pytest.fixture
+def cut_nginx(nginx: dict[str, Any], docroot: Path, tmp_path: Path) -> Iterator[Any]:
+    """``make(resumes, cuts, after) -> (stores, url, path, data, proxy)``: an image in
+    nginx's docroot, read through a CuttingProxy that cuts the first ``cuts`` responses
+    after ``after`` bytes."""
+    proxies: list[CuttingProxy] = []
+    opened: list[Stores] = []
+    port = int(nginx["http_url"].rsplit(":", 1)[1].split("/", 1)[0])
+
+    def make(
+        resumes: int, cuts: int, after: int = 2 * MiB
+    ) -> tuple[Stores, str, Path, bytes, CuttingProxy]:
+        data = os.urandom(12 * MiB)
+        name = uuid.uuid4().hex
+        put(docroot, data, name)
+        proxy = CuttingProxy(port, after=after, cuts=cuts)
+        proxies.append(proxy)
+        options = {"http_allowed_networks": ALLOW_LOOPBACK, "http_read_resumes": resumes}
+        stores = make_stores(tmp_path, options)
+        opened.append(stores)
+        url = f"http://127.0.0.1:{proxy.port}/images/{docroot.name}/{name}"
+        return stores, url, docroot / name, data, proxy
+
+    yield make
+    for stores in opened:
+        stores.close()
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_a_download_cut_twice_is_resumed_from_nginx(cut_nginx: Any) -> None:
+    stores, url, _path, data, proxy = cut_nginx(resumes=3, cuts=2)
+    with stores.get(url, hash_algo="sha256") as reader:
+        assert reader.read_all() == data
+    assert proxy.cut == 2
+    ranged = stores.get(url, offset=MiB + 5, length=6 * MiB).read_all()
+    assert ranged == data[MiB + 5 : 7 * MiB + 5]
+
+
+def test_a_download_cut_more_often_than_it_may_resume_fails(cut_nginx: Any) -> None:
+    stores, url, _path, _data, proxy = cut_nginx(resumes=1, cuts=2)
+    with pytest.raises(BackendUnavailable, match=r"(closed the connection after|sent) \d+ of"):
+        stores.get(url).read_all()
+    assert proxy.cut == 2
+
+
+def test_a_download_is_not_resumed_into_a_changed_image(cut_nginx: Any) -> None:
+    """The file is replaced between the cut and the resume: nginx's ETag (mtime and size)
+    changes, and the read fails instead of splicing two images. The cut comes after the
+    first 4 MiB chunk, which the test takes before it replaces the file."""
+    stores, url, path, data, proxy = cut_nginx(resumes=3, cuts=1, after=6 * MiB)
+    with stores.get(url) as reader, pytest.raises(BackendError, match="changed while"):
+        for number, _chunk in enumerate(reader):
+            if number == 0:  # the first response is still open on the old file
+                replacement = path.with_name(path.name + ".new")
+                replacement.write_bytes(os.urandom(len(data) + 1))
+                os.replace(replacement, path)
+    assert proxy.cut == 1
 
 
 def test_server_errors_are_retried_a_bounded_number_of_times(fault_stores: Stores) -> None:

@@ -30,6 +30,7 @@ from imgstore import (
 )
 from imgstore.drivers.s3 import MiB, S3Driver, S3Writer
 from imgstore.testing.conformance import Payload, SourceFailure, drain
+from tests.functional.cutting_proxy import CuttingProxy
 from tests.functional.test_s3_conformance import (
     bucket_listing,
     new_bucket,
@@ -252,6 +253,47 @@ def test_racing_writers_of_one_id(make: Any, size: int) -> None:
     second.abort()
     assert drv.client.list_multipart_uploads(Bucket=drv.bucket).get("Uploads", []) == []
     assert drain(stores.get(str(location))).data == a.data
+
+
+@pytest.fixture
+def cutting(details: dict[str, Any]) -> Iterator[Any]:
+    """``cutting(cuts, after) -> CuttingProxy`` in front of the server's S3 endpoint;
+    closed after ``make``'s cleanup (ask for this fixture first)."""
+    proxies: list[CuttingProxy] = []
+    port = int(details["endpoint"].rsplit(":", 1)[1].split("/", 1)[0])
+
+    def make_proxy(cuts: int, after: int = 2 * MiB) -> CuttingProxy:
+        proxies.append(CuttingProxy(port, after=after, cuts=cuts))
+        return proxies[-1]
+
+    yield make_proxy
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.mark.parametrize(("resumes", "cuts"), [(3, 2), (1, 2)])
+def test_a_download_cut_off_is_resumed_up_to_s3_store_read_resumes(
+    cutting: Any, make: Any, resumes: int, cuts: int
+) -> None:
+    """The connection of a GET breaks off twice (a relay cuts it, as a dying network
+    does): with 3 resumes the image arrives whole, the rest asked for by ranged GETs of
+    the same ETag; with 1, the read fails as the temporary failure it is."""
+    proxy = cutting(cuts=0)
+    stores = make(
+        s3_store_host=f"http://127.0.0.1:{proxy.port}", s3_store_read_resumes=resumes,
+        s3_store_large_object_size=100,
+    )  # fmt: skip
+    data = Payload(12 * MiB, seed=31).data
+    assert data is not None
+    result = stores.add(str(uuid.uuid4()), data, len(data))
+    proxy.cuts_left = cuts  # from now on: uploads are done, only downloads are long
+    if resumes >= cuts:
+        with stores.get(result.location, expected_checksum=result.checksum) as reader:
+            assert reader.read_all() == data
+    else:
+        with pytest.raises(BackendUnavailable, match="broke off"):
+            drain(stores.get(result.location))
+    assert proxy.cut == cuts
 
 
 def test_writer_copies_the_chunk(make: Any) -> None:

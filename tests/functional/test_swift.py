@@ -21,13 +21,10 @@ cleanup tests also run against radosgw's Swift API, ``up ceph``.)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import os
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +35,7 @@ import pytest
 from imgstore import Stores
 from imgstore.exceptions import AuthenticationFailed, BackendUnavailable, NotFound, SizeMismatch
 from tests.functional.conftest import require_service
+from tests.functional.cutting_proxy import CuttingProxy
 from tests.functional.swift_helpers import (
     SMALL_SEGMENTS,
     container_listing,
@@ -245,65 +243,6 @@ def test_multi_tenant_uses_the_callers_token(
 
 
 # -- a download cut mid-stream ---------------------------------------------------
-
-
-class CuttingProxy:
-    """A TCP relay on 127.0.0.1 in front of the Swift proxy that cuts downloads.
-
-    A FAKE, to inject a fault: the first ``cuts`` responses longer than
-    ``after`` bytes are cut off there (the connection is closed), as when a
-    network or a server dies mid-download. Killing the real object server does
-    the same, but makes the shared Swift proxy error-limit that server for a
-    minute, failing every other test that uses it meanwhile.
-    """
-
-    def __init__(self, target_port: int, after: int, cuts: int) -> None:
-        self.after, self.cuts_left = after, cuts
-        self.cut = 0
-        self._target = target_port
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self._target))
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, response: bool) -> None:
-        sent = 0
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if response and sent + len(data) > self.after:
-                    with self._lock:
-                        cut = self.cuts_left > 0
-                        if cut:
-                            self.cuts_left -= 1
-                            self.cut += 1
-                    if cut:
-                        dst.sendall(data[: self.after - sent])
-                        break
-                dst.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 @pytest.fixture
