@@ -103,13 +103,16 @@ def _apt_install(packages: Sequence[str], log: Path | None) -> bool:
             f"apt-get install -y {' '.join(missing)}"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    # another apt-get (Glance's preparation installs qemu-utils beside `up`) holds the
+    # dpkg lock for a while: wait for it rather than fail
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+    cmd = [*apt, "install", "-y", "--no-install-recommends", *missing]
     LOG.info("installing Debian packages: %s", " ".join(missing))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         LOG.info("apt-get install failed; running apt-get update once and retrying")
         upd = subprocess.run(
-            ["apt-get", "update"], capture_output=True, text=True, env=env, check=False
+            [*apt, "update"], capture_output=True, text=True, env=env, check=False
         )
         if upd.returncode != 0:
             raise ServiceError(f"apt-get update failed:\n{_tail(upd.stdout + upd.stderr)}")
@@ -149,7 +152,12 @@ def _ensure_venv(
     venv = VENV_ROOT / name
     python = python or sys.executable
     stamp_text = json.dumps(
-        {"python": python, "requirements": list(requirements), "site": system_site_packages}
+        {
+            "python": python,
+            "requirements": list(requirements),
+            "site": system_site_packages,
+            "constraints": CONSTRAINTS.read_text(),
+        }
     )
     stamp = venv / ".imgstore-stamp"
     if stamp.exists() and stamp.read_text() == stamp_text and (venv / "bin" / "python").exists():
@@ -166,6 +174,11 @@ def _ensure_venv(
         )
     stamp.write_text(stamp_text)
     return venv
+
+
+CONSTRAINTS = REPO_ROOT / "scripts" / "constraints.txt"
+"""Versions every pip-install avoids (scripts/pip-install); a venv built before they
+changed is built again."""
 
 
 def pip_install(python: Path | str, *args: str) -> list[str]:
