@@ -386,7 +386,7 @@ def set_acls(
     write_tenants: Any = None,
     context: Any = None,
 ) -> None:
-    """Per-tenant ACLs: no imgstore backend has them, so this only checks the URI."""
+    """Per-tenant ACLs (a multi-tenant swift backend keeps them; other stores skip)."""
     loc = location.get_location_from_uri(location_uri, conf=_conf())
     store = get_store_from_scheme(loc.store_name)
     apply_acls(store, loc, public, read_tenants, write_tenants, context)

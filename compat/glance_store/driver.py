@@ -23,6 +23,7 @@ from glance_store.capabilities import BitMasks
 from glance_store.location import Location, StoreLocation
 from imgstore import exceptions as imgstore_exc
 from imgstore.capabilities import Capability
+from imgstore.location import parse as parse_location
 
 LOG = logging.getLogger(__name__)
 
@@ -158,8 +159,9 @@ class Store:
 
     def _as_caller(self, context: Any) -> contextlib.AbstractContextManager[None]:
         """Act with the request's own credentials where the backend has none of its own
-        (a cinder backend without service credentials: glance_store takes the context's
-        token, project and service catalog); otherwise nothing changes."""
+        (a cinder backend without service credentials, a multi-tenant swift backend:
+        glance_store takes the context's token, project and service catalog); otherwise
+        nothing changes."""
         if context is None or self.unusable is not None:
             return contextlib.nullcontext()
         drv = self.driver
@@ -167,9 +169,9 @@ class Store:
             return contextlib.nullcontext()
         project = getattr(context, "project_id", None) or getattr(context, "project", None)
         return drv.credentials(  # type: ignore[attr-defined,no-any-return]
-            getattr(context, "auth_token", None) or "",
-            project or "",
-            getattr(context, "service_catalog", None),
+            token=getattr(context, "auth_token", None) or "",
+            project_id=project or "",
+            catalog=getattr(context, "service_catalog", None),
         )
 
     def get_schemes(self) -> tuple[str, ...]:
@@ -280,8 +282,21 @@ class Store:
         write_tenants: Any = None,
         context: Any = None,
     ) -> None:
-        """No imgstore backend keeps per-tenant ACLs (glance_store: NotImplementedError)."""
-        raise NotImplementedError
+        """Share the image with projects where the backend keeps ACLs (a multi-tenant
+        swift backend); NotImplementedError elsewhere, as glance_store's other stores."""
+        set_acls = getattr(self.driver, "set_acls", None)
+        if set_acls is None:
+            raise NotImplementedError
+        try:
+            with self._as_caller(context):
+                set_acls(
+                    parse_location(_uri_of(location)),
+                    public=public,
+                    read_tenants=list(read_tenants or ()),
+                    write_tenants=list(write_tenants or ()),
+                )
+        except imgstore_exc.ImgstoreError as exc:
+            raise exceptions.from_imgstore(exc, "set_acls") from exc
 
     # -- attributes Glance reads ---------------------------------------------------
 

@@ -260,7 +260,7 @@ def set_acls_for_multi_store(
     write_tenants: Any = None,
     context: Any = None,
 ) -> None:
-    """Per-tenant ACLs: no imgstore backend has them, so this only checks the URI."""
+    """Per-tenant ACLs (a multi-tenant swift backend keeps them; other stores skip)."""
     loc = location.get_location_from_uri_and_backend(location_uri, backend, conf=_conf())
     store = get_store_from_store_identifier(backend)
     apply_acls(store, loc, public, read_tenants, write_tenants, context)

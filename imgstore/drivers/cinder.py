@@ -83,6 +83,7 @@ from typing import Any, NoReturn
 
 from oslo_config import cfg
 
+from imgstore import keystone_catalog
 from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
@@ -603,23 +604,21 @@ class CinderDriver(Driver):
                 raise BadConfiguration(
                     f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
                 ) from None
-        from keystoneauth1.access import service_catalog
-
         service_type, service_name, interface = ([*c.cinder_catalog_info.split(":"), "", ""])[:3]
-        try:
-            url = service_catalog.ServiceCatalogV2(catalog or []).url_for(
-                service_type=service_type or "volumev3",
-                service_name=service_name or None,
-                interface=interface or "publicURL",
-                region_name=c.cinder_os_region_name,
-            )
-        except ks_exc.EndpointNotFound:
+        url = keystone_catalog.endpoint_url(
+            catalog,
+            service_type or "volumev3",
+            interface or "publicURL",
+            c.cinder_os_region_name,
+            service_name or None,
+        )
+        if url is None:
             raise BadConfiguration(
                 f"backend {self.backend!r}: the caller's service catalog has no "
                 f"{c.cinder_catalog_info!r} endpoint (cinder_catalog_info, "
                 "cinder_os_region_name), and no cinder_endpoint_template is set"
-            ) from None
-        return str(url)
+            )
+        return url
 
     def __repr__(self) -> str:
         return f"<CinderDriver backend={self.backend!r}>"

@@ -20,11 +20,19 @@ Built on python-swiftclient. Options keep glance_store's names
   caller's token (multi-tenant) no new login is possible: an expired one is
   :class:`AuthenticationFailed`.
 * **multi-tenant** (``swift_store_multi_tenant = True``): no configured
-  credentials; the caller gives a token and storage URL per operation::
+  credentials; the caller gives a token and a storage URL, or its Keystone
+  service catalog, per operation::
 
       drv = stores.driver("swift")
-      with drv.credentials(token=request_token, storage_url=url):
+      with drv.credentials(token=request_token, catalog=request_catalog):
           stores.add(image_id, data)
+
+  Each image gets a container of its own (``<container>_<id>``, glance_store's
+  layout), removed with it; :meth:`SwiftDriver.set_acls` shares it with other
+  projects (Swift container ACLs). A location naming another storage URL is
+  followed only to an object-store endpoint of the caller's catalog (or the
+  endpoint of the storage URL it gave): a crafted location never carries the
+  caller's token to another host (:mod:`imgstore.drivers.swift_endpoints`).
 
   :meth:`SwiftDriver.credentials` is a context manager (a ``contextvars``
   variable, so it follows the calling thread or task); an operation captures
@@ -102,7 +110,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from imgstore import telemetry
+from imgstore import keystone_catalog, telemetry
 from imgstore.backoff import Backoff, retry
 from imgstore.capabilities import Capability
 from imgstore.driver import (
@@ -117,6 +125,7 @@ from imgstore.driver import (
     read_resumes_option,
     tls_verify_failure,
 )
+from imgstore.drivers.swift_endpoints import StorageEndpoints
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -257,6 +266,8 @@ class Account:
     storage_url: str | None = None
     token: str | None = dataclasses.field(default=None, repr=False)
     reference: str | None = None
+    trusted: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+    """With a caller's token: the storage URLs it may be sent to (swift_endpoints)."""
 
     def __repr__(self) -> str:
         where = self.storage_url or self.auth_url
@@ -466,6 +477,12 @@ class SwiftDriver(Driver):
                 help="Use the caller's token and storage URL (SwiftDriver.credentials) "
                 "instead of configured credentials.",
             ),
+            cfg.ListOpt(
+                "swift_store_admin_tenants",
+                default=[],
+                help="Multi-tenant: projects given write access to every image's container "
+                "(with the image's own write tenants) when its ACLs are set.",
+            ),
             cfg.StrOpt("swift_store_cacert", help="CA bundle to verify https endpoints."),
             cfg.BoolOpt(
                 "swift_store_auth_insecure",
@@ -632,16 +649,55 @@ class SwiftDriver(Driver):
 
     # -- multi-tenant --------------------------------------------------------
 
+    @property
+    def per_request(self) -> bool:
+        """Multi-tenant: every operation acts with the caller's :meth:`credentials`."""
+        return self.multi_tenant
+
     @contextlib.contextmanager
-    def credentials(self, token: str, storage_url: str) -> Iterator[None]:
-        """Act with ``token`` on the account at ``storage_url`` inside the ``with`` block."""
-        if not token or not storage_url:
-            raise InvalidArgument("credentials() needs a token and a storage URL")
+    def credentials(
+        self,
+        token: str,
+        storage_url: str | None = None,
+        *,
+        project_id: str | None = None,
+        catalog: list[dict[str, Any]] | None = None,
+    ) -> Iterator[None]:
+        """Act with ``token`` on the account at ``storage_url`` inside the ``with`` block.
+
+        Without ``storage_url`` it is the caller's service ``catalog``'s object-store
+        endpoint (``swift_store_service_type``, ``swift_store_endpoint_type``,
+        ``swift_store_region``), as glance_store's multi-tenant store finds it. A
+        location naming another storage URL is read only when that URL is one of the
+        catalog's object-store endpoints (or on the same endpoint as ``storage_url``):
+        the token goes nowhere else. ``project_id`` is accepted for callers that pass
+        every driver the same arguments."""
+        del project_id  # the storage URL names the account
+        c = self.conf
+        if not storage_url:
+            storage_url = keystone_catalog.endpoint_url(
+                catalog, c.swift_store_service_type, c.swift_store_endpoint_type,
+                c.swift_store_region,
+            )  # fmt: skip
+            if storage_url is None:
+                raise BadConfiguration(
+                    f"backend {self.backend!r}: no storage URL was given and the caller's "
+                    f"service catalog has no {c.swift_store_service_type!r} endpoint "
+                    "(swift_store_service_type, swift_store_endpoint_type, swift_store_region)"
+                )
+        if not token:
+            raise AuthenticationFailed(
+                f"backend {self.backend!r} acts with the caller's credentials: a token is needed"
+            )
         try:
             _strip_scheme(storage_url)
         except ValueError:
             raise InvalidArgument("the storage URL must be an http(s) URL") from None
-        reset = _CONTEXT.set(Account(storage_url=storage_url.rstrip("/"), token=token))
+        trusted = StorageEndpoints(
+            [storage_url, *keystone_catalog.endpoint_urls(catalog, c.swift_store_service_type)]
+        )
+        account = Account(storage_url=storage_url.rstrip("/"), token=token, trusted=trusted.urls)
+        reset = _CONTEXT.set(account)
         try:
             yield
         finally:
@@ -662,6 +718,8 @@ class SwiftDriver(Driver):
         ctx = _CONTEXT.get()
         if ctx is not None:
             if loc.url is not None and loc.url.rstrip("/") != self._auth_prefix_url(loc):
+                if loc.url != ctx.storage_url:
+                    StorageEndpoints(ctx.trusted).check(loc.url)
                 return dataclasses.replace(ctx, storage_url=loc.url)
             return ctx
         if loc.reference is not None and loc.reference in self._accounts:
@@ -780,7 +838,11 @@ class SwiftDriver(Driver):
         return location
 
     def container_for(self, image_id: str) -> str:
-        """The container an image goes to (with the multiple-containers seed)."""
+        """The container an image goes to: multi-tenant, one of its own
+        (``<container>_<id>``, glance_store's layout, so :meth:`set_acls` shares one
+        image); otherwise the configured one (with the multiple-containers seed)."""
+        if self.multi_tenant:
+            return f"{self.container}_{image_id}"
         if self.seed:
             return f"{self.container}_{image_id[: self.seed]}"
         return self.container
@@ -801,6 +863,9 @@ class SwiftDriver(Driver):
         key = (repr(account), container)
         if key in self._containers_ready:
             return
+        if self.multi_tenant:  # a container per image: made by its add, removed with it
+            self.call(account, f"creating container {container!r}", "put_container", container)
+            return
         doing = f"checking container {container!r}"
         try:
             self.call(account, doing, "head_container", container)
@@ -813,6 +878,41 @@ class SwiftDriver(Driver):
             self.call(account, f"creating container {container!r}", "put_container", container)
             LOG.info("backend %r: created container %r", self.backend, container)
         self._containers_ready.add(key)
+
+    def drop_image_container(self, account: Account, loc: SwiftLocation) -> None:
+        """Remove the image's own container (multi-tenant) once it is empty; a container
+        that still holds something (a racing add of the same id) stays."""
+        if not self.multi_tenant or loc.container != self.container_for(loc.obj):
+            return
+        try:
+            self.call(account, f"removing container {loc.container!r}", "delete_container",
+                      loc.container)  # fmt: skip
+        except ImgstoreError as exc:  # 409: not empty; 404: gone already
+            if not (exc.__cause__ and _is_http_error(exc.__cause__, 404, 409)):
+                LOG.warning("backend %r: %s", self.backend, exc)
+
+    def set_acls(
+        self,
+        location: Location,
+        public: bool = False,
+        read_tenants: list[str] | None = None,
+        write_tenants: list[str] | None = None,
+    ) -> None:
+        """Who may read and write a multi-tenant image: every project (``public``), the
+        ``read_tenants``, and the ``write_tenants`` plus ``swift_store_admin_tenants``
+        (Swift container ACLs on the image's own container, as glance_store sets them)."""
+        loc = self._checked(location)
+        if not self.multi_tenant:
+            raise NotImplementedError("ACLs are kept only by a multi-tenant swift backend")
+        account = self._account_for(loc)
+        read = "*:*" if public else ",".join(f"{t}:*" for t in read_tenants or ())
+        writers = [*(write_tenants or ()), *self.conf.swift_store_admin_tenants]
+        headers = {
+            "X-Container-Read": read,
+            "X-Container-Write": ",".join(f"{t}:*" for t in writers),
+        }
+        self.call(account, f"setting the ACLs of {loc.redacted()}", "post_container",
+                  loc.container, headers)  # fmt: skip
 
     def head(self, account: Account, container: str, obj: str, doing: str) -> dict[str, str]:
         """The object's headers; :class:`NotFound` when it is not there."""
@@ -939,6 +1039,7 @@ class SwiftDriver(Driver):
         with contextlib.suppress(NotFound):
             self.call(account, doing, "delete_object", loc.container, loc.obj)
         self.delete_segments(account, segments, loc.redacted())
+        self.drop_image_container(account, loc)
 
     def _delete_slo(self, account: Account, loc: SwiftLocation, doing: str) -> None:
         """Delete an SLO and its segments (``multipart-manifest=delete``)."""
@@ -960,6 +1061,7 @@ class SwiftDriver(Driver):
         # a server that removed only the manifest: delete the segments one by one
         if segments and self._exists(account, *segments[0], doing):
             self.delete_segments(account, segments, loc.redacted())
+        self.drop_image_container(account, loc)
 
     def _own_containers(self, account: Account) -> list[str]:
         """The configured container and, with the multiple-containers seed, its siblings."""
@@ -1244,6 +1346,7 @@ class SwiftPutWriter(Writer):
                                   self._location.container, self._location.obj)  # fmt: skip
             except ImgstoreError as exc:
                 LOG.warning("backend %r: %s", self._driver.backend, exc)
+        self._driver.drop_image_container(self._account, self._location)
 
 
 class _SegmentBody:
@@ -1512,3 +1615,4 @@ class SwiftSegmentWriter(Writer):
             self._driver.delete_segments(
                 self._account, [(self._location.container, n) for n in names], self._shown
             )
+            self._driver.drop_image_container(self._account, self._location)

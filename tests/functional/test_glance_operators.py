@@ -13,6 +13,9 @@ Glance install and compat package, another glance-api.conf) and talks to it over
   and ``url_prefix``), and the image is served from the real Cinder;
 * a cinder backend with no service credentials works with the caller's own token
   (Glance's request context), against Cinder behind Keystone;
+* a multi-tenant swift backend stores each user's image in the user's own account
+  (the request's token and service catalog) behind Keystone, and sharing the image
+  with another project (members API: set_acls) lets that project read it;
 * single-store Glance's task import removes its download from ``[task] work_dir``
   (legacy ``delete_from_backend`` outside the store's directory).
 
@@ -39,6 +42,7 @@ import pytest
 import requests
 
 from imgstore import Stores
+from tests.functional.conftest import require_service
 from tests.functional.glance_helpers import PrivateGlance, private_glance
 
 pytestmark = pytest.mark.functional
@@ -174,14 +178,22 @@ def test_legacy_cinder_location_is_rewritten_and_served(
 def _keystone_login(cinder: dict[str, Any]) -> tuple[str, str, list[dict[str, Any]]]:
     """A real token of the images user: (token, project id, service catalog in the
     Keystone v2 form keystonemiddleware hands Glance in X-Service-Catalog)."""
+    return _login(
+        cinder["keystone_auth_url"], cinder["keystone_user"], cinder["keystone_password"],
+        cinder["keystone_project"], cinder["keystone_domain"],
+    )  # fmt: skip
+
+
+def _login(
+    auth_url: str, user: str, password: str, project: str, domain: str = "Default"
+) -> tuple[str, str, list[dict[str, Any]]]:
+    """(token, project id, service catalog in keystonemiddleware's v2 form) of a user."""
     answer = requests.post(
-        f"{cinder['keystone_auth_url'].rstrip('/')}/auth/tokens",
+        f"{auth_url.rstrip('/')}/auth/tokens",
         json={"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
-                "name": cinder["keystone_user"], "password": cinder["keystone_password"],
-                "domain": {"name": cinder["keystone_domain"]}}}},
-            "scope": {"project": {"name": cinder["keystone_project"],
-                                  "domain": {"name": cinder["keystone_domain"]}}},
+                "name": user, "password": password, "domain": {"name": domain}}}},
+            "scope": {"project": {"name": project, "domain": {"name": domain}}},
         }},
         timeout=30,
     )  # fmt: skip
@@ -271,6 +283,81 @@ def test_cinder_with_the_users_own_token(
         as_the_user(g)
         gone = requests.get(volume_url, headers={"X-Auth-Token": tokens[-1]}, timeout=30)
         assert gone.status_code == 404 or gone.json()["volume"]["status"] == "deleting"
+        log = g.log_text()
+        assert not [t for t in tokens if t in log]
+
+
+def test_multi_tenant_swift_with_the_users_token_catalog_and_acls(
+    glance: dict[str, Any], tmp_path: Path
+) -> None:
+    """A swift backend with swift_store_multi_tenant (no credentials of its own), behind
+    the harness's Keystone: each request's token and service catalog (as
+    keystonemiddleware hands them to Glance) store the image in the user's own account,
+    in a container of its own; sharing the image with another project (Glance's members
+    API calls set_acls) lets that project's token read it from the owner's account."""
+    ks = require_service("keystone")
+    demo = (ks["auth_url"], ks["user"], ks["password"], ks["project"])
+    alt = (ks["auth_url"], ks["alt_user"], ks["alt_password"], ks["alt_project"])
+    container = f"glance-mt-{uuid.uuid4().hex[:8]}"
+    extra = _section("mt", {
+        "store_description": "Swift, the users' own accounts",
+        "swift_store_multi_tenant": True,
+        "swift_store_container": container,
+        "swift_store_region": ks["region"],
+    })  # fmt: skip
+    data = os.urandom(2 * 1024 * 1024 + 9)
+    tokens: list[str] = []
+
+    def as_user(g: PrivateGlance, who: tuple[str, str, str, str], roles: str) -> str:
+        """A fresh token (the harness's Keystone tokens live 10 s) in the headers."""
+        token, project_id, catalog = _login(*who)
+        tokens.append(token)
+        g.headers.update(
+            {"X-Auth-Token": token, "X-Project-Id": project_id, "X-Roles": roles,
+             "X-Service-Catalog": json.dumps(catalog)}
+        )  # fmt: skip
+        return project_id
+
+    backends = {"fs": "file", "mt": "swift"}
+    with private_glance(glance, tmp_path / "glance", backends, extra) as g:
+        assert "unusable" not in g.log_text()
+        demo_project = as_user(g, demo, "member,reader")
+        image_id = _create_image(g, "in the user's own account")
+        answer = _upload(g, image_id, data, "mt")
+        assert answer.status_code == 204, answer.text + g.log_text()[-3000:]
+        with sqlite3.connect(g.db) as db:
+            (value,) = db.execute(
+                "SELECT value FROM image_locations WHERE image_id=?", (image_id,)
+            ).fetchone()
+        assert value == (
+            f"swift+http://{ks['swift_url'].split('://', 1)[1]}/v1/AUTH_{demo_project}/"
+            f"{container}_{image_id}/{image_id}"
+        )
+        as_user(g, demo, "member,reader")
+        served = g.get(f"/v2/images/{image_id}/file")
+        assert served.status_code == 200 and served.content == data, g.log_text()[-3000:]
+        # the other project: not a member yet, so Glance does not show it the image
+        alt_project = as_user(g, alt, "member,reader")
+        assert g.get(f"/v2/images/{image_id}/file").status_code == 404
+        as_user(g, demo, "member,reader")
+        shared = requests.post(
+            f"{g.url}/v2/images/{image_id}/members", headers=g.headers,
+            json={"member": alt_project}, timeout=60,
+        )  # fmt: skip
+        assert shared.status_code == 200, shared.text + g.log_text()[-3000:]
+        as_user(g, alt, "member,reader")
+        served = g.get(f"/v2/images/{image_id}/file")
+        assert served.status_code == 200, served.text + g.log_text()[-3000:]
+        assert served.content == data
+        as_user(g, demo, "member,reader")
+        deleted = requests.delete(f"{g.url}/v2/images/{image_id}", headers=g.headers, timeout=120)
+        assert deleted.status_code == 204, deleted.text + g.log_text()[-3000:]
+        token, _, _ = _login(*demo)
+        account = f"{ks['swift_url']}/v1/AUTH_{demo_project}"
+        left = requests.get(
+            account, headers={"X-Auth-Token": token}, params={"prefix": container}, timeout=30
+        )
+        assert left.status_code in (200, 204) and not left.text.strip(), left.text
         log = g.log_text()
         assert not [t for t in tokens if t in log]
 

@@ -16,15 +16,19 @@ cleanup tests also run against radosgw's Swift API, ``up ceph``.)
 * a failed segmented upload leaves no segment behind;
 * a token that stopped working is replaced by a new login in the middle of an
   upload; a wrong key is AuthenticationFailed without the key in the message;
-* multi-tenant mode: a caller's token and storage URL.
+* multi-tenant mode: a caller's token and storage URL or service catalog, an image
+  container of its own, ACLs that share one image with another project (Keystone),
+  and a location naming a host off the caller's catalog refused with no request made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +37,15 @@ from typing import Any
 import pytest
 
 from imgstore import Stores
-from imgstore.exceptions import AuthenticationFailed, BackendUnavailable, NotFound, SizeMismatch
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    BadConfiguration,
+    BadLocation,
+    NotFound,
+    SizeMismatch,
+)
+from imgstore.location import parse
 from tests.functional.conftest import require_service
 from tests.functional.cutting_proxy import CuttingProxy
 from tests.functional.swift_helpers import (
@@ -229,7 +241,9 @@ def test_multi_tenant_uses_the_callers_token(
         data = os.urandom(2 * MiB + 3)
         with driver.credentials(token=token, storage_url=storage_url):
             result = stores.add("mt-" + uuid.uuid4().hex, io.BytesIO(data), size=len(data))
-        assert result.location.endswith(f"/{container}/{result.image_id}")
+        # glance_store's multi-tenant layout: a container of the image's own
+        own = f"{container}_{result.image_id}"
+        assert result.location.endswith(f"/{own}/{result.image_id}")
         assert storage_url.split("://", 1)[1] in result.location
         assert token not in result.location
         with driver.credentials(token=token, storage_url=storage_url):
@@ -239,6 +253,116 @@ def test_multi_tenant_uses_the_callers_token(
             with pytest.raises(AuthenticationFailed):
                 stores.size(result.location)
         with driver.credentials(token=token, storage_url=storage_url):
+            stores.delete(result.location)
+        assert own not in [c["name"] for c in conn.get_account(full_listing=True)[1]]
+
+
+def _multi_tenant_stores(tmp_path: Path, container: str, **extra: Any) -> Stores:
+    conf = tmp_path / f"mt-{uuid.uuid4().hex[:6]}.conf"
+    lines = [
+        "[glance_store]", "stores = swift", "default_store = swift",
+        "swift_store_multi_tenant = true", f"swift_store_container = {container}",
+    ]  # fmt: skip
+    conf.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in extra.items())]) + "\n")
+    return Stores.from_config_files(conf)
+
+
+def _catalog(*urls: str) -> list[dict[str, Any]]:
+    """A Keystone v2 service catalog (as Glance's request context holds it)."""
+    return [{"type": "object-store", "endpoints": [{"publicURL": u} for u in urls]}]
+
+
+def test_multi_tenant_finds_its_storage_url_in_the_callers_catalog(
+    tmp_path: Path, container: str
+) -> None:
+    storage_url, token = raw_connection(server("swift")).get_auth()
+    with _multi_tenant_stores(tmp_path, container) as stores:
+        driver: Any = stores.driver("swift")
+        data = os.urandom(MiB + 5)
+        with driver.credentials(token=token, catalog=_catalog(storage_url)):
+            result = stores.add("mt-" + uuid.uuid4().hex, io.BytesIO(data), size=len(data))
+            assert storage_url.split("://", 1)[1] in result.location
+            with stores.get(result.location) as reader:
+                assert reader.read_all() == data
+            stores.delete(result.location)
+            with pytest.raises(NotFound):
+                stores.size(result.location)
+        with pytest.raises(BadConfiguration, match="no 'object-store' endpoint"):
+            with driver.credentials(token=token, catalog=[]):
+                pass
+
+
+def test_a_location_off_the_callers_catalog_gets_no_request(tmp_path: Path, container: str) -> None:
+    """A crafted location naming another host never receives the caller's token: the
+    listener (standing in for the attacker's host) sees no connection. The control at the
+    end puts the same listener in the catalog and sees the connection arrive."""
+    storage_url, token = raw_connection(server("swift")).get_auth()
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        account = storage_url.rsplit("/", 1)[1]
+        stores = stack.enter_context(
+            _multi_tenant_stores(tmp_path, container, swift_store_retries=0, swift_store_timeout=1)
+        )
+        driver: Any = stores.driver("swift")
+        hostile = [
+            f"swift+http://127.0.0.1:{port}/v1/{account}/c/img",
+            f"swift+http://0x7f.1:{port}/v1/{account}/c/img",
+            f"swift+https://127.0.0.1:{port}/v1/{account}/c/img",
+        ]
+        with driver.credentials(token=token, catalog=_catalog(storage_url)):
+            for location in hostile:
+                for call in (stores.size, stores.delete, lambda loc: stores.get(loc).close()):
+                    with pytest.raises(BadLocation, match="not an object-store endpoint"):
+                        call(location)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was made
+        # control: the listener in the catalog is reached (it never answers: a timeout)
+        trusted = f"http://127.0.0.1:{port}/v1/AUTH_x"
+        with driver.credentials(token=token, catalog=_catalog(storage_url, trusted)):
+            with pytest.raises(BackendUnavailable):
+                stores.size(hostile[0])
+        accepted, _ = listener.accept()
+        accepted.close()
+
+
+def test_multi_tenant_acls_share_one_image_with_another_project(
+    tmp_path: Path, container: str
+) -> None:
+    """glance_store's set_acls on Swift with Keystone (keystoneauth): another project
+    reads the image only while its container's read ACL names that project."""
+    demo = server("keystone")
+    details = demo["details"]
+    alt = {
+        **demo,
+        "user": f"{details['alt_project']}:{details['alt_user']}",
+        "key": details["alt_password"],
+    }
+    demo_url, demo_token = raw_connection(demo).get_auth()
+    alt_url, alt_token = raw_connection(alt).get_auth()
+    alt_project = alt_url.rsplit("/AUTH_", 1)[1]
+    with _multi_tenant_stores(tmp_path, container) as stores:
+        driver: Any = stores.driver("swift")
+        data = os.urandom(MiB + 7)
+        with driver.credentials(token=demo_token, catalog=_catalog(demo_url)):
+            result = stores.add("acl-" + uuid.uuid4().hex, io.BytesIO(data), size=len(data))
+        # the alt project's own catalog: the demo account is on the same endpoint
+        as_alt = driver.credentials(token=alt_token, catalog=_catalog(alt_url))
+        with as_alt:
+            with pytest.raises(AuthenticationFailed):
+                stores.size(result.location)
+        with driver.credentials(token=demo_token, catalog=_catalog(demo_url)):
+            driver.set_acls(parse(result.location), read_tenants=[alt_project])
+        with driver.credentials(token=alt_token, catalog=_catalog(alt_url)):
+            with stores.get(result.location) as reader:
+                assert reader.read_all() == data
+        with driver.credentials(token=demo_token, catalog=_catalog(demo_url)):
+            driver.set_acls(parse(result.location), read_tenants=[])
+        with driver.credentials(token=alt_token, catalog=_catalog(alt_url)):
+            with pytest.raises(AuthenticationFailed):
+                stores.size(result.location)
+        with driver.credentials(token=demo_token, catalog=_catalog(demo_url)):
             stores.delete(result.location)
 
 

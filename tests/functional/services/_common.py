@@ -111,9 +111,7 @@ def _apt_install(packages: Sequence[str], log: Path | None) -> bool:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         LOG.info("apt-get install failed; running apt-get update once and retrying")
-        upd = subprocess.run(
-            [*apt, "update"], capture_output=True, text=True, env=env, check=False
-        )
+        upd = subprocess.run([*apt, "update"], capture_output=True, text=True, env=env, check=False)
         if upd.returncode != 0:
             raise ServiceError(f"apt-get update failed:\n{_tail(upd.stdout + upd.stderr)}")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

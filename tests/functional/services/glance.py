@@ -44,7 +44,7 @@ REQUIREMENTS = [
     f"glance=={GLANCE_VERSION}",
     "gunicorn==27.0.1",
     "-e",
-    f"{REPO_ROOT}[cinder]",  # as glance_store[cinder]: a cinder backend needs os-brick
+    f"{REPO_ROOT}[cinder,swift]",  # as glance_store[cinder,swift]: os-brick, swiftclient
     "-e",
     str(REPO_ROOT / "compat"),
 ]
