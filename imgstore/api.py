@@ -27,6 +27,7 @@ from imgstore.exceptions import (
     SizeMismatch,
     UnknownBackend,
 )
+from imgstore.inspection import InspectionPolicy, Safety
 from imgstore.location import Location, parse
 from imgstore.pipeline import (
     ImageReader,
@@ -58,11 +59,19 @@ class AddResult:
     backend: str
     metadata: Mapping[str, Any]
     image_id: str
+    disk_format: str | None = None
+    """The disk format the inspector found (None: not inspected, or several formats)."""
+    virtual_size: int | None = None
+    """The virtual size of the disk the image describes, in bytes (None: unknown)."""
+    safety: Safety | None = None
+    """The inspector's safety checks: passed, or failed with each check named (None:
+    not inspected, ``image_inspection = off``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready values."""
         out = dataclasses.asdict(self)
         out["metadata"] = dict(self.metadata)
+        out["safety"] = None if self.safety is None else self.safety.as_dict()
         return out
 
 
@@ -138,6 +147,7 @@ class Stores:
         self._conf = conf
         self._size_cap = settings.image_size_cap
         self._md5 = settings.md5_checksum
+        self._inspection = settings.inspection
         self.default_backend = settings.default_backend
         self._drivers: dict[str, Driver] = {}
         self._unusable: dict[str, _Unusable] = {}
@@ -289,12 +299,15 @@ class Stores:
         backend: str | None = None,
         hash_algo: str = DEFAULT_HASH_ALGO,
         progress: Progress | None = None,
+        expected_disk_format: str | None = None,
     ) -> AddResult:
         """Store ``data`` (file object, bytes or iterable of bytes) as ``image_id``.
 
         ``size`` is the declared size, or None when unknown. Returns the
-        location, size, md5 ``checksum`` and ``multihash``. On any failure
-        nothing is left in the backend.
+        location, size, md5 ``checksum`` and ``multihash``, and what the image is
+        (``disk_format``, ``virtual_size``, ``safety``: :mod:`imgstore.inspection`).
+        ``expected_disk_format`` (Glance's ``disk_format``): bytes of another format
+        are :class:`DiskFormatMismatch`. On any failure nothing is left in the backend.
         """
         validate_image_id(image_id)
         if size is not None and (not isinstance(size, int) or size < 0):
@@ -304,6 +317,8 @@ class Stores:
         if Capability.WRITE not in drv.capabilities:
             raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) is read-only")
         describe = f"image {image_id} on backend {drv.backend!r}"
+        policy = self._inspection.get(drv.backend) or InspectionPolicy()
+        inspector = policy.inspector(expected_disk_format, describe)
         with telemetry.measure("add", drv.backend, drv.name) as op:
             limits = self._call(drv, "reading its limits", drv.write_limits)
             if limits is not None and size is not None and size > limits.capacity(size):
@@ -321,10 +336,15 @@ class Stores:
                 describe=describe,
                 on_backend_error=self._wrap(drv, "writing"),
                 limits=limits,
+                inspector=inspector,
             )
         location = result.written.location
         metadata = {"store": drv.backend, **result.written.metadata}
-        LOG.info("added %s: %d bytes at %s", describe, result.size, location.redacted())
+        found = result.inspection
+        LOG.info(
+            "added %s: %d bytes at %s%s", describe, result.size, location.redacted(),
+            "" if found is None else f" ({found.disk_format}, safety {found.safety})",
+        )  # fmt: skip
         return AddResult(
             location=str(location),
             size=result.size,
@@ -334,6 +354,9 @@ class Stores:
             backend=drv.backend,
             metadata=metadata,
             image_id=image_id,
+            disk_format=None if found is None else found.disk_format,
+            virtual_size=None if found is None else found.virtual_size,
+            safety=None if found is None else found.safety,
         )
 
     def get(

@@ -75,14 +75,18 @@ exit codes:
        UnknownBackend, InvalidArgument, BadLocation, UnknownScheme, an input
        file that is missing or unreadable, an output path that cannot be used
   3    NotFound: no image at that location
-  4    integrity: SizeMismatch, SizeCapExceeded, ChecksumMismatch; verify: any
-       image does not match its recorded size or hashes
+  4    integrity: SizeMismatch, SizeCapExceeded, ChecksumMismatch,
+       DiskFormatMismatch, UnsafeImage; verify: any image does not match its
+       recorded size or hashes; inspect: the image failed a safety check
   5    BackendUnavailable or AuthenticationFailed
   130  interrupted (Ctrl-C)
 """
 __doc__ = f"{__doc__}\n{EXIT_CODES_HELP}"
 
-RESULT_KEYS = ("location", "size", "checksum", "multihash", "hash_algo", "backend", "image_id")
+RESULT_KEYS = (
+    "location", "size", "checksum", "multihash", "hash_algo", "backend", "image_id",
+    "disk_format", "virtual_size", "safety",
+)  # fmt: skip
 """The keys of the JSON object ``add`` and ``copy`` print with ``--json``."""
 
 LOG = logging.getLogger(__name__)
@@ -101,7 +105,8 @@ class OutputClosed(Exception):
 
 
 class SomeFailed(Exception):
-    """Some images of a migrate or verify run failed; the report has the details."""
+    """Some images of a migrate or verify run failed (the report has the details), or
+    the image ``inspect`` read failed a safety check."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -274,6 +279,18 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
 
     p = command("verify", cmd_verify, "re-read listed images and check their recorded hashes")
     many(p)
+    p.add_argument(
+        "--inspect",
+        action="store_true",
+        help="also find each image's disk format, virtual size and safety in the same "
+        "read, and count the unsafe ones (the audit of a catalogue)",
+    )
+
+    p = command(
+        "inspect", cmd_inspect, "tell what one image (a LOCATION or a local FILE) is: disk "
+        "format, virtual size and safety; exit 4 when it fails a safety check",
+    )  # fmt: skip
+    p.add_argument("image", metavar="LOCATION|FILE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HASH_ALGO,
         metavar="ALG",
         help=f"multihash algorithm (default: {DEFAULT_HASH_ALGO})",
+    )
+    p.add_argument(
+        "--disk-format",
+        metavar="FORMAT",
+        help="the declared disk format (raw, qcow2, vmdk, ...): bytes of another "
+        "format are refused (exit 4) and nothing is stored",
     )
 
     p = command("get", cmd_get, "write an image (or a byte range of it) to standard output")
@@ -450,7 +473,8 @@ def _emit_result(args: argparse.Namespace, result: AddResult) -> None:
     elif args.quiet:
         _out(result.location + "\n")
     else:
-        _out("".join(f"{key + ':':<11}{'' if v is None else v}\n" for key, v in picked.items()))
+        picked["safety"] = "" if result.safety is None else str(result.safety)
+        _out("".join(f"{key + ':':<13}{'' if v is None else v}\n" for key, v in picked.items()))
 
 
 def _bar(args: argparse.Namespace, label: str, total: int | None) -> ProgressBar | None:
@@ -528,6 +552,7 @@ def cmd_add(args: argparse.Namespace, stores: Stores) -> None:
                     backend=args.backend,
                     hash_algo=args.hash_algo,
                     progress=bar,
+                    expected_disk_format=args.disk_format,
                 )
             except OSError as exc:
                 # The core wraps backend errors; an OSError here came from reading the source.
@@ -810,6 +835,11 @@ def _run_many(args: argparse.Namespace, label: str, run: Callable[[Any], Any]) -
         lines += [f"  {i.image_id}: {i.outcome}: {i.error}" for i in report.failed[:20]]
         if len(report.failed) > 20:
             lines.append(f"  ... and {len(report.failed) - 20} more (see the report)")
+        if report.inspected:
+            lines.append(f"  inspected: {report.inspected}, unsafe: {len(report.unsafe)}")
+            for i in report.unsafe[:20]:
+                failed = i.inspection["safety"]["failed_checks"] if i.inspection else {}
+                lines.append(f"  {i.image_id}: unsafe: {', '.join(failed)}")
         _out("\n".join(lines) + "\n")
     return report
 
@@ -862,6 +892,7 @@ def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:
             concurrency=args.concurrency,
             hash_algo=args.hash_algo,
             progress=bar,
+            inspect=args.inspect,
         ),
     )
     if report.failed:
@@ -872,6 +903,39 @@ def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:
             + (f"; see {args.report}" if args.report else ""),
             EXIT_INTEGRITY if mismatched else EXIT_FAILURE,
         )
+
+
+def cmd_inspect(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore inspect``: one image, read once to its end (memory: one chunk)."""
+    from imgstore.inspection import InspectionPolicy, StreamInspector
+
+    shown = args.image
+    inspector = StreamInspector(InspectionPolicy("report"), None, "the image")
+    size = 0
+    if os.path.exists(args.image):
+        with _open_input(args.image) as (source, _):
+            while chunk := source.read(1 << 20):
+                inspector.update(chunk)
+                size += len(chunk)
+    else:
+        shown = redact_uri(args.image)
+        with stores.get(args.image) as reader:
+            for chunk in reader:
+                inspector.update(chunk)
+                size += len(chunk)
+    found = inspector.result()
+    data = {"image": shown, "size": size, **found.as_dict()}
+    if args.json:
+        _emit_json(data)
+    elif not args.quiet:
+        _out(
+            f"{'image:':<14}{shown}\n{'size:':<14}{size}\n"
+            f"{'disk_format:':<14}{found.disk_format or ' or '.join(found.formats)}\n"
+            f"{'virtual_size:':<14}{'' if found.virtual_size is None else found.virtual_size}\n"
+            f"{'safety:':<14}{found.safety}\n"
+        )
+    if not found.safety.passed:
+        raise SomeFailed(f"{shown} failed the disk-format safety checks", EXIT_INTEGRITY)
 
 
 # -- main ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from stevedore import extension as stevedore_extension
 
 from imgstore.driver import Driver, DriverConf
 from imgstore.exceptions import BadConfiguration, UnknownBackend
+from imgstore.inspection import DEFAULT_MODE, MODES, InspectionPolicy
 
 LOG = logging.getLogger(__name__)
 
@@ -100,6 +101,28 @@ store_opts = [
     ),
 ]
 
+inspection_opts = [
+    cfg.StrOpt(
+        "image_inspection",
+        default=DEFAULT_MODE,
+        choices=MODES,
+        help="Disk-format inspection of every added image, in the same pass as the "
+        "hashes (oslo.utils' format inspector): 'report' gives each add's disk_format, "
+        "virtual_size and safety; 'enforce' also refuses (nothing stored) an image that "
+        "fails a safety check (a qcow2 naming a data-file or backing file, a vmdk naming "
+        "host files, bytes of several formats at once) or whose format is not in "
+        "allowed_disk_formats; 'off' inspects nothing. A backend's own group "
+        "(multi-store) overrides [glance_store]'s value.",
+    ),
+    cfg.ListOpt(
+        "allowed_disk_formats",
+        default=[],
+        help="With image_inspection = enforce: the only disk formats stored (raw, "
+        "qcow2, vhd, vhdx, vmdk, vdi, qed, iso, gpt, luks); empty: all of them. A "
+        "backend's own group (multi-store) overrides [glance_store]'s value.",
+    ),
+]
+
 
 @dataclasses.dataclass
 class BackendSpec:
@@ -130,6 +153,8 @@ class StoreSettings:
     default_backend: str
     image_size_cap: int
     md5_checksum: bool
+    inspection: dict[str, InspectionPolicy] = dataclasses.field(default_factory=dict)
+    """Each backend's inspection policy (``image_inspection``, ``allowed_disk_formats``)."""
 
 
 def canonical_driver_name(name: str) -> str:
@@ -194,7 +219,21 @@ def _register(conf: cfg.ConfigOpts, opts: Sequence[cfg.Opt], group: str | None) 
 def register_core_opts(conf: cfg.ConfigOpts) -> None:
     """Register the options imgstore reads before it knows which drivers to load."""
     _register(conf, [enabled_backends_opt], None)
-    _register(conf, store_opts, STORE_GROUP)
+    _register(conf, [*store_opts, *inspection_opts], STORE_GROUP)
+
+
+def _inspection_policy(conf: cfg.ConfigOpts, group: str | None) -> InspectionPolicy:
+    """A backend's inspection policy: its group's options (then [backend_defaults]'s)
+    where set, else [glance_store]'s."""
+    values = _driver_values(conf, inspection_opts, STORE_GROUP, None)
+    if group is not None:
+        _register(conf, inspection_opts, group)
+        _register(conf, inspection_opts, DEFAULTS_GROUP)
+        own = _driver_values(conf, inspection_opts, group, DEFAULTS_GROUP)
+        for name, value in own.items():
+            if not (_is_default(conf, name, group) and _is_default(conf, name, DEFAULTS_GROUP)):
+                values[name] = value
+    return InspectionPolicy.from_options(values["image_inspection"], values["allowed_disk_formats"])
 
 
 def _is_default(conf: cfg.ConfigOpts, name: str, group: str) -> bool:
@@ -263,6 +302,7 @@ def _read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
         raise BadConfiguration(f"invalid imgstore configuration: {exc}") from None
 
     backends: dict[str, BackendSpec] = {}
+    inspection: dict[str, InspectionPolicy] = {}
     if enabled:
         for name, driver_name in enabled.items():
             name = name.strip()
@@ -278,6 +318,7 @@ def _read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
             _register(conf, opts, DEFAULTS_GROUP)
             values = _driver_values(conf, opts, name, DEFAULTS_GROUP)
             backends[name] = BackendSpec(name, canonical_driver_name(driver_name), cls, values)
+            inspection[name] = _inspection_policy(conf, name)
         default = store.default_backend
         if default is None:
             if len(backends) > 1:
@@ -295,6 +336,7 @@ def _read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
             _register(conf, opts, STORE_GROUP)
             values = _driver_values(conf, opts, STORE_GROUP, None)
             backends[driver_name] = BackendSpec(driver_name, driver_name, cls, values)
+            inspection[driver_name] = _inspection_policy(conf, None)
         if not backends:
             raise BadConfiguration("[glance_store] stores lists no driver")
         default = canonical_driver_name(store.default_store)
@@ -302,7 +344,7 @@ def _read_settings(conf: cfg.ConfigOpts) -> StoreSettings:
         raise UnknownBackend(
             f"the default backend {default!r} is not enabled; enabled: {', '.join(backends)}"
         )
-    return StoreSettings(backends, default, cap, md5)
+    return StoreSettings(backends, default, cap, md5, inspection)
 
 
 def read_single_settings(
@@ -329,7 +371,8 @@ def read_single_settings(
     if name is None:
         name = canonical if group == STORE_GROUP else group
     spec = BackendSpec(name, canonical, cls, values)
-    return StoreSettings({name: spec}, name, cap, md5)
+    policy = _inspection_policy(conf, None if group == STORE_GROUP else group)
+    return StoreSettings({name: spec}, name, cap, md5, {name: policy})
 
 
 def config_from_files(paths: Iterable[str | os.PathLike[str]]) -> cfg.ConfigOpts:
@@ -384,6 +427,6 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     ordered = [driver_opts[k] for k in sorted(driver_opts)]
     return [
         ("DEFAULT", [enabled_backends_opt]),
-        (STORE_GROUP, [*store_opts, *ordered]),
-        (DEFAULTS_GROUP, list(ordered)),
+        (STORE_GROUP, [*store_opts, *inspection_opts, *ordered]),
+        (DEFAULTS_GROUP, [*inspection_opts, *ordered]),
     ]

@@ -78,6 +78,15 @@ class ChecksumMismatch(IntegrityError):
     """A hash of the bytes differs from the one expected."""
 
 
+class DiskFormatMismatch(IntegrityError):
+    """The bytes are another disk format than the one declared (``expected_disk_format``)."""
+
+
+class UnsafeImage(IntegrityError):
+    """The image failed a safety check of the disk-format inspector, or its format is not
+    in ``allowed_disk_formats`` (``image_inspection = enforce``)."""
+
+
 class AuthenticationFailed(ImgstoreError):
     """The backend refused our credentials."""
 
@@ -123,6 +132,7 @@ __all__ = [
     "BadConfiguration",
     "BadLocation",
     "ChecksumMismatch",
+    "DiskFormatMismatch",
     "Duplicate",
     "ImgstoreError",
     "InUse",
@@ -136,5 +146,6 @@ __all__ = [
     "StorageFull",
     "UnknownBackend",
     "UnknownScheme",
+    "UnsafeImage",
     "for_status",
 ]

@@ -44,6 +44,7 @@ from imgstore.exceptions import (
     NotFound,
     SizeMismatch,
 )
+from imgstore.inspection import InspectionPolicy, StreamInspector
 from imgstore.journal import Journal
 from imgstore.location import redact_uri, split_scheme
 from imgstore.pipeline import new_hash
@@ -291,6 +292,15 @@ class ImageOutcome:
     checked: list[str] = dataclasses.field(default_factory=list)
     """What was compared: ``size``, ``os_hash_value``, ``checksum``, ``target`` (read back)."""
     seconds: float = 0.0
+    inspection: dict[str, Any] | None = None
+    """What the image is (``disk_format``, ``virtual_size``, ``safety``): the copy's,
+    when the target backend inspects (migrate), or the stored image's (verify with
+    ``inspect``); None when not inspected."""
+
+    @property
+    def unsafe(self) -> bool:
+        """Whether the image was inspected and failed a safety check."""
+        return self.inspection is not None and self.inspection["safety"]["result"] != "passed"
 
 
 @dataclasses.dataclass
@@ -326,6 +336,16 @@ class Report:
         """Whether every image succeeded."""
         return not self.failed
 
+    @property
+    def unsafe(self) -> list[ImageOutcome]:
+        """The images inspected and found unsafe (a failed safety check)."""
+        return [i for i in self.images if i.unsafe]
+
+    @property
+    def inspected(self) -> int:
+        """How many images were inspected."""
+        return sum(1 for i in self.images if i.inspection is not None)
+
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values: a summary and one object per image."""
         return {
@@ -341,6 +361,8 @@ class Report:
                 "failed": len(self.failed),
                 "bytes": self.bytes,
                 "seconds": round(self.seconds, 3),
+                "inspected": self.inspected,
+                "unsafe": len(self.unsafe),
             },
             "images": [dataclasses.asdict(i) for i in self.images],
         }
@@ -655,6 +677,12 @@ class _Migration:
         outcome.os_hash_algo = algo
         outcome.os_hash_value = result.multihash
         outcome.checked = [*_checked(record), "target"]
+        if result.safety is not None:
+            outcome.inspection = {
+                "disk_format": result.disk_format,
+                "virtual_size": result.virtual_size,
+                "safety": result.safety.as_dict(),
+            }
 
     def _compare(
         self, record: ImageRecord, size: int, checksum: str | None, multihash: str
@@ -853,12 +881,16 @@ def verify_images(
     concurrency: int = 1,
     hash_algo: str = DEFAULT_HASH_ALGO,
     progress: ProgressCallback | None = None,
+    inspect: bool = False,
 ) -> Report:
     """Re-read every image and check it against its recorded size and hashes.
 
     Outcomes: ``ok``; ``mismatch`` (size or a hash differs); ``unreadable``
     (missing, or the backend failed). An image with no recorded hash is read
-    to its end and checked for its size only.
+    to its end and checked for its size only. With ``inspect``, each image's disk
+    format, virtual size and safety are found in the same read
+    (:attr:`ImageOutcome.inspection`, :attr:`Report.unsafe`); an unsafe image is
+    reported, its outcome still says whether its bytes verified.
     """
     records = list(images)
     if not isinstance(concurrency, int) or concurrency < 1:
@@ -893,8 +925,17 @@ def verify_images(
                         f"{record.shown} holds {reader.size} bytes, the record says {record.size}"
                     )
                 update = tracker.callback(record.image_id)
-                for _ in reader:
+                inspector = (
+                    StreamInspector(InspectionPolicy("report"), None, record.shown)
+                    if inspect
+                    else None
+                )
+                for chunk in reader:
+                    if inspector is not None:
+                        inspector.update(chunk)
                     update(reader.bytes_read, reader.size)
+                if inspector is not None:
+                    out.inspection = inspector.result().as_dict()
                 if out.os_hash_value is None:
                     out.os_hash_algo, out.os_hash_value = algo, reader.multihash
                 out.size = reader.size

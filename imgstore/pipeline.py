@@ -23,7 +23,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from imgstore import telemetry
 from imgstore.backoff import Backoff
@@ -38,6 +38,9 @@ from imgstore.exceptions import (
     SizeMismatch,
 )
 from imgstore.threads import start_without_signals
+
+if TYPE_CHECKING:
+    from imgstore.inspection import Inspection, StreamInspector
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,6 +159,8 @@ class PipelineResult:
     size: int
     checksum: str | None
     multihash: str
+    inspection: Inspection | None = None
+    """What the image is (None when it was not inspected)."""
 
 
 class _Hashers:
@@ -273,6 +278,7 @@ def write_image(
     describe: str = "image",
     on_backend_error: Callable[[Exception], ImgstoreError] | None = None,
     limits: WriteLimits | None = None,
+    inspector: StreamInspector | None = None,
 ) -> PipelineResult:
     """Stream ``source`` into ``writer``; commit on success, abort on any failure.
 
@@ -282,6 +288,10 @@ def write_image(
     each time, and on any error from the source or the writer, the writer is
     aborted before the error propagates. Errors from the source propagate
     unchanged; unexpected errors from the writer pass through ``on_backend_error``.
+    ``inspector`` sees every chunk on this thread while the hash threads hash it (it
+    costs microseconds a chunk once it has found the regions it looks for); what its
+    policy refuses (:class:`DiskFormatMismatch`, :class:`UnsafeImage`) aborts the
+    write, before commit at the latest.
     """
     writer = InOrder(writer)
     try:
@@ -308,6 +318,8 @@ def write_image(
             _check_growth(total, size, size_cap, limits, largest, describe)
             chunk = memoryview(buffers[current])[:count]
             hashers.start(chunk)
+            if inspector is not None:  # while the hash threads hash the chunk
+                inspector.update(chunk)
             _backend_call(writer.write, on_backend_error, chunk)
             if progress is not None:
                 reported = _accepted(writer, total)
@@ -321,10 +333,7 @@ def write_image(
                 hashers.release_oldest()
             count = chunks.fill(buffers[current])
         hashers.wait()
-        if size is not None and total != size:
-            raise SizeMismatch(
-                f"{describe}: the data ended after {total} bytes, but {size} were declared"
-            )
+        inspection = _at_the_end(total, size, inspector, describe)
         written = _backend_call(writer.commit, on_backend_error, total)
     except BaseException:
         hashers.wait_quietly()
@@ -334,7 +343,7 @@ def write_image(
         hashers.close()
     if progress is not None and reported < total:
         progress(total, size)  # stored: what the writer held back is in too
-    return PipelineResult(written, total, hashers.md5, hashers.multihash)
+    return PipelineResult(written, total, hashers.md5, hashers.multihash, inspection)
 
 
 class InOrder(Writer):
@@ -374,6 +383,18 @@ class InOrder(Writer):
 
     def __repr__(self) -> str:
         return repr(self._writer)
+
+
+def _at_the_end(
+    total: int, size: int | None, inspector: StreamInspector | None, describe: str
+) -> Inspection | None:
+    """Once the data ended: :class:`SizeMismatch` when it was not ``size`` bytes; what the
+    image is, or what the inspector's policy refuses."""
+    if size is not None and total != size:
+        raise SizeMismatch(
+            f"{describe}: the data ended after {total} bytes, but {size} were declared"
+        )
+    return None if inspector is None else inspector.conclude()
 
 
 def _why(failure: Exception | None) -> str:

@@ -37,7 +37,10 @@ from imgstore import cli
 SCRIPT = shutil.which("imgstore", path=os.path.dirname(sys.executable))
 COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "imgstore"]
 
-RESULT_KEYS = {"location", "size", "checksum", "multihash", "hash_algo", "backend", "image_id"}
+RESULT_KEYS = {
+    "location", "size", "checksum", "multihash", "hash_algo", "backend", "image_id",
+    "disk_format", "virtual_size", "safety",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -160,7 +163,7 @@ def test_add_human_and_quiet_output(env: dict[str, str], image: Path) -> None:
     assert {k.strip() for k in fields} == RESULT_KEYS - {"location"}
     assert fields["image_id"].strip() == "human-1"
     assert fields["size"].strip() == str(image.stat().st_size)
-    assert "location:  file://" in out
+    assert "location:    file://" in out
     quiet = ok(run(env, "-q", "add", str(image), "--id", "quiet-1")).stdout.decode()
     assert quiet.strip().startswith("file://") and quiet.strip().endswith("/quiet-1")
     assert quiet.count("\n") == 1

@@ -257,8 +257,10 @@ def test_migrate_copies_verifies_and_reports(stores: Stores, tmp_path: Path) -> 
     data = json.loads(json.dumps(report.as_dict()))
     assert data["summary"] == {
         "images": 6, "outcomes": {"migrated": 6}, "failed": 0, "bytes": report.bytes,
-        "seconds": data["summary"]["seconds"],
+        "seconds": data["summary"]["seconds"], "inspected": 6, "unsafe": 0,
     }  # fmt: skip
+    # every copy is inspected by the target's default policy (report): what it is
+    assert {i.inspection["disk_format"] for i in report.images if i.inspection} == {"raw"}
     # a second run copies nothing
     again = migrate(stores, records(rows), "dst", journal=tmp_path / "j")
     assert again.counts == {"already_migrated": 6}
