@@ -272,3 +272,42 @@ def test_the_command_line_reports_and_refuses(tmp_path: Path) -> None:
     assert refused.stderr.strip().count("\n") == 0
     assert "declared raw but its bytes are qcow2" in refused.stderr
     assert stored(tmp_path) == ["img-1"]
+
+
+def test_inspect_a_file_and_a_location(tmp_path: Path) -> None:
+    safe = make(tmp_path, "vmdk", "7G")
+    bad = tmp_path / "bad.qcow2"
+    bad.write_bytes(hostile(tmp_path, "qcow2-backing-file"))
+    with stores(tmp_path) as s:
+        stored_bad = s.add("img-bad", bad.read_bytes())
+    out = _cli(tmp_path, "--json", "inspect", str(safe))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "image": str(safe), "size": safe.stat().st_size, "disk_format": "vmdk",
+        "virtual_size": 7 << 30, "safety": {"result": "passed", "failed_checks": {}},
+    }  # fmt: skip
+    for target in (str(bad), stored_bad.location):
+        out = _cli(tmp_path, "inspect", target)
+        assert out.returncode == 4, out.stderr
+        assert "disk_format:  qcow2" in out.stdout
+        assert "safety:       failed: backing_file (Image has a backing file)" in out.stdout
+        assert "failed the disk-format safety checks" in out.stderr
+
+
+def test_verify_inspect_on_the_command_line(tmp_path: Path) -> None:
+    good = make(tmp_path, "qcow2", "1G").read_bytes()
+    bad = hostile(tmp_path, "vmdk-host-path")
+    with stores(tmp_path) as s:
+        rows = [s.add(i, d) for i, d in (("img-good", good), ("img-bad", bad))]
+    listing = tmp_path / "images.jsonl"
+    listing.write_text(
+        "".join(
+            json.dumps({"image_id": r.image_id, "location": r.location, "size": r.size}) + "\n"
+            for r in rows
+        )
+    )
+    out = _cli(tmp_path, "verify", str(listing), "--inspect")
+    assert out.returncode == 0, out.stderr
+    assert "inspected: 2, unsafe: 1" in out.stdout
+    assert "img-bad: unsafe: descriptor" in out.stdout
+    assert "img-good: unsafe" not in out.stdout
