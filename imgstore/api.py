@@ -27,7 +27,7 @@ from imgstore.exceptions import (
     SizeMismatch,
     UnknownBackend,
 )
-from imgstore.inspection import InspectionPolicy, Safety
+from imgstore.inspection import Inspection, InspectionPolicy, Safety
 from imgstore.location import Location, parse
 from imgstore.pipeline import (
     ImageReader,
@@ -121,6 +121,17 @@ def validate_image_id(image_id: object) -> str:
             "or '-', starting with a letter or digit (a UUID is typical)"
         )
     return image_id
+
+
+def _what_it_is(found: Inspection | None) -> dict[str, Any]:
+    """The :class:`AddResult` fields of an inspection (None: not inspected)."""
+    if found is None:
+        return {"disk_format": None, "virtual_size": None, "safety": None}
+    return {
+        "disk_format": found.disk_format,
+        "virtual_size": found.virtual_size,
+        "safety": found.safety,
+    }
 
 
 class Stores:
@@ -300,6 +311,7 @@ class Stores:
         hash_algo: str = DEFAULT_HASH_ALGO,
         progress: Progress | None = None,
         expected_disk_format: str | None = None,
+        inspect: bool = False,
     ) -> AddResult:
         """Store ``data`` (file object, bytes or iterable of bytes) as ``image_id``.
 
@@ -307,7 +319,9 @@ class Stores:
         location, size, md5 ``checksum`` and ``multihash``, and what the image is
         (``disk_format``, ``virtual_size``, ``safety``: :mod:`imgstore.inspection`).
         ``expected_disk_format`` (Glance's ``disk_format``): bytes of another format
-        are :class:`DiskFormatMismatch`. On any failure nothing is left in the backend.
+        are :class:`DiskFormatMismatch`. ``inspect``: inspect (report) even where the
+        backend's ``image_inspection`` is off. On any failure nothing is left in the
+        backend.
         """
         validate_image_id(image_id)
         if size is not None and (not isinstance(size, int) or size < 0):
@@ -317,8 +331,7 @@ class Stores:
         if Capability.WRITE not in drv.capabilities:
             raise ReadOnlyStore(f"backend {drv.backend!r} ({drv.name}) is read-only")
         describe = f"image {image_id} on backend {drv.backend!r}"
-        policy = self._inspection.get(drv.backend) or InspectionPolicy()
-        inspector = policy.inspector(expected_disk_format, describe)
+        inspector = self._policy(drv.backend, inspect).inspector(expected_disk_format, describe)
         with telemetry.measure("add", drv.backend, drv.name) as op:
             limits = self._call(drv, "reading its limits", drv.write_limits)
             if limits is not None and size is not None and size > limits.capacity(size):
@@ -354,9 +367,7 @@ class Stores:
             backend=drv.backend,
             metadata=metadata,
             image_id=image_id,
-            disk_format=None if found is None else found.disk_format,
-            virtual_size=None if found is None else found.virtual_size,
-            safety=None if found is None else found.safety,
+            **_what_it_is(found),
         )
 
     def get(
@@ -469,6 +480,7 @@ class Stores:
         hash_algo: str = DEFAULT_HASH_ALGO,
         progress: Progress | None = None,
         backend: str | None = None,
+        inspect: bool = False,
     ) -> AddResult:
         """Copy the image at ``location`` into ``to_backend``.
 
@@ -482,7 +494,7 @@ class Stores:
         if image_id is None:
             image_id = _image_id_from(loc)
         with telemetry.measure("copy", target.backend, target.name) as op:
-            result = self._copy_inside(drv, loc, target, image_id, hash_algo, progress)
+            result = self._copy_inside(drv, loc, target, image_id, hash_algo, progress, inspect)
             if result is None:
                 with self.get(loc, backend=drv.backend) as reader:
                     result = self.add(
@@ -492,11 +504,19 @@ class Stores:
                         backend=target.backend,
                         hash_algo=hash_algo,
                         progress=progress,
+                        inspect=inspect,
                     )
             op.bytes = result.size
             if verify:
                 self._verify_copy(result)
         return result
+
+    def _policy(self, backend: str, inspect: bool) -> InspectionPolicy:
+        """``backend``'s inspection policy; at least ``report`` with ``inspect``."""
+        policy = self._inspection.get(backend) or InspectionPolicy()
+        if inspect and policy.mode == "off":
+            return InspectionPolicy("report", policy.allowed_formats)
+        return policy
 
     def _copy_inside(
         self,
@@ -506,6 +526,7 @@ class Stores:
         image_id: str,
         hash_algo: str,
         progress: Progress | None,
+        inspect: bool = False,
     ) -> AddResult | None:
         """Let the target copy by itself when both backends use the same driver class.
 
@@ -523,6 +544,8 @@ class Stores:
         written = self._call(target, "copying", target.copy_from, drv, loc, image_id)
         if written is None:
             return None
+        describe = f"image {image_id} on backend {target.backend!r}"
+        inspector = self._policy(target.backend, inspect).inspector(None, describe)
         try:
             md5 = new_md5() if self._md5 else None
             with self.get(loc, backend=drv.backend) as reader:
@@ -535,9 +558,12 @@ class Stores:
                     multihash.update(chunk)
                     if md5 is not None:
                         md5.update(chunk)
+                    if inspector is not None:
+                        inspector.update(chunk)
                     if progress is not None:
                         progress(reader.bytes_read, reader.size)
                 size = reader.size
+            found = None if inspector is None else inspector.conclude()
         except BaseException:
             try:
                 target.delete(written.location)
@@ -559,6 +585,7 @@ class Stores:
             backend=target.backend,
             metadata={"store": target.backend, **written.metadata},
             image_id=image_id,
+            **_what_it_is(found),
         )
 
     def _verify_copy(self, result: AddResult) -> None:

@@ -276,6 +276,12 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
         action="store_true",
         help="try again the images an earlier run of this journal failed",
     )
+    p.add_argument(
+        "--inspect",
+        action="store_true",
+        help="report each copy's disk format, virtual size and safety and count the "
+        "unsafe ones, even where the target's image_inspection is off",
+    )
 
     p = command("verify", cmd_verify, "re-read listed images and check their recorded hashes")
     many(p)
@@ -868,6 +874,7 @@ def cmd_migrate(args: argparse.Namespace, stores: Stores) -> None:
             retry_failed=args.retry_failed,
             hash_algo=args.hash_algo,
             progress=bar,
+            inspect=args.inspect,
         ),
     )
     if report.failed:
@@ -906,25 +913,26 @@ def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace, stores: Stores) -> None:
-    """``imgstore inspect``: one image, read once to its end (memory: one chunk)."""
+    """``imgstore inspect``: one image, read from its start only as far as the inspector
+    needs (the first chunk for most images; to the end for a vmdk with a footer)."""
     from imgstore.inspection import InspectionPolicy, StreamInspector
 
-    shown = args.image
     inspector = StreamInspector(InspectionPolicy("report"), None, "the image")
-    size = 0
     if os.path.exists(args.image):
-        with _open_input(args.image) as (source, _):
-            while chunk := source.read(1 << 20):
+        shown = args.image
+        with _open_input(args.image) as (source, size):
+            while not inspector.decided and (chunk := source.read(1 << 20)):
                 inspector.update(chunk)
-                size += len(chunk)
     else:
         shown = redact_uri(args.image)
         with stores.get(args.image) as reader:
+            size = reader.size
             for chunk in reader:
                 inspector.update(chunk)
-                size += len(chunk)
-    found = inspector.result()
-    data = {"image": shown, "size": size, **found.as_dict()}
+                if inspector.decided:
+                    break
+    found = inspector.result(size)
+    data = {"image": shown, "size": size, "read": inspector.fed, **found.as_dict()}
     if args.json:
         _emit_json(data)
     elif not args.quiet:

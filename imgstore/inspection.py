@@ -186,10 +186,13 @@ class StreamInspector:
         """The inspectors that have not failed on the bytes so far."""
         self._settled = False
         """Every live inspector is complete: whole chunks from now on."""
+        self.fed = 0
+        """Bytes inspected so far."""
 
     def update(self, chunk: Any) -> None:
         """Inspect the next chunk (a bytes-like object, not kept)."""
         view = memoryview(chunk)
+        self.fed += len(view)
         at = 0
         while not self._settled and at < len(view):
             self._eat(view[at : at + SLICE])
@@ -216,8 +219,23 @@ class StreamInspector:
                     )
         self._settled = all(i.complete for i in self._live)
 
-    def result(self) -> Inspection:
-        """What the image is, from every chunk fed so far (ends the inspection)."""
+    @property
+    def decided(self) -> bool:
+        """Whether the rest of the image cannot change :meth:`result`: every inspector has
+        the regions it looks for, and the format found needs nothing from the image's end
+        (a vmdk with its grain directory in a footer does). ``imgstore inspect`` stops
+        reading there."""
+        if not self._settled:
+            return False
+        found = [i for i in self._inspectors if i.NAME != "raw" and _matches(i)]
+        return not any(i.has_region("footer") for i in found)
+
+    def result(self, size: int | None = None) -> Inspection:
+        """What the image is, from every chunk fed so far (ends the inspection).
+
+        ``size``: the image's whole size, when only its start was fed (:attr:`decided`):
+        a raw image's virtual size is its size, a LUKS volume's its size after the
+        header, as the inspector would have counted them."""
         for inspector in self._inspectors:
             inspector.finish()
         matches = [i for i in self._inspectors if i.NAME != "raw" and _matches(i)]
@@ -236,10 +254,15 @@ class StreamInspector:
         except Exception as exc:  # ImageFormatError, or the inspector's own failure
             failures = {"format": str(exc) or type(exc).__name__}
         failures.update(_more_checks(found))
+        virtual: int | None
         try:
-            virtual: int | None = int(found.virtual_size)
+            counted = int(found.virtual_size)
         except Exception:  # a header it could not read: unknown
             virtual = None
+        else:
+            if size is not None and size > self.fed and str(found) in ("raw", "luks"):
+                counted += size - self.fed  # what it counts, of the bytes not fed
+            virtual = counted
         return Inspection(str(found), virtual, Safety(not failures, failures), names)
 
     def conclude(self) -> Inspection:

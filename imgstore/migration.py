@@ -459,8 +459,10 @@ class _Migration:
         retry_failed: bool,
         hash_algo: str,
         stop: threading.Event,
+        inspect: bool = False,
     ) -> None:
         self.stores = stores
+        self.inspect = inspect
         self.target = target
         self.journal = journal
         self.tracker = tracker
@@ -647,6 +649,7 @@ class _Migration:
             image_id=record.image_id,
             hash_algo=algo,
             progress=self.tracker.callback(record.image_id),
+            inspect=self.inspect,
         )
         try:
             self._compare(record, result.size, result.checksum, result.multihash)
@@ -746,6 +749,7 @@ def migrate(
     retry_failed: bool = False,
     hash_algo: str = DEFAULT_HASH_ALGO,
     progress: ProgressCallback | None = None,
+    inspect: bool = False,
 ) -> Report:
     """Copy ``images`` into backend ``target``; return one outcome per image.
 
@@ -757,7 +761,9 @@ def migrate(
     removed (or kept when it verifies) before the retry. Sources are deleted
     only with ``delete_source`` and only after their copy is verified.
     ``dry_run`` writes and deletes nothing. One image failing never stops the
-    others; see :attr:`Report.failed`.
+    others; see :attr:`Report.failed`. Each copy is inspected as the target's
+    ``image_inspection`` says (``inspect``: at least reported):
+    :attr:`ImageOutcome.inspection`, :attr:`Report.unsafe`.
     """
     records = list(images)
     if not isinstance(concurrency, int) or concurrency < 1:
@@ -771,7 +777,9 @@ def migrate(
     jr = journal if isinstance(journal, Journal) else Journal(journal_path or ":memory:", target)
     tracker = _Tracker(records, progress)
     stop = threading.Event()
-    engine = _Migration(stores, target, jr, tracker, delete_source, retry_failed, hash_algo, stop)
+    engine = _Migration(
+        stores, target, jr, tracker, delete_source, retry_failed, hash_algo, stop, inspect
+    )
     try:
         outcomes = _run_all(engine.run, records, concurrency, stop)
     finally:

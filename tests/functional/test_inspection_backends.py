@@ -133,3 +133,22 @@ def test_verify_inspect_finds_exactly_the_hostile_images(tmp_path: Path, make_st
     for record in records:
         stores.delete(record.location)
     assert listings["rbd"]() == set() and listings["s3"]() == set()
+
+
+def test_a_copy_inside_ceph_is_inspected_too(tmp_path: Path, make_stores: Any) -> None:
+    """RBD to RBD copies inside the cluster (clone and flatten), not through add: what
+    the copy is comes from the read that hashes it, and enforce removes a bad copy."""
+    data = hostile(tmp_path, "qcow2-backing-file")
+    reporting, listings = make_stores("report")
+    source = reporting.add("src-" + uuid.uuid4().hex[:6], data, backend="rbd")
+    copied = reporting.copy(source.location, "rbd", image_id="copy-" + uuid.uuid4().hex[:6])
+    assert copied.disk_format == "qcow2" and copied.safety is not None
+    assert "backing_file" in copied.safety.failed_checks
+    reporting.delete(copied.location)
+    before = listings["rbd"]()
+    enforcing, _ = make_stores("enforce")
+    with pytest.raises(UnsafeImage, match="backing_file"):
+        enforcing.copy(source.location, "rbd", image_id="copy-" + uuid.uuid4().hex[:6])
+    assert listings["rbd"]() == before, "the refused copy was left behind"
+    reporting.delete(source.location)
+    assert listings["rbd"]() == set()

@@ -56,6 +56,20 @@ def stored(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "store").iterdir())
 
 
+def multi_stores(tmp_path: Path, core: str, **backends: str) -> tuple[Stores, dict[str, Path]]:
+    """Filesystem backends named by ``backends`` (each: more lines of its group), the
+    first the default, ``core`` more lines of [glance_store]; and each one's directory."""
+    dirs = {name: tmp_path / f"backend-{name}" for name in backends}
+    lines = ["[DEFAULT]", "enabled_backends = " + ", ".join(f"{n}:file" for n in backends),
+             "[glance_store]", f"default_backend = {next(iter(backends))}", core]  # fmt: skip
+    for name, extra in backends.items():
+        dirs[name].mkdir()
+        lines += [f"[{name}]", f"filesystem_store_datadir = {dirs[name]}", extra]
+    conf = tmp_path / "multi.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return Stores.from_config_files(conf), dirs
+
+
 # -- the formats ---------------------------------------------------------------------
 
 FORMATS = [
@@ -212,37 +226,22 @@ def test_bad_options_are_bad_configuration(tmp_path: Path) -> None:
 
 def test_a_backend_group_overrides_glance_store(tmp_path: Path) -> None:
     qcow2 = make(tmp_path, "qcow2", "1G").read_bytes()
-    lax, strict = tmp_path / "lax", tmp_path / "strict"
-    lax.mkdir()
-    strict.mkdir()
-    conf = tmp_path / "multi.conf"
-    conf.write_text(
-        "[DEFAULT]\nenabled_backends = lax:file, strict:file\n"
-        "[glance_store]\ndefault_backend = lax\nimage_inspection = enforce\n"
-        "allowed_disk_formats = raw\n"
-        f"[lax]\nfilesystem_store_datadir = {lax}\nimage_inspection = report\n"
-        f"[strict]\nfilesystem_store_datadir = {strict}\n"
-    )
-    with Stores.from_config_files(conf) as s:
+    s, dirs = multi_stores(
+        tmp_path, "image_inspection = enforce\nallowed_disk_formats = raw",
+        lax="image_inspection = report", strict="",
+    )  # fmt: skip
+    with s:
         assert s.add("img-1", qcow2, backend="lax").disk_format == "qcow2"
         with pytest.raises(UnsafeImage):
             s.add("img-1", qcow2, backend="strict")
-    assert [p.name for p in lax.iterdir()] == ["img-1"]
-    assert list(strict.iterdir()) == []
+    assert [p.name for p in dirs["lax"].iterdir()] == ["img-1"]
+    assert list(dirs["strict"].iterdir()) == []
 
 
 def test_copy_reports_what_the_copy_is(tmp_path: Path) -> None:
     qcow2 = make(tmp_path, "qcow2", "2G").read_bytes()
-    other = tmp_path / "other"
-    other.mkdir()
-    conf = tmp_path / "multi.conf"
-    conf.write_text(
-        "[DEFAULT]\nenabled_backends = a:file, b:file\n[glance_store]\ndefault_backend = a\n"
-        f"[a]\nfilesystem_store_datadir = {tmp_path / 'store'}\n"
-        f"[b]\nfilesystem_store_datadir = {other}\n"
-    )
-    (tmp_path / "store").mkdir()
-    with Stores.from_config_files(conf) as s:
+    s, _ = multi_stores(tmp_path, "", a="", b="")
+    with s:
         first = s.add("img-1", qcow2)
         copied = s.copy(first.location, "b")
     assert (copied.disk_format, copied.virtual_size) == ("qcow2", 2 * GiB)
@@ -283,8 +282,10 @@ def test_inspect_a_file_and_a_location(tmp_path: Path) -> None:
     out = _cli(tmp_path, "--json", "inspect", str(safe))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {
-        "image": str(safe), "size": safe.stat().st_size, "disk_format": "vmdk",
-        "virtual_size": 7 << 30, "safety": {"result": "passed", "failed_checks": {}},
+        "image": str(safe), "size": safe.stat().st_size,
+        "read": min(1 << 20, safe.stat().st_size),
+        "disk_format": "vmdk", "virtual_size": 7 << 30,
+        "safety": {"result": "passed", "failed_checks": {}},
     }  # fmt: skip
     for target in (str(bad), stored_bad.location):
         out = _cli(tmp_path, "inspect", target)
@@ -292,6 +293,34 @@ def test_inspect_a_file_and_a_location(tmp_path: Path) -> None:
         assert "disk_format:  qcow2" in out.stdout
         assert "safety:       failed: backing_file (Image has a backing file)" in out.stdout
         assert "failed the disk-format safety checks" in out.stderr
+
+
+@pytest.mark.parametrize("kind", ["raw", "luks", "vmdk-footer"])
+def test_inspect_reads_only_what_it_needs(tmp_path: Path, kind: str) -> None:
+    """A 64 MiB raw image or LUKS volume: the first MiB tells (virtual size from the
+    image's size); a streamOptimized vmdk keeps its grain directory in a footer: read
+    to its end."""
+    if kind == "raw":
+        data, fmt, virtual = os.urandom(64 * MiB), "raw", 64 * MiB
+    elif kind == "luks":
+        data, fmt, virtual = luks_image(os.urandom(62 * MiB)), "luks", 62 * MiB
+    else:
+        image = make(tmp_path, "vmdk", "64M", "-o", "subformat=streamOptimized")
+        data, fmt, virtual = image.read_bytes(), "vmdk", 64 * MiB
+    with stores(tmp_path) as s:
+        added = s.add("img-1", data)
+    out = _cli(tmp_path, "--json", "inspect", added.location)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["disk_format"], result["virtual_size"]) == (fmt, virtual)
+    assert (result["disk_format"], result["virtual_size"]) == (
+        added.disk_format,
+        added.virtual_size,
+    )
+    if kind == "vmdk-footer":
+        assert result["read"] == len(data)
+    else:
+        assert result["read"] < 16 * MiB, result["read"]
 
 
 def test_verify_inspect_on_the_command_line(tmp_path: Path) -> None:
@@ -311,3 +340,25 @@ def test_verify_inspect_on_the_command_line(tmp_path: Path) -> None:
     assert "inspected: 2, unsafe: 1" in out.stdout
     assert "img-bad: unsafe: descriptor" in out.stdout
     assert "img-good: unsafe" not in out.stdout
+
+
+def test_migrate_inspect_reports_copies_the_target_would_not_inspect(tmp_path: Path) -> None:
+    from imgstore.migration import ImageRecord, migrate
+
+    qcow2 = make(tmp_path, "qcow2", "2G").read_bytes()
+    bad = hostile(tmp_path, "qcow2-data-file")
+    s, dirs = multi_stores(tmp_path, "", src="", dst="image_inspection = off")
+    with s:
+        rows = [s.add(i, d) for i, d in (("img-good", qcow2), ("img-bad", bad))]
+        records = [ImageRecord(r.image_id, r.location, r.size, r.checksum) for r in rows]
+        plain = migrate(s, records[:1], "dst")
+        assert plain.inspected == 0  # the target does not inspect
+        (dirs["dst"] / "img-good").unlink()
+        report = migrate(s, records, "dst", inspect=True)
+    assert report.ok and report.inspected == 2
+    assert [i.image_id for i in report.unsafe] == ["img-bad"]
+    by_id = {i.image_id: i.inspection for i in report.images}
+    assert by_id["img-good"] == {
+        "disk_format": "qcow2", "virtual_size": 2 << 30,
+        "safety": {"result": "passed", "failed_checks": {}},
+    }  # fmt: skip
