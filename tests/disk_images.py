@@ -108,6 +108,8 @@ def hostile(tmp_path: Path, kind: str) -> bytes:
         return _with_descriptor(
             sparse, b'RW 2048 SPARSE "disk.vmdk"', b'RW 1024 SPARSE "disk.vmdk"\nRW 1024 FLAT "x" 0'
         )
+    if kind == "iso-and-gpt":  # a protective MBR and GPT header over an ISO's first sectors
+        return gpt_image(1024) + iso_image(2 * 1024 * 1024)[1024:]
     assert kind == "iso-and-qcow2"
     return _iso_with_qcow2(tmp_path)
 
@@ -118,4 +120,5 @@ HOSTILE = {
     "vmdk-host-path": "descriptor",
     "vmdk-two-extents": "extents",
     "iso-and-qcow2": "multiple_formats",
+    "iso-and-gpt": "multiple_formats",
 }
