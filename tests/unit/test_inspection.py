@@ -3,7 +3,7 @@
 Each format the inspector knows, small and with a multi-GiB virtual size, is stored
 on the embedded filesystem store and reported with qemu-img's own virtual size; the
 hostile ones (a qcow2 naming a data-file or a backing file, a vmdk whose descriptor
-names a host path or several extents, an ISO that also carries a qcow2 header, bytes
+names a host path or several extents, an ISO that also carries a qcow2 or GPT header, bytes
 of another format than declared) are reported in ``report`` mode and refused in
 ``enforce`` mode with nothing left in the store.
 """
