@@ -157,7 +157,9 @@ def test_third_party_driver_passes_conformance_in_a_clean_venv(tmp_path: Path) -
     plugin = tmp_path / "imgstore-sqlite-driver"
     shutil.copytree(EXAMPLE, plugin, ignore=_IGNORE)
 
-    pip = [python, "-m", "pip", "install", "--quiet", "--no-input"]
+    # what `pip install` does, by scripts/pip-install (uv when the project's venv has it:
+    # the same resolution from the same index, without pip's 20 s of resolver CPU)
+    pip = ["bash", str(REPO / "scripts" / "pip-install"), python]
     timings["pip imgstore[test]"] = _run([*pip, f"{src}[test]"], env, tmp_path, 600)
     # The driver is an ordinary distribution installed after imgstore, with no
     # change to imgstore's files: only its two entry points connect them.
