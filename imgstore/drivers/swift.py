@@ -106,7 +106,7 @@ import secrets as secrets_mod
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from oslo_config import cfg
 
@@ -1309,11 +1309,32 @@ class SwiftPutWriter(Writer):
             conn.close()
 
     def write(self, chunk: memoryview) -> None:
-        self._request.start()
-        if self._pending is not None:
-            self._request.feed(self._pending)
-            self._fed += len(self._pending)
+        try:
+            self._request.start()
+            if self._pending is not None:
+                self._request.feed(self._pending)
+                self._fed += len(self._pending)
+        except BackendUnavailable as exc:
+            self._raise_for(exc)
         self._pending = bytes(chunk)  # the core reuses its buffer: copy
+
+    def _raise_for(self, exc: BackendUnavailable) -> NoReturn:
+        """A PUT that failed part-way: :class:`Duplicate` when another writer's object is
+        there now (it was not when the add began: a proxy in front of Swift, such as a
+        TLS terminator, turns Swift's early 412 into a 502 when Swift closes the
+        connection before the body is sent), else ``exc``."""
+        self._request.join()
+        loc = self._location
+        try:
+            headers = self._driver.head(self._account, loc.container, loc.obj, "checking")
+        except ImgstoreError:
+            raise exc from None
+        if headers.get(WRITER_HEADER.lower()) != self._token:
+            raise Duplicate(
+                f"image {loc.obj} already exists in backend {self._driver.backend!r} "
+                "(another writer stored it first)"
+            ) from exc
+        raise exc
 
     def commit(self, size: int) -> Written:
         try:
@@ -1321,7 +1342,7 @@ class SwiftPutWriter(Writer):
                 self._request.feed(self._pending)
                 self._pending = None
             self._request.finish()
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
             # not retried (the body was a stream), but the server may have stored all of
             # it and then answered an error: then the image is there, whole, and ours
             self._request.join()
@@ -1330,7 +1351,7 @@ class SwiftPutWriter(Writer):
                 self._answered
                 and self._driver.written_by(self._account, loc.container, loc.obj, self._token)
             ):
-                raise
+                self._raise_for(exc)
             LOG.warning(
                 "backend %r: %s: the server stored the image but answered an error",
                 self._driver.backend, self._shown,
