@@ -935,6 +935,17 @@ class SwiftDriver(Driver):
             return False
         return headers.get(WRITER_HEADER.lower()) == token
 
+    def written_by_another(self, account: Account, container: str, obj: str, token: str) -> bool:
+        """Whether ``obj`` is there now and was written by another writer than the one
+        with ``token``: a PUT of ours that failed when the server had answered lost a race
+        (a proxy in front of Swift, such as a TLS terminator, turns Swift's early 412
+        into a 502 when Swift closes the connection before the body is in)."""
+        try:
+            headers = self.head(account, container, obj, f"checking {container}/{obj}")
+        except ImgstoreError:
+            return False
+        return headers.get(WRITER_HEADER.lower()) != token
+
     def limits(self, account: Account) -> SwiftLimits:
         """The limits of ``account``'s cluster: ``GET /info`` the first time, then kept.
 
@@ -1322,14 +1333,14 @@ class SwiftPutWriter(Writer):
         """A PUT that failed part-way: :class:`Duplicate` when another writer's object is
         there now (it was not when the add began: a proxy in front of Swift, such as a
         TLS terminator, turns Swift's early 412 into a 502 when Swift closes the
-        connection before the body is sent), else ``exc``."""
+        connection before the body is sent), else ``exc``. Only when the server answered:
+        a server that did not answer is not asked again, so the error comes in time."""
         self._request.join()
         loc = self._location
-        try:
-            headers = self._driver.head(self._account, loc.container, loc.obj, "checking")
-        except ImgstoreError:
-            raise exc from None
-        if headers.get(WRITER_HEADER.lower()) != self._token:
+        # no answer (a dead or stalled server): no HEAD to wait on
+        if self._answered and self._driver.written_by_another(
+            self._account, loc.container, loc.obj, self._token
+        ):
             raise Duplicate(
                 f"image {loc.obj} already exists in backend {self._driver.backend!r} "
                 "(another writer stored it first)"
@@ -1611,7 +1622,11 @@ class SwiftSegmentWriter(Writer):
                     drv.backend, what, self._shown,
                 )  # fmt: skip
                 return
-            if isinstance(error, Duplicate):
+            if isinstance(error, Duplicate) or (
+                answered
+                and isinstance(error, BackendUnavailable)
+                and drv.written_by_another(self._account, loc.container, loc.obj, self._token)
+            ):
                 raise Duplicate(
                     f"image {loc.obj} already exists in backend {drv.backend!r}"
                 ) from None
