@@ -75,9 +75,38 @@ def group_of(nodeid: str) -> str:
     return module
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest groups first, short ones last (a stable sort: the same order on every
-    worker)."""
+def cross_section(items: list[pytest.Item]) -> tuple[list[pytest.Item], list[pytest.Item]]:
+    """Kept and deselected tests of classes that run a cross-section of the kit.
+
+    A conformance class for a second configuration of a driver whose data path another
+    class already runs whole (the same Cinder without Keystone, the same Swift with
+    tempauth) names the tests it keeps in ``CROSS_SECTION``: a test's function name keeps
+    all its cases, ``name[case]`` one case. The rest is deselected, and pytest reports
+    them as deselected, never as passed. A name whose test the class does not have is an
+    error, so a renamed test cannot empty a cross-section unnoticed."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        cls = getattr(item, "cls", None)
+        names = set(getattr(cls, "CROSS_SECTION", None) or ())
+        if not names:
+            kept.append(item)
+            continue
+        unknown = sorted(n for n in names if not hasattr(cls, n.split("[", 1)[0]))
+        if unknown:
+            raise pytest.UsageError(f"{cls.__name__}.CROSS_SECTION names no test: {unknown}")
+        keep = {item.name, getattr(item, "originalname", item.name)} & names
+        (kept if keep else dropped).append(item)
+    return kept, dropped
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Cross-sections applied (:func:`cross_section`), then the longest groups first and
+    short ones last (a stable sort: the same order on every worker)."""
+    kept, dropped = cross_section(items)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
     items.sort(key=lambda item: _rank(item.nodeid))
 
 

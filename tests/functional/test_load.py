@@ -1,4 +1,4 @@
-"""The short load run in CI: 4 clients x 20 s per backend (benchmarks/load.py).
+"""The short load run in CI: 4 clients x 12 s per backend (benchmarks/load.py).
 
 ``tox -e load`` (or ``python benchmarks/load.py``) is the long run: 16
 clients for 5 minutes per backend. Here each backend runs in its own process
@@ -32,7 +32,7 @@ def test_short_load(backend: str, tmp_path: Path) -> None:
         require_service(service)
     out = tmp_path / "load.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--clients", "4", "--duration", "20",
+        [sys.executable, str(SCRIPT), "--clients", "4", "--duration", "12",
          "--backends", backend, "--max-kib", "1024", "--json", str(out)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
