@@ -261,9 +261,10 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
     p.add_argument("--to", required=True, metavar="BACKEND", help="target backend")
     p.add_argument(
         "--journal",
-        metavar="FILE",
-        help="sqlite journal that makes the run resumable (default: INPUT.journal; "
-        "required when INPUT is '-')",
+        metavar="FILE|URL",
+        help="the journal that makes the run resumable: a sqlite file (default: "
+        "INPUT.journal; required when INPUT is '-'), or a database URL "
+        "(mysql+pymysql://..., postgresql+psycopg://...; needs imgstore[distributed])",
     )
     p.add_argument(
         "--delete-source",

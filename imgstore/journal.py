@@ -1,8 +1,11 @@
-"""The journal of a migration: one sqlite row per image and its state.
+"""The journal of a migration: one row per image and its state, in a sqlite file or in
+a database server (MariaDB, PostgreSQL) that workers on many hosts share
+(:mod:`imgstore.journal_db`).
 
-Each state change is its own transaction in WAL mode with ``synchronous=FULL``,
-so it is on disk before the next step starts and a run killed at any moment
-(even by SIGKILL) finds every image in the state it had reached::
+Each state change is its own transaction, a compare-and-set on the image's state, so
+it is stored before the next step starts, a run killed at any moment (even by SIGKILL)
+finds every image in the state it had reached, and two workers can never both make
+the same move::
 
     pending -> copying -> verified -> done
        |          |           |
@@ -13,18 +16,23 @@ so it is on disk before the next step starts and a run killed at any moment
 a resumed run finds it there and removes a half-written copy before retrying.
 Only secret-free text goes in: redacted source locations, locations imgstore
 emitted, and error messages (which imgstore keeps free of secrets).
+
+A worker holds a *lease* on an image while it works on it (:meth:`Journal.claim`): no
+other worker claims it until the lease lapses, so an image whose worker died is taken
+up again after its lease's time, and never by two workers at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import sqlite3
-import threading
+import socket
 import time
+import uuid
 from typing import Any
 
 from imgstore.exceptions import InvalidArgument
+from imgstore.journal_db import Database, open_database
 
 PENDING = "pending"
 COPYING = "copying"
@@ -41,27 +49,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset({PENDING}),
 }
 """The allowed state changes; ``copying -> copying`` is a resumed copy's retry."""
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (
-    image_id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    state TEXT NOT NULL,
-    target_location TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    size INTEGER,
-    checksum TEXT,
-    hash_algo TEXT,
-    multihash TEXT,
-    source_deleted INTEGER NOT NULL DEFAULT 0,
-    error_type TEXT,
-    error TEXT,
-    updated REAL NOT NULL
-);
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,134 +70,118 @@ class Entry:
     error_type: str | None
     error: str | None
     updated: float
+    lease_owner: str | None = None
+    """The worker working on the image now (with :attr:`lease_expires`), if any."""
+    lease_expires: float | None = None
+    worker: str | None = None
+    """The worker that finished the image (done or failed)."""
+    finished: float | None = None
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(Entry)]
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM images"  # noqa: S608 - fixed names
+
+
+def worker_name() -> str:
+    """A name for this process as a journal's worker: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Journal:
-    """A migration journal in the sqlite file ``path`` (``":memory:"``: none kept).
+    """A migration journal: a sqlite file's path (``":memory:"``: none kept) or a
+    SQLAlchemy URL of a database that workers on many hosts share.
 
     A journal belongs to one target backend; opening it for another raises
-    :class:`InvalidArgument`. Safe to use from several threads.
+    :class:`InvalidArgument`. Safe to use from several threads and processes.
+    ``worker`` names this process in leases and in the rows it finishes.
     """
 
-    def __init__(self, path: str | os.PathLike[str], target: str) -> None:
-        self.path = os.fspath(path)
+    def __init__(
+        self, spec: str | os.PathLike[str], target: str, worker: str | None = None
+    ) -> None:
+        self.db: Database = open_database(spec)
+        self.path = self.db.shown
         self.target = target
-        self._lock = threading.Lock()
+        self.worker = worker or worker_name()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise InvalidArgument(f"cannot open the journal {self.path}: {exc}") from None
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
             self._check_meta()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise InvalidArgument(f"{self.path} is not a usable migration journal: {exc}") from None
         except BaseException:
-            self._db.close()
+            self.db.close()
             raise
 
     def _check_meta(self) -> None:
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        if not meta:
-            with self._tx():
-                self._db.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("schema", str(SCHEMA_VERSION)),
-                        ("target", self.target),
-                        ("created", str(time.time())),
-                    ],
-                )
-            return
-        if meta.get("schema") != str(SCHEMA_VERSION):
-            raise InvalidArgument(
-                f"{self.path}: journal schema {meta.get('schema')!r}, expected {SCHEMA_VERSION}"
-            )
+        self.db.insert(
+            "INSERT INTO meta (key, value) VALUES (:key, :value)",
+            {"key": "target", "value": self.target},
+        )
+        self.db.insert(
+            "INSERT INTO meta (key, value) VALUES (:key, :value)",
+            {"key": "created", "value": str(time.time())},
+        )
+        meta = dict(self.db.query("SELECT key, value FROM meta", {}))
         if meta.get("target") != self.target:
             raise InvalidArgument(
                 f"{self.path} is the journal of a migration to backend {meta.get('target')!r}, "
-                f"not {self.target!r}; use another journal file"
+                f"not {self.target!r}; use another journal"
             )
-
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self._db = db
-
-        def __enter__(self) -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-
-        def __exit__(self, exc_type: Any, *_: Any) -> None:
-            self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-
-    def _tx(self) -> Journal._Tx:
-        return Journal._Tx(self._db)
 
     # -- reading -------------------------------------------------------------
 
     def get(self, image_id: str) -> Entry | None:
         """The row of ``image_id``, or None."""
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM images WHERE image_id = ?",  # noqa: S608
-                (image_id,),
-            ).fetchone()
-        return None if row is None else _entry(row)
+        rows = self.db.query(f"{_SELECT} WHERE image_id = :id", {"id": image_id})
+        return _entry(rows[0]) if rows else None
 
     def entries(self) -> list[Entry]:
         """Every row, by image id."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM images ORDER BY image_id"  # noqa: S608
-            ).fetchall()
-        return [_entry(r) for r in rows]
+        return [_entry(r) for r in self.db.query(f"{_SELECT} ORDER BY image_id", {})]
 
     # -- state changes ---------------------------------------------------------
 
     def add(self, image_id: str, source: str) -> Entry:
         """Record ``image_id`` as pending unless the journal has it; return its row."""
-        with self._lock, self._tx():
-            self._db.execute(
-                "INSERT OR IGNORE INTO images (image_id, source, state, updated) "
-                "VALUES (?, ?, ?, ?)",
-                (image_id, source, PENDING, time.time()),
-            )
+        self.db.insert(
+            "INSERT INTO images (image_id, source, state, attempts, source_deleted, updated) "
+            "VALUES (:id, :source, :state, 0, 0, :now)",
+            {"id": image_id, "source": source, "state": PENDING, "now": time.time()},
+        )
         entry = self.get(image_id)
         assert entry is not None
         return entry
 
-    def _move(self, image_id: str, to: str, **values: Any) -> None:
-        with self._lock, self._tx():
-            row = self._db.execute(
-                "SELECT state FROM images WHERE image_id = ?", (image_id,)
-            ).fetchone()
-            if row is None:
-                raise InvalidArgument(f"journal: no image {image_id!r}")
-            if to not in TRANSITIONS[row[0]]:
-                raise InvalidArgument(f"journal: image {image_id} cannot go from {row[0]} to {to}")
-            sets = ["state = ?", "updated = ?", *(f"{k} = ?" for k in values)]
-            self._db.execute(
-                f"UPDATE images SET {', '.join(sets)} WHERE image_id = ?",  # noqa: S608 - fixed names
-                (to, time.time(), *values.values(), image_id),
-            )
+    def _move(self, image_id: str, to: str, sets: str = "", **values: Any) -> None:
+        """``image_id`` to state ``to`` if its state allows it (one compare-and-set),
+        with ``values`` (and the SQL assignments ``sets``) stored in the same update."""
+        sources = [state for state, allowed in TRANSITIONS.items() if to in allowed]
+        names = {f"from{i}": state for i, state in enumerate(sources)}
+        assignments = [
+            "state = :to",
+            "updated = :now",
+            *(f"{k} = :{k}" for k in values),
+            *([sets] if sets else []),
+        ]
+        if to in (DONE, FAILED):
+            assignments += ["worker = :worker", "finished = :now"]
+        changed = self.db.execute(
+            f"UPDATE images SET {', '.join(assignments)} "  # noqa: S608 - fixed names
+            f"WHERE image_id = :id AND state IN ({', '.join(':' + n for n in names)})",
+            {**values, **names, "to": to, "now": time.time(), "id": image_id,
+             "worker": self.worker},
+        )  # fmt: skip
+        if changed:
+            return
+        entry = self.get(image_id)
+        if entry is None:
+            raise InvalidArgument(f"journal: no image {image_id!r}")
+        raise InvalidArgument(f"journal: image {image_id} cannot go from {entry.state} to {to}")
 
     def start_copy(self, image_id: str, target_location: str | None) -> None:
         """``copying``: a copy to ``target_location`` starts now; counts one attempt."""
-        with self._lock:
-            attempts = self._db.execute(
-                "SELECT attempts FROM images WHERE image_id = ?", (image_id,)
-            ).fetchone()
         self._move(
             image_id,
             COPYING,
+            sets="attempts = attempts + 1",
             target_location=target_location,
-            attempts=(attempts[0] if attempts else 0) + 1,
             error_type=None,
             error=None,
         )
@@ -255,16 +226,39 @@ class Journal:
 
     def note(self, image_id: str, error_type: str, error: str) -> None:
         """Record a problem without changing the state (e.g. the source could not be deleted)."""
-        with self._lock, self._tx():
-            self._db.execute(
-                "UPDATE images SET error_type = ?, error = ?, updated = ? WHERE image_id = ?",
-                (error_type, error, time.time(), image_id),
+        self.db.execute(
+            "UPDATE images SET error_type = :type, error = :error, updated = :now "
+            "WHERE image_id = :id",
+            {"type": error_type, "error": error, "now": time.time(), "id": image_id},
+        )
+
+    # -- leases ----------------------------------------------------------------
+
+    def claim(self, image_id: str, seconds: float) -> bool:
+        """Lease ``image_id`` to this worker for ``seconds`` (or renew its lease): True,
+        unless another worker holds a lease on it that has not lapsed. Time is each
+        host's clock: keep the hosts' clocks in step (NTP) well within ``seconds``."""
+        now = time.time()
+        return bool(
+            self.db.execute(
+                "UPDATE images SET lease_owner = :me, lease_expires = :until "
+                "WHERE image_id = :id AND (lease_owner IS NULL OR lease_owner = :me "
+                "OR lease_expires < :now)",
+                {"me": self.worker, "until": now + seconds, "id": image_id, "now": now},
             )
+        )
+
+    def release(self, image_id: str) -> None:
+        """Give up this worker's lease on ``image_id`` (nothing if it holds none)."""
+        self.db.execute(
+            "UPDATE images SET lease_owner = NULL, lease_expires = NULL "
+            "WHERE image_id = :id AND lease_owner = :me",
+            {"id": image_id, "me": self.worker},
+        )
 
     def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._db.close()
+        """Let go of the database."""
+        self.db.close()
 
     def __enter__(self) -> Journal:
         return self

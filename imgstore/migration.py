@@ -756,7 +756,7 @@ def migrate(
     Each image is copied with :meth:`Stores.copy` (read back from the target)
     and what was read is compared with the record's size, ``os_hash_value``
     and md5 ``checksum``; a mismatch removes the copy and fails the image.
-    ``journal`` (a sqlite file; None keeps it in memory) makes the run
+    ``journal`` (a sqlite file or a database URL; None keeps it in memory) makes the run
     resumable: images done are never copied again, an interrupted copy is
     removed (or kept when it verifies) before the retry. Sources are deleted
     only with ``delete_source`` and only after their copy is verified.

@@ -233,7 +233,15 @@ def records(rows: list[dict[str, Any]]) -> Any:
     return parse_images("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_migrate_copies_verifies_and_reports(stores: Stores, tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal_kind", ["file", "url"])
+def test_migrate_copies_verifies_and_reports(
+    stores: Stores, tmp_path: Path, journal_kind: str
+) -> None:
+    """With the journal in a sqlite file, and in a database named by a SQLAlchemy URL
+    (the server databases are in tests/functional/test_journal_servers.py)."""
+    if journal_kind == "url":
+        pytest.importorskip("sqlalchemy", reason="imgstore[distributed] is not installed")
+    journal = tmp_path / "j" if journal_kind == "file" else f"sqlite:///{tmp_path / 'j'}"
     rows = add_images(stores, 6)
     statuses: list[Status] = []
     report = migrate(
@@ -241,7 +249,7 @@ def test_migrate_copies_verifies_and_reports(stores: Stores, tmp_path: Path) -> 
         records(rows),
         "dst",
         concurrency=3,
-        journal=tmp_path / "j",
+        journal=journal,
         progress=statuses.append,
     )
     assert report.ok and report.counts == {"migrated": 6}
@@ -262,7 +270,7 @@ def test_migrate_copies_verifies_and_reports(stores: Stores, tmp_path: Path) -> 
     # every copy is inspected by the target's default policy (report): what it is
     assert {i.inspection["disk_format"] for i in report.images if i.inspection} == {"raw"}
     # a second run copies nothing
-    again = migrate(stores, records(rows), "dst", journal=tmp_path / "j")
+    again = migrate(stores, records(rows), "dst", journal=journal)
     assert again.counts == {"already_migrated": 6}
     assert all(o.attempts == 1 for o in again.images)
 
