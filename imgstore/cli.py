@@ -27,6 +27,7 @@ import select
 import stat
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -283,6 +284,43 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
         help="report each copy's disk format, virtual size and safety and count the "
         "unsafe ones, even where the target's image_inspection is off",
     )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="enqueue the images on this Celery broker (amqp://...) for 'imgstore worker' "
+        "processes on any number of hosts, instead of copying here; needs --journal URL "
+        "of a database they all reach (imgstore[distributed])",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --broker: return once the images are enqueued (default: wait for them, "
+        "with a progress bar, and report)",
+    )
+
+    p = command(
+        "worker",
+        cmd_worker,
+        "run the migrations enqueued by 'migrate --broker', until stopped (SIGTERM or "
+        "Ctrl-C let the images in hand finish)",
+    )
+    p.add_argument("--broker", required=True, metavar="URL", help="the Celery broker (amqp://...)")
+    p.add_argument("--journal", required=True, metavar="URL", help="the journal database's URL")
+    p.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="images at once in this worker (default 1)",
+    )
+
+    p = command(
+        "status",
+        cmd_status,
+        "progress of a migration across all hosts, from its journal (also: migrate status)",
+    )
+    p.add_argument("--journal", required=True, metavar="FILE|URL", help="the run's journal")
+    p.add_argument("--to", metavar="BACKEND", help="target backend (default: the journal's)")
 
     p = command("verify", cmd_verify, "re-read listed images and check their recorded hashes")
     many(p)
@@ -410,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv`` and merge global options given after the sub-command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "migrate" in argv and argv[argv.index("migrate") + 1 : argv.index("migrate") + 2] == [
+        "status"
+    ]:  # "imgstore migrate status": the status command
+        at = argv.index("migrate")
+        argv[at : at + 2] = ["status"]
     args = build_parser().parse_args(argv)
     args.config_file = list(args.config_file) + list(getattr(args, "late_config_file", []))
     for name in _GLOBALS[1:]:
@@ -857,6 +901,9 @@ def cmd_migrate(args: argparse.Namespace, stores: Stores) -> None:
 
     records = _read_input(args)
     journal = args.journal
+    if args.broker:
+        _migrate_elsewhere(args, stores, records)
+        return
     if journal is None:
         if args.input == "-":
             raise UsageError("--journal FILE is needed when the input is standard input")
@@ -884,6 +931,100 @@ def cmd_migrate(args: argparse.Namespace, stores: Stores) -> None:
             + (f"; see {args.report}" if args.report else ""),
             EXIT_FAILURE,
         )
+
+
+def _migrate_elsewhere(args: argparse.Namespace, stores: Stores, records: list[Any]) -> None:
+    """``migrate --broker``: enqueue for the workers; wait and report unless --no-wait."""
+    from imgstore import distributed
+    from imgstore.journal import Journal
+    from imgstore.journal_db import is_url
+
+    if not args.journal or not is_url(args.journal):
+        raise UsageError("--broker needs --journal URL: a database every worker reaches")
+    if args.dry_run:
+        raise UsageError("--dry-run runs here: leave out --broker")
+    stores.driver(args.to)  # UnknownBackend now, not in every worker
+    options = distributed.Options(
+        args.to, args.delete_source, args.retry_failed, args.hash_algo, args.inspect
+    )
+    started = time.monotonic()
+    since = time.time()
+    with Journal(args.journal, args.to) as journal:
+        sent = distributed.submit(args.broker, journal, records, options)
+        _note(f"migrate: {sent} of {len(records)} images enqueued on {journal.path}")
+        if args.no_wait:
+            return
+        report = _run_many(
+            args,
+            "migrate",
+            lambda bar: _waited(journal, records, since, bar, started),
+        )
+    if report.failed:
+        raise SomeFailed(
+            f"{len(report.failed)} of {len(report.images)} images failed"
+            + (f"; see {args.report}" if args.report else ""),
+            EXIT_FAILURE,
+        )
+
+
+def _waited(journal: Any, records: list[Any], since: float, bar: Any, started: float) -> Any:
+    from imgstore import distributed
+    from imgstore.migration import Status
+
+    def show(done: int, total: int, failed: int) -> None:
+        if bar is not None:
+            bar(Status(done, total, failed, 0, None, time.monotonic() - started))
+
+    distributed.wait(journal, records, since, show)
+    return distributed.report(journal, records, time.monotonic() - started)
+
+
+def cmd_worker(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore worker``."""
+    from imgstore import distributed
+
+    distributed.run_worker(
+        args.broker, args.journal, stores, args.concurrency, "DEBUG" if args.debug else "INFO"
+    )
+
+
+def cmd_status(args: argparse.Namespace, stores: Stores) -> None:
+    """``imgstore status`` (``imgstore migrate status``)."""
+    from imgstore import distributed
+    from imgstore.journal import Journal
+
+    target = args.to or _journal_target(args.journal)
+    with Journal(args.journal, target) as journal:
+        data = distributed.status(journal)
+    if args.json:
+        _emit_json(data)
+        return
+    lines = [f"journal {data['journal']} -> {data['target']}: {data['images']} images"]
+    lines += [f"  {state}: {n}" for state, n in data["states"].items()]
+    lines.append(f"  in flight: {data['in_flight']}")
+    for host, counts in data["hosts"].items():
+        lines.append(
+            f"  {host}: {counts['done']} done, {counts['failed']} failed, "
+            f"{counts['bytes']} bytes copied"
+        )
+    if data["bytes_per_second"]:
+        lines.append(f"  throughput: {data['bytes_per_second'] / 1e6:.1f} MB/s")
+    _out("\n".join(lines) + "\n")
+
+
+def _journal_target(spec: str) -> str:
+    from imgstore.journal_db import is_url, open_database
+
+    if not is_url(spec) and not os.path.exists(spec):
+        raise UsageError(f"no journal at {spec}")
+    db = open_database(spec)
+    try:
+        rows = db.query("SELECT value FROM meta WHERE key = :k", {"k": "target"})
+    finally:
+        db.close()
+    if not rows:
+        raise InvalidArgument(f"{db.shown}: no migration has used this journal yet")
+    return str(rows[0][0])
 
 
 def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:
@@ -970,6 +1111,13 @@ def setup_logging(debug: bool) -> None:
     # stevedore warns "Could not load X" for a driver that is not installed; the
     # error line already says so, with the installed drivers.
     logging.getLogger("stevedore").setLevel(logging.NOTSET if debug else logging.ERROR)
+
+
+def _note(message: str) -> None:
+    """A line of information on standard error."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{PROG}: {message}\n")
+        sys.stderr.flush()
 
 
 def _error(message: str) -> None:

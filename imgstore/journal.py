@@ -76,6 +76,8 @@ class Entry:
     worker: str | None = None
     """The worker that finished the image (done or failed)."""
     finished: float | None = None
+    outcome: str | None = None
+    """The image's outcome as the report of the run that finished it shows it (JSON)."""
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(Entry)]
@@ -222,7 +224,18 @@ class Journal:
 
     def retry(self, image_id: str) -> None:
         """``failed -> pending``, to try a failed image again."""
-        self._move(image_id, PENDING)
+        self._move(image_id, PENDING, outcome=None)
+
+    def record_outcome(self, image_id: str, outcome: str) -> bool:
+        """Keep the report's ``outcome`` (JSON) of an image just finished, unless one is
+        kept already (a copy delivered twice is reported once); whether it was kept."""
+        return bool(
+            self.db.execute(
+                "UPDATE images SET outcome = :outcome WHERE image_id = :id "
+                "AND outcome IS NULL AND state IN (:done, :failed)",
+                {"outcome": outcome, "id": image_id, "done": DONE, "failed": FAILED},
+            )
+        )
 
     def note(self, image_id: str, error_type: str, error: str) -> None:
         """Record a problem without changing the state (e.g. the source could not be deleted)."""

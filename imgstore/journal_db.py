@@ -100,7 +100,8 @@ CREATE TABLE images (
     lease_owner VARCHAR(255),
     lease_expires DOUBLE,
     worker VARCHAR(255),
-    finished DOUBLE
+    finished DOUBLE,
+    outcome TEXT
 );
 CREATE INDEX ix_images_state ON images (state);
 """
@@ -112,6 +113,7 @@ ALTER TABLE images ADD COLUMN lease_owner VARCHAR(255);
 ALTER TABLE images ADD COLUMN lease_expires DOUBLE;
 ALTER TABLE images ADD COLUMN worker VARCHAR(255);
 ALTER TABLE images ADD COLUMN finished DOUBLE;
+ALTER TABLE images ADD COLUMN outcome TEXT;
 CREATE INDEX ix_images_state ON images (state);
 """,
 }

@@ -46,6 +46,7 @@ from imgstore.exceptions import (
 )
 from imgstore.inspection import InspectionPolicy, StreamInspector
 from imgstore.journal import Journal
+from imgstore.journal_db import is_url
 from imgstore.location import redact_uri, split_scheme
 from imgstore.pipeline import new_hash
 
@@ -505,6 +506,9 @@ class _Migration:
             if outcome.location is None and entry.state in (journal_mod.DONE, journal_mod.VERIFIED):
                 outcome.location = entry.target_location
         outcome.seconds = round(time.monotonic() - started, 3)
+        if outcome.outcome in (MIGRATED, PRESENT, FAILED):
+            # what a report of this image says, wherever and however often it is read
+            self.journal.record_outcome(record.image_id, json.dumps(dataclasses.asdict(outcome)))
         self.tracker.finish(record, outcome.outcome == FAILED)
         return outcome
 
@@ -834,7 +838,7 @@ def _dry_run(
     entries: dict[str, journal_mod.Entry] = {}
     if isinstance(journal, Journal):
         entries = {e.image_id: e for e in journal.entries()}
-    elif journal is not None and os.path.exists(journal):
+    elif journal is not None and (is_url(journal) or os.path.exists(journal)):
         with Journal(journal, target) as jr:
             entries = {e.image_id: e for e in jr.entries()}
     outcomes = []

@@ -1,5 +1,5 @@
-"""Leases, so that workers on many hosts never work on one image at once, and the
-worker that finished each image.
+"""Leases, so that workers on many hosts never work on one image at once; the worker
+that finished each image, when, and its outcome as the report shows it (JSON).
 
 Revision ID: j0002
 Revises: j0001
@@ -21,10 +21,11 @@ def upgrade() -> None:
     op.add_column("images", sa.Column("lease_expires", sa.Double()))
     op.add_column("images", sa.Column("worker", sa.String(255)))
     op.add_column("images", sa.Column("finished", sa.Double()))
+    op.add_column("images", sa.Column("outcome", sa.Text()))
     op.create_index("ix_images_state", "images", ["state"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_images_state", "images")
-    for column in ("finished", "worker", "lease_expires", "lease_owner"):
+    for column in ("outcome", "finished", "worker", "lease_expires", "lease_owner"):
         op.drop_column("images", column)

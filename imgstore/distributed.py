@@ -1,0 +1,399 @@
+"""Migrate across many hosts: one Celery task per image on a broker (RabbitMQ), the
+journal in a database every host reaches (MariaDB, PostgreSQL). Needs
+``imgstore[distributed]``.
+
+* :func:`submit` records every image in the journal (pending), then publishes one task
+  per image; it is safe to run again (a task for an image already done does nothing).
+* :func:`run_worker` (``imgstore worker``) runs the tasks: each takes the image's lease
+  in the journal, renews it while it copies, and runs the same steps as a single-host
+  :func:`imgstore.migrate` (copy, read back, verify, journal each step).
+* Delivery is at least once: a task is acknowledged only when it ended (``acks_late``)
+  and goes back to the queue when its worker is lost. The journal makes it once in
+  effect: a second delivery finds the image leased (and waits for the lease to lapse)
+  or done (and does nothing); each image's outcome is kept once
+  (:meth:`~imgstore.journal.Journal.record_outcome`).
+* :func:`status` and :func:`report` read the journal: progress across hosts, and the
+  same report a single-host run gives.
+
+Task messages carry the image's source location as the input gave it (it may hold
+credentials, like the journal database's URL in the workers' configuration): the
+broker is infrastructure of the same trust. Logs and monitoring (Flower) show only
+the redacted form (``kwargsrepr``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+from imgstore import journal as journal_mod
+from imgstore.backoff import poll
+from imgstore.exceptions import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    BadConfiguration,
+    InvalidArgument,
+)
+from imgstore.journal import Journal
+from imgstore.migration import (
+    FAILED,
+    ImageOutcome,
+    ImageRecord,
+    Report,
+    _Migration,
+    _Tracker,
+    make_record,
+)
+from imgstore.scrubbing import scrub
+
+LOG = logging.getLogger(__name__)
+
+QUEUE = "imgstore.migrate"
+TASK = "imgstore.migrate_image"
+LEASE_SECONDS = 60.0
+"""How long an image's lease lasts without renewal: a worker that died gives its
+images up after this long. The worker renews every third of it."""
+
+
+def celery_app(broker: str) -> Any:
+    """A Celery app on ``broker`` set up for imgstore's tasks: late acknowledgement,
+    requeue when a worker is lost, one message at a time per thread, JSON only, no
+    result backend (the journal holds the results), task events for Flower."""
+    try:
+        from celery import Celery
+    except ImportError:
+        raise BadConfiguration(
+            "--broker needs Celery: pip install 'imgstore[distributed]'"
+        ) from None
+    app = Celery("imgstore", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=QUEUE,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"confirm_publish": True},
+    )
+    return app
+
+
+def _shown(broker: str) -> str:
+    from imgstore.location import redact_uri
+
+    return redact_uri(broker)
+
+
+def check_broker(app: Any, broker: str) -> None:
+    """Connect to the broker once: :class:`AuthenticationFailed` or
+    :class:`BackendUnavailable` now, before anything is recorded or sent."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=10)
+    except Exception as exc:
+        message = f"broker {_shown(broker)}: {scrub(str(exc), _secrets_of(broker))}"
+        if "ACCESS_REFUSED" in str(exc) or "access refused" in str(exc).lower():
+            raise AuthenticationFailed(message) from None
+        raise BackendUnavailable(message) from None
+
+
+def _secrets_of(url: str) -> list[str]:
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [p for p in {password, unquote(password or "")} if p]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How each image of a run is migrated (what a single-host ``migrate`` takes)."""
+
+    target: str
+    delete_source: bool = False
+    retry_failed: bool = False
+    hash_algo: str = "sha512"
+    inspect: bool = False
+
+
+def submit(broker: str, journal: Journal, records: Sequence[ImageRecord], options: Options) -> int:
+    """Record every image as pending in ``journal``, then publish one task per image not
+    done yet; the number published. Nothing is recorded or sent if the broker cannot be
+    reached; a run stopped half-way is finished by running it again."""
+    app = celery_app(broker)
+    check_broker(app, broker)
+    todo = []
+    for record in records:
+        entry = journal.add(record.image_id, record.shown)
+        if entry.source != record.shown:
+            raise InvalidArgument(
+                f"the journal has image {record.image_id} from {entry.source}, "
+                f"not from {record.shown}; use another journal"
+            )
+        if entry.state != journal_mod.DONE:
+            todo.append(record)
+    try:
+        with app.producer_or_acquire() as producer:
+            for record in todo:
+                app.send_task(
+                    TASK,
+                    kwargs={"record": _record_dict(record), "options": dataclasses.asdict(options)},
+                    kwargsrepr=repr({"image_id": record.image_id, "source": record.shown}),
+                    producer=producer,
+                    queue=QUEUE,
+                )
+    except Exception as exc:
+        raise BackendUnavailable(
+            f"broker {_shown(broker)}: publishing failed "
+            f"({scrub(str(exc), _secrets_of(broker))}); run the same command again"
+        ) from None
+    return len(todo)
+
+
+def _record_dict(record: ImageRecord) -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
+# -- the worker ------------------------------------------------------------------------
+
+
+class Worker:
+    """What a worker process holds: the stores of its configuration and the journal."""
+
+    def __init__(self, stores: Any, journal_spec: str) -> None:
+        self.stores = stores
+        self.journal_spec = journal_spec
+        self._journals: dict[str, Journal] = {}
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def journal(self, target: str) -> Journal:
+        """The journal, opened for ``target`` once and shared by the worker's threads."""
+        with self._lock:
+            if target not in self._journals:
+                self._journals[target] = Journal(self.journal_spec, target)
+            return self._journals[target]
+
+    def close(self) -> None:
+        with self._lock:
+            for journal in self._journals.values():
+                journal.close()
+            self._journals.clear()
+
+    def migrate(self, raw: dict[str, Any], raw_options: dict[str, Any]) -> float | None:
+        """Migrate one image; None when done (or done before), else the seconds to wait
+        before trying again (another worker holds the image's lease)."""
+        record = make_record(raw, raw.get("line", 0))
+        options = Options(**raw_options)
+        journal = self.journal(options.target)
+        entry = journal.add(record.image_id, record.shown)
+        if entry.state == journal_mod.DONE:
+            return None
+        if not journal.claim(record.image_id, LEASE_SECONDS):
+            entry = journal.get(record.image_id) or entry
+            if entry.state == journal_mod.DONE:
+                return None
+            return max((entry.lease_expires or 0) - time.time(), 0) + 1
+        engine = _Migration(
+            self.stores,
+            options.target,
+            journal,
+            _Tracker([record], None),
+            options.delete_source,
+            options.retry_failed,
+            options.hash_algo,
+            self.stop,
+            options.inspect,
+        )
+        try:
+            with _renewing(journal, record.image_id):
+                outcome = engine.run(record)
+        finally:
+            journal.release(record.image_id)
+        LOG.info("image %s: %s", record.image_id, outcome.outcome)
+        return None
+
+
+@contextmanager
+def _renewing(journal: Journal, image_id: str) -> Iterator[None]:
+    """Renew this worker's lease on ``image_id`` every third of its time meanwhile."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(LEASE_SECONDS / 3):
+            try:
+                if not journal.claim(image_id, LEASE_SECONDS):
+                    LOG.error("image %s: lease lost to another worker", image_id)
+            except Exception as exc:  # the next renewal tries again
+                LOG.warning("image %s: renewing the lease failed: %s", image_id, exc)
+
+    thread = threading.Thread(target=renew, name=f"imgstore-lease-{image_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def register(app: Any, worker: Worker) -> None:
+    """The task, bound to ``worker``'s stores and journal."""
+
+    @app.task(name=TASK, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def migrate_image(task: Any, record: dict[str, Any], options: dict[str, Any]) -> None:
+        wait = worker.migrate(record, options)
+        if wait is not None:
+            raise task.retry(countdown=wait)
+
+
+def run_worker(
+    broker: str, journal_spec: str, stores: Any, concurrency: int, loglevel: str = "INFO"
+) -> None:
+    """Run a worker until it is stopped (SIGTERM or Ctrl-C: the images in hand finish)."""
+    app = celery_app(broker)
+    check_broker(app, broker)
+    worker = Worker(stores, journal_spec)
+    register(app, worker)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                f"--concurrency={concurrency}",
+                "--pool=threads",
+                f"--queues={QUEUE}",
+                f"--loglevel={loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+                "--task-events",
+            ]
+        )
+    finally:
+        worker.stop.set()
+        worker.close()
+
+
+# -- progress and the report -----------------------------------------------------------
+
+
+def status(journal: Journal) -> dict[str, Any]:
+    """Progress across all hosts: images by state, in flight (leased now), by host
+    (done, failed, bytes) and throughput between the first and the last finish."""
+    entries = journal.entries()
+    now = time.time()
+    by_state = collections.Counter(e.state for e in entries)
+    hosts: dict[str, dict[str, int]] = collections.defaultdict(
+        lambda: {"done": 0, "failed": 0, "bytes": 0}
+    )
+    finished = []
+    for e in entries:
+        if e.worker and e.state in (journal_mod.DONE, journal_mod.FAILED):
+            host = hosts[e.worker.split(":", 1)[0]]
+            host[e.state] += 1
+            if e.state == journal_mod.DONE and e.attempts:
+                host["bytes"] += e.size or 0
+                finished.append((e.finished or 0, e.size or 0))
+    in_flight = sum(1 for e in entries if e.lease_owner and (e.lease_expires or 0) > now)
+    span = max(f for f, _ in finished) - min(f for f, _ in finished) if len(finished) > 1 else 0
+    copied = sum(size for _, size in finished)
+    return {
+        "journal": journal.path,
+        "target": journal.target,
+        "images": len(entries),
+        "states": dict(sorted(by_state.items())),
+        "in_flight": in_flight,
+        "hosts": dict(sorted(hosts.items())),
+        "bytes_copied": copied,
+        "bytes_per_second": round(copied / span) if span > 0 else None,
+    }
+
+
+def finished(journal: Journal, image_ids: Sequence[str], since: float) -> tuple[int, int]:
+    """How many of ``image_ids`` are finished, and how many of those failed: an outcome
+    kept, or done before ``since`` (a :func:`time.time`: when the run was submitted)."""
+    wanted = set(image_ids)
+    done = failed = 0
+    for e in journal.entries():
+        if e.image_id not in wanted:
+            continue
+        if e.outcome is not None:
+            done += 1
+            failed += e.state == journal_mod.FAILED
+        elif e.state == journal_mod.DONE and (e.finished or 0) < since:
+            done += 1
+    return done, failed
+
+
+def wait(
+    journal: Journal,
+    records: Sequence[ImageRecord],
+    since: float,
+    progress: Callable[[int, int, int], None] | None = None,
+    every: float = 1.0,
+    timeout: float | None = None,
+) -> None:
+    """Wait until every image of ``records`` is finished (see :func:`finished`);
+    ``progress(done, total, failed)`` after each look."""
+    ids = [r.image_id for r in records]
+
+    def look() -> bool | None:
+        done, failed = finished(journal, ids, since)
+        if progress is not None:
+            progress(done, len(ids), failed)
+        return True if done >= len(ids) else None
+
+    def too_long() -> NoReturn:
+        done, _ = finished(journal, ids, since)
+        raise BackendUnavailable(
+            f"{len(ids) - done} of {len(ids)} images not finished after {timeout} s: "
+            "are workers running? (imgstore migrate status shows progress)"
+        )
+
+    if timeout is None:
+        poll(look, first=every, cap=every, factor=1.0)
+    else:
+        poll(look, timeout, too_long, first=every, cap=every, factor=1.0)
+
+
+def report(journal: Journal, records: Sequence[ImageRecord], seconds: float) -> Report:
+    """The report of a distributed run, from the outcomes the workers kept: the same as
+    a single-host run's (an image done before this journal kept outcomes is
+    ``already_migrated``)."""
+    entries = {e.image_id: e for e in journal.entries()}
+    images = []
+    for record in records:
+        entry = entries.get(record.image_id)
+        if entry is not None and entry.outcome is not None:
+            images.append(ImageOutcome(**json.loads(entry.outcome)))
+        else:
+            images.append(
+                ImageOutcome(
+                    record.image_id,
+                    "already_migrated" if entry and entry.state == journal_mod.DONE else FAILED,
+                    record.shown,
+                    location=entry.target_location if entry else None,
+                    size=entry.size if entry else record.size,
+                    error=None if entry and entry.state == journal_mod.DONE else "not finished",
+                )
+            )
+    return Report(
+        operation="migrate",
+        images=images,
+        seconds=seconds,
+        bytes=sum(i.size or 0 for i in images if i.outcome == "migrated"),
+        target=journal.target,
+        journal=journal.path,
+    )
