@@ -49,6 +49,10 @@ SERVICES: dict[str, str] = {
     "mongo": "tests.functional.services.mongo",
     "vmware": "tests.functional.services.vmware",
     "glance": "tests.functional.services.glance",  # uses ceph when it is up
+    # the distributed migrate: its broker and the two databases its journal runs on
+    "rabbitmq": "tests.functional.services.rabbitmq",
+    "mariadb": "tests.functional.services.mariadb",
+    "postgresql": "tests.functional.services.postgresql",
     # The fault tests' own servers: test_faults.py stops (SIGSTOP) and kills their
     # processes, so no other test shares them. Same modules, ports + 1000.
     "faults-ceph": "tests.functional.services.ceph",
