@@ -313,6 +313,14 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
         metavar="N",
         help="images at once in this worker (default 1)",
     )
+    p.add_argument(
+        "--lease-seconds",
+        type=_positive,
+        default=60,
+        metavar="S",
+        help="how long an image stays this worker's without a renewal (renewed every "
+        "third of it): a worker that dies gives its images up after this long (default 60)",
+    )
 
     p = command(
         "status",
@@ -320,7 +328,6 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
         "progress of a migration across all hosts, from its journal (also: migrate status)",
     )
     p.add_argument("--journal", required=True, metavar="FILE|URL", help="the run's journal")
-    p.add_argument("--to", metavar="BACKEND", help="target backend (default: the journal's)")
 
     p = command("verify", cmd_verify, "re-read listed images and check their recorded hashes")
     many(p)
@@ -984,7 +991,12 @@ def cmd_worker(args: argparse.Namespace, stores: Stores) -> None:
     from imgstore import distributed
 
     distributed.run_worker(
-        args.broker, args.journal, stores, args.concurrency, "DEBUG" if args.debug else "INFO"
+        args.broker,
+        args.journal,
+        stores,
+        args.concurrency,
+        "DEBUG" if args.debug else "INFO",
+        lease_seconds=args.lease_seconds,
     )
 
 
@@ -993,8 +1005,7 @@ def cmd_status(args: argparse.Namespace, stores: Stores) -> None:
     from imgstore import distributed
     from imgstore.journal import Journal
 
-    target = args.to or _journal_target(args.journal)
-    with Journal(args.journal, target) as journal:
+    with Journal.existing(args.journal) as journal:
         data = distributed.status(journal)
     if args.json:
         _emit_json(data)
@@ -1010,21 +1021,6 @@ def cmd_status(args: argparse.Namespace, stores: Stores) -> None:
     if data["bytes_per_second"]:
         lines.append(f"  throughput: {data['bytes_per_second'] / 1e6:.1f} MB/s")
     _out("\n".join(lines) + "\n")
-
-
-def _journal_target(spec: str) -> str:
-    from imgstore.journal_db import is_url, open_database
-
-    if not is_url(spec) and not os.path.exists(spec):
-        raise UsageError(f"no journal at {spec}")
-    db = open_database(spec)
-    try:
-        rows = db.query("SELECT value FROM meta WHERE key = :k", {"k": "target"})
-    finally:
-        db.close()
-    if not rows:
-        raise InvalidArgument(f"{db.shown}: no migration has used this journal yet")
-    return str(rows[0][0])
 
 
 def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:

@@ -55,7 +55,6 @@ from imgstore.scrubbing import scrub
 
 LOG = logging.getLogger(__name__)
 
-QUEUE = "imgstore.migrate"
 TASK = "imgstore.migrate_image"
 LEASE_SECONDS = 60.0
 """How long an image's lease lasts without renewal: a worker that died gives its
@@ -80,7 +79,6 @@ def celery_app(broker: str) -> Any:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        task_default_queue=QUEUE,
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_hijack_root_logger=False,
@@ -130,10 +128,17 @@ class Options:
     inspect: bool = False
 
 
+def queue_of(journal: Journal) -> str:
+    """The queue of a journal's tasks: its workers take those and no others, so runs
+    with other journals can share the broker."""
+    return f"imgstore.migrate.{journal.id}"
+
+
 def submit(broker: str, journal: Journal, records: Sequence[ImageRecord], options: Options) -> int:
     """Record every image as pending in ``journal``, then publish one task per image not
-    done yet; the number published. Nothing is recorded or sent if the broker cannot be
-    reached; a run stopped half-way is finished by running it again."""
+    done yet on the journal's queue; the number published. Nothing is recorded or sent
+    if the broker cannot be reached; a run stopped half-way is finished by running it
+    again."""
     app = celery_app(broker)
     check_broker(app, broker)
     todo = []
@@ -151,10 +156,14 @@ def submit(broker: str, journal: Journal, records: Sequence[ImageRecord], option
             for record in todo:
                 app.send_task(
                     TASK,
-                    kwargs={"record": _record_dict(record), "options": dataclasses.asdict(options)},
+                    kwargs={
+                        "journal": journal.id,
+                        "record": _record_dict(record),
+                        "options": dataclasses.asdict(options),
+                    },
                     kwargsrepr=repr({"image_id": record.image_id, "source": record.shown}),
                     producer=producer,
-                    queue=QUEUE,
+                    queue=queue_of(journal),
                 )
     except Exception as exc:
         raise BackendUnavailable(
@@ -174,36 +183,33 @@ def _record_dict(record: ImageRecord) -> dict[str, Any]:
 class Worker:
     """What a worker process holds: the stores of its configuration and the journal."""
 
-    def __init__(self, stores: Any, journal_spec: str) -> None:
+    def __init__(self, stores: Any, journal: Journal, lease_seconds: float = LEASE_SECONDS) -> None:
         self.stores = stores
-        self.journal_spec = journal_spec
-        self._journals: dict[str, Journal] = {}
-        self._lock = threading.Lock()
+        self.journal = journal
+        self.lease_seconds = lease_seconds
         self.stop = threading.Event()
 
-    def journal(self, target: str) -> Journal:
-        """The journal, opened for ``target`` once and shared by the worker's threads."""
-        with self._lock:
-            if target not in self._journals:
-                self._journals[target] = Journal(self.journal_spec, target)
-            return self._journals[target]
-
-    def close(self) -> None:
-        with self._lock:
-            for journal in self._journals.values():
-                journal.close()
-            self._journals.clear()
-
-    def migrate(self, raw: dict[str, Any], raw_options: dict[str, Any]) -> float | None:
+    def migrate(
+        self, journal_id: str, raw: dict[str, Any], raw_options: dict[str, Any]
+    ) -> float | None:
         """Migrate one image; None when done (or done before), else the seconds to wait
         before trying again (another worker holds the image's lease)."""
+        if journal_id != self.journal.id:
+            raise InvalidArgument(
+                f"a task of journal {journal_id} reached the worker of journal {self.journal.id}"
+            )
         record = make_record(raw, raw.get("line", 0))
         options = Options(**raw_options)
-        journal = self.journal(options.target)
+        if options.target != self.journal.target:
+            raise InvalidArgument(
+                f"a task for backend {options.target!r} reached the worker of a migration "
+                f"to {self.journal.target!r}"
+            )
+        journal = self.journal
         entry = journal.add(record.image_id, record.shown)
         if entry.state == journal_mod.DONE:
             return None
-        if not journal.claim(record.image_id, LEASE_SECONDS):
+        if not journal.claim(record.image_id, self.lease_seconds):
             entry = journal.get(record.image_id) or entry
             if entry.state == journal_mod.DONE:
                 return None
@@ -220,7 +226,7 @@ class Worker:
             options.inspect,
         )
         try:
-            with _renewing(journal, record.image_id):
+            with _renewing(journal, record.image_id, self.lease_seconds):
                 outcome = engine.run(record)
         finally:
             journal.release(record.image_id)
@@ -229,14 +235,14 @@ class Worker:
 
 
 @contextmanager
-def _renewing(journal: Journal, image_id: str) -> Iterator[None]:
-    """Renew this worker's lease on ``image_id`` every third of its time meanwhile."""
+def _renewing(journal: Journal, image_id: str, seconds: float) -> Iterator[None]:
+    """Renew this worker's lease on ``image_id`` every third of ``seconds`` meanwhile."""
     done = threading.Event()
 
     def renew() -> None:
-        while not done.wait(LEASE_SECONDS / 3):
+        while not done.wait(seconds / 3):
             try:
-                if not journal.claim(image_id, LEASE_SECONDS):
+                if not journal.claim(image_id, seconds):
                     LOG.error("image %s: lease lost to another worker", image_id)
             except Exception as exc:  # the next renewal tries again
                 LOG.warning("image %s: renewing the lease failed: %s", image_id, exc)
@@ -250,23 +256,53 @@ def _renewing(journal: Journal, image_id: str) -> Iterator[None]:
         thread.join()
 
 
+def _node_name(worker: str) -> str:
+    """Celery's name for the worker (``name@host``), one per process: workers on one
+    host must not share one (their control queues would clash)."""
+    host, pid, rand = worker.split(":", 2)
+    return f"imgstore-{pid}-{rand}@{host}"
+
+
+def _journal_when_used(spec: str) -> Journal:
+    """The journal at ``spec`` once a migration has used it (workers may start first)."""
+    from imgstore.journal import read_meta
+    from imgstore.journal_db import open_database
+
+    db = open_database(spec)
+    try:
+        if read_meta(db).get("target") is None:
+            LOG.info("waiting for a migration to use the journal %s", db.shown)
+            poll(lambda: read_meta(db).get("target"), first=0.5, cap=1.0)
+    finally:
+        db.close()
+    return Journal.existing(spec)
+
+
 def register(app: Any, worker: Worker) -> None:
     """The task, bound to ``worker``'s stores and journal."""
 
     @app.task(name=TASK, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def migrate_image(task: Any, record: dict[str, Any], options: dict[str, Any]) -> None:
-        wait = worker.migrate(record, options)
+    def migrate_image(
+        task: Any, journal: str, record: dict[str, Any], options: dict[str, Any]
+    ) -> None:
+        wait = worker.migrate(journal, record, options)
         if wait is not None:
             raise task.retry(countdown=wait)
 
 
 def run_worker(
-    broker: str, journal_spec: str, stores: Any, concurrency: int, loglevel: str = "INFO"
+    broker: str,
+    journal_spec: str,
+    stores: Any,
+    concurrency: int,
+    loglevel: str = "INFO",
+    lease_seconds: float = LEASE_SECONDS,
 ) -> None:
-    """Run a worker until it is stopped (SIGTERM or Ctrl-C: the images in hand finish)."""
+    """Run a worker of the migration ``journal_spec`` names until it is stopped (SIGTERM
+    or Ctrl-C: the images in hand finish)."""
     app = celery_app(broker)
     check_broker(app, broker)
-    worker = Worker(stores, journal_spec)
+    worker = Worker(stores, _journal_when_used(journal_spec), lease_seconds)
     register(app, worker)
     try:
         app.worker_main(
@@ -274,7 +310,8 @@ def run_worker(
                 "worker",
                 f"--concurrency={concurrency}",
                 "--pool=threads",
-                f"--queues={QUEUE}",
+                f"--hostname={_node_name(worker.journal.worker)}",
+                f"--queues={queue_of(worker.journal)}",
                 f"--loglevel={loglevel}",
                 "--without-gossip",
                 "--without-mingle",
@@ -283,29 +320,34 @@ def run_worker(
         )
     finally:
         worker.stop.set()
-        worker.close()
+        worker.journal.close()
 
 
 # -- progress and the report -----------------------------------------------------------
 
 
 def status(journal: Journal) -> dict[str, Any]:
-    """Progress across all hosts: images by state, in flight (leased now), by host
-    (done, failed, bytes) and throughput between the first and the last finish."""
+    """Progress across all hosts: images by state, in flight (leased now), by host and by
+    worker process (done, failed, bytes copied) and throughput between the first and the
+    last finish."""
     entries = journal.entries()
     now = time.time()
     by_state = collections.Counter(e.state for e in entries)
     hosts: dict[str, dict[str, int]] = collections.defaultdict(
         lambda: {"done": 0, "failed": 0, "bytes": 0}
     )
+    workers: dict[str, dict[str, int]] = collections.defaultdict(
+        lambda: {"done": 0, "failed": 0, "bytes": 0}
+    )
     finished = []
     for e in entries:
         if e.worker and e.state in (journal_mod.DONE, journal_mod.FAILED):
-            host = hosts[e.worker.split(":", 1)[0]]
-            host[e.state] += 1
-            if e.state == journal_mod.DONE and e.attempts:
-                host["bytes"] += e.size or 0
-                finished.append((e.finished or 0, e.size or 0))
+            copied = (e.size or 0) if e.state == journal_mod.DONE and e.attempts else 0
+            for counts in (hosts[e.worker.split(":", 1)[0]], workers[e.worker]):
+                counts[e.state] += 1
+                counts["bytes"] += copied
+            if copied or (e.state == journal_mod.DONE and e.attempts):
+                finished.append((e.finished or 0, copied))
     in_flight = sum(1 for e in entries if e.lease_owner and (e.lease_expires or 0) > now)
     span = max(f for f, _ in finished) - min(f for f, _ in finished) if len(finished) > 1 else 0
     copied = sum(size for _, size in finished)
@@ -316,6 +358,7 @@ def status(journal: Journal) -> dict[str, Any]:
         "states": dict(sorted(by_state.items())),
         "in_flight": in_flight,
         "hosts": dict(sorted(hosts.items())),
+        "workers": dict(sorted(workers.items())),
         "bytes_copied": copied,
         "bytes_per_second": round(copied / span) if span > 0 else None,
     }

@@ -32,7 +32,7 @@ import uuid
 from typing import Any
 
 from imgstore.exceptions import InvalidArgument
-from imgstore.journal_db import Database, open_database
+from imgstore.journal_db import Database, is_url, open_database
 
 PENDING = "pending"
 COPYING = "copying"
@@ -84,6 +84,11 @@ _COLUMNS = [f.name for f in dataclasses.fields(Entry)]
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM images"  # noqa: S608 - fixed names
 
 
+def read_meta(db: Database) -> dict[str, str]:
+    """The journal's ``meta`` rows: ``target``, ``created``."""
+    return {str(k): str(v) for k, v in db.query("SELECT * FROM meta", {})}
+
+
 def worker_name() -> str:
     """A name for this process as a journal's worker: host, pid and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -97,6 +102,24 @@ class Journal:
     :class:`InvalidArgument`. Safe to use from several threads and processes.
     ``worker`` names this process in leases and in the rows it finishes.
     """
+
+    id: str
+    """The journal's own name, the same for every process that opens it (a random hex
+    string chosen when it was made)."""
+
+    @classmethod
+    def existing(cls, spec: str | os.PathLike[str], worker: str | None = None) -> Journal:
+        """A journal that a migration has used already, for the target it names."""
+        if not is_url(spec) and not os.path.exists(spec):
+            raise InvalidArgument(f"no journal at {os.fspath(spec)}")
+        db = open_database(spec)
+        try:
+            target = read_meta(db).get("target")
+        finally:
+            db.close()
+        if target is None:
+            raise InvalidArgument(f"{db.shown}: no migration has used this journal yet")
+        return cls(spec, target, worker)
 
     def __init__(
         self, spec: str | os.PathLike[str], target: str, worker: str | None = None
@@ -112,15 +135,15 @@ class Journal:
             raise
 
     def _check_meta(self) -> None:
-        self.db.insert(
-            "INSERT INTO meta (key, value) VALUES (:key, :value)",
-            {"key": "target", "value": self.target},
-        )
-        self.db.insert(
-            "INSERT INTO meta (key, value) VALUES (:key, :value)",
-            {"key": "created", "value": str(time.time())},
-        )
-        meta = dict(self.db.query("SELECT key, value FROM meta", {}))
+        # meta's columns go unnamed: "key" is a reserved word in MariaDB
+        for key, value in (
+            ("target", self.target),
+            ("created", str(time.time())),
+            ("id", uuid.uuid4().hex),  # the first to open the journal names it
+        ):
+            self.db.insert("INSERT INTO meta VALUES (:key, :value)", {"key": key, "value": value})
+        meta = read_meta(self.db)
+        self.id = meta["id"]
         if meta.get("target") != self.target:
             raise InvalidArgument(
                 f"{self.path} is the journal of a migration to backend {meta.get('target')!r}, "

@@ -238,7 +238,9 @@ class ServerDatabase:
                 f"journal {self.shown}: no database driver for it ({exc}): "
                 "pip install 'imgstore[distributed]'"
             ) from None
-        self._call("create or upgrade the journal's schema", self._upgrade)
+        # the first connection fails at once: a wrong URL or password, or a server that is
+        # not there, is one clear error now rather than two minutes of retries
+        self._call("create or upgrade the journal's schema", self._upgrade, seconds=0)
 
     def _upgrade(self) -> None:
         from alembic import command
@@ -252,9 +254,9 @@ class ServerDatabase:
             command.upgrade(config, "head")
             release()
 
-    def _call(self, what: str, call: Callable[[], T]) -> T:
+    def _call(self, what: str, call: Callable[[], T], seconds: float | None = None) -> T:
         sa = self._sa
-        deadline = time.monotonic() + self.retry_seconds
+        deadline = time.monotonic() + (self.retry_seconds if seconds is None else seconds)
 
         def logged(attempt: int, exc: BaseException) -> None:
             LOG.warning("journal %s: %s failed (try %d), trying again: %s",
