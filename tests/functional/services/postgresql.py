@@ -120,7 +120,7 @@ def _psql(
     out = subprocess.run(
         [str(bindir / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", HOST,
          "-p", str(port), "-U", user, "-d", database],
-        input=sql, capture_output=True, text=True, timeout=timeout, check=False,
+        input=sql, capture_output=True, text=True, timeout=timeout + 10, check=False,
         env={**os.environ, "PGPASSWORD": secret, "PGCONNECT_TIMEOUT": str(int(timeout)),
              "PGSSLMODE": "disable"},
     )  # fmt: skip
