@@ -16,8 +16,8 @@ connection in ``pg_hba.conf`` (no ``trust``, no ``peer``). ``up`` then creates t
 role ``imgstore`` (login, generated password, no other right) and the database
 ``imgstore`` it owns. Passwords are generated at the first ``up`` and kept
 (``password``, ``admin_password``, mode 0600). Ready when ``imgstore`` logs in over
-TCP. ``down`` stops it with SIGINT (a fast shutdown: open sessions are ended;
-SIGTERM would wait for them).
+TCP. ``down`` and :func:`restart` stop it with SIGINT (a fast shutdown: open sessions
+are ended; SIGTERM would wait for them).
 
 Port (environment variable, default): ``IMGSTORE_POSTGRESQL_PORT`` (18432).
 
@@ -42,7 +42,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.functional.services._common import HOST, Context, ServiceError, run, wait_for_port
+from tests.functional.services._common import (
+    HOST,
+    Context,
+    ServiceError,
+    read_details,
+    run,
+    wait_for_port,
+    write_details,
+)
 from tests.functional.services.rabbitmq import (
     free_ports,
     fresh_data,
@@ -112,7 +120,7 @@ def _psql(
     out = subprocess.run(
         [str(bindir / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", HOST,
          "-p", str(port), "-U", user, "-d", database],
-        input=sql, capture_output=True, text=True, timeout=timeout, check=False,
+        input=sql, capture_output=True, text=True, timeout=timeout + 10, check=False,
         env={**os.environ, "PGPASSWORD": secret, "PGCONNECT_TIMEOUT": str(int(timeout)),
              "PGSSLMODE": "disable"},
     )  # fmt: skip
@@ -195,8 +203,10 @@ def check(ctx: Context, details: dict[str, Any]) -> bool:
     return True
 
 
-def down(ctx: Context) -> None:
-    """Stop the server with a fast shutdown (SIGINT; SIGTERM then SIGKILL if it hangs)."""
+def _stop_fast(ctx: Context) -> None:
+    """SIGINT (a fast shutdown: sessions are ended), then SIGTERM/SIGKILL if it hangs.
+    SIGTERM alone waits for every session to end, and a SIGKILL leaves the backends
+    holding the shared memory, which a new server then refuses to start on."""
     pid = ctx.pid(KEY)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -205,4 +215,25 @@ def down(ctx: Context) -> None:
         while time.monotonic() < deadline and ctx.pid(KEY) == pid:
             time.sleep(0.05)
     ctx.stop(KEY)
+
+
+def restart(name: str = "postgresql") -> dict[str, Any]:
+    """Stop the running server (fast shutdown) and start it again on the same data, as an
+    operator's restart would; wait until ``imgstore`` logs in; the details with the new
+    PID."""
+    ctx = Context(name)
+    details = read_details(name)
+    if details is None:
+        raise ServiceError(f"{name} is not up")
+    _stop_fast(ctx)
+    ctx.restart(KEY)  # stopped already: starts the recorded command again
+    args = (_bindir(), details["port"], USER, details["password"], DATABASE, "SELECT 1")
+    _wait_for(ctx, TIMEOUT, *args)
+    write_details(ctx, {k: v for k, v in details.items() if k not in ("name", "pids")})
+    return read_details(name) or {}
+
+
+def down(ctx: Context) -> None:
+    """Stop the server (fast shutdown) and throw its data away."""
+    _stop_fast(ctx)
     shutil.rmtree(ctx.path("data"), ignore_errors=True)
