@@ -100,6 +100,11 @@ def check_broker(app: Any, broker: str) -> None:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=10)
+    except (KeyError, ImportError, ValueError) as exc:  # kombu knows no such transport
+        raise InvalidArgument(
+            f"not a broker URL: {_shown(broker)} ({scrub(str(exc), _secrets_of(broker))}); "
+            "e.g. amqp://user:...@host:5672/vhost"
+        ) from None
     except Exception as exc:
         message = f"broker {_shown(broker)}: {scrub(str(exc), _secrets_of(broker))}"
         if "ACCESS_REFUSED" in str(exc) or "access refused" in str(exc).lower():

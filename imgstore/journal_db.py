@@ -269,7 +269,7 @@ class ServerDatabase:
                 backoff=Backoff(0.2, 5.0),
                 retry_on=(sa.exc.OperationalError, sa.exc.InterfaceError),
                 deadline=deadline,
-                on_retry=logged,
+                on_retry=logged if deadline > time.monotonic() else None,
             )
         except (ImgstoreError, sa.exc.IntegrityError):
             raise

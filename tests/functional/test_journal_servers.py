@@ -79,9 +79,10 @@ def test_one_worker_wins_a_lease_and_a_state_change(journal_url: str) -> None:
 
 
 def test_a_lapsed_lease_is_taken_up(journal_url: str) -> None:
-    with Journal(journal_url, "dst", worker="dead") as dead, Journal(
-        journal_url, "dst", worker="alive"
-    ) as alive:
+    with (
+        Journal(journal_url, "dst", worker="dead") as dead,
+        Journal(journal_url, "dst", worker="alive") as alive,
+    ):
         dead.add("img", "file:///src/img")
         assert dead.claim("img", 0.5)
         assert not alive.claim("img", 30)
