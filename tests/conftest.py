@@ -30,6 +30,7 @@ FIRST = (
     # queued behind it must be a short one, never Cinder's
     "tests/functional/test_glance_api.py",
     "tests/functional/test_cinder.py",
+    "tests/functional/test_distributed_migrate.py",
     "tests/functional/test_faults.py",
     "tests/functional/test_vmware.py",
     "tests/functional/test_load.py",
