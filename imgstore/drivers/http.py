@@ -16,11 +16,13 @@ Reads images from any web server, as glance_store's http store did:
   ``https_insecure`` to turn checks off); ``verify=`` is passed on every
   request, and the session ignores the environment (``REQUESTS_CA_BUNDLE``,
   ``HTTP_PROXY``, ``.netrc``): only ``http_proxy_information`` configures proxies.
-* 404/410 -> :class:`NotFound`, 401/403 -> :class:`AuthenticationFailed`,
-  429/5xx and connection errors -> :class:`BackendUnavailable` after
-  ``http_retries`` retries with exponential backoff (before any byte of the
-  body is returned; a broken body is never retried). A TLS failure (untrusted
-  certificate, wrong host name) -> :class:`BackendError`, not retried.
+* Statuses map as for every driver (:func:`imgstore.exceptions.for_status`);
+  429/5xx and connection errors are retried ``http_retries`` times with
+  backoff (:mod:`imgstore.backoff`) before any byte of the body is returned;
+  a body cut short is :class:`BackendUnavailable`, resumed by the core
+  (``http_read_resumes``) when the version (strong ETag, else Last-Modified
+  and length) is the same. A TLS failure (untrusted certificate, wrong host
+  name) -> :class:`BackendError`, not retried.
 * ``add``/``delete`` -> :class:`ReadOnlyStore` (raised by the core because
   the driver does not declare WRITE/DELETE).
 

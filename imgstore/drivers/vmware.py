@@ -11,7 +11,8 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
   operation and thread. SOAP calls go through oslo.vmware, which logs in
   again when the server says ``NotAuthenticated``; a ``401`` on the
   datastore HTTP interface (``/folder``) makes the driver log in again and
-  repeat the request once. SOAP calls are serialised (one suds client).
+  repeat the request once (not an upload: its body is gone). SOAP calls are
+  serialised (one suds client).
 * **add**: the datastore is chosen among ``vmware_datastores``
   (``datacenter_path:datastore_name:weight``): highest weight first, and
   within a weight the one with the most free space; a datastore without room
@@ -28,9 +29,12 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
   shows under its final name, even when the writing process is killed. Any
   failure removes the temporary file with
   ``FileManager.DeleteDatastoreFile_Task``.
-* **get**: a streaming ``GET``; a ranged read sends ``Range`` (READ_RANDOM).
-  A server that ignores ``Range`` (answers 200 with the whole file) is
-  handled: the stream skips to the offset itself and a warning is logged.
+* **get**: a streaming ``GET`` (the HTTP driver's stream); a ranged read sends
+  ``Range`` (READ_RANDOM). A server that ignores ``Range`` (answers 200 with
+  the whole file) is handled: the stream skips to the offset itself and a
+  warning is logged. A download cut short is :class:`BackendUnavailable`; the
+  core resumes it (``vmware_read_resumes``) when the file's ``Last-Modified``
+  and length are still the same.
   **size** is ``HEAD``'s ``Content-Length``; **delete** is
   ``DeleteDatastoreFile_Task``. Missing files are :class:`NotFound`.
 * **leftovers** (``imgstore cleanup``) are the temporary files in
@@ -248,7 +252,7 @@ class DatastoreSpec:
 
 def parse_datastores(entries: list[str]) -> list[DatastoreSpec]:
     """``datacenter_path:datastore_name[:weight]`` entries, as glance_store reads them."""
-    specs = []
+    specs: list[DatastoreSpec] = []
     for entry in entries:
         parts = [p.strip() for p in entry.rsplit(":", 2)]
         if len(parts) < 2:
@@ -270,14 +274,12 @@ def parse_datastores(entries: list[str]) -> list[DatastoreSpec]:
                 f"vmware_datastores entry {entry!r}: the datacenter path and datastore "
                 "name must not be empty"
             )
-        specs.append(DatastoreSpec(parts[0], parts[1], weight))
-    seen = set()
-    for spec in specs:
-        if (spec.datacenter, spec.datastore) in seen:
+        spec = DatastoreSpec(parts[0], parts[1], weight)
+        if any((s.datacenter, s.datastore) == (spec.datacenter, spec.datastore) for s in specs):
             raise BadConfiguration(
                 f"vmware_datastores lists {spec.datacenter}:{spec.datastore} twice"
             )
-        seen.add((spec.datacenter, spec.datastore))
+        specs.append(spec)
     return specs
 
 
@@ -856,35 +858,29 @@ class VMwareDriver(Driver):
 
         return poll(ended, first=0.02, cap=self.poll_interval, factor=2.0)
 
+    def _file_task(self, what: str, method: str, **args: Any) -> None:
+        """Run ``FileManager.<method>(**args)`` and wait for the task to end."""
+
+        def run(api: Any) -> None:
+            manager = api.vim.service_content.fileManager
+            self.wait_for_task(api, api.invoke_api(api.vim, method, manager, **args))
+
+        self.invoke(what, run)
+
     def delete_file(self, loc: VsphereLocation, what: str) -> None:
         """``DeleteDatastoreFile_Task`` on ``loc``; :class:`NotFound` when it is not there."""
         dc = self._datacenter_of(loc, what)
-
-        def run(api: Any) -> None:
-            task = api.invoke_api(
-                api.vim, "DeleteDatastoreFile_Task", api.vim.service_content.fileManager,
-                name=loc.datastore_path, datacenter=dc,
-            )  # fmt: skip
-            self.wait_for_task(api, task)
-
-        self.invoke(what, run)
+        self._file_task(what, "DeleteDatastoreFile_Task", name=loc.datastore_path, datacenter=dc)
 
     def move_file(self, source: VsphereLocation, target: VsphereLocation, what: str) -> None:
         """``MoveDatastoreFile_Task`` of ``source`` to ``target``, never overwriting:
         :class:`Duplicate` when ``target`` exists, :class:`NotFound` when ``source`` does not."""
-        source_dc = self._datacenter_of(source, what)
-        target_dc = self._datacenter_of(target, what)
-
-        def run(api: Any) -> None:
-            task = api.invoke_api(
-                api.vim, "MoveDatastoreFile_Task", api.vim.service_content.fileManager,
-                sourceName=source.datastore_path, sourceDatacenter=source_dc,
-                destinationName=target.datastore_path, destinationDatacenter=target_dc,
-                force=False,
-            )  # fmt: skip
-            self.wait_for_task(api, task)
-
-        self.invoke(what, run)
+        self._file_task(
+            what, "MoveDatastoreFile_Task",
+            sourceName=source.datastore_path, sourceDatacenter=self._datacenter_of(source, what),
+            destinationName=target.datastore_path,
+            destinationDatacenter=self._datacenter_of(target, what), force=False,
+        )  # fmt: skip
 
     # -- what interrupted writes leave ------------------------------------------------
 
