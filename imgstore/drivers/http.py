@@ -16,11 +16,13 @@ Reads images from any web server, as glance_store's http store did:
   ``https_insecure`` to turn checks off); ``verify=`` is passed on every
   request, and the session ignores the environment (``REQUESTS_CA_BUNDLE``,
   ``HTTP_PROXY``, ``.netrc``): only ``http_proxy_information`` configures proxies.
-* 404/410 -> :class:`NotFound`, 401/403 -> :class:`AuthenticationFailed`,
-  429/5xx and connection errors -> :class:`BackendUnavailable` after
-  ``http_retries`` retries with exponential backoff (before any byte of the
-  body is returned; a broken body is never retried). A TLS failure (untrusted
-  certificate, wrong host name) -> :class:`BackendError`, not retried.
+* Statuses map as for every driver (:func:`imgstore.exceptions.for_status`);
+  429/5xx and connection errors are retried ``http_retries`` times with
+  backoff (:mod:`imgstore.backoff`) before any byte of the body is returned;
+  a body cut short is :class:`BackendUnavailable`, resumed by the core
+  (``http_read_resumes``) when the version (strong ETag, else Last-Modified
+  and length) is the same. A TLS failure (untrusted certificate, wrong host
+  name) -> :class:`BackendError`, not retried.
 * ``add``/``delete`` -> :class:`ReadOnlyStore` (raised by the core because
   the driver does not declare WRITE/DELETE).
 
@@ -216,25 +218,39 @@ def _validator(response: requests.Response | None) -> str | None:
 
 
 class HttpStream(ReadStream):
-    """The body of one GET response, streamed without decoding."""
+    """The body of one GET response, streamed without decoding; a body cut short is
+    :class:`BackendUnavailable` (the core resumes it where the version allows).
+
+    ``skip``: bytes of the body before the ``size`` bytes to yield, for a server that
+    ignored ``Range`` and sent the whole file (the rest of the body is not read)."""
 
     def __init__(
-        self, response: requests.Response | None, size: int, chunk_size: int, describe: str
-    ) -> None:
+        self, response: requests.Response | None, size: int, chunk_size: int, describe: str,
+        skip: int = 0,
+    ) -> None:  # fmt: skip
         self._response = response
         self.size = size
         self._chunk_size = chunk_size
         self._describe = describe
+        self._skip = skip
         self.version = _validator(response)
 
     def __iter__(self) -> Iterator[bytes]:
         if self._response is None or self.size == 0:
             return
-        received = 0
+        received = 0  # bytes of the image
+        seen = 0  # bytes of the body, when skipping
         try:
             for chunk in self._response.raw.stream(self._chunk_size, decode_content=False):
+                if self._skip:
+                    start = max(0, self._skip - seen)
+                    seen += len(chunk)
+                    chunk = chunk[start : start + self.size - received]
                 received += len(chunk)
-                yield chunk
+                if chunk:
+                    yield chunk
+                if self._skip and received == self.size:
+                    return
         except ReadTimeoutError:
             raise BackendUnavailable(
                 f"{self._describe}: the server stopped sending after {received} of "
@@ -377,77 +393,57 @@ class HttpDriver(Driver):
 
     # -- requests --------------------------------------------------------
 
-    def _request_once(
+    def _request(
         self, method: str, url: str, headers: dict[str, str], auth: tuple[str, str] | None
     ) -> requests.Response:
-        if self.proxies:
-            # the proxy resolves the name; check what it would reach
-            _scheme, host, port = _origin(url)
-            self.guard.resolve(host, port or 80)
-        return self.session.request(
-            method,
-            url,
-            headers=headers,
-            auth=auth,
-            stream=True,
-            allow_redirects=False,
-            timeout=self.timeout,
-            verify=self.verify,  # per request: REQUESTS_CA_BUNDLE must not override it
-            proxies=self.proxies,
-        )
-
-    def _request_retrying(
-        self, method: str, url: str, headers: dict[str, str], auth: tuple[str, str] | None
-    ) -> requests.Response:
+        """One request, tried again (``http_retries``, with backoff) after a connection or
+        proxy failure, 429 or 5xx; an imgstore error for what is not worth another try."""
         shown = redact_uri(url)
+        if self.proxies:  # the proxy resolves the name; check what it would reach
+            _scheme, host, port = _origin(url)
+            self.guard.resolve(host, port)
+
+        def once() -> requests.Response:
+            try:
+                response = self.session.request(
+                    method, url, headers=headers, auth=auth, stream=True, allow_redirects=False,
+                    timeout=self.timeout, proxies=self.proxies,
+                    verify=self.verify,  # per request: REQUESTS_CA_BUNDLE must not override it
+                )  # fmt: skip
+            except requests.exceptions.SSLError as exc:
+                raise BackendError(
+                    f"TLS failure talking to {shown}: {_reason(exc)}; check the server "
+                    "certificate, or set https_ca_certificates_file to the CA that signed it"
+                ) from None
+            except requests.exceptions.ProxyError as exc:
+                reason = _reason(exc)
+                if re.search(r"\b40[17]\b", reason):
+                    raise AuthenticationFailed(
+                        f"{method} {shown}: the proxy refused our credentials ({reason}); "
+                        "check http_proxy_information"
+                    ) from None
+                raise _Retryable(f"proxy error: {reason}") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise _Retryable(f"{type(exc).__name__}: {_reason(exc)}") from None
+            except requests.RequestException as exc:
+                raise BackendError(f"{method} {shown} failed: {_reason(exc)}") from None
+            if for_status(response.status_code) is BackendUnavailable:
+                response.close()
+                raise _Retryable(f"HTTP {response.status_code}")
+            return response
 
         def log_retry(attempt: int, exc: BaseException) -> None:
             LOG.info("%s %s: %s; retry %d", method, shown, exc, attempt)
 
         try:
             return retry(
-                lambda: self._request_checked(method, url, headers, auth, shown),
-                self.retries + 1, Backoff(self.backoff, _MAX_BACKOFF), _Retryable,
+                once, self.retries + 1, Backoff(self.backoff, _MAX_BACKOFF), _Retryable,
                 on_retry=log_retry,
             )  # fmt: skip
         except _Retryable as exc:
             raise BackendUnavailable(
                 f"{method} {shown} failed after {self.retries + 1} attempt(s): {exc}"
             ) from None
-
-    def _request_checked(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        auth: tuple[str, str] | None,
-        shown: str,
-    ) -> requests.Response:
-        """One request; :class:`_Retryable` for what is worth another try (a connection or
-        proxy failure, 429, 5xx), an imgstore error for what is not."""
-        try:
-            response = self._request_once(method, url, headers, auth)
-        except requests.exceptions.SSLError as exc:
-            raise BackendError(
-                f"TLS failure talking to {shown}: {_reason(exc)}; check the server "
-                "certificate, or set https_ca_certificates_file to the CA that signed it"
-            ) from None
-        except requests.exceptions.ProxyError as exc:
-            reason = _reason(exc)
-            if re.search(r"\b40[17]\b", reason):
-                raise AuthenticationFailed(
-                    f"{method} {shown}: the proxy refused our credentials ({reason}); "
-                    "check http_proxy_information"
-                ) from None
-            raise _Retryable(f"proxy error: {reason}") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {_reason(exc)}") from None
-        except requests.RequestException as exc:
-            raise BackendError(f"{method} {shown} failed: {_reason(exc)}") from None
-        if for_status(response.status_code) is BackendUnavailable:
-            response.close()
-            raise _Retryable(f"HTTP {response.status_code}")
-        return response
 
     def _send(
         self, method: str, location: HttpLocation, headers: dict[str, str]
@@ -459,9 +455,7 @@ class HttpDriver(Driver):
         hops = 0
         while True:
             LOG.debug("%s %s", method, redact_uri(url))
-            response = self._request_retrying(
-                method, url, headers, auth if _origin(url) == origin else None
-            )
+            response = self._request(method, url, headers, auth if _origin(url) == origin else None)
             target = response.headers.get("Location")
             if response.status_code not in REDIRECT_CODES or not target:
                 return response
@@ -510,7 +504,7 @@ class HttpDriver(Driver):
         try:
             if response.status_code not in (405, 501):
                 self._check_status(response, location)
-                length = _content_length(response)
+                length = content_length(response)
                 if length is not None:
                     return length
         finally:
@@ -519,7 +513,7 @@ class HttpDriver(Driver):
         response = self._send("GET", location, {})
         try:
             self._check_status(response, location)
-            length = _content_length(response)
+            length = content_length(response)
         finally:
             response.close()
         if length is None:
@@ -543,7 +537,7 @@ class HttpDriver(Driver):
                 size = self._ranged_size(response, location, offset, length)
             else:
                 self._check_status(response, location)
-                announced = _content_length(response)
+                announced = content_length(response)
                 size = self.size(location) if announced is None else announced
         except BaseException:
             response.close()
@@ -586,7 +580,8 @@ class HttpDriver(Driver):
         return count
 
 
-def _content_length(response: requests.Response) -> int | None:
+def content_length(response: requests.Response) -> int | None:
+    """The body's length as the response announces it (None: not told, or chunked)."""
     value = response.headers.get("Content-Length")
     if value is None or "Transfer-Encoding" in response.headers:
         return None

@@ -71,6 +71,9 @@ _BLOCKED_NETS = [(ipaddress.ip_network(net), why) for net, why in _BLOCKED]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _V4_COMPAT = ipaddress.ip_network("::/96")
 
+_FLAGGED = ("loopback", "private", "link_local", "multicast", "unspecified", "reserved")
+"""What else ``ipaddress`` flags as not to be reached (``is_<flag>``)."""
+
 _INET_PART = re.compile(r"^(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
 
 
@@ -92,22 +95,10 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     parts = h.split(".")
     if not 1 <= len(parts) <= 4 or not all(_INET_PART.match(p) for p in parts):
         return None
-    values = []
-    for p in parts:
-        if p[:2] in ("0x", "0X"):
-            values.append(int(p[2:], 16))
-        elif len(p) > 1 and p.startswith("0"):
-            values.append(int(p, 8))
-        else:
-            values.append(int(p))
-    *head, last = values
-    if any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
+    try:  # the forms are checked above (inet_aton takes trailing text); it checks the ranges
+        return ipaddress.IPv4Address(socket.inet_aton(h))
+    except OSError:
         return None
-    number = 0
-    for v in head:
-        number = number << 8 | v
-    number = number << 8 * (4 - len(head)) | last
-    return ipaddress.IPv4Address(number)
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -123,11 +114,17 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+def _unscoped(ip: IPAddress) -> IPAddress:
+    """``ip`` without its IPv6 zone id (``fe80::1%eth0`` is ``fe80::1``)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return ipaddress.IPv6Address(str(ip).split("%", 1)[0])
+    return ip
+
+
 def forbidden_reason(ip: IPAddress) -> str | None:
     """Why ``ip`` may not be reached by default, or None when it is a global unicast address."""
+    ip = _unscoped(ip)
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id:
-            ip = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
         inner = embedded_ipv4(ip)
         if inner is not None:
             why = forbidden_reason(inner)
@@ -135,16 +132,9 @@ def forbidden_reason(ip: IPAddress) -> str | None:
     for net, why in _BLOCKED_NETS:
         if ip.version == net.version and ip in net:
             return why
-    for attr in (
-        "is_loopback",
-        "is_private",
-        "is_link_local",
-        "is_multicast",
-        "is_unspecified",
-        "is_reserved",
-    ):
-        if getattr(ip, attr):
-            return attr[3:].replace("_", "-")
+    for flag in _FLAGGED:
+        if getattr(ip, f"is_{flag}"):
+            return flag.replace("_", "-")
     if not ip.is_global:
         return "not globally routable"
     return None
@@ -177,17 +167,15 @@ class NetworkGuard:
             self.allowed_names.add(name)
 
     def _allowed_ip(self, ip: IPAddress) -> bool:
-        plain = ip
-        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
-            plain = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
-        for net in self.allowed_networks:
-            if plain.version == net.version and plain in net:
-                return True
-            if isinstance(plain, ipaddress.IPv6Address):
-                inner = embedded_ipv4(plain)
-                if inner is not None and net.version == 4 and inner in net:
-                    return True
-        return False
+        """Whether ``ip``, or the IPv4 address it embeds, is in an allowed network."""
+        ip = _unscoped(ip)
+        inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+        candidates = [ip] if inner is None else [ip, inner]
+        return any(
+            a.version == net.version and a in net
+            for a in candidates
+            for net in self.allowed_networks
+        )
 
     def check_ip(self, ip: IPAddress, host: str) -> None:
         """:class:`BadLocation` when ``ip`` (an address of ``host``) may not be reached."""

@@ -11,7 +11,8 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
   operation and thread. SOAP calls go through oslo.vmware, which logs in
   again when the server says ``NotAuthenticated``; a ``401`` on the
   datastore HTTP interface (``/folder``) makes the driver log in again and
-  repeat the request once. SOAP calls are serialised (one suds client).
+  repeat the request once (not an upload: its body is gone). SOAP calls are
+  serialised (one suds client).
 * **add**: the datastore is chosen among ``vmware_datastores``
   (``datacenter_path:datastore_name:weight``): highest weight first, and
   within a weight the one with the most free space; a datastore without room
@@ -28,9 +29,12 @@ an existing ``[glance_store]`` section works, plus ``vmware_server_port``
   shows under its final name, even when the writing process is killed. Any
   failure removes the temporary file with
   ``FileManager.DeleteDatastoreFile_Task``.
-* **get**: a streaming ``GET``; a ranged read sends ``Range`` (READ_RANDOM).
-  A server that ignores ``Range`` (answers 200 with the whole file) is
-  handled: the stream skips to the offset itself and a warning is logged.
+* **get**: a streaming ``GET`` (the HTTP driver's stream); a ranged read sends
+  ``Range`` (READ_RANDOM). A server that ignores ``Range`` (answers 200 with
+  the whole file) is handled: the stream skips to the offset itself and a
+  warning is logged. A download cut short is :class:`BackendUnavailable`; the
+  core resumes it (``vmware_read_resumes``) when the file's ``Last-Modified``
+  and length are still the same.
   **size** is ``HEAD``'s ``Content-Length``; **delete** is
   ``DeleteDatastoreFile_Task``. Missing files are :class:`NotFound`.
 * **leftovers** (``imgstore cleanup``) are the temporary files in
@@ -70,8 +74,7 @@ import requests
 import requests.adapters
 from oslo_config import cfg
 
-from imgstore import telemetry
-from imgstore.backoff import poll
+from imgstore.backoff import Backoff, poll, retry
 from imgstore.capabilities import Capability
 from imgstore.driver import (
     PARTIAL_SUFFIX,
@@ -83,7 +86,9 @@ from imgstore.driver import (
     clamp_range,
     is_partial_name,
     partial_name,
+    read_resumes_option,
 )
+from imgstore.drivers.http import HttpStream, content_length
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -247,7 +252,7 @@ class DatastoreSpec:
 
 def parse_datastores(entries: list[str]) -> list[DatastoreSpec]:
     """``datacenter_path:datastore_name[:weight]`` entries, as glance_store reads them."""
-    specs = []
+    specs: list[DatastoreSpec] = []
     for entry in entries:
         parts = [p.strip() for p in entry.rsplit(":", 2)]
         if len(parts) < 2:
@@ -269,14 +274,12 @@ def parse_datastores(entries: list[str]) -> list[DatastoreSpec]:
                 f"vmware_datastores entry {entry!r}: the datacenter path and datastore "
                 "name must not be empty"
             )
-        specs.append(DatastoreSpec(parts[0], parts[1], weight))
-    seen = set()
-    for spec in specs:
-        if (spec.datacenter, spec.datastore) in seen:
+        spec = DatastoreSpec(parts[0], parts[1], weight)
+        if any((s.datacenter, s.datastore) == (spec.datacenter, spec.datastore) for s in specs):
             raise BadConfiguration(
                 f"vmware_datastores lists {spec.datacenter}:{spec.datastore} twice"
             )
-        seen.add((spec.datacenter, spec.datastore))
+        specs.append(spec)
     return specs
 
 
@@ -330,6 +333,14 @@ def _prepare_oslo() -> None:
 
 def _fault_names(exc: BaseException) -> list[str]:
     return [str(f) for f in (getattr(exc, "fault_list", None) or [])]
+
+
+class _SessionRefused(Exception):
+    """The datastore interface answered 401 to the session ``cookie``: it ended."""
+
+    def __init__(self, cookie: str) -> None:
+        super().__init__("the server refused the session")
+        self.cookie = cookie
 
 
 class _Blocksize(requests.adapters.HTTPAdapter):
@@ -408,6 +419,7 @@ class VMwareDriver(Driver):
                 min=1,
                 help="Seconds between polls of a server task (such as a file deletion).",
             ),
+            read_resumes_option("vmware_read_resumes"),
             cfg.StrOpt(
                 "vmware_store_image_dir",
                 default=DEFAULT_IMAGE_DIR,
@@ -453,6 +465,7 @@ class VMwareDriver(Driver):
         self._password: str = conf.vmware_server_password
         self.retry_count = int(conf.vmware_api_retry_count)
         self.poll_interval = float(conf.vmware_task_poll_interval)
+        self.read_resumes = int(conf.vmware_read_resumes)
         self.image_dir = conf.vmware_store_image_dir.strip().strip("/")
         if not self.image_dir or any(
             s in ("", ".", "..") for s in self.image_dir.split("/")
@@ -724,43 +737,50 @@ class VMwareDriver(Driver):
         self, method: str, loc: VsphereLocation, what: str, headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> requests.Response:  # fmt: skip
-        """One request to the datastore HTTP interface; a 401 renews the session once."""
-        for attempt in (1, 2):
+        """One request to the datastore HTTP interface. A 401 (the session ended) renews the
+        session and sends the request once more, but for a body, which the first try took."""
+
+        def send() -> requests.Response:
             cookie = self.cookie_header()
             try:
                 resp = self.http.request(
                     method, loc.https_url(), headers={**(headers or {}), "Cookie": cookie},
                     verify=self.verify, allow_redirects=False, timeout=(30, 300), **kwargs,
                 )  # fmt: skip
-            except requests.RequestException as exc:
+            except Exception as exc:
                 raise self.map_error(exc, what) from None
-            if resp.status_code == 401 and attempt == 1:
+            if resp.status_code == 401:
                 resp.close()
-                self.renew(cookie)
-                telemetry.retried()
-                continue
+                raise _SessionRefused(cookie)
             return resp
-        return resp
 
-    def status_error(self, resp: requests.Response, what: str) -> ImgstoreError:
-        """The imgstore exception for an unexpected HTTP status."""
+        def renew(_attempt: int, refused: BaseException) -> None:
+            assert isinstance(refused, _SessionRefused)
+            self.renew(refused.cookie)
+
+        tries = 1 if "data" in kwargs else 2
+        try:
+            return retry(send, tries, Backoff(0, 0), _SessionRefused, on_retry=renew)
+        except _SessionRefused:
+            raise AuthenticationFailed(f"{what}: the server refused the session") from None
+
+    def expect(self, resp: requests.Response, what: str, *ok: int) -> requests.Response:
+        """``resp`` when its status is one of ``ok``; else, closed, the error for it."""
         status = resp.status_code
+        if status in ok:
+            return resp
         resp.close()
         cls = for_status(status)
         detail = {NotFound: "no such file", StorageFull: "the datastore is full"}.get(
             cls, f"the server answered {status}"
         )
-        return cls(f"{what}: {detail}")
+        raise cls(f"{what}: {detail}")
 
     def exists(self, loc: VsphereLocation, what: str) -> bool:
         """Whether a file is at ``loc`` (HEAD)."""
-        resp = self.request("HEAD", loc, what)
+        resp = self.expect(self.request("HEAD", loc, what), what, 200, 404)
         resp.close()
-        if resp.status_code == 200:
-            return True
-        if resp.status_code == 404:
-            return False
-        raise self.status_error(resp, what)
+        return resp.status_code == 200
 
     # -- the driver contract ------------------------------------------------------------
 
@@ -775,43 +795,28 @@ class VMwareDriver(Driver):
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         loc = self._check(location)
         what = f"reading {loc.redacted()}"
-        ranged = offset != 0 or length is not None
-        if not ranged:
-            resp = self.request("GET", loc, what, stream=True)
-            if resp.status_code != 200:
-                raise self.status_error(resp, what)
-            return VMwareStream(resp, self._length(resp, what), 0, what)
+        if offset == 0 and length is None:
+            resp = self.expect(self.request("GET", loc, what, stream=True), what, 200)
+            return HttpStream(resp, _length(resp, what), READ_CHUNK_SIZE, what)
         start, count = clamp_range(self.size(loc), offset, length)
         if count == 0:
-            return VMwareStream(None, 0, 0, what)
+            return HttpStream(None, 0, READ_CHUNK_SIZE, what)
         headers = {"Range": f"bytes={start}-{start + count - 1}"}
-        resp = self.request("GET", loc, what, headers, stream=True)
+        resp = self.expect(self.request("GET", loc, what, headers, stream=True), what, 200, 206)
         if resp.status_code == 206:
-            return VMwareStream(resp, count, 0, what)
-        if resp.status_code == 200:
-            LOG.warning(
-                "backend %r: the server ignored Range for %s; skipping %d bytes",
-                self.backend, loc.redacted(), start,
-            )  # fmt: skip
-            return VMwareStream(resp, count, start, what)
-        raise self.status_error(resp, what)
-
-    @staticmethod
-    def _length(resp: requests.Response, what: str) -> int:
-        value = resp.headers.get("Content-Length")
-        if value is None or not value.isdigit():
-            resp.close()
-            raise BackendError(f"{what}: the server sent no Content-Length")
-        return int(value)
+            return HttpStream(resp, count, READ_CHUNK_SIZE, what)
+        LOG.warning(
+            "backend %r: the server ignored Range for %s; skipping %d bytes",
+            self.backend, loc.redacted(), start,
+        )  # fmt: skip
+        return HttpStream(resp, count, READ_CHUNK_SIZE, what, skip=start)
 
     def size(self, location: Location) -> int:
         loc = self._check(location)
         what = f"reading the size of {loc.redacted()}"
-        resp = self.request("HEAD", loc, what)
+        resp = self.expect(self.request("HEAD", loc, what), what, 200)
         resp.close()
-        if resp.status_code != 200:
-            raise self.status_error(resp, what)
-        return self._length(resp, what)
+        return _length(resp, what)
 
     def delete(self, location: Location) -> None:
         loc = self._check(location)
@@ -853,35 +858,29 @@ class VMwareDriver(Driver):
 
         return poll(ended, first=0.02, cap=self.poll_interval, factor=2.0)
 
+    def _file_task(self, what: str, method: str, **args: Any) -> None:
+        """Run ``FileManager.<method>(**args)`` and wait for the task to end."""
+
+        def run(api: Any) -> None:
+            manager = api.vim.service_content.fileManager
+            self.wait_for_task(api, api.invoke_api(api.vim, method, manager, **args))
+
+        self.invoke(what, run)
+
     def delete_file(self, loc: VsphereLocation, what: str) -> None:
         """``DeleteDatastoreFile_Task`` on ``loc``; :class:`NotFound` when it is not there."""
         dc = self._datacenter_of(loc, what)
-
-        def run(api: Any) -> None:
-            task = api.invoke_api(
-                api.vim, "DeleteDatastoreFile_Task", api.vim.service_content.fileManager,
-                name=loc.datastore_path, datacenter=dc,
-            )  # fmt: skip
-            self.wait_for_task(api, task)
-
-        self.invoke(what, run)
+        self._file_task(what, "DeleteDatastoreFile_Task", name=loc.datastore_path, datacenter=dc)
 
     def move_file(self, source: VsphereLocation, target: VsphereLocation, what: str) -> None:
         """``MoveDatastoreFile_Task`` of ``source`` to ``target``, never overwriting:
         :class:`Duplicate` when ``target`` exists, :class:`NotFound` when ``source`` does not."""
-        source_dc = self._datacenter_of(source, what)
-        target_dc = self._datacenter_of(target, what)
-
-        def run(api: Any) -> None:
-            task = api.invoke_api(
-                api.vim, "MoveDatastoreFile_Task", api.vim.service_content.fileManager,
-                sourceName=source.datastore_path, sourceDatacenter=source_dc,
-                destinationName=target.datastore_path, destinationDatacenter=target_dc,
-                force=False,
-            )  # fmt: skip
-            self.wait_for_task(api, task)
-
-        self.invoke(what, run)
+        self._file_task(
+            what, "MoveDatastoreFile_Task",
+            sourceName=source.datastore_path, sourceDatacenter=self._datacenter_of(source, what),
+            destinationName=target.datastore_path,
+            destinationDatacenter=self._datacenter_of(target, what), force=False,
+        )  # fmt: skip
 
     # -- what interrupted writes leave ------------------------------------------------
 
@@ -999,6 +998,15 @@ class PartialFile:
     size: int | None
 
 
+def _length(resp: requests.Response, what: str) -> int:
+    """The ``Content-Length`` of ``resp``, which the datastore interface always sends."""
+    length = content_length(resp)
+    if length is None:
+        resp.close()
+        raise BackendError(f"{what}: the server sent no Content-Length")
+    return length
+
+
 def _age(modified: Any, now: Any) -> float | None:
     """Seconds from ``modified`` to ``now`` (the server's time; else this machine's)."""
     if not isinstance(modified, datetime.datetime):
@@ -1009,54 +1017,6 @@ def _age(modified: Any, now: Any) -> float | None:
         return max(0.0, time.time() - modified.timestamp())
     except (TypeError, ValueError, OverflowError):  # naive against aware
         return None
-
-
-# -- reading --------------------------------------------------------------------------------
-
-
-class VMwareStream(ReadStream):
-    """The body of a GET, optionally skipping ``skip`` leading bytes (Range ignored)."""
-
-    def __init__(
-        self, response: requests.Response | None, size: int, skip: int, describe: str
-    ) -> None:
-        self._response = response
-        self.size = size
-        self._skip = skip
-        self._describe = describe
-
-    def __iter__(self) -> Iterator[bytes]:
-        resp = self._response
-        if resp is None:
-            return
-        skip, left = self._skip, self.size
-        try:
-            for data in resp.raw.stream(READ_CHUNK_SIZE, decode_content=False):
-                if skip:
-                    cut = min(skip, len(data))
-                    skip -= cut
-                    data = data[cut:]
-                if not data:
-                    continue
-                if self._skip and len(data) >= left:  # emulated range: stop at its end
-                    yield data[:left]
-                    return
-                left -= len(data)
-                yield data
-        except Exception as exc:
-            raise BackendUnavailable(
-                f"{self._describe}: the download broke ({type(exc).__name__})"
-            ) from None
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        resp, self._response = self._response, None
-        if resp is not None:
-            resp.close()
-
-    def __repr__(self) -> str:
-        return f"<VMwareStream {self._describe} size={self.size}>"
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -1085,24 +1045,15 @@ class VMwarePutWriter(Writer):
         return f"<VMwarePutWriter {self._shown}>"
 
     def _send(self) -> None:
-        drv = self._driver
+        drv, doing = self._driver, f"writing {self._temp_shown}"
         headers = {"Content-Type": "application/octet-stream"}
-        doing = f"writing {self._temp_shown}"
-        try:
-            resp = drv.request("PUT", self._temp, doing, headers, data=self._request.body)
-        except ImgstoreError:
-            raise
-        except BaseException as exc:
-            raise drv.map_error(exc, doing) from exc
-        try:
-            if resp.status_code == 409:
-                raise Duplicate(
-                    f"image {self._location.image_id} already exists in backend {drv.backend!r}"
-                )
-            if resp.status_code not in (200, 201):
-                raise drv.status_error(resp, doing)
-        finally:
-            resp.close()
+        resp = drv.request("PUT", self._temp, doing, headers, data=self._request.body)
+        resp.close()
+        if resp.status_code == 409:
+            raise Duplicate(
+                f"image {self._location.image_id} already exists in backend {drv.backend!r}"
+            )
+        drv.expect(resp, doing, 200, 201)
 
     def write(self, chunk: memoryview) -> None:
         self._request.feed(bytes(chunk))  # the core reuses its buffer: copy

@@ -34,6 +34,7 @@ from imgstore.drivers.vmware import VMwareDriver, VsphereLocation
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
+    BackendUnavailable,
     Duplicate,
     NotFound,
     StorageFull,
@@ -41,10 +42,12 @@ from imgstore.exceptions import (
 from imgstore.location import parse
 from imgstore.testing import ConformanceTests, StoreUnderTest
 from tests import otel_sdk
+from tests.functional.cutting_proxy import CuttingProxy
 
 pytestmark = pytest.mark.functional
 
 IMAGE_DIR = "openstack_glance"
+MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -352,6 +355,77 @@ def test_401_on_the_datastore_interface_renews_the_session(make_stores: Any, adm
             for r in (res, locals().get("res2")):
                 if r is not None:
                     stores.delete(r.location)
+
+
+@pytest.fixture
+def cut_vcsim(make_stores: Any, vmware: dict[str, Any]) -> Iterator[Any]:
+    """``make(resumes, cuts) -> (stores, proxy)``: a backend that reaches vcsim through a
+    CuttingProxy (the fault injector: vcsim cannot cut a download on demand), which
+    cuts the first ``cuts`` connections after 4 MiB of answers (the WSDL is less)."""
+    proxies: list[CuttingProxy] = []
+
+    def make(resumes: int, cuts: int) -> tuple[Stores, CuttingProxy]:
+        proxy = CuttingProxy(int(vmware["port"]), after=4 * MiB, cuts=cuts)
+        proxies.append(proxy)
+        return make_stores(vmware_server_port=proxy.port, vmware_read_resumes=resumes), proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_a_download_cut_twice_is_resumed_where_it_stopped(cut_vcsim: Any) -> None:
+    """The core reopens the read at the byte where it broke off (a Range request), after
+    checking that the file is the same one (its Last-Modified date and length)."""
+    stores, proxy = cut_vcsim(resumes=3, cuts=2)
+    with stores:
+        data = os.urandom(12 * MiB)
+        res = stores.add(_id(), data, size=len(data))
+        try:
+            assert stores.get(res.location).read_all() == data
+            assert proxy.cut == 2
+            ranged = stores.get(res.location, offset=MiB + 5, length=6 * MiB).read_all()
+            assert ranged == data[MiB + 5 : 7 * MiB + 5]
+        finally:
+            stores.delete(res.location)
+
+
+def test_a_download_cut_without_resumes_is_unavailable(cut_vcsim: Any) -> None:
+    """A connection cut mid-body is worth another try (BackendUnavailable), never an
+    integrity error (SizeMismatch), when it may not be resumed."""
+    stores, proxy = cut_vcsim(resumes=0, cuts=1)
+    with stores:
+        data = os.urandom(8 * MiB)
+        res = stores.add(_id(), data, size=len(data))
+        try:
+            with pytest.raises(BackendUnavailable, match=r"after \d+ of 8388608 bytes"):
+                stores.get(res.location).read_all()
+            assert proxy.cut == 1
+        finally:
+            stores.delete(res.location)
+
+
+def test_a_download_is_not_resumed_into_a_changed_image(
+    cut_vcsim: Any, vmware: dict[str, Any]
+) -> None:
+    """The file is replaced (one byte longer) between the cut and the resume: the read
+    fails instead of splicing two images."""
+    stores, proxy = cut_vcsim(resumes=3, cuts=1)
+    with stores:
+        image_id = _id()
+        data = os.urandom(12 * MiB)
+        res = stores.add(image_id, data, size=len(data))
+        try:
+            with stores.get(res.location) as reader, pytest.raises(BackendError, match="changed"):
+                for number, _chunk in enumerate(reader):
+                    if number == 0:  # the first response is still open on the old file
+                        path = final_file(vmware, image_id)
+                        replacement = path.with_name(f".{image_id}.new")
+                        replacement.write_bytes(os.urandom(len(data) + 1))
+                        os.replace(replacement, path)
+            assert proxy.cut == 1
+        finally:
+            stores.delete(res.location)
 
 
 def test_datastore_by_weight_then_free_space(make_stores: Any, vmware: dict[str, Any]) -> None:
