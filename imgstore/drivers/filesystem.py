@@ -18,8 +18,8 @@ import errno
 import fcntl
 import functools
 import json
-import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +43,7 @@ from imgstore.exceptions import (
     BadConfiguration,
     BadLocation,
     Duplicate,
+    ImgstoreError,
     NotFound,
     StorageFull,
 )
@@ -55,11 +56,11 @@ from imgstore.location import (
     urlsplit,
 )
 
-LOG = logging.getLogger(__name__)
-
-"""Marks a file being written; anything with it is a leftover once no add runs."""
-
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+WRITEBACK_BYTES = 32 * 1024 * 1024
+"""A writer asks the kernel to start writing back every this many bytes."""
+DIRECT_ALIGN = 4096
+"""Buffer address, length and file offset alignment used for O_DIRECT writes."""
 
 
 @register
@@ -102,22 +103,24 @@ class DataDir:
     real: str
 
 
-def parse_datadirs(values: list[str]) -> list[DataDir]:
-    """Parse ``/a:200, /b:100`` entries (priority defaults to 0)."""
-    dirs: list[DataDir] = []
-    for value in values:
-        for entry in value.split(","):
-            entry = entry.strip()
-            if not entry:
-                continue
-            path, sep, prio = entry.rpartition(":")
-            if not sep or not prio.strip().lstrip("-").isdigit():
-                path, prio = entry, "0"
-            path = path.strip()
-            if not os.path.isabs(path):
-                raise BadConfiguration(f"filesystem data directory must be absolute: {path!r}")
-            dirs.append(DataDir(os.path.abspath(path), int(prio), ""))
+def parse_datadirs(values: list[str]) -> list[tuple[str, int]]:
+    """``(path, priority)`` of ``/a:200, /b:100`` entries (priority defaults to 0)."""
+    dirs: list[tuple[str, int]] = []
+    for entry in (e.strip() for value in values for e in value.split(",")):
+        if not entry:
+            continue
+        path, sep, prio = entry.rpartition(":")
+        if not sep or not prio.strip().lstrip("-").isdigit():
+            path, prio = entry, "0"
+        dirs.append((path.strip(), int(prio)))
     return dirs
+
+
+_BY_ERRNO: dict[int, type[ImgstoreError]] = {
+    errno.ENOSPC: StorageFull,
+    errno.EDQUOT: StorageFull,
+    errno.ELOOP: BadLocation,  # O_NOFOLLOW met a symlink
+}
 
 
 class FilesystemDriver(Driver):
@@ -178,47 +181,57 @@ class FilesystemDriver(Driver):
         ]
 
     def configure(self) -> None:
-        single, multi = self.conf.filesystem_store_datadir, self.conf.filesystem_store_datadirs
-        if multi:
-            dirs = parse_datadirs(multi)
-        elif single:
-            if not os.path.isabs(single):
-                raise BadConfiguration(f"filesystem_store_datadir must be absolute: {single!r}")
-            dirs = [DataDir(os.path.abspath(single), 0, "")]
+        conf = self.conf
+        if conf.filesystem_store_datadirs:
+            entries = parse_datadirs(conf.filesystem_store_datadirs)
+        elif conf.filesystem_store_datadir:
+            entries = [(conf.filesystem_store_datadir, 0)]
         else:
             raise BadConfiguration(
                 f"backend {self.backend!r}: set filesystem_store_datadir "
                 "or filesystem_store_datadirs"
             )
-        resolved = []
-        for d in dirs:
-            try:
-                os.makedirs(d.path, mode=0o750, exist_ok=True)
-            except OSError as exc:
+        for path, _ in entries:  # every one checked before any is created
+            if not os.path.isabs(path):
                 raise BadConfiguration(
-                    f"backend {self.backend!r}: cannot create data directory {d.path}: "
-                    f"{exc.strerror}"
-                ) from None
-            if not os.path.isdir(d.path):
-                raise BadConfiguration(f"backend {self.backend!r}: {d.path} is not a directory")
-            resolved.append(DataDir(d.path, d.priority, os.path.realpath(d.path)))
-        reals = [d.real for d in resolved]
-        if len(set(reals)) != len(reals):
+                    f"backend {self.backend!r}: data directory {path!r} is not absolute"
+                )
+        dirs = [self._make_datadir(os.path.abspath(path), prio) for path, prio in entries]
+        if len({d.real for d in dirs}) != len(dirs):
             raise BadConfiguration(f"backend {self.backend!r}: a data directory is listed twice")
-        self.datadirs = sorted(resolved, key=lambda d: -d.priority)
-        perm = self.conf.filesystem_store_file_perm
+        self.datadirs = sorted(dirs, key=lambda d: -d.priority)
+        perm = conf.filesystem_store_file_perm
         try:
             self.file_mode = int(str(perm), 8) if perm else None
         except ValueError:
             raise BadConfiguration(
                 f"filesystem_store_file_perm must be octal digits such as 640, not {perm}"
             ) from None
-        self.chunk_size = self.conf.filesystem_store_chunk_size
-        self.thin = bool(self.conf.filesystem_thin_provisioning)
-        self.direct_io = bool(self.conf.filesystem_store_direct_io) and hasattr(os, "O_DIRECT")
+        self.chunk_size = conf.filesystem_store_chunk_size
+        self.thin = bool(conf.filesystem_thin_provisioning)
+        self.direct_io = bool(conf.filesystem_store_direct_io) and hasattr(os, "O_DIRECT")
         if self.thin:
             self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
-        self.metadata = self._load_metadata(self.conf.filesystem_store_metadata_file)
+        self.metadata = self._load_metadata(conf.filesystem_store_metadata_file)
+
+    def _make_datadir(self, path: str, priority: int) -> DataDir:
+        """The data directory at absolute ``path``, created if missing."""
+        try:
+            os.makedirs(path, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: cannot create data directory {path}: {exc.strerror}"
+            ) from None
+        if not os.path.isdir(path):
+            raise BadConfiguration(f"backend {self.backend!r}: {path} is not a directory")
+        return DataDir(path, priority, os.path.realpath(path))
+
+    def os_error(self, exc: OSError, doing: str) -> ImgstoreError:
+        """The imgstore error for ``exc``, raised while ``doing`` (``open file:///...``):
+        no room (ENOSPC, EDQUOT) is :class:`StorageFull`, a symlink met by O_NOFOLLOW
+        :class:`BadLocation`, anything else :class:`BackendError`."""
+        cls = _BY_ERRNO.get(exc.errno or 0, BackendError)
+        return cls(f"backend {self.backend!r}: cannot {doing}: {exc.strerror}")
 
     @property
     def write_chunk_size(self) -> int:
@@ -285,21 +298,26 @@ class FilesystemDriver(Driver):
         except FileNotFoundError:
             raise NotFound(f"no image at {location.redacted()}") from None
         except OSError as exc:
-            raise BackendError(f"cannot stat {location.redacted()}: {exc.strerror}") from None
-        if not _is_regular(st):
+            raise self.os_error(exc, f"stat {location.redacted()}") from None
+        if not stat.S_ISREG(st.st_mode):
             raise BadLocation(f"{location.redacted()} is not a regular file (symlinks are refused)")
         return st
 
     # -- operations ----------------------------------------------------
 
-    def location_for(self, image_id: str) -> Location | None:
-        """The image's file if it exists, else its place when there is one data directory."""
+    def _existing(self, image_id: str) -> str | None:
+        """The path of image ``image_id`` in any data directory (a symlink counts)."""
         for d in self.datadirs:
             if os.path.lexists(os.path.join(d.path, image_id)):
-                return FileLocation(os.path.join(d.path, image_id))
-        if len(self.datadirs) == 1:
-            return FileLocation(os.path.join(self.datadirs[0].path, image_id))
+                return os.path.join(d.path, image_id)
         return None
+
+    def location_for(self, image_id: str) -> Location | None:
+        """The image's file if it exists, else its place when there is one data directory."""
+        path = self._existing(image_id)
+        if path is None and len(self.datadirs) == 1:
+            path = os.path.join(self.datadirs[0].path, image_id)
+        return None if path is None else FileLocation(path)
 
     def discard(self, image_id: str) -> bool:
         """Delete the image's file and the partial files of unfinished writes of it."""
@@ -313,12 +331,14 @@ class FilesystemDriver(Driver):
                             removed = True
         return removed
 
+    def duplicate(self, image_id: str) -> Duplicate:
+        """The error for an add of an id that is taken."""
+        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+
     def begin_write(self, image_id: str, size: int | None) -> Writer:
-        for d in self.datadirs:
-            if os.path.lexists(os.path.join(d.path, image_id)):
-                raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
-        datadir = self._choose_datadir(size or 0)
-        return FileWriter(self, datadir, image_id)
+        if self._existing(image_id) is not None:
+            raise self.duplicate(image_id)
+        return FileWriter(self, self._choose_datadir(size or 0), image_id)
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
         """Partial files (``.<id>.<token>.imgstore-partial``) untouched for ``older_than`` s."""
@@ -329,9 +349,7 @@ class FilesystemDriver(Driver):
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise BackendError(
-                    f"backend {self.backend!r}: cannot list {d.path}: {exc}"
-                ) from None
+                raise self.os_error(exc, f"list {d.path}") from None
             for entry in entries:
                 if not is_partial_name(entry.name):
                     continue
@@ -351,24 +369,17 @@ class FilesystemDriver(Driver):
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise BackendError(
-                f"backend {self.backend!r}: cannot remove {leftover.ref}: {exc.strerror}"
-            ) from None
+            raise self.os_error(exc, f"remove {leftover.ref}") from None
 
     def _choose_datadir(self, size: int) -> DataDir:
-        best: tuple[int, int, DataDir] | None = None
-        for d in self.datadirs:
-            free = _free_bytes(d.path)
-            if free < size:
-                continue
-            key = (d.priority, free)
-            if best is None or key > best[:2]:
-                best = (d.priority, free, d)
-        if best is None:
+        """The directory of highest priority (then most free space) with room for ``size``."""
+        room = [(d.priority, _free_bytes(d.path), d) for d in self.datadirs]
+        room = [r for r in room if r[1] >= size]
+        if not room:
             raise StorageFull(
                 f"backend {self.backend!r}: no data directory has room for {size} bytes"
             )
-        return best[2]
+        return max(room, key=lambda r: r[:2])[2]
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         path = self._checked_path(location)
@@ -377,12 +388,10 @@ class FilesystemDriver(Driver):
         except FileNotFoundError:
             raise NotFound(f"no image at {location.redacted()}") from None
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise BadLocation(f"{location.redacted()} is a symlink; refused") from None
-            raise BackendError(f"cannot open {location.redacted()}: {exc.strerror}") from None
+            raise self.os_error(exc, f"open {location.redacted()}") from None
         try:
             st = os.fstat(fd)
-            if not _is_regular(st):
+            if not stat.S_ISREG(st.st_mode):
                 raise BadLocation(f"{location.redacted()} is not a regular file")
             start, count = clamp_range(st.st_size, offset, length)
         except BaseException:
@@ -400,13 +409,7 @@ class FilesystemDriver(Driver):
         except FileNotFoundError:
             raise NotFound(f"no image at {location.redacted()}") from None
         except OSError as exc:
-            raise BackendError(f"cannot delete {location.redacted()}: {exc.strerror}") from None
-
-
-def _is_regular(st: os.stat_result) -> bool:
-    import stat
-
-    return stat.S_ISREG(st.st_mode)
+            raise self.os_error(exc, f"delete {location.redacted()}") from None
 
 
 def _free_bytes(path: str) -> int:
@@ -414,20 +417,11 @@ def _free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-WRITEBACK_BYTES = 32 * 1024 * 1024
-
-DIRECT_ALIGN = 4096
-"""Buffer address, length and file offset alignment used for O_DIRECT writes."""
-
-
 def _address(view: memoryview) -> int:
     """The memory address of a writable buffer (O_DIRECT needs it aligned)."""
     if view.readonly:
         return 1  # never aligned: such buffers are written the ordinary way
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
-
-
-"""A writer asks the kernel to start writing back every this many bytes."""
 
 
 @functools.cache
@@ -538,17 +532,11 @@ class FileWriter(Writer):
         if start < len(chunk):
             self._write_all(chunk[start:])
 
-    def _os_error(self, exc: OSError, doing: str) -> Exception:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return StorageFull(f"backend {self._driver.backend!r}: {self._datadir} is full")
-        return BackendError(
-            f"backend {self._driver.backend!r}: cannot {doing} an image file in "
-            f"{self._datadir}: {exc.strerror}"
-        )
+    def _os_error(self, exc: OSError, doing: str) -> ImgstoreError:
+        return self._driver.os_error(exc, f"{doing} an image file in {self._datadir}")
 
     def write(self, chunk: memoryview) -> None:
         assert self._fd is not None
-        n = len(chunk)
         try:
             if self._zero:
                 self._write_sparse(chunk)
@@ -556,7 +544,7 @@ class FileWriter(Writer):
                 self._write_all(chunk)
         except OSError as exc:
             raise self._os_error(exc, "write") from None
-        self._size += n
+        self._size += len(chunk)
         if (
             not self._direct
             and self._writeback is not None
@@ -582,16 +570,12 @@ class FileWriter(Writer):
         try:
             os.link(self._temp, self._final)
         except FileExistsError:
-            raise Duplicate(
-                f"image {self._image_id} already exists in backend {self._driver.backend!r}"
-            ) from None
+            raise self._driver.duplicate(self._image_id) from None
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise self._os_error(exc, "link") from None
             if os.path.lexists(self._final):  # no hard links here: rename, checked first
-                raise Duplicate(
-                    f"image {self._image_id} already exists in backend {self._driver.backend!r}"
-                ) from None
+                raise self._driver.duplicate(self._image_id) from None
             os.rename(self._temp, self._final)
         else:
             os.unlink(self._temp)
@@ -602,10 +586,8 @@ class FileWriter(Writer):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
-        except FileNotFoundError:
-            pass
 
 
 class FileStream(ReadStream):

@@ -36,7 +36,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from oslo_config import cfg
 
@@ -69,9 +69,9 @@ READ_AHEAD_BYTES = 16 * 1024 * 1024
 WRITING_FIELD = "imgstore_writing"
 """Set on chunk 0 while an add runs (its start time); cleared when the image is complete."""
 TARGET_CORE_CHUNK = 4 * 1024 * 1024
+"""The core's chunk: this many bytes of whole GridFS chunks (up to 16), one ``insert_many``
+each (pymongo splits a message above the server's limit itself)."""
 MAX_CHUNKS_PER_CORE_CHUNK = 16
-INSERT_BATCH_BYTES = 16 * 1024 * 1024
-"""Chunk bytes per ``insert_many`` (MongoDB splits messages above 48 MB itself)."""
 
 _AUTH_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
 _AUTH_FAILURE_RE = re.compile(r"'code': 18\b|'codeName': 'AuthenticationFailed'")
@@ -216,22 +216,16 @@ class GridFSDriver(Driver):
             ) from None
         try:
             db_name = conf.mongodb_store_db
-            if db_name:
-                self.db = self.client[db_name]
-            else:
-                try:
-                    self.db = self.client.get_default_database()
-                except ConfigurationError:
-                    raise BadConfiguration(
-                        f"backend {self.backend!r}: set mongodb_store_db or name a database "
-                        "in mongodb_store_uri"
-                    ) from None
+            self.db = self.client[db_name] if db_name else self.client.get_default_database()
+        except ConfigurationError:
+            self.client.close()
+            raise BadConfiguration(
+                f"backend {self.backend!r}: set mongodb_store_db or name a database "
+                "in mongodb_store_uri"
+            ) from None
         except (pymongo.errors.InvalidName, ValueError, TypeError) as exc:
             self.client.close()
             raise BadConfiguration(f"backend {self.backend!r}: bad database name: {exc}") from None
-        except BaseException:
-            self.client.close()
-            raise
         self.bucket_name = bucket
         self.files = self.db[f"{bucket}.files"]
         self.chunks = self.db[f"{bucket}.chunks"]
@@ -246,32 +240,31 @@ class GridFSDriver(Driver):
 
     # -- errors ------------------------------------------------------------
 
-    def _fail(self, exc: Exception, doing: str) -> NoReturn:
-        """Raise the imgstore exception for a pymongo error (the core scrubs its message)."""
-        raise self.error(exc, doing) from None
-
     def error(self, exc: Exception, doing: str) -> ImgstoreError:
-        """The imgstore exception for pymongo error ``exc`` while ``doing``."""
+        """The imgstore exception for pymongo error ``exc`` while ``doing`` (the core
+        scrubs its message)."""
+        from gridfs.errors import CorruptGridFile, NoFile
         from pymongo import errors
 
         if isinstance(exc, ImgstoreError):
             return exc
         what = f"backend {self.backend!r}: {doing}"
         detail = f"{type(exc).__name__}: {exc}"
-        code = getattr(exc, "code", None)
-        if isinstance(exc, errors.ServerSelectionTimeoutError) and _AUTH_FAILURE_RE.search(
-            str(exc)
-        ):
-            # a refused login during connection setup marks the server unusable, so
-            # pymongo reports it as a selection timeout with the server's answer inside
+        if isinstance(exc, NoFile):
+            return NotFound(f"{what}: no such image")
+        if isinstance(exc, CorruptGridFile):
+            return IntegrityError(f"{what}: the GridFS file is damaged ({detail})")
+        code = getattr(exc, "code", None) if isinstance(exc, errors.OperationFailure) else None
+        unselected = isinstance(exc, errors.ServerSelectionTimeoutError)
+        # a refused login during connection setup marks the server unusable, so
+        # pymongo reports it as a selection timeout with the server's answer inside
+        if code in _AUTH_CODES or (unselected and _AUTH_FAILURE_RE.search(str(exc))):
             return AuthenticationFailed(f"{what}: the server refused our credentials ({detail})")
-        if isinstance(exc, errors.ServerSelectionTimeoutError):
+        if unselected:
             return BackendUnavailable(f"{what}: no MongoDB server answered ({detail})")
         if isinstance(exc, (errors.ConnectionFailure, errors.NetworkTimeout)):
             return BackendUnavailable(f"{what}: {detail}")
-        if isinstance(exc, errors.OperationFailure) and code in _AUTH_CODES:
-            return AuthenticationFailed(f"{what}: the server refused our credentials ({detail})")
-        if isinstance(exc, errors.OperationFailure) and code in _NO_SPACE_CODES:
+        if code in _NO_SPACE_CODES:
             return StorageFull(f"{what}: {detail}")
         if isinstance(exc, errors.ConfigurationError):
             return BadConfiguration(f"{what}: {detail}")
@@ -283,7 +276,7 @@ class GridFSDriver(Driver):
         try:
             return fn(*args, **kwargs)
         except PyMongoError as exc:
-            self._fail(exc, doing)
+            raise self.error(exc, doing) from None
 
     # -- helpers -----------------------------------------------------------
 
@@ -293,8 +286,6 @@ class GridFSDriver(Driver):
 
     def ensure_indexes(self) -> None:
         """The GridFS indexes; the unique ``(files_id, n)`` one is what makes Duplicate safe."""
-        if self._indexes_ready:
-            return
         with self._index_lock:
             if self._indexes_ready:
                 return
@@ -339,26 +330,23 @@ class GridFSDriver(Driver):
             projection={"_id": 1},
         )
         if found is not None:
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+            raise self.duplicate(image_id)
         return GridFSWriter(self, image_id)
+
+    def duplicate(self, image_id: str) -> Duplicate:
+        """The error for an add of an id that is taken."""
+        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         from gridfs import GridFSBucket
-        from gridfs.errors import NoFile
-        from pymongo.errors import PyMongoError
 
-        file_id = self._file_id(location)
         bucket = GridFSBucket(self.db, bucket_name=self.bucket_name)
-        try:
-            grid_out = bucket.open_download_stream(file_id)
-        except NoFile:
-            raise NotFound(f"no image at {location.redacted()}") from None
-        except PyMongoError as exc:
-            self._fail(exc, f"opening {location.redacted()}")
+        doing = f"opening {location.redacted()}"
+        grid_out = self._call(doing, bucket.open_download_stream, self._file_id(location))
         try:
             start, count = clamp_range(int(grid_out.length), offset, length)
             if start:
-                grid_out.seek(start)
+                self._call(doing, grid_out.seek, start)
         except BaseException:
             grid_out.close()
             raise
@@ -416,7 +404,8 @@ class GridFSDriver(Driver):
             )
             if newest is None:
                 continue  # removed meanwhile
-            age = _age(getattr(newest["_id"], "generation_time", None), now)
+            made = getattr(newest["_id"], "generation_time", None)  # an ObjectId's, tz-aware
+            age = (now - made).total_seconds() if made is not None else None
             if age is None or age >= older_than:
                 where = f"{self.bucket_name}/{file_id}"
                 yield Leftover(self.backend, kind, where, age, None, (file_id, newest["_id"]))
@@ -453,20 +442,13 @@ class GridFSDriver(Driver):
             client.close()
 
 
-def _age(started: Any, now: datetime.datetime) -> float | None:
-    if not isinstance(started, datetime.datetime):
-        return None
-    if started.tzinfo is None:
-        started = started.replace(tzinfo=datetime.timezone.utc)
-    return float((now - started).total_seconds())
-
-
 class GridFSWriter(Writer):
     """Writes one image's chunks as they come, then its files document."""
 
     def __init__(self, driver: GridFSDriver, image_id: str) -> None:
         self._driver = driver
         self._id = image_id
+        self._describe = f"image {image_id}"
         self._cs = driver.gridfs_chunk
         self._pending = bytearray()
         self._total = 0
@@ -474,11 +456,8 @@ class GridFSWriter(Writer):
         """Chunks 0.._inserted-1 are in the database and ours."""
         self._unsure_first: bytes | None = None
         """Chunk 0's bytes when a network error hid whether it was inserted."""
-        self._files_doc: dict[str, Any] | None = None
-        self._files_unsure = False
-
-    def _describe(self) -> str:
-        return f"image {self._id}"
+        self._unsure_files: dict[str, Any] | None = None
+        """The files document when a network error hid whether it was inserted."""
 
     @property
     def accepted(self) -> int:
@@ -504,50 +483,40 @@ class GridFSWriter(Writer):
         self._insert(docs)
 
     def _insert(self, datas: list[bytes]) -> None:
+        """Insert ``datas`` as the next chunks, in one ``insert_many`` (pymongo splits it
+        into messages the server takes); chunk 0 carries the write marker."""
         from bson.binary import Binary
         from pymongo.errors import BulkWriteError, PyMongoError
 
-        start = 0
-        while start < len(datas):
-            end, size = start, 0
-            while end < len(datas) and (
-                end == start or size + len(datas[end]) <= INSERT_BATCH_BYTES
-            ):
-                size += len(datas[end])
-                end += 1
-            docs: list[dict[str, Any]] = [
-                {"files_id": self._id, "n": self._inserted + i, "data": Binary(d)}
-                for i, d in enumerate(datas[start:end])
-            ]
-            if self._inserted == 0:  # the marker `imgstore cleanup` looks for
-                docs[0][WRITING_FIELD] = datetime.datetime.now(tz=datetime.timezone.utc)
-            try:
-                self._driver.chunks.insert_many(docs, ordered=True)
-            except BulkWriteError as exc:
-                self._inserted += int(exc.details.get("nInserted", 0))
-                errors = exc.details.get("writeErrors") or []
-                if any(e.get("code") in _DUPLICATE_CODES for e in errors):
-                    raise self._duplicate() from None
-                self._driver._fail(exc, f"writing {self._describe()}")
-            except PyMongoError as exc:
-                if self._inserted == 0:
-                    self._unsure_first = datas[start]
-                self._driver._fail(exc, f"writing {self._describe()}")
-            self._inserted += end - start
-            self._unsure_first = None
-            start = end
-
-    def _duplicate(self) -> Duplicate:
-        return Duplicate(f"image {self._id} already exists in backend {self._driver.backend!r}")
+        if not datas:
+            return
+        docs: list[dict[str, Any]] = [
+            {"files_id": self._id, "n": self._inserted + i, "data": Binary(d)}
+            for i, d in enumerate(datas)
+        ]
+        if self._inserted == 0:  # the marker `imgstore cleanup` looks for
+            docs[0][WRITING_FIELD] = datetime.datetime.now(tz=datetime.timezone.utc)
+        try:
+            self._driver.chunks.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            self._inserted += int(exc.details.get("nInserted", 0))
+            errors = exc.details.get("writeErrors") or []
+            if any(e.get("code") in _DUPLICATE_CODES for e in errors):
+                raise self._driver.duplicate(self._id) from None
+            raise self._driver.error(exc, f"writing {self._describe}") from None
+        except PyMongoError as exc:
+            if self._inserted == 0:
+                self._unsure_first = datas[0]
+            raise self._driver.error(exc, f"writing {self._describe}") from None
+        self._inserted += len(datas)
 
     def commit(self, size: int) -> Written:
         from bson.int64 import Int64
         from pymongo.errors import DuplicateKeyError, PyMongoError
 
         if self._pending:
-            last = bytes(self._pending)
+            self._insert([bytes(self._pending)])
             self._pending.clear()
-            self._insert([last])
         doc = {
             "_id": self._id,
             "length": Int64(size),
@@ -556,14 +525,13 @@ class GridFSWriter(Writer):
             "filename": self._id,
             "metadata": {},
         }
-        self._files_doc = doc
         try:
             self._driver.files.insert_one(dict(doc))
         except DuplicateKeyError:
-            raise self._duplicate() from None
+            raise self._driver.duplicate(self._id) from None
         except PyMongoError as exc:
-            self._files_unsure = True
-            self._driver._fail(exc, f"finishing {self._describe()}")
+            self._unsure_files = doc
+            raise self._driver.error(exc, f"finishing {self._describe}") from None
         try:  # the image is complete: the marker is no longer needed
             self._driver.chunks.update_one(
                 {"files_id": self._id, "n": 0}, {"$unset": {WRITING_FIELD: ""}}
@@ -578,9 +546,8 @@ class GridFSWriter(Writer):
         self._pending.clear()
         driver = self._driver
         try:
-            if self._files_unsure and self._files_doc is not None:
+            if (doc := self._unsure_files) is not None:
                 # remove our files document if it went in: the very one we built
-                doc = self._files_doc
                 driver.files.delete_one(
                     {"_id": self._id, "length": doc["length"], "uploadDate": doc["uploadDate"]}
                 )
@@ -597,7 +564,7 @@ class GridFSWriter(Writer):
             LOG.warning(
                 "backend %r: cleanup of the failed add of %s failed; chunks may remain: %s",
                 driver.backend,
-                self._describe(),
+                self._describe,
                 driver.error(exc, "cleaning up"),
             )
 
@@ -612,7 +579,6 @@ class GridFSStream(ReadStream):
         self._describe = describe
 
     def __iter__(self) -> Iterator[bytes]:
-        from gridfs.errors import CorruptGridFile
         from pymongo.errors import PyMongoError
 
         grid_out = self._grid_out
@@ -628,10 +594,8 @@ class GridFSStream(ReadStream):
                     data = data[:left]
                 left -= len(data)
                 yield data
-        except CorruptGridFile as exc:
-            raise IntegrityError(f"{self._describe}: the GridFS file is damaged: {exc}") from None
-        except PyMongoError as exc:
-            self._driver._fail(exc, f"reading {self._describe}")
+        except PyMongoError as exc:  # a damaged file (CorruptGridFile) among them
+            raise self._driver.error(exc, f"reading {self._describe}") from None
 
     def close(self) -> None:
         if self._grid_out is not None:

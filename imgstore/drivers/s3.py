@@ -6,17 +6,16 @@ so an existing ``[glance_store]`` section works unchanged.
 * ``add``: an image of known size below ``s3_store_large_object_size`` goes up
   in one ``PutObject`` at commit (its bytes are kept in one buffer of exactly
   that size). Larger images, and images of unknown size that outgrow one part,
-  go up as a multipart upload: parts of ``s3_store_large_object_chunk_size``
-  are sent by ``s3_store_thread_pools`` threads while the next part fills; when
-  every thread is busy, :meth:`S3Writer.write` waits (back-pressure), so an add
-  holds at most ``(threads + 1)`` part buffers. The part size grows to stay
-  within the server's part-number limit, ``s3_store_max_parts`` (AWS's 10,000
-  by default; S3 has no way to ask a server for it; see :func:`part_size`); a
-  server that refuses a part number is a :class:`BadConfiguration` naming the
-  option. Any failure aborts the
-  upload after the parts in flight have finished, so no part and no object is
-  left behind. The object is created with ``If-None-Match: *`` (and checked
-  by HEAD before a multipart commit, for servers that ignore the header there),
+  go up as a multipart upload on the core's bounded uploader
+  (:mod:`imgstore.parallel`): parts of ``s3_store_large_object_chunk_size``, grown
+  to fit ``s3_store_max_parts`` (S3 cannot ask a server for its limit; see
+  :func:`part_size`), go up on ``s3_store_thread_pools`` threads while the next
+  part fills, so an add holds at most ``(threads + 1)`` part buffers. A server
+  that refuses a part number is a :class:`BadConfiguration` naming that option.
+  Any failure aborts the upload after the parts in flight have finished, so no
+  part and no object is left behind. The object is created with
+  ``If-None-Match: *`` (and checked by HEAD before a multipart commit, for
+  servers that ignore the header there),
   so an existing image is never overwritten: :class:`Duplicate`. The object
   carries the writer's random token (``x-amz-meta-imgstore-writer``): when the
   server stored it but answered an error, botocore's retry meets it (412) and
@@ -37,14 +36,9 @@ so an existing ``[glance_store]`` section works unchanged.
 * the secret key never reaches a log record, message or repr. botocore logs
   requests at DEBUG, but only the access key id and signatures, never the
   secret; the driver registers no handler and changes no logger level.
-* ``s3_store_payload_signing`` unset keeps botocore's choice: the payload's
-  SHA-256 is signed over http (nothing else protects the bytes in transit)
-  and not over https. False saves that third hash of the image over http.
-* ``s3_store_request_checksum_calculation`` and
-  ``s3_store_response_checksum_validation`` (with glance_store's switch
-  ``s3_store_enable_data_integrity_protection``) choose boto3's default
-  checksums; "when_required" (the default) is faster and works with S3 servers
-  that reject the newer checksum headers.
+* what boto3 hashes besides (the payload's SHA-256, request and response
+  checksums) is chosen by ``s3_store_payload_signing`` and the checksum options
+  (see their help).
 """
 
 from __future__ import annotations
@@ -85,7 +79,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, redact_uri, register
-from imgstore.parallel import BoundedUploader, BufferPool, capacity, growth_every, piece_size
+from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
 
 LOG = logging.getLogger(__name__)
 
@@ -96,60 +90,35 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 """S3's largest part."""
 MAX_PARTS = 10_000
 """AWS's most parts in one multipart upload (the default of ``s3_store_max_parts``)."""
-GROWTH_EVERY = growth_every(MAX_PARTS)
-"""Unknown size: the part size doubles after every this many parts (a tenth of
-``s3_store_max_parts``: 1000 at AWS's 10,000)."""
 WRITER_KEY = "imgstore-writer"
 """User metadata (``x-amz-meta-imgstore-writer``): a random token of the writer, on the
 object it makes. When the server stored the object but its answer was lost, the writer's
 retry meets it (If-None-Match: 412) and knows it for its own."""
-DEFAULT_CHUNK_SIZE = 4 * MiB
 READ_CHUNK_SIZE = 1 * MiB
 
-_NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"})
-_AUTH = frozenset(
-    {
-        "SignatureDoesNotMatch",
-        "InvalidAccessKeyId",
-        "AccessDenied",
-        "InvalidToken",
-        "ExpiredToken",
-        "InvalidSecurity",
-        "AuthorizationHeaderMalformed",
-        "401",
-        "403",
-    }
-)
-_UNAVAILABLE = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "ServiceUnavailable",
-        "InternalError",
-        "503",
-        "500",
-        "502",
-        "504",
-    }
-)
+_BY_CODE: dict[str, type[ImgstoreError]] = {
+    **dict.fromkeys(["NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NotFound"], NotFound),
+    **dict.fromkeys(
+        "SignatureDoesNotMatch InvalidAccessKeyId AccessDenied InvalidToken ExpiredToken "
+        "InvalidSecurity AuthorizationHeaderMalformed".split(),
+        AuthenticationFailed,
+    ),
+    **dict.fromkeys(
+        "SlowDown Throttling ThrottlingException RequestTimeout ServiceUnavailable "
+        "InternalError".split(),
+        BackendUnavailable,
+    ),
+}
+"""S3 error codes of a known kind, whatever their HTTP status (some come with a 400);
+any other code is classed by its status (:func:`imgstore.exceptions.for_status`)."""
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
 def part_size(part_number: int, base: int, total: int | None, limit: int = MAX_PARTS) -> int:
     """The size of part ``part_number`` (1-based) of a multipart upload of at most
-    ``limit`` parts (``s3_store_max_parts``).
-
-    With a known ``total`` every part has the same size: ``base``, or more
-    when ``total`` would otherwise need over ``limit`` parts (rounded up to a
-    MiB). With an unknown total the size doubles every ``limit / 10`` parts
-    (capped at 5 GiB), so AWS's 10,000 parts hold 9.8 TiB at the default 10 MiB
-    (4.9 TiB at the 5 MiB minimum) while a small image still uses small parts.
-    """
-    if part_number < 1:
-        raise ValueError("part numbers start at 1")
+    ``limit`` parts (``s3_store_max_parts``) of at most 5 GiB, as
+    :func:`imgstore.parallel.piece_size` grows them: AWS's 10,000 parts hold 9.8 TiB
+    of unknown size at the default 10 MiB (4.9 TiB at the 5 MiB minimum)."""
     return piece_size(part_number, base, total, limit, MAX_PART_SIZE)
 
 
@@ -388,14 +357,11 @@ class S3Driver(Driver):
         self.read_resumes = conf.s3_store_read_resumes
         self.threads = conf.s3_store_thread_pools
         self.create_bucket = conf.s3_store_create_bucket_on_put
-        if conf.s3_store_enable_data_integrity_protection:
-            self.checksums = (
-                conf.s3_store_request_checksum_calculation,
-                conf.s3_store_response_checksum_validation,
-            )
-        else:
-            self.checksums = ("when_required", "when_required")
-        self.chunk_size = DEFAULT_CHUNK_SIZE
+        integrity = conf.s3_store_enable_data_integrity_protection  # else as glance_store
+        self.checksums = (
+            conf.s3_store_request_checksum_calculation if integrity else "when_required",
+            conf.s3_store_response_checksum_validation if integrity else "when_required",
+        )
         self._secret = conf.s3_store_secret_key
         self._bucket_ready = False
         self._lock = threading.Lock()
@@ -487,17 +453,17 @@ class S3Driver(Driver):
         if isinstance(exc, bx.ClientError):
             code, status = _error_code(exc)
             detail = f"{code or status} (HTTP {status})"
-            cls = for_status(status)
-            if code in _NOT_FOUND or cls is NotFound:
-                if code == "NoSuchBucket":
-                    return NotFound(f"{what}: bucket {self.bucket!r} does not exist")
+            cls = _BY_CODE.get(code) or for_status(status)
+            if code == "NoSuchBucket":
+                return NotFound(f"{what}: bucket {self.bucket!r} does not exist")
+            if cls is NotFound:
                 return NotFound(f"{what}: not found")
-            if code in _AUTH or cls is AuthenticationFailed:
+            if cls is AuthenticationFailed:
                 return AuthenticationFailed(
                     f"{what}: the S3 server refused our credentials ({detail}); "
                     "check s3_store_access_key and s3_store_secret_key"
                 )
-            if code in _UNAVAILABLE or cls is BackendUnavailable:
+            if cls is BackendUnavailable:
                 return BackendUnavailable(f"{what}: the S3 server failed ({detail}); retried")
             if cls is Duplicate:  # 412 of a conditional write
                 return Duplicate(f"{what}: the object already exists ({detail})")
@@ -509,18 +475,9 @@ class S3Driver(Driver):
                 f"{what}: TLS certificate verification failed for {self.endpoint_url} "
                 f"({tls}); set s3_store_cacert to the CA that signed its certificate"
             )
-        if isinstance(
-            exc,
-            (
-                bx.EndpointConnectionError,
-                bx.ConnectTimeoutError,
-                bx.ReadTimeoutError,
-                bx.ConnectionClosedError,
-                bx.ConnectionError,
-                ConnectionError,
-                TimeoutError,
-            ),
-        ):
+        # botocore's ConnectionError covers its endpoint and connect-timeout errors
+        unreachable = (bx.ConnectionError, bx.ReadTimeoutError, bx.ConnectionClosedError)
+        if isinstance(exc, (*unreachable, ConnectionError, TimeoutError)):
             return BackendUnavailable(
                 f"{what}: cannot reach {self.endpoint_url} ({type(exc).__name__})"
             )
@@ -531,8 +488,6 @@ class S3Driver(Driver):
             )
         if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             return BadConfiguration(f"{what}: no S3 credentials")
-        if isinstance(exc, bx.BotoCoreError):
-            return BackendError(f"{what}: {type(exc).__name__}")
         return BackendError(f"{what}: {type(exc).__name__}")
 
     def call(self, doing: str, fn: Any, **kwargs: Any) -> Any:
@@ -588,30 +543,32 @@ class S3Driver(Driver):
     def location_for(self, image_id: str) -> Location | None:
         return self._location(image_id)
 
+    def _uploads(self, doing: str, prefix: str = "") -> list[dict[str, Any]]:
+        """The bucket's unfinished multipart uploads (of keys that start with ``prefix``)."""
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads")
+            found = pages.paginate(Bucket=self.bucket, Prefix=prefix)
+            return [upload for page in found for upload in page.get("Uploads", [])]
+        except Exception as exc:
+            raise self.map_error(exc, doing) from exc
+
+    def abort_upload(self, key: str, upload_id: str, doing: str) -> None:
+        """Abort a multipart upload and remove its parts; one already gone is no error."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            if _error_code(exc)[0] != "NoSuchUpload":
+                raise self.map_error(exc, doing) from exc
+
     def discard(self, image_id: str) -> bool:
         """Abort the unfinished multipart uploads of ``image_id`` and delete its object."""
         self._ensure_bucket()
         doing = f"discarding {self._location(image_id).redacted()}"
         removed = False
-        try:
-            pages = self.client.get_paginator("list_multipart_uploads")
-            uploads = [
-                upload["UploadId"]
-                for page in pages.paginate(Bucket=self.bucket, Prefix=image_id)
-                for upload in page.get("Uploads", [])
-                if upload["Key"] == image_id
-            ]
-        except Exception as exc:
-            raise self.map_error(exc, doing) from exc
-        for upload_id in uploads:
-            self.call(
-                doing,
-                self.client.abort_multipart_upload,
-                Bucket=self.bucket,
-                Key=image_id,
-                UploadId=upload_id,
-            )
-            removed = True
+        for upload in self._uploads(doing, prefix=image_id):
+            if upload["Key"] == image_id:
+                self.abort_upload(image_id, str(upload["UploadId"]), doing)
+                removed = True
         if self._exists(image_id, doing):
             self.call(doing, self.client.delete_object, Bucket=self.bucket, Key=image_id)
             removed = True
@@ -679,37 +636,23 @@ class S3Driver(Driver):
         (the bucket is the image store's own, as glance_store also requires).
         Keys that are not image ids imgstore could have written are left alone.
         """
-        doing = f"listing the multipart uploads of bucket {self.bucket!r}"
-        paginator = self.client.get_paginator("list_multipart_uploads")
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
-            for page in paginator.paginate(Bucket=self.bucket):
-                for upload in page.get("Uploads", []):
-                    key = str(upload["Key"])
-                    if not IMAGE_ID_RE.fullmatch(key):
-                        continue
-                    age = (now - upload["Initiated"]).total_seconds()
-                    if age >= older_than:
-                        yield Leftover(
-                            self.backend, "multipart upload", f"{self.bucket}/{key}", age,
-                            None, (key, str(upload["UploadId"])),
-                        )  # fmt: skip
-        except ImgstoreError:
-            raise
-        except Exception as exc:
-            if _error_code(exc)[0] == "NoSuchBucket":
-                return
-            raise self.map_error(exc, doing) from None
+            uploads = self._uploads(f"listing the multipart uploads of bucket {self.bucket!r}")
+        except NotFound:  # no bucket, no leftovers
+            return
+        for upload in uploads:
+            key = str(upload["Key"])
+            age = (now - upload["Initiated"]).total_seconds()
+            if IMAGE_ID_RE.fullmatch(key) and age >= older_than:
+                yield Leftover(
+                    self.backend, "multipart upload", f"{self.bucket}/{key}", age,
+                    None, (key, str(upload["UploadId"])),
+                )  # fmt: skip
 
     def remove_leftover(self, leftover: Leftover) -> None:
         key, upload_id = leftover.ref
-        try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except Exception as exc:
-            if _error_code(exc)[0] != "NoSuchUpload":
-                raise self.map_error(
-                    exc, f"aborting the multipart upload of {leftover.name}"
-                ) from None
+        self.abort_upload(key, upload_id, f"aborting the multipart upload of {leftover.name}")
 
     def close(self) -> None:
         with self._lock:
@@ -854,23 +797,19 @@ class S3Writer(Writer):
     # -- writing -----------------------------------------------------------
 
     def write(self, chunk: memoryview) -> None:
+        """Copy ``chunk`` into the single buffer, or into part buffers, each sent once full."""
         self._raise_failure()
-        n = len(chunk)
-        if self._single:
-            assert self._buf is not None and self._filled + n <= len(self._buf)
-            self._buf[self._filled : self._filled + n] = chunk
-            self._filled += n
-            return
         view = chunk
         while view:
-            if self._buf is None:
+            if self._buf is None:  # never for a single PUT: its buffer holds the whole image
                 self._buf = self._buffers.take(self._next_part_size())
                 self._filled = 0
             take = min(len(self._buf) - self._filled, len(view))
+            assert take, "the core never writes past the declared size"
             self._buf[self._filled : self._filled + take] = view[:take]
             self._filled += take
             view = view[take:]
-            if self._filled == len(self._buf):
+            if self._filled == len(self._buf) and not self._single:
                 self._send_part()
 
     def _next_part_size(self) -> int:
@@ -962,10 +901,16 @@ class S3Writer(Writer):
     def commit(self, size: int) -> Written:
         self._raise_failure()
         drv = self._driver
-        if self._upload_id is None and (self._single or self._parts_sent == 0):
+        if self._parts_sent == 0:  # one PUT: a single image, or one smaller than a part
             body = self._buf if self._buf is not None else bytearray()
-            self._buf = None
-            self._put_new(body, self._filled)
+            self._conditional(
+                f"writing {self._shown}",
+                drv.client.put_object,
+                Bucket=drv.bucket,
+                Key=self._key,
+                Body=_Body(body, self._filled),
+                Metadata={WRITER_KEY: self._token},
+            )
         else:
             if self._buf is not None and self._filled:
                 self._send_part(last=True)
@@ -986,17 +931,6 @@ class S3Writer(Writer):
             self._upload_id = None
             self._shutdown_pool()
         return Written(self._location)
-
-    def _put_new(self, body: bytearray, length: int) -> None:
-        drv = self._driver
-        self._conditional(
-            f"writing {self._shown}",
-            drv.client.put_object,
-            Bucket=drv.bucket,
-            Key=self._key,
-            Body=_Body(body, length),
-            Metadata={WRITER_KEY: self._token},
-        )
 
     def _conditional(self, doing: str, fn: Any, **kwargs: Any) -> None:
         """``fn`` with ``If-None-Match: *``: an existing key is :class:`Duplicate`."""
@@ -1041,20 +975,14 @@ class S3Writer(Writer):
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
-        drv = self._driver
         try:
-            drv.client.abort_multipart_upload(Bucket=drv.bucket, Key=self._key, UploadId=upload_id)
-        except Exception as exc:
-            code, _ = _error_code(exc)
-            if code != "NoSuchUpload":
-                LOG.warning(
-                    "backend %r: could not abort the multipart upload of %s (%s); "
-                    "its parts remain until `imgstore cleanup` (or the bucket's lifecycle) "
-                    "removes them",
-                    drv.backend,
-                    self._shown,
-                    drv.map_error(exc, "aborting"),
-                )
+            self._driver.abort_upload(self._key, upload_id, "aborting")
+        except ImgstoreError as err:
+            LOG.warning(
+                "backend %r: could not abort the multipart upload of %s (%s); its parts "
+                "remain until `imgstore cleanup` (or the bucket's lifecycle) removes them",
+                self._driver.backend, self._shown, err,
+            )  # fmt: skip
 
     def _shutdown_pool(self) -> None:
         uploader, self._uploader = self._uploader, None
