@@ -578,7 +578,10 @@ class ImageReader:
                 "%s: the read broke off after %d of %d bytes (%s); resuming (%d/%d)",
                 self._describe, done, done + count, _why(failure), attempts, self._resumes,
             )  # fmt: skip
-            telemetry.retried()
+            if self._operation is not None:  # counted on the read's own span
+                self._operation.retried()
+            else:
+                telemetry.retried()
             backoff.wait()
             try:
                 stream = self._reopen(done, count)

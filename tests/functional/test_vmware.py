@@ -381,9 +381,13 @@ def test_a_download_cut_twice_is_resumed_where_it_stopped(cut_vcsim: Any) -> Non
     with stores:
         data = os.urandom(12 * MiB)
         res = stores.add(_id(), data, size=len(data))
+        spans = otel_sdk.installed().spans
+        spans.clear()
         try:
             assert stores.get(res.location).read_all() == data
             assert proxy.cut == 2
+            (get,) = [s for s in spans.get_finished_spans() if s.name == "imgstore.get"]
+            assert (get.attributes or {})["imgstore.retries"] == 2, "the resumes count as retries"
             ranged = stores.get(res.location, offset=MiB + 5, length=6 * MiB).read_all()
             assert ranged == data[MiB + 5 : 7 * MiB + 5]
         finally:
