@@ -598,9 +598,16 @@ class Stores:
             ) as reader:
                 for _ in reader:
                     pass
-        except IntegrityError:  # a wrong hash or a short read-back: the copy is not good
+        except IntegrityError:  # a wrong hash: the copy is not good
             LOG.error("copy at %s does not match its source; deleting it", result.location)
             self.delete(result.location, backend=result.backend)
+            raise
+        except Exception as exc:  # the read-back broke off: a copy nobody vouched for goes
+            LOG.error("copy at %s could not be read back (%s); deleting it", result.location, exc)
+            try:
+                self.delete(result.location, backend=result.backend)
+            except Exception as failed:  # the backend is away: the error says what happened
+                LOG.error("deleting the unverified copy at %s failed: %s", result.location, failed)
             raise
 
     def verify(

@@ -628,9 +628,11 @@ class ImageReader:
             if self._partial and self.bytes_read == self.size:
                 break
         if self.bytes_read != self.size:
-            raise SizeMismatch(
+            # fewer bytes than the backend announced: the connection (or the file) broke
+            # off, which another read may not see; never an integrity error
+            raise BackendUnavailable(
                 f"{self._describe}: the backend sent {self.bytes_read} of {self.size} bytes; "
-                "the read was cut short"
+                "the read was cut short, read it again"
             )
         self._verify()
 

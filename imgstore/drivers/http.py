@@ -261,10 +261,6 @@ class HttpStream(ReadStream):
                 f"{self._describe}: the server closed the connection after {received} of "
                 f"{self.size} bytes ({type(exc).__name__})"
             ) from None
-        if received < self.size:  # the connection ended early: worth another try
-            raise BackendUnavailable(
-                f"{self._describe}: the server sent {received} of {self.size} bytes"
-            )
 
     def close(self) -> None:
         if self._response is not None:
