@@ -198,6 +198,10 @@ class Journal:
         entry = self.get(image_id)
         if entry is None:
             raise InvalidArgument(f"journal: no image {image_id!r}")
+        if entry.state == to and self.worker in (entry.lease_owner, entry.worker):
+            # this worker's own update, whose answer was lost when the database went
+            # away and which was sent again (only the lease holder moves an image)
+            return
         raise InvalidArgument(f"journal: image {image_id} cannot go from {entry.state} to {to}")
 
     def start_copy(self, image_id: str, target_location: str | None) -> None:

@@ -62,6 +62,9 @@ SHARED_GROUPS = {
     # its private Glance's Cinder backend uses the test Cinder's RBD pool, which the
     # Cinder tests list whole to check that nothing is left
     "tests/functional/test_glance_operators.py": "tests/functional/test_cinder.py",
+    # the distributed migrate restarts RabbitMQ and PostgreSQL under them
+    "tests/functional/test_journal_servers.py": "tests/functional/test_distributed_migrate.py",
+    "tests/functional/test_distributed_services.py": "tests/functional/test_distributed_migrate.py",
 }
 """Modules that share a server's namespace with another module: they join its group."""
 

@@ -21,8 +21,10 @@ def fresh_database(server: str) -> Iterator[str]:
     """The URL (with the ``imgstore`` user's password) of a new empty database."""
     details: dict[str, Any] = require_service(server)
     name = f"j_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(
-        details["admin_url_with_password"], isolation_level="AUTOCOMMIT"
+    admin = sqlalchemy.create_engine(  # no pool: a test may restart the server meanwhile
+        details["admin_url_with_password"],
+        isolation_level="AUTOCOMMIT",
+        poolclass=sqlalchemy.pool.NullPool,
     )
     user = details["user"]
     try:

@@ -323,3 +323,74 @@ def test_bad_broker_or_journal_is_one_clear_line_and_nothing_enqueued(
             rows = conn.exec_driver_sql("SELECT count(*) FROM images").scalar() if tables else 0
         engine.dispose()
         assert rows == 0
+
+
+def done_count(journal_url: str) -> int:
+    engine = sqlalchemy.create_engine(journal_url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql("SELECT count(*) FROM images WHERE state = 'done'").scalar()
+            )
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+        return -1  # the database is restarting, or the journal is not made yet
+    finally:
+        engine.dispose()
+
+
+def test_broker_and_database_restarted_mid_run_lose_nothing(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, broker: str
+) -> None:
+    """RabbitMQ restarted once a quarter of the images are done, PostgreSQL (the journal)
+    once half are: the run completes, every image once at the target. (This module is one
+    xdist group with the other users of these servers: see tests/conftest.py.)"""
+    from tests.functional.services import postgresql, rabbitmq
+
+    with migration_target("rbd", tmp_path_factory) as target, fresh_database(
+        "postgresql"
+    ) as journal_url:
+        conf = write_config(tmp_path / "c.conf", tmp_path / "src", target.driver, target.options)
+        rng = random.Random(60)
+        records = add_images(conf, [rng.randrange(256 << 10, 2 << 20) for _ in range(60)], 4)
+        listing = tmp_path / "images.jsonl"
+        listing.write_text("".join(json.dumps(r) + "\n" for r in records))
+        with Stores.from_config_files(conf) as stores:
+            before = target.listing(stores)
+        pool = Workers(tmp_path, conf, broker, journal_url)
+        try:
+            for _ in range(3):
+                pool.start()
+            run = subprocess.Popen(
+                [*COMMAND, "--config-file", str(conf), "migrate", str(listing), "--to", "dst",
+                 "--broker", broker, "--journal", journal_url,
+                 "--report", str(tmp_path / "report.json"), "-q"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            restarted = []
+            for server, at in ((rabbitmq, 15), (postgresql, 30)):
+                deadline = time.monotonic() + 180
+                while done_count(journal_url) < at and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert done_count(journal_url) < len(records), "restarted too late to matter"
+                server.restart()
+                restarted.append(server.__name__)
+            _out, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err + pool.logs()
+        finally:
+            pool.stop()
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["summary"]["outcomes"] == {"migrated": len(records)}, err
+        with Journal(journal_url, "dst") as journal:
+            entries = journal.entries()
+        assert {e.state for e in entries} == {DONE}
+        with Stores.from_config_files(conf) as stores:
+            after = target.listing(stores)
+            for r in records:
+                location = next(i["location"] for i in report["images"]
+                                if i["image_id"] == r["image_id"])  # fmt: skip
+                with stores.get(location, hash_algo="sha512") as reader:
+                    assert sum(len(c) for c in reader) == r["size"]
+                    assert reader.multihash == r["os_hash_value"]
+        expected = set().union(*(target.expected(r["image_id"]) for r in records))
+        assert after - before == expected, "each image once, nothing left over"
+        assert len(restarted) == 2
