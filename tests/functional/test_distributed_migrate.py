@@ -346,9 +346,10 @@ def test_broker_and_database_restarted_mid_run_lose_nothing(
     xdist group with the other users of these servers: see tests/conftest.py.)"""
     from tests.functional.services import postgresql, rabbitmq
 
-    with migration_target("rbd", tmp_path_factory) as target, fresh_database(
-        "postgresql"
-    ) as journal_url:
+    with (
+        migration_target("rbd", tmp_path_factory) as target,
+        fresh_database("postgresql") as journal_url,
+    ):
         conf = write_config(tmp_path / "c.conf", tmp_path / "src", target.driver, target.options)
         rng = random.Random(60)
         records = add_images(conf, [rng.randrange(256 << 10, 2 << 20) for _ in range(60)], 4)
