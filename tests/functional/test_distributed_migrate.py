@@ -218,6 +218,7 @@ class SlowServer:
         self.server.server_close()
 
 
+@pytest.mark.parametrize("target", ["rbd"], indirect=True)  # the journal in MariaDB
 def test_a_worker_killed_mid_image_is_taken_over_once(
     tmp_path: Path, target: Target, broker: str, journal_url: str, workers: Any
 ) -> None:
