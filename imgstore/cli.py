@@ -321,6 +321,19 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
         help="how long an image stays this worker's without a renewal (renewed every "
         "third of it): a worker that dies gives its images up after this long (default 60)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=_positive,
+        metavar="N",
+        help="serve this worker's metrics as Prometheus text at http://HOST:N/metrics "
+        "(needs imgstore[metrics])",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address --metrics-port listens on (default 127.0.0.1)",
+    )
 
     p = command(
         "status",
@@ -990,14 +1003,23 @@ def cmd_worker(args: argparse.Namespace, stores: Stores) -> None:
     """``imgstore worker``."""
     from imgstore import distributed
 
-    distributed.run_worker(
-        args.broker,
-        args.journal,
-        stores,
-        args.concurrency,
-        "DEBUG" if args.debug else "INFO",
-        lease_seconds=args.lease_seconds,
-    )
+    stop_metrics = None
+    if args.metrics_port is not None:
+        from imgstore.metrics_server import serve
+
+        stop_metrics = serve(args.metrics_port, args.metrics_host)
+    try:
+        distributed.run_worker(
+            args.broker,
+            args.journal,
+            stores,
+            args.concurrency,
+            "DEBUG" if args.debug else "INFO",
+            lease_seconds=args.lease_seconds,
+        )
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 def cmd_status(args: argparse.Namespace, stores: Stores) -> None:

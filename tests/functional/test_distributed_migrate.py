@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -396,3 +397,77 @@ def test_broker_and_database_restarted_mid_run_lose_nothing(
         expected = set().union(*(target.expected(r["image_id"]) for r in records))
         assert after - before == expected, "each image once, nothing left over"
         assert len(restarted) == 2
+
+
+def get_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def test_flower_and_the_workers_metrics_show_the_run(tmp_path: Path, broker: str) -> None:
+    """Flower, pointed at the same broker, lists the worker and its tasks (with the
+    redacted source only); the worker's /metrics counts its adds."""
+    from tests.functional.test_migrate import free_port, sample, scrape
+
+    with fresh_database("postgresql") as journal_url:
+        conf = write_config(tmp_path / "c.conf", tmp_path / "src", "file",
+                            {"filesystem_store_datadir": tmp_path / "dst"})  # fmt: skip
+        records = add_images(conf, [1000 * n for n in range(6)], seed=5)
+        listing = tmp_path / "images.jsonl"
+        listing.write_text("".join(json.dumps(r) + "\n" for r in records))
+        flower_port, metrics_port = free_port(), free_port()
+        flower_log = (tmp_path / "flower.log").open("wb")
+        flower = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-b", broker, "flower",
+             "--address=127.0.0.1", f"--port={flower_port}"],
+            stdout=flower_log, stderr=subprocess.STDOUT,
+            env={**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"},
+        )  # fmt: skip
+        pool = Workers(tmp_path, conf, broker, journal_url)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    get_json(f"http://127.0.0.1:{flower_port}/api/tasks")
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            worker = pool.start("--metrics-port", str(metrics_port))
+            run = imgstore("--config-file", str(conf), "migrate", str(listing), "--to", "dst",
+                           "--broker", broker, "--journal", journal_url, "-q")  # fmt: skip
+            assert run.returncode == 0, run.stderr + pool.logs()
+            metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert metrics is not None, "the worker serves no metrics"
+            adds = sample(metrics, "imgstore_operation_duration_seconds_count",
+                          imgstore_backend="dst", imgstore_operation="add",
+                          imgstore_outcome="ok")  # fmt: skip
+            assert adds == len(records)
+            tasks: dict[str, Any] = {}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                tasks = get_json(f"http://127.0.0.1:{flower_port}/api/tasks")
+                if sum(1 for t in tasks.values() if t.get("state") == "SUCCESS") >= len(records):
+                    break
+                time.sleep(0.3)
+            mine = [t for t in tasks.values() if t.get("name") == "imgstore.migrate_image"]
+            assert len(mine) == len(records), tasks
+            assert {t["state"] for t in mine} == {"SUCCESS"}
+            # each task shows its image and redacted source (kwargsrepr), never the message
+            named = sorted(r["image_id"] for t in mine for r in records
+                           if r["image_id"] in str(t["kwargs"]))  # fmt: skip
+            assert named == sorted(r["image_id"] for r in records), mine
+            assert all("'source': 'file://" in str(t["kwargs"]) for t in mine), mine
+            workers_seen = get_json(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1")
+            assert any(f"-{worker.pid}-" in name for name in workers_seen), workers_seen
+            shown = json.dumps(tasks) + json.dumps(workers_seen)
+        finally:
+            pool.stop()
+            flower.terminate()
+            flower.wait(timeout=30)
+        password = str(require_service("rabbitmq")["password"])
+        db_password = str(sqlalchemy.engine.make_url(journal_url).password)
+        for secret in (password, db_password):
+            assert secret not in shown
+            assert secret not in (tmp_path / "flower.log").read_text(errors="replace")
