@@ -253,6 +253,21 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
             help=f"multihash algorithm where the input names none (default: {DEFAULT_HASH_ALGO})",
         )
 
+    def elsewhere(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--broker",
+            metavar="URL",
+            help="enqueue the images on this Celery broker (amqp://...) for 'imgstore worker' "
+            "processes on any number of hosts, instead of working here; needs --journal URL "
+            "of a database they all reach (imgstore[distributed])",
+        )
+        p.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="with --broker: return once the images are enqueued (default: wait for "
+            "them, with a progress bar, and report)",
+        )
+
     p = command(
         "migrate",
         cmd_migrate,
@@ -284,19 +299,7 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
         help="report each copy's disk format, virtual size and safety and count the "
         "unsafe ones, even where the target's image_inspection is off",
     )
-    p.add_argument(
-        "--broker",
-        metavar="URL",
-        help="enqueue the images on this Celery broker (amqp://...) for 'imgstore worker' "
-        "processes on any number of hosts, instead of copying here; needs --journal URL "
-        "of a database they all reach (imgstore[distributed])",
-    )
-    p.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="with --broker: return once the images are enqueued (default: wait for them, "
-        "with a progress bar, and report)",
-    )
+    elsewhere(p)
 
     p = command(
         "worker",
@@ -344,6 +347,13 @@ def _add_migration_commands(command: Callable[..., Any]) -> None:
 
     p = command("verify", cmd_verify, "re-read listed images and check their recorded hashes")
     many(p)
+    elsewhere(p)
+    p.add_argument(
+        "--journal",
+        metavar="URL",
+        help="with --broker: the database where the workers keep each image's outcome "
+        "(a fresh one per verify run)",
+    )
     p.add_argument(
         "--inspect",
         action="store_true",
@@ -956,35 +966,40 @@ def cmd_migrate(args: argparse.Namespace, stores: Stores) -> None:
 def _migrate_elsewhere(args: argparse.Namespace, stores: Stores, records: list[Any]) -> None:
     """``migrate --broker``: enqueue for the workers; wait and report unless --no-wait."""
     from imgstore import distributed
-    from imgstore.journal import Journal
-    from imgstore.journal_db import is_url
 
-    if not args.journal or not is_url(args.journal):
-        raise UsageError("--broker needs --journal URL: a database every worker reaches")
     if args.dry_run:
         raise UsageError("--dry-run runs here: leave out --broker")
     stores.driver(args.to)  # UnknownBackend now, not in every worker
     options = distributed.Options(
         args.to, args.delete_source, args.retry_failed, args.hash_algo, args.inspect
     )
-    started = time.monotonic()
-    since = time.time()
-    with Journal(args.journal, args.to) as journal:
-        sent = distributed.submit(args.broker, journal, records, options)
-        _note(f"migrate: {sent} of {len(records)} images enqueued on {journal.path}")
-        if args.no_wait:
-            return
-        report = _run_many(
-            args,
-            "migrate",
-            lambda bar: _waited(journal, records, since, bar, started),
-        )
-    if report.failed:
+    report = _elsewhere(args, records, options)
+    if report is not None and report.failed:
         raise SomeFailed(
             f"{len(report.failed)} of {len(report.images)} images failed"
             + (f"; see {args.report}" if args.report else ""),
             EXIT_FAILURE,
         )
+
+
+def _elsewhere(args: argparse.Namespace, records: list[Any], options: Any) -> Any:
+    """Enqueue ``records`` for the workers of ``--journal``; the report once they are done
+    (None with --no-wait)."""
+    from imgstore import distributed
+    from imgstore.journal import Journal
+    from imgstore.journal_db import is_url
+
+    if not args.journal or not is_url(args.journal):
+        raise UsageError("--broker needs --journal URL: a database every worker reaches")
+    label = args.command
+    started = time.monotonic()
+    since = time.time()
+    with Journal(args.journal, options.target) as journal:
+        sent = distributed.submit(args.broker, journal, records, options)
+        _note(f"{label}: {sent} of {len(records)} images enqueued on {journal.path}")
+        if args.no_wait:
+            return None
+        return _run_many(args, label, lambda bar: _waited(journal, records, since, bar, started))
 
 
 def _waited(journal: Any, records: list[Any], since: float, bar: Any, started: float) -> Any:
@@ -1047,10 +1062,37 @@ def cmd_status(args: argparse.Namespace, stores: Stores) -> None:
 
 def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:
     """``imgstore verify``."""
-    from imgstore.migration import MISMATCH, verify_images
+    from imgstore.migration import MISMATCH
 
     records = _read_input(args)
-    report = _run_many(
+    if args.broker:
+        from imgstore import distributed
+
+        report = _elsewhere(
+            args,
+            records,
+            distributed.Options(distributed.VERIFY, hash_algo=args.hash_algo, inspect=args.inspect),
+        )
+        if report is None:
+            return
+    elif args.journal:
+        raise UsageError("verify keeps a journal only with --broker")
+    else:
+        report = _verified_here(args, stores, records)
+    if report.failed:
+        mismatched = sum(1 for i in report.failed if i.outcome == MISMATCH)
+        raise SomeFailed(
+            f"{len(report.failed)} of {len(report.images)} images failed verification "
+            f"({mismatched} mismatched, {len(report.failed) - mismatched} unreadable)"
+            + (f"; see {args.report}" if args.report else ""),
+            EXIT_INTEGRITY if mismatched else EXIT_FAILURE,
+        )
+
+
+def _verified_here(args: argparse.Namespace, stores: Stores, records: list[Any]) -> Any:
+    from imgstore.migration import verify_images
+
+    return _run_many(
         args,
         "verify",
         lambda bar: verify_images(
@@ -1062,14 +1104,6 @@ def cmd_verify(args: argparse.Namespace, stores: Stores) -> None:
             inspect=args.inspect,
         ),
     )
-    if report.failed:
-        mismatched = sum(1 for i in report.failed if i.outcome == MISMATCH)
-        raise SomeFailed(
-            f"{len(report.failed)} of {len(report.images)} images failed verification "
-            f"({mismatched} mismatched, {len(report.failed) - mismatched} unreadable)"
-            + (f"; see {args.report}" if args.report else ""),
-            EXIT_INTEGRITY if mismatched else EXIT_FAILURE,
-        )
 
 
 def cmd_inspect(args: argparse.Namespace, stores: Stores) -> None:

@@ -44,18 +44,23 @@ from imgstore.exceptions import (
 from imgstore.journal import Journal
 from imgstore.migration import (
     FAILED,
+    OK,
     ImageOutcome,
     ImageRecord,
     Report,
     _Migration,
     _Tracker,
     make_record,
+    verify_one,
 )
 from imgstore.scrubbing import scrub
 
 LOG = logging.getLogger(__name__)
 
 TASK = "imgstore.migrate_image"
+VERIFY_TASK = "imgstore.verify_image"
+VERIFY = "@verify"
+"""The target a verify run's journal names (no backend is called so: a name with ``@``)."""
 LEASE_SECONDS = 60.0
 """How long an image's lease lasts without renewal: a worker that died gives its
 images up after this long. The worker renews every third of it."""
@@ -160,7 +165,7 @@ def submit(broker: str, journal: Journal, records: Sequence[ImageRecord], option
         with app.producer_or_acquire() as producer:
             for record in todo:
                 app.send_task(
-                    TASK,
+                    VERIFY_TASK if options.target == VERIFY else TASK,
                     kwargs={
                         "journal": journal.id,
                         "record": _record_dict(record),
@@ -238,6 +243,42 @@ class Worker:
         LOG.info("image %s: %s", record.image_id, outcome.outcome)
         return None
 
+    def verify(
+        self, journal_id: str, raw: dict[str, Any], raw_options: dict[str, Any]
+    ) -> float | None:
+        """Verify one image, keeping its outcome in the journal (``done`` when its bytes
+        verified, else ``failed``); like :meth:`migrate`, None or the seconds to wait."""
+        if journal_id != self.journal.id or self.journal.target != VERIFY:
+            raise InvalidArgument(
+                f"a verify task of journal {journal_id} reached the worker of journal "
+                f"{self.journal.id} (to {self.journal.target!r})"
+            )
+        record = make_record(raw, raw.get("line", 0))
+        options = Options(**raw_options)
+        journal = self.journal
+        entry = journal.add(record.image_id, record.shown)
+        if entry.outcome is not None:
+            return None
+        if not journal.claim(record.image_id, self.lease_seconds):
+            return max((entry.lease_expires or 0) - time.time(), 0) + 1
+        try:
+            with _renewing(journal, record.image_id, self.lease_seconds):
+                outcome = verify_one(
+                    self.stores, record, options.hash_algo, options.inspect,
+                    _Tracker([record], None),
+                )  # fmt: skip
+            if outcome.outcome == OK:
+                journal.present(record.image_id, record.shown, outcome.size or 0,
+                                outcome.os_hash_algo)  # fmt: skip
+            else:
+                journal.failed(record.image_id, outcome.error_type or "Error",
+                               outcome.error or outcome.outcome)  # fmt: skip
+            journal.record_outcome(record.image_id, json.dumps(dataclasses.asdict(outcome)))
+        finally:
+            journal.release(record.image_id)
+        LOG.info("image %s: %s", record.image_id, outcome.outcome)
+        return None
+
 
 @contextmanager
 def _renewing(journal: Journal, image_id: str, seconds: float) -> Iterator[None]:
@@ -291,6 +332,14 @@ def register(app: Any, worker: Worker) -> None:
         task: Any, journal: str, record: dict[str, Any], options: dict[str, Any]
     ) -> None:
         wait = worker.migrate(journal, record, options)
+        if wait is not None:
+            raise task.retry(countdown=wait)
+
+    @app.task(name=VERIFY_TASK, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def verify_image(
+        task: Any, journal: str, record: dict[str, Any], options: dict[str, Any]
+    ) -> None:
+        wait = worker.verify(journal, record, options)
         if wait is not None:
             raise task.retry(countdown=wait)
 
@@ -437,6 +486,13 @@ def report(journal: Journal, records: Sequence[ImageRecord], seconds: float) -> 
                     error=None if entry and entry.state == journal_mod.DONE else "not finished",
                 )
             )
+    if journal.target == VERIFY:
+        return Report(
+            operation="verify",
+            images=images,
+            seconds=seconds,
+            bytes=sum(i.size or 0 for i in images),
+        )
     return Report(
         operation="migrate",
         images=images,

@@ -198,9 +198,11 @@ class Journal:
         entry = self.get(image_id)
         if entry is None:
             raise InvalidArgument(f"journal: no image {image_id!r}")
-        if entry.state == to and self.worker in (entry.lease_owner, entry.worker):
+        mine = entry.worker if to in (DONE, FAILED) else entry.lease_owner
+        if entry.state == to and mine == self.worker:
             # this worker's own update, whose answer was lost when the database went
-            # away and which was sent again (only the lease holder moves an image)
+            # away and which was sent again (a finish records its worker; any other move
+            # is made by the lease holder only)
             return
         raise InvalidArgument(f"journal: image {image_id} cannot go from {entry.state} to {to}")
 

@@ -912,56 +912,7 @@ def verify_images(
     tracker = _Tracker(records, progress)
 
     def one(record: ImageRecord) -> ImageOutcome:
-        t0 = time.monotonic()
-        out = ImageOutcome(
-            record.image_id,
-            OK,
-            record.shown,
-            location=record.shown,
-            size=record.size,
-            checksum=record.checksum,
-            os_hash_algo=record.os_hash_algo,
-            os_hash_value=record.os_hash_value,
-            checked=_checked(record),
-        )
-        algo = record.os_hash_algo or hash_algo
-        try:
-            with stores.get(
-                record.location,
-                hash_algo=algo,
-                expected_multihash=record.os_hash_value,
-                expected_checksum=record.checksum,
-            ) as reader:
-                if record.size is not None and reader.size != record.size:
-                    raise SizeMismatch(
-                        f"{record.shown} holds {reader.size} bytes, the record says {record.size}"
-                    )
-                update = tracker.callback(record.image_id)
-                inspector = (
-                    StreamInspector(InspectionPolicy("report"), None, record.shown)
-                    if inspect
-                    else None
-                )
-                for chunk in reader:
-                    if inspector is not None:
-                        inspector.update(chunk)
-                    update(reader.bytes_read, reader.size)
-                if inspector is not None:
-                    out.inspection = inspector.result().as_dict()
-                if out.os_hash_value is None:
-                    out.os_hash_algo, out.os_hash_value = algo, reader.multihash
-                out.size = reader.size
-        except IntegrityError as exc:
-            out.outcome = MISMATCH
-            out.error_type, out.error = _error_fields(exc, record)
-        except Exception as exc:
-            out.outcome = UNREADABLE
-            out.error_type, out.error = _error_fields(exc, record)
-        if out.error:
-            LOG.warning("image %s: %s", record.image_id, out.error)
-        out.seconds = round(time.monotonic() - t0, 3)
-        tracker.finish(record, out.outcome != OK)
-        return out
+        return verify_one(stores, record, hash_algo, inspect, tracker)
 
     outcomes = _run_all(one, records, concurrency, threading.Event())
     return Report(
@@ -971,3 +922,61 @@ def verify_images(
         bytes=tracker.bytes,
         concurrency=concurrency,
     )
+
+
+def verify_one(
+    stores: Stores,
+    record: ImageRecord,
+    hash_algo: str,
+    inspect: bool,
+    tracker: _Tracker,
+) -> ImageOutcome:
+    """Read one image back and check it against its record (see :func:`verify_images`)."""
+    t0 = time.monotonic()
+    out = ImageOutcome(
+        record.image_id,
+        OK,
+        record.shown,
+        location=record.shown,
+        size=record.size,
+        checksum=record.checksum,
+        os_hash_algo=record.os_hash_algo,
+        os_hash_value=record.os_hash_value,
+        checked=_checked(record),
+    )
+    algo = record.os_hash_algo or hash_algo
+    try:
+        with stores.get(
+            record.location,
+            hash_algo=algo,
+            expected_multihash=record.os_hash_value,
+            expected_checksum=record.checksum,
+        ) as reader:
+            if record.size is not None and reader.size != record.size:
+                raise SizeMismatch(
+                    f"{record.shown} holds {reader.size} bytes, the record says {record.size}"
+                )
+            update = tracker.callback(record.image_id)
+            inspector = (
+                StreamInspector(InspectionPolicy("report"), None, record.shown) if inspect else None
+            )
+            for chunk in reader:
+                if inspector is not None:
+                    inspector.update(chunk)
+                update(reader.bytes_read, reader.size)
+            if inspector is not None:
+                out.inspection = inspector.result().as_dict()
+            if out.os_hash_value is None:
+                out.os_hash_algo, out.os_hash_value = algo, reader.multihash
+            out.size = reader.size
+    except IntegrityError as exc:
+        out.outcome = MISMATCH
+        out.error_type, out.error = _error_fields(exc, record)
+    except Exception as exc:
+        out.outcome = UNREADABLE
+        out.error_type, out.error = _error_fields(exc, record)
+    if out.error:
+        LOG.warning("image %s: %s", record.image_id, out.error)
+    out.seconds = round(time.monotonic() - t0, 3)
+    tracker.finish(record, out.outcome != OK)
+    return out

@@ -361,8 +361,8 @@ def test_broker_and_database_restarted_mid_run_lose_nothing(
             before = target.listing(stores)
         pool = Workers(tmp_path, conf, broker, journal_url)
         try:
-            for _ in range(3):
-                pool.start()
+            for _ in range(3):  # an image whose task the restart cut waits out its lease
+                pool.start("--lease-seconds", "6")
             run = subprocess.Popen(
                 [*COMMAND, "--config-file", str(conf), "migrate", str(listing), "--to", "dst",
                  "--broker", broker, "--journal", journal_url,
@@ -471,3 +471,32 @@ def test_flower_and_the_workers_metrics_show_the_run(tmp_path: Path, broker: str
         for secret in (password, db_password):
             assert secret not in shown
             assert secret not in (tmp_path / "flower.log").read_text(errors="replace")
+
+
+def test_verify_fans_out_the_same_way(tmp_path: Path, broker: str) -> None:
+    """``verify --broker``: 2 workers re-read every image; the report equals a single-host
+    verify's (one image changed after its hashes were recorded: mismatch, exit 4)."""
+    with fresh_database("mariadb") as journal_url:
+        conf = write_config(tmp_path / "c.conf", tmp_path / "src", "file",
+                            {"filesystem_store_datadir": tmp_path / "dst"})  # fmt: skip
+        records = add_images(conf, [5000 * n for n in range(12)], seed=6)
+        changed = tmp_path / "src" / records[5]["image_id"]
+        changed.write_bytes(changed.read_bytes()[::-1])
+        listing = tmp_path / "images.jsonl"
+        listing.write_text("".join(json.dumps(r) + "\n" for r in records))
+        single = imgstore("--config-file", str(conf), "verify", str(listing),
+                          "--report", str(tmp_path / "single.json"), "-q")  # fmt: skip
+        assert single.returncode == 4, single.stderr
+        pool = Workers(tmp_path, conf, broker, journal_url)
+        try:
+            for _ in range(2):
+                pool.start()
+            run = imgstore("--config-file", str(conf), "verify", str(listing), "--broker",
+                           broker, "--journal", journal_url,
+                           "--report", str(tmp_path / "distributed.json"), "-q")  # fmt: skip
+        finally:
+            pool.stop()
+        assert run.returncode == 4, run.stderr + pool.logs()
+        distributed = json.loads((tmp_path / "distributed.json").read_text())
+        assert distributed["summary"]["outcomes"] == {"ok": 11, "mismatch": 1}
+        assert compared(distributed) == compared(json.loads((tmp_path / "single.json").read_text()))
