@@ -35,10 +35,6 @@ Built on python-swiftclient; the options keep glance_store's names, so an existi
 * **delete** removes a manifest first, then its segments (glance_store's DLOs too).
 * **locations** never carry credentials (glance_store's old ``user:key@`` form is
   read, its credentials dropped).
-* **errors**: HTTP statuses as :func:`imgstore.exceptions.for_status` maps them, a
-  refused login as :class:`AuthenticationFailed`, connection failures as
-  :class:`BackendUnavailable`, a server certificate that fails verification as a
-  :class:`BackendError` naming the server and ``swift_store_cacert``.
 """
 
 from __future__ import annotations
@@ -109,9 +105,6 @@ GROWTH_EVERY = 100
 """Unknown size: the segment size doubles after every this many segments (a tenth of
 ``max_manifest_segments`` for an SLO: 100 at Swift's default; always 100 for a DLO)."""
 SCHEMES = ("swift", "swift+http", "swift+https", "swift+config")
-
-
-# -- locations ----------------------------------------------------------------
 
 
 @register
@@ -200,9 +193,6 @@ def _strip_scheme(url: str) -> tuple[str, str]:
     return parts.scheme, (parts.netloc + parts.path).rstrip("/")
 
 
-# -- credentials ------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class Account:
     """How to reach one Swift account: credentials to log in, or a token and storage URL."""
@@ -236,9 +226,6 @@ def _read_references(path: str) -> dict[str, dict[str, str]]:
     except (OSError, configparser.Error) as exc:
         raise BadConfiguration(f"cannot read swift_store_config_file {path}: {exc}") from None
     return {name: dict(parser.items(name)) for name in parser.sections()}
-
-
-# -- the cluster's limits -------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,9 +319,6 @@ def _tls_server(exc: BaseException) -> str:
     return f"https://{match.group(1)}:{match.group(2)}" if match else "the Swift server"
 
 
-# -- the driver -------------------------------------------------------------------
-
-
 class SwiftDriver(Driver):
     """Stores images as objects (or large objects) in Swift containers."""
 
@@ -352,7 +336,6 @@ class SwiftDriver(Driver):
             ),
             cfg.StrOpt(
                 "swift_store_user",
-                secret=False,
                 help="'account:user' (auth 1) or 'project:user' (Keystone).",
             ),
             cfg.StrOpt("swift_store_key", secret=True, help="The user's key or password."),
@@ -592,15 +575,10 @@ class SwiftDriver(Driver):
         project_id: str | None = None,
         catalog: list[dict[str, Any]] | None = None,
     ) -> Iterator[None]:
-        """Act with ``token`` on the account at ``storage_url`` inside the ``with`` block.
-
-        Without ``storage_url`` it is the caller's service ``catalog``'s object-store
-        endpoint (``swift_store_service_type``, ``swift_store_endpoint_type``,
-        ``swift_store_region``), as glance_store's multi-tenant store finds it. A
-        location naming another storage URL is read only when that URL is one of the
-        catalog's object-store endpoints (or on the same endpoint as ``storage_url``):
-        the token goes nowhere else. ``project_id`` is accepted for callers that pass
-        every driver the same arguments."""
+        """Act with ``token`` on the account at ``storage_url`` (by default the object-store
+        endpoint of the caller's ``catalog``, as glance_store finds it) inside the ``with``
+        block; other storage URLs only when the catalog names them (or ``storage_url``'s
+        endpoint). ``project_id``: for callers that pass every driver the same arguments."""
         del project_id  # the storage URL names the account
         c = self.conf
         if not storage_url:
@@ -666,28 +644,17 @@ class SwiftDriver(Driver):
         """
         from swiftclient import client as sc
 
-        cached = self._tokens.get(account)
-        kwargs: dict[str, Any] = {
-            "retries": self.retries if retries is None else retries,
-            "starting_backoff": 0.5,
-            "max_backoff": 8,
-            "timeout": self.timeout,
-            "cacert": self.cacert,
-            "insecure": self.insecure,
-        }
-        if account.token is not None:
-            kwargs.update(preauthurl=account.storage_url, preauthtoken=account.token)
+        if account.token is not None:  # the caller's: no login possible
+            preauth: tuple[str | None, str | None] = (account.storage_url, account.token)
         else:
-            kwargs.update(
-                authurl=account.auth_url,
-                user=account.user,
-                key=account.key,
-                auth_version=account.auth_version,
-                os_options=dict(account.os_options),
-            )
-            if cached is not None and not fresh:
-                kwargs.update(preauthurl=cached[0], preauthtoken=cached[1])
-        return sc.Connection(**kwargs)
+            preauth = (None, None) if fresh else self._tokens.get(account, (None, None))
+        return sc.Connection(
+            authurl=account.auth_url, user=account.user, key=account.key,
+            auth_version=account.auth_version, os_options=dict(account.os_options),
+            preauthurl=preauth[0], preauthtoken=preauth[1],
+            retries=self.retries if retries is None else retries, starting_backoff=0.5,
+            max_backoff=8, timeout=self.timeout, cacert=self.cacert, insecure=self.insecure,
+        )  # fmt: skip
 
     @contextlib.contextmanager
     def mapped(self, doing: str) -> Iterator[None]:
@@ -889,12 +856,9 @@ class SwiftDriver(Driver):
 
     def limits(self, account: Account) -> SwiftLimits:
         """The limits of ``account``'s cluster: ``GET /info`` the first time, then kept.
-
-        When ``/info`` is disabled or unreadable (403 or another HTTP error, a body
-        that is not JSON), Swift's defaults hold, and are kept unless the answer was a
-        5xx other than 501 (asked again next time). A server that cannot be reached or
-        verified, or a refused login, raises as the write would have.
-        """
+        When ``/info`` is disabled or unreadable, Swift's defaults hold (kept, unless
+        the answer was a 5xx other than 501); a server that cannot be reached or
+        verified, or a refused login, raises as the write would have."""
         key = _cluster_key(account)
         with self._lock:
             known = self._limits.get(key)
@@ -937,11 +901,10 @@ class SwiftDriver(Driver):
         container = self.container_for(image_id)
         location = self._location(account, container, image_id)
         limits = self.limits(account)
-        largest = limits.max_file_size
         self._ensure_container(account, container)
         if self._exists(account, container, image_id, f"checking {location.redacted()}"):
             raise self.duplicate(image_id)
-        if size is not None and size < self.large_object_size and size <= largest:
+        if size is not None and size < self.large_object_size and size <= limits.max_file_size:
             return SwiftPutWriter(self, account, location, size)
         return SwiftSegmentWriter(self, account, location, size, limits)
 
@@ -967,24 +930,28 @@ class SwiftDriver(Driver):
         account = self._account_for(loc)
         doing = f"deleting {loc.redacted()}"
         headers = self.head(account, loc.container, loc.obj, doing)
-        if str(headers.get("x-static-large-object", "")).lower() == "true":
-            self._delete_slo(account, loc, doing)
-            return
         segments: list[tuple[str, str]] = []
-        if headers.get("x-object-manifest"):  # a DLO (glance_store's kind)
-            seg_container, _, prefix = unquote_path(headers["x-object-manifest"]).partition("/")
-            _, listing = self.call(
-                account, doing, "get_container", seg_container, prefix=prefix, full_listing=True
-            )
-            segments = [
-                (seg_container, o["name"])
-                for o in listing
-                if not (seg_container == loc.container and o["name"] == loc.obj)
-            ]
-        # the manifest first: a reader then sees NotFound, never a broken image. It was
-        # there (HEAD): a 404 now is swiftclient's retry after an answer that was lost
-        with contextlib.suppress(NotFound):
-            self.call(account, doing, "delete_object", loc.container, loc.obj)
+        if str(headers.get("x-static-large-object", "")).lower() == "true":
+            segments = self._slo_segments(account, loc.container, loc.obj, doing) or []
+            self.call(account, doing, "delete_object", loc.container, loc.obj,
+                      query_string="multipart-manifest=delete")  # fmt: skip
+            # the server deleted the segments too, unless it removed only the manifest
+            if segments and not self._exists(account, *segments[0], doing):
+                segments = []
+        else:
+            if headers.get("x-object-manifest"):  # a DLO (glance_store's kind)
+                seg_container, _, prefix = unquote_path(headers["x-object-manifest"]).partition("/")
+                _, listing = self.call(account, doing, "get_container", seg_container,
+                                       prefix=prefix, full_listing=True)  # fmt: skip
+                segments = [
+                    (seg_container, o["name"])
+                    for o in listing
+                    if not (seg_container == loc.container and o["name"] == loc.obj)
+                ]
+            # the manifest first: a reader then sees NotFound, never a broken image. It was
+            # there (HEAD): a 404 now is swiftclient's retry after an answer that was lost
+            with contextlib.suppress(NotFound):
+                self.call(account, doing, "delete_object", loc.container, loc.obj)
         self.delete_segments(account, segments, loc.redacted())
         self.drop_image_container(account, loc)
 
@@ -1001,18 +968,6 @@ class SwiftDriver(Driver):
             return None
         return [(unquote_path(c), unquote_path(o)) for c, _, o in names] or None
 
-    def _delete_slo(self, account: Account, loc: SwiftLocation, doing: str) -> None:
-        """Delete an SLO and its segments (``multipart-manifest=delete``)."""
-        segments = self._slo_segments(account, loc.container, loc.obj, doing) or []
-        self.call(
-            account, doing, "delete_object", loc.container, loc.obj,
-            query_string="multipart-manifest=delete",
-        )  # fmt: skip
-        # a server that removed only the manifest: delete the segments one by one
-        if segments and self._exists(account, *segments[0], doing):
-            self.delete_segments(account, segments, loc.redacted())
-        self.drop_image_container(account, loc)
-
     def _own_containers(self, account: Account) -> list[str]:
         """The configured container and, with the multiple-containers seed, its siblings."""
         if not self.seed:
@@ -1024,13 +979,9 @@ class SwiftDriver(Driver):
         return [str(c["name"]) for c in listing]
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
-        """Segments (``<id>-<writer token>-<number>``) that no manifest names.
-
-        A segmented add names its segments after the image and a token of its
-        own, and writes the manifest last; segments whose manifest is missing
-        (or names other segments) were left by an add that died. Their age is
-        that of the newest segment, so an add still uploading is spared.
-        """
+        """Segments (``<id>-<writer token>-<number>``) that no manifest names: an add
+        that died left them (the manifest comes last). Their age is that of the newest
+        segment, so an add still uploading is spared."""
         account = self._current()
         now = datetime.datetime.now(tz=datetime.timezone.utc)
         for container in self._own_containers(account):
@@ -1103,9 +1054,6 @@ class SwiftDriver(Driver):
                 "backend %r: %d segments of %s could not be deleted: %s",
                 self.backend, len(left), shown, ", ".join(left[:10]),
             )  # fmt: skip
-
-
-# -- reading -------------------------------------------------------------------------
 
 
 class SwiftStream(ReadStream):
@@ -1189,9 +1137,6 @@ class SwiftStream(ReadStream):
 
     def __repr__(self) -> str:
         return f"<SwiftStream {self._loc.redacted()} size={self.size}>"
-
-
-# -- writing -------------------------------------------------------------------------
 
 
 class _ImageWriter(Writer):
