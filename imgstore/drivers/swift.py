@@ -1153,14 +1153,16 @@ class _ImageWriter(Writer):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._shown}>"
 
-    def _put(self, conn: Any, body: Any, length: int, headers: Any = (), **kwargs: Any) -> None:
+    def _put(
+        self, conn: Any, body: Any, length: int, headers: dict[str, str] | None = None, **kw: Any
+    ) -> None:
         """PUT the object that makes the image on ``conn``, with ``headers`` added
-        (``kwargs``: more of swiftclient's ``put_object``, as ``query_string``)."""
+        (``kw``: more of swiftclient's ``put_object``, as ``query_string``)."""
         loc = self._location
         conn.put_object(
             loc.container, loc.obj, contents=body, content_length=length,
-            headers={"If-None-Match": "*", WRITER_HEADER: self._token, **dict(headers)},
-            content_type="application/octet-stream", **kwargs,
+            headers={"If-None-Match": "*", WRITER_HEADER: self._token, **(headers or {})},
+            content_type="application/octet-stream", **kw,
         )  # fmt: skip
 
     def _settle(self, exc: ImgstoreError) -> None:
