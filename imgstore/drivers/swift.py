@@ -1,95 +1,40 @@
 """The OpenStack Swift driver (``swift://``, ``swift+http(s)://``, ``swift+config://``).
 
-Built on python-swiftclient. Options keep glance_store's names
-(``swift_store_auth_address``, ``swift_store_container``...), so an existing
+Built on python-swiftclient; the options keep glance_store's names, so an existing
 ``[glance_store]`` section works unchanged.
 
-* **auth**: v1 (tempauth, radosgw) with ``swift_store_user = account:user``;
-  Keystone v3 (and v2, untested) with ``swift_store_user = project:user``
-  plus the domain options. Credentials may come from
-  ``swift_store_config_file`` (glance_store's ``swift.conf`` with named
-  references, ``default_swift_reference`` chooses one). A token is shared by
-  all requests of a backend; a 401 makes swiftclient authenticate again and
-  repeat the request, so a token that expires in the middle of a segmented
-  upload costs one re-authentication, not the upload. Swift checks a token
-  when a request starts, so one that expires while a body flows does no
-  harm; but a streaming PUT cannot be repeated (its body is the caller's
-  stream, read once), so it logs in again just before it starts, never with
-  a shared token that may have expired since the last request (Keystone
-  hands out a new token; tempauth the same one while it lives). With the
-  caller's token (multi-tenant) no new login is possible: an expired one is
+* **auth**: v1 (tempauth, radosgw) with ``swift_store_user = account:user``; Keystone
+  v3 (and v2, untested) with ``project:user`` and the domain options; or the named
+  references of ``swift_store_config_file`` (glance_store's ``swift.conf``). One token
+  serves all requests of a backend; on a 401 swiftclient logs in again and repeats the
+  request. A streaming PUT cannot be repeated (its body is read once), so it logs in
+  just before it starts. With the caller's token (multi-tenant) an expired one is
   :class:`AuthenticationFailed`.
-* **multi-tenant** (``swift_store_multi_tenant = True``): no configured
-  credentials; the caller gives a token and a storage URL, or its Keystone
-  service catalog, per operation::
+* **multi-tenant** (``swift_store_multi_tenant``): the caller gives a token and a
+  storage URL, or its service catalog, per operation::
 
-      drv = stores.driver("swift")
-      with drv.credentials(token=request_token, catalog=request_catalog):
+      with stores.driver("swift").credentials(token=token, catalog=catalog):
           stores.add(image_id, data)
 
   Each image gets a container of its own (``<container>_<id>``, glance_store's
-  layout), removed with it; :meth:`SwiftDriver.set_acls` shares it with other
-  projects (Swift container ACLs). A location naming another storage URL is
-  followed only to an object-store endpoint of the caller's catalog (or the
-  endpoint of the storage URL it gave): a crafted location never carries the
-  caller's token to another host (:mod:`imgstore.drivers.swift_endpoints`).
-
-  :meth:`SwiftDriver.credentials` is a context manager (a ``contextvars``
-  variable, so it follows the calling thread or task); an operation captures
-  the credentials when it starts. Locations then name the storage URL
-  (``swift+https://host/v1/AUTH_project/container/object``), as
-  glance_store's multi-tenant store wrote them; reads and deletes go to that
-  storage URL with the caller's token. The same context manager also works
-  in single-tenant mode, to act for another account.
-* **add**: an image of known size below ``swift_store_large_object_size`` and
-  not above the cluster's ``max_file_size`` is one streaming PUT (its last
-  chunk is held back until commit, so the object never appears early). Larger
-  images, and images of unknown size that outgrow one segment, become a Static
-  Large Object: segments of ``swift_store_large_object_chunk_size`` upload on
-  ``swift_store_thread_pools`` threads while the next one fills
-  (back-pressure: at most threads + 1 segment buffers per add), then the
-  manifest is PUT. ``swift_store_large_object_type = dlo`` writes a Dynamic
-  Large Object instead (``X-Object-Manifest``, for old readers). Segment
-  names are ``<object>-<nonce>-<n:05d>`` in the image's container (the nonce
-  keeps two racing writers of one id apart). Any failure deletes every
-  segment written. The object is created with ``If-None-Match: *`` (after a
-  HEAD), so an existing image is never overwritten: :class:`Duplicate`. That
-  object carries the writer's random token (``X-Object-Meta-Imgstore-Writer``):
-  when the server stored it but answered an error (a retry then meets it, 412),
-  the writer knows it for its own and the add succeeds. The single streaming PUT
-  is not retried (its body cannot be sent again); segments and manifests are.
-* **the cluster's limits** come from ``GET /info`` (swiftclient's
-  ``get_capabilities``), asked once per cluster and kept by the driver:
-  ``swift.max_file_size`` (the largest object, so also the largest segment) and
-  ``slo.max_manifest_segments``. When ``/info`` is disabled or unreadable,
-  Swift's defaults hold (5 GiB + 2 bytes, 1000 segments). A segment is never
-  larger than ``max_file_size``; for a known size the segment size grows (to
-  ``ceil(size / max_manifest_segments)``, rounded up to a MiB) so that an SLO
-  stays within the manifest limit, and an image that cannot fit even in segments
-  of ``max_file_size`` is :class:`InvalidArgument` before anything is written;
-  for an unknown size the segment size doubles every tenth of the limit (never
-  above ``max_file_size``) and an image that outgrows even that is
-  :class:`InvalidArgument` with every segment deleted. A DLO has no manifest
-  limit (the ``dlo`` filter pages through the container listing): its segments
-  keep their size, up to the 99,999 of the five-digit segment numbers.
-* **get**: a streaming GET; an offset/length read sends ``Range``
-  (READ_RANDOM). When the connection drops mid-body, the core asks again
-  for the rest with ``Range`` (up to ``swift_store_retry_get_count`` times,
-  with backoff) and checks the ETag (the stream's version) did not change, so
-  the caller gets exactly the bytes of the image.
-* **large objects of glance_store**: a DLO manifest (``X-Object-Manifest``,
-  ``<obj>-00001`` segments) is read like any object; ``delete`` removes the
-  manifest and then every segment under its prefix, and an SLO's manifest
-  and then the segments it lists.
-* **locations** never carry credentials. glance_store's old form
-  ``swift://account:user:key@auth/container/object`` is still read (the
-  credentials are dropped: the configured ones are used) and redacted.
-* errors: 404 -> :class:`NotFound`, 401/403 and refused logins ->
-  :class:`AuthenticationFailed`, 5xx and connection failures (after
-  swiftclient's retries) -> :class:`BackendUnavailable`; a server certificate
-  that fails verification (``swift_store_cacert``) -> :class:`BackendError`
-  saying so, naming the server. No key or token reaches a log record, message
-  or repr.
+  layout), shared by :meth:`SwiftDriver.set_acls`. A location naming another storage
+  URL is followed only to an object-store endpoint of the caller's catalog (or of the
+  storage URL it gave): a crafted location never carries the token to another host
+  (:mod:`imgstore.drivers.swift_endpoints`).
+* **add**: an image of known size below ``swift_store_large_object_size`` (and not
+  above the cluster's ``max_file_size``) is one streaming PUT whose last chunk waits
+  for commit; anything larger is a Static Large Object (``dlo``: a Dynamic one) of
+  segments uploaded on ``swift_store_thread_pools`` threads, sized to fit the
+  cluster's limits (``GET /info``, or Swift's defaults). Segments are named
+  ``<object>-<nonce>-<n:05d>`` and deleted on any failure. The object is created with
+  ``If-None-Match: *`` and the writer's random token (``X-Object-Meta-Imgstore-Writer``),
+  so an existing image is :class:`Duplicate` and an answer that was lost after the
+  server stored it does not fail the add.
+* **get**: a streaming GET, with ``Range`` for part of an image; the core resumes a
+  cut read (``swift_store_retry_get_count``), checking the ETag did not change.
+* **delete** removes a manifest first, then its segments (glance_store's DLOs too).
+* **locations** never carry credentials (glance_store's old ``user:key@`` form is
+  read, its credentials dropped).
 """
 
 from __future__ import annotations
@@ -106,7 +51,7 @@ import secrets as secrets_mod
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 from oslo_config import cfg
 
@@ -160,9 +105,6 @@ GROWTH_EVERY = 100
 """Unknown size: the segment size doubles after every this many segments (a tenth of
 ``max_manifest_segments`` for an SLO: 100 at Swift's default; always 100 for a DLO)."""
 SCHEMES = ("swift", "swift+http", "swift+https", "swift+config")
-
-
-# -- locations ----------------------------------------------------------------
 
 
 @register
@@ -251,9 +193,6 @@ def _strip_scheme(url: str) -> tuple[str, str]:
     return parts.scheme, (parts.netloc + parts.path).rstrip("/")
 
 
-# -- credentials ------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class Account:
     """How to reach one Swift account: credentials to log in, or a token and storage URL."""
@@ -287,9 +226,6 @@ def _read_references(path: str) -> dict[str, dict[str, str]]:
     except (OSError, configparser.Error) as exc:
         raise BadConfiguration(f"cannot read swift_store_config_file {path}: {exc}") from None
     return {name: dict(parser.items(name)) for name in parser.sections()}
-
-
-# -- the cluster's limits -------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +274,7 @@ def _cluster_key(account: Account) -> str:
 # -- errors --------------------------------------------------------------------------
 
 
-def _segments_refused_the_token(exc: BaseException) -> bool:
+def _segments_refused_the_token(exc: BaseException | None) -> bool:
     """Whether ``exc`` is an SLO manifest PUT refused (400) because the proxy's checks of
     the segments, made with the manifest's token, got 401: the token expired in between."""
     if _status(exc) != 400:
@@ -348,15 +284,23 @@ def _segments_refused_the_token(exc: BaseException) -> bool:
     return "401 Unauthorized" in text
 
 
-def _status(exc: BaseException) -> int | None:
+def _status(exc: BaseException | None) -> int | None:
+    """The HTTP status Swift answered with, when ``exc`` carries one."""
     status = getattr(exc, "http_status", None)
     if status is None:
         status = getattr(exc, "status_code", None)
     return int(status) if isinstance(status, int) else None
 
 
-def _is_http_error(exc: BaseException, *codes: int) -> bool:
-    return _status(exc) in codes
+_DETAILS: dict[type[ImgstoreError], str] = {
+    NotFound: "not found",
+    AuthenticationFailed: "refused ({})",
+    StorageFull: "Swift has no room ({})",
+    Duplicate: "the object already exists",
+}
+"""What :meth:`SwiftDriver.map_error` says of a status, by the class it maps to."""
+_TEMPORARY = ("Connection", "Timeout", "ConnectFailure", "Protocol", "IncompleteRead")
+"""Words in the names of exceptions that are a failure of the network, not of Swift."""
 
 
 _POOL_HOST_RE = re.compile(r"host='([^'\s]+)', port=(\d+)")
@@ -373,9 +317,6 @@ def _tls_server(exc: BaseException) -> str:
             return f"{parts.scheme}://{host}{port}"
     match = _POOL_HOST_RE.search(str(exc))
     return f"https://{match.group(1)}:{match.group(2)}" if match else "the Swift server"
-
-
-# -- the driver -------------------------------------------------------------------
 
 
 class SwiftDriver(Driver):
@@ -395,7 +336,6 @@ class SwiftDriver(Driver):
             ),
             cfg.StrOpt(
                 "swift_store_user",
-                secret=False,
                 help="'account:user' (auth 1) or 'project:user' (Keystone).",
             ),
             cfg.StrOpt("swift_store_key", secret=True, help="The user's key or password."),
@@ -516,6 +456,7 @@ class SwiftDriver(Driver):
     def configure(self) -> None:
         conf = self.conf
         self.multi_tenant = bool(conf.swift_store_multi_tenant)
+        self.per_request = self.multi_tenant  # every operation with the caller's credentials
         self.container: str = conf.swift_store_container
         if not self.container or "/" in self.container:
             raise BadConfiguration(f"backend {self.backend!r}: bad swift_store_container")
@@ -545,14 +486,7 @@ class SwiftDriver(Driver):
         self.account: Account | None = None
         if conf.swift_store_config_file:
             for name, section in _read_references(conf.swift_store_config_file).items():
-                self._accounts[name] = self._account(
-                    section.get("auth_address"),
-                    section.get("user"),
-                    section.get("key"),
-                    section.get("auth_version", "3"),
-                    section,
-                    reference=name,
-                )
+                self._accounts[name] = self._account(section, reference=name)
             self.reference = conf.default_swift_reference
             if not self.multi_tenant:
                 if self.reference not in self._accounts:
@@ -562,23 +496,13 @@ class SwiftDriver(Driver):
                     )
                 self.account = self._accounts[self.reference]
         elif not self.multi_tenant:
-            missing = [
-                n
-                for n in ("swift_store_auth_address", "swift_store_user", "swift_store_key")
-                if not conf.get(n)
-            ]
+            keys = ("auth_address", "user", "key", "auth_version", "user_domain_name",
+                    "project_domain_name")  # fmt: skip
+            options = {k: conf[f"swift_store_{k}"] for k in keys}
+            missing = [f"swift_store_{k}" for k in keys[:3] if not options[k]]
             if missing:
                 raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
-            self.account = self._account(
-                conf.swift_store_auth_address,
-                conf.swift_store_user,
-                conf.swift_store_key,
-                conf.swift_store_auth_version,
-                {
-                    "user_domain_name": conf.swift_store_user_domain_name,
-                    "project_domain_name": conf.swift_store_project_domain_name,
-                },
-            )
+            self.account = self._account(options)
         try:
             import swiftclient  # type: ignore[import-untyped]  # noqa: F401
         except ImportError:
@@ -586,25 +510,18 @@ class SwiftDriver(Driver):
                 "the swift driver needs python-swiftclient: pip install 'imgstore[swift]'"
             ) from None
 
-    def _account(
-        self,
-        auth_url: str | None,
-        user: str | None,
-        key: str | None,
-        version: str,
-        extra: dict[str, str],
-        reference: str | None = None,
-    ) -> Account:
+    def _account(self, section: dict[str, str], reference: str | None = None) -> Account:
+        """The account of a ``swift_store_config_file`` section (or of the same keys read
+        from the options)."""
         where = f"backend {self.backend!r}" + (f" reference {reference!r}" if reference else "")
+        auth_url, user, key = (section.get(k) for k in ("auth_address", "user", "key"))
         if not auth_url or not user or not key:
             raise BadConfiguration(f"{where}: auth_address, user and key are all needed")
-        version = str(version).strip().lstrip("v")
+        version = str(section.get("auth_version", "3")).strip().lstrip("v")
         if version in ("1.0", "1"):
             version = "1"
-        elif version.startswith("2"):
-            version = "2"
-        elif version.startswith("3"):
-            version = "3"
+        elif version[:1] in ("2", "3"):
+            version = version[:1]
         else:
             raise BadConfiguration(f"{where}: unknown auth version {version!r}")
         try:
@@ -622,8 +539,8 @@ class SwiftDriver(Driver):
             options["tenant_name"] = project
             for opt in ("user_domain_name", "project_domain_name", "user_domain_id",
                         "project_domain_id"):  # fmt: skip
-                if extra.get(opt):
-                    options[opt] = extra[opt]
+                if section.get(opt):
+                    options[opt] = section[opt]
             conf = self.conf
             if conf.swift_store_region:
                 options["region_name"] = conf.swift_store_region
@@ -649,11 +566,6 @@ class SwiftDriver(Driver):
 
     # -- multi-tenant --------------------------------------------------------
 
-    @property
-    def per_request(self) -> bool:
-        """Multi-tenant: every operation acts with the caller's :meth:`credentials`."""
-        return self.multi_tenant
-
     @contextlib.contextmanager
     def credentials(
         self,
@@ -663,15 +575,10 @@ class SwiftDriver(Driver):
         project_id: str | None = None,
         catalog: list[dict[str, Any]] | None = None,
     ) -> Iterator[None]:
-        """Act with ``token`` on the account at ``storage_url`` inside the ``with`` block.
-
-        Without ``storage_url`` it is the caller's service ``catalog``'s object-store
-        endpoint (``swift_store_service_type``, ``swift_store_endpoint_type``,
-        ``swift_store_region``), as glance_store's multi-tenant store finds it. A
-        location naming another storage URL is read only when that URL is one of the
-        catalog's object-store endpoints (or on the same endpoint as ``storage_url``):
-        the token goes nowhere else. ``project_id`` is accepted for callers that pass
-        every driver the same arguments."""
+        """Act with ``token`` on the account at ``storage_url`` (by default the object-store
+        endpoint of the caller's ``catalog``, as glance_store finds it) inside the ``with``
+        block; other storage URLs only when the catalog names them (or ``storage_url``'s
+        endpoint). ``project_id``: for callers that pass every driver the same arguments."""
         del project_id  # the storage URL names the account
         c = self.conf
         if not storage_url:
@@ -717,7 +624,8 @@ class SwiftDriver(Driver):
     def _account_for(self, loc: SwiftLocation) -> Account:
         ctx = _CONTEXT.get()
         if ctx is not None:
-            if loc.url is not None and loc.url.rstrip("/") != self._auth_prefix_url(loc):
+            auth_url = self.account.auth_url if self.account else None
+            if loc.url is not None and loc.url.rstrip("/") != (auth_url or "").rstrip("/"):
                 if loc.url != ctx.storage_url:
                     StorageEndpoints(ctx.trusted).check(loc.url)
                 return dataclasses.replace(ctx, storage_url=loc.url)
@@ -725,11 +633,6 @@ class SwiftDriver(Driver):
         if loc.reference is not None and loc.reference in self._accounts:
             return self._accounts[loc.reference]
         return self._current()
-
-    def _auth_prefix_url(self, loc: SwiftLocation) -> str:
-        """The auth address a single-tenant location names (not a storage URL)."""
-        acct = self.account
-        return acct.auth_url.rstrip("/") if acct and acct.auth_url else ""
 
     # -- connections -----------------------------------------------------------
 
@@ -741,39 +644,45 @@ class SwiftDriver(Driver):
         """
         from swiftclient import client as sc
 
-        cached = self._tokens.get(account)
-        kwargs: dict[str, Any] = {
-            "retries": self.retries if retries is None else retries,
-            "starting_backoff": 0.5,
-            "max_backoff": 8,
-            "timeout": self.timeout,
-            "cacert": self.cacert,
-            "insecure": self.insecure,
-        }
-        if account.token is not None:
-            kwargs.update(preauthurl=account.storage_url, preauthtoken=account.token)
+        if account.token is not None:  # the caller's: no login possible
+            preauth: tuple[str | None, str | None] = (account.storage_url, account.token)
         else:
-            kwargs.update(
-                authurl=account.auth_url,
-                user=account.user,
-                key=account.key,
-                auth_version=account.auth_version,
-                os_options=dict(account.os_options),
-            )
-            if cached is not None and not fresh:
-                kwargs.update(preauthurl=cached[0], preauthtoken=cached[1])
-        return sc.Connection(**kwargs)
+            preauth = (None, None) if fresh else self._tokens.get(account, (None, None))
+        return sc.Connection(
+            authurl=account.auth_url, user=account.user, key=account.key,
+            auth_version=account.auth_version, os_options=dict(account.os_options),
+            preauthurl=preauth[0], preauthtoken=preauth[1],
+            retries=self.retries if retries is None else retries, starting_backoff=0.5,
+            max_backoff=8, timeout=self.timeout, cacert=self.cacert, insecure=self.insecure,
+        )  # fmt: skip
 
-    def call(self, account: Account, doing: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``Connection.<method>(*args, **kwargs)`` with errors mapped."""
-        conn = self.connection(account)
+    @contextlib.contextmanager
+    def mapped(self, doing: str) -> Iterator[None]:
+        """Errors raised inside come out as imgstore errors (:meth:`map_error`)."""
         try:
-            return getattr(conn, method)(*args, **kwargs)
+            yield
         except Exception as exc:
-            raise self.map_error(exc, doing) from exc
+            error = self.map_error(exc, doing)
+            if error is exc:
+                raise
+            raise error from exc
+
+    @contextlib.contextmanager
+    def session(self, account: Account, doing: str, **how: Any) -> Iterator[Any]:
+        """A :meth:`connection` (``how``: its options) whose errors come out mapped; at
+        the end its token is kept (:meth:`remember`) and it is closed."""
+        conn = self.connection(account, **how)
+        try:
+            with self.mapped(doing):
+                yield conn
         finally:
             self.remember(account, conn)
             conn.close()
+
+    def call(self, account: Account, doing: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``Connection.<method>(*args, **kwargs)`` with errors mapped."""
+        with self.session(account, doing) as conn:
+            return getattr(conn, method)(*args, **kwargs)
 
     def remember(self, account: Account, conn: Any) -> None:
         """Keep the token ``conn`` obtained, for the next connections; count the tries
@@ -784,22 +693,17 @@ class SwiftDriver(Driver):
                 self._tokens[account] = (conn.url, conn.token)
 
     def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
-        """A swiftclient/keystone/requests exception as an imgstore exception."""
+        """A swiftclient/keystone/requests exception as an imgstore exception (the core
+        scrubs its message)."""
         if isinstance(exc, ImgstoreError):
             return exc
         status = _status(exc)
-        reason = getattr(exc, "http_reason", "") or ""
         name = type(exc).__name__
-        text = str(exc)  # the core scrubs the message
+        text = str(exc)
         if status is not None:
             cls = for_status(status)
-            detail = {
-                NotFound: "not found",
-                AuthenticationFailed: f"refused ({status} {reason})".rstrip(),
-                StorageFull: f"Swift has no room ({status} {reason})",
-                Duplicate: "the object already exists",
-            }.get(cls, f"Swift answered {status} {reason}".rstrip())
-            return cls(f"{doing}: {detail}")
+            answer = f"{status} {getattr(exc, 'http_reason', '') or ''}".rstrip()
+            return cls(f"{doing}: " + _DETAILS.get(cls, "Swift answered {}").format(answer))
         if name in ("Unauthorized", "Forbidden", "AuthorizationFailure"):
             return AuthenticationFailed(f"{doing}: refused ({name})")
         if "Unauthorized" in text:
@@ -810,10 +714,7 @@ class SwiftDriver(Driver):
                 f"{doing}: TLS certificate verification failed for {_tls_server(exc)} "
                 f"({tls}); set swift_store_cacert to the CA that signed its certificate"
             )
-        if isinstance(exc, OSError) or any(
-            k in name
-            for k in ("Connection", "Timeout", "ConnectFailure", "Protocol", "IncompleteRead")
-        ):
+        if isinstance(exc, OSError) or any(k in name for k in _TEMPORARY):
             return BackendUnavailable(f"{doing}: {name}: {text}")
         return BackendError(f"{doing}: {name}: {text}")
 
@@ -848,13 +749,12 @@ class SwiftDriver(Driver):
         return self.container
 
     def _location(self, account: Account, container: str, obj: str) -> SwiftLocation:
-        if account.token is not None and account.storage_url:
-            scheme, prefix = _strip_scheme(account.storage_url)
-            return SwiftLocation(f"swift+{scheme}", prefix, container, obj)
-        if account.reference is not None:
+        """Where ``obj`` is: the storage URL of a caller's token, else the reference or
+        the auth address it was configured with."""
+        url = account.storage_url if account.token is not None else None
+        if not url and account.reference is not None:
             return SwiftLocation("swift+config", account.reference, container, obj)
-        assert account.auth_url is not None
-        scheme, prefix = _strip_scheme(account.auth_url)
+        scheme, prefix = _strip_scheme(url or account.auth_url or "")
         return SwiftLocation(f"swift+{scheme}", prefix, container, obj)
 
     # -- operations ----------------------------------------------------------------
@@ -888,7 +788,7 @@ class SwiftDriver(Driver):
             self.call(account, f"removing container {loc.container!r}", "delete_container",
                       loc.container)  # fmt: skip
         except ImgstoreError as exc:  # 409: not empty; 404: gone already
-            if not (exc.__cause__ and _is_http_error(exc.__cause__, 404, 409)):
+            if _status(exc.__cause__) not in (404, 409):
                 LOG.warning("backend %r: %s", self.backend, exc)
 
     def set_acls(
@@ -925,57 +825,59 @@ class SwiftDriver(Driver):
             return False
         return True
 
-    def written_by(self, account: Account, container: str, obj: str, token: str) -> bool:
-        """Whether ``obj`` is there and was written by the writer with ``token`` (the server
-        stored it, then its answer was an error or was lost, or our retry met our own object
-        in its If-None-Match)."""
-        try:
-            headers = self.head(account, container, obj, f"checking {container}/{obj}")
-        except ImgstoreError:
-            return False
-        return headers.get(WRITER_HEADER.lower()) == token
+    def duplicate(self, image_id: str) -> Duplicate:
+        """The error for an add of ``image_id`` that is already here."""
+        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
-    def written_by_another(self, account: Account, container: str, obj: str, token: str) -> bool:
-        """Whether ``obj`` is there now and was written by another writer than the one
-        with ``token``: a PUT of ours that failed when the server had answered lost a race
-        (a proxy in front of Swift, such as a TLS terminator, turns Swift's early 412
-        into a 502 when Swift closes the connection before the body is in)."""
-        try:
-            headers = self.head(account, container, obj, f"checking {container}/{obj}")
-        except ImgstoreError:
-            return False
-        return headers.get(WRITER_HEADER.lower()) != token
+    def settle(self, account: Account, loc: SwiftLocation, token: str, exc: ImgstoreError) -> None:
+        """After the PUT that makes the image (writer ``token``) failed with ``exc``:
+        return when the object is there and ours (the server stored it, then answered an
+        error or its answer was lost and a retry met our own object); raise
+        :class:`Duplicate` when another writer's object is there (a proxy in front of
+        Swift, such as a TLS terminator, turns Swift's early 412 into a 502); else raise
+        ``exc``. Only a server that answered is asked: one that did not is not waited on
+        again."""
+        writer = None
+        if _status(exc.__cause__) is not None and isinstance(exc, (Duplicate, BackendUnavailable)):
+            try:
+                headers = self.head(account, loc.container, loc.obj, f"checking {loc.redacted()}")
+                writer = headers.get(WRITER_HEADER.lower(), "")
+            except ImgstoreError:
+                pass
+        if writer == token:
+            LOG.warning(
+                "backend %r: %s: stored, but the server answered an error",
+                self.backend, loc.redacted(),
+            )  # fmt: skip
+            return
+        if writer is not None or isinstance(exc, Duplicate):
+            raise self.duplicate(loc.obj) from exc
+        raise exc
 
     def limits(self, account: Account) -> SwiftLimits:
         """The limits of ``account``'s cluster: ``GET /info`` the first time, then kept.
-
-        When ``/info`` is disabled or unreadable (403 or another HTTP error, a body
-        that is not JSON), Swift's defaults hold, and are kept unless the answer was a
-        5xx other than 501 (asked again next time). A server that cannot be reached or
-        verified, or a refused login, raises as the write would have.
-        """
+        When ``/info`` is disabled or unreadable, Swift's defaults hold (kept, unless
+        the answer was a 5xx other than 501); a server that cannot be reached or
+        verified, or a refused login, raises as the write would have."""
         key = _cluster_key(account)
         with self._lock:
             known = self._limits.get(key)
         if known is not None:
             return known
-        doing = "reading the cluster's limits (GET /info) for a write"
-        conn = self.connection(account)
+        doing = f"backend {self.backend!r}: reading the cluster's limits (GET /info) for a write"
         try:
-            limits = SwiftLimits.from_info(conn.get_capabilities())
-        except Exception as exc:
-            status = _status(exc)
-            error = self.map_error(exc, f"backend {self.backend!r}: {doing}")
-            if (status is None and not isinstance(exc, ValueError)) or status == 401:
-                raise error from exc  # unreachable, TLS, the login refused: not /info's fault
+            with self.session(account, doing) as conn:
+                limits = SwiftLimits.from_info(conn.get_capabilities())
+        except ImgstoreError as error:
+            cause = error.__cause__
+            status = _status(cause)
+            if (status is None and not isinstance(cause, ValueError)) or status == 401:
+                raise  # unreachable, TLS, the login refused: not /info's fault
             LOG.info("%s; using Swift's default limits", error)
-            why = status or type(exc).__name__
+            why = status or type(cause).__name__
             limits = SwiftLimits(source=f"Swift's defaults (GET /info failed: {why})")
             if status is not None and status >= 500 and status != 501:
                 return limits
-        finally:
-            self.remember(account, conn)
-            conn.close()
         LOG.debug("backend %r: %s", self.backend, limits)
         with self._lock:
             self._limits[key] = limits
@@ -999,24 +901,21 @@ class SwiftDriver(Driver):
         container = self.container_for(image_id)
         location = self._location(account, container, image_id)
         limits = self.limits(account)
-        largest = limits.max_file_size
         self._ensure_container(account, container)
         if self._exists(account, container, image_id, f"checking {location.redacted()}"):
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
-        if size is not None and size < self.large_object_size and size <= largest:
+            raise self.duplicate(image_id)
+        if size is not None and size < self.large_object_size and size <= limits.max_file_size:
             return SwiftPutWriter(self, account, location, size)
         return SwiftSegmentWriter(self, account, location, size, limits)
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         loc = self._checked(location)
         account = self._account_for(loc)
-        doing = f"reading {loc.redacted()}"
-        if offset == 0 and length is None:
-            stream = SwiftStream(self, account, loc, 0, None, doing)
-        else:
-            total = int(self.head(account, loc.container, loc.obj, doing)["content-length"])
-            start, count = clamp_range(total, offset, length)
-            stream = SwiftStream(self, account, loc, start, count, doing)
+        count = None
+        if offset or length is not None:
+            headers = self.head(account, loc.container, loc.obj, f"reading {loc.redacted()}")
+            offset, count = clamp_range(int(headers["content-length"]), offset, length)
+        stream = SwiftStream(self, account, loc, offset, count)
         stream.start()
         return stream
 
@@ -1031,48 +930,43 @@ class SwiftDriver(Driver):
         account = self._account_for(loc)
         doing = f"deleting {loc.redacted()}"
         headers = self.head(account, loc.container, loc.obj, doing)
-        if str(headers.get("x-static-large-object", "")).lower() == "true":
-            self._delete_slo(account, loc, doing)
-            return
         segments: list[tuple[str, str]] = []
-        if headers.get("x-object-manifest"):  # a DLO (glance_store's kind)
-            seg_container, _, prefix = unquote_path(headers["x-object-manifest"]).partition("/")
-            _, listing = self.call(
-                account, doing, "get_container", seg_container, prefix=prefix, full_listing=True
-            )
-            segments = [
-                (seg_container, o["name"])
-                for o in listing
-                if not (seg_container == loc.container and o["name"] == loc.obj)
-            ]
-        # the manifest first: a reader then sees NotFound, never a broken image. It was
-        # there (HEAD): a 404 now is swiftclient's retry after an answer that was lost
-        with contextlib.suppress(NotFound):
-            self.call(account, doing, "delete_object", loc.container, loc.obj)
+        if str(headers.get("x-static-large-object", "")).lower() == "true":
+            segments = self._slo_segments(account, loc.container, loc.obj, doing) or []
+            self.call(account, doing, "delete_object", loc.container, loc.obj,
+                      query_string="multipart-manifest=delete")  # fmt: skip
+            # the server deleted the segments too, unless it removed only the manifest
+            if segments and not self._exists(account, *segments[0], doing):
+                segments = []
+        else:
+            if headers.get("x-object-manifest"):  # a DLO (glance_store's kind)
+                seg_container, _, prefix = unquote_path(headers["x-object-manifest"]).partition("/")
+                _, listing = self.call(account, doing, "get_container", seg_container,
+                                       prefix=prefix, full_listing=True)  # fmt: skip
+                segments = [
+                    (seg_container, o["name"])
+                    for o in listing
+                    if not (seg_container == loc.container and o["name"] == loc.obj)
+                ]
+            # the manifest first: a reader then sees NotFound, never a broken image. It was
+            # there (HEAD): a 404 now is swiftclient's retry after an answer that was lost
+            with contextlib.suppress(NotFound):
+                self.call(account, doing, "delete_object", loc.container, loc.obj)
         self.delete_segments(account, segments, loc.redacted())
         self.drop_image_container(account, loc)
 
-    def _delete_slo(self, account: Account, loc: SwiftLocation, doing: str) -> None:
-        """Delete an SLO and its segments (``multipart-manifest=delete``)."""
-        segments: list[tuple[str, str]] = []
-        try:  # radosgw answers an empty body here: then only the server knows the segments
-            _, body = self.call(
-                account, doing, "get_object", loc.container, loc.obj,
-                query_string="multipart-manifest=get",
-            )  # fmt: skip
-            for entry in json.loads(body or b"[]"):
-                seg_container, _, seg_obj = str(entry["name"]).lstrip("/").partition("/")
-                segments.append((unquote_path(seg_container), unquote_path(seg_obj)))
+    def _slo_segments(
+        self, account: Account, container: str, obj: str, doing: str
+    ) -> list[tuple[str, str]] | None:
+        """The segments an SLO manifest names, or None when its answer does not say
+        (radosgw answers an empty body: then only the server knows them)."""
+        _, body = self.call(account, doing, "get_object", container, obj,
+                            query_string="multipart-manifest=get")  # fmt: skip
+        try:
+            names = [str(e["name"]).lstrip("/").partition("/") for e in json.loads(body or b"[]")]
         except (ValueError, KeyError, TypeError):
-            segments = []
-        self.call(
-            account, doing, "delete_object", loc.container, loc.obj,
-            query_string="multipart-manifest=delete",
-        )  # fmt: skip
-        # a server that removed only the manifest: delete the segments one by one
-        if segments and self._exists(account, *segments[0], doing):
-            self.delete_segments(account, segments, loc.redacted())
-        self.drop_image_container(account, loc)
+            return None
+        return [(unquote_path(c), unquote_path(o)) for c, _, o in names] or None
 
     def _own_containers(self, account: Account) -> list[str]:
         """The configured container and, with the multiple-containers seed, its siblings."""
@@ -1085,13 +979,9 @@ class SwiftDriver(Driver):
         return [str(c["name"]) for c in listing]
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
-        """Segments (``<id>-<writer token>-<number>``) that no manifest names.
-
-        A segmented add names its segments after the image and a token of its
-        own, and writes the manifest last; segments whose manifest is missing
-        (or names other segments) were left by an add that died. Their age is
-        that of the newest segment, so an add still uploading is spared.
-        """
+        """Segments (``<id>-<writer token>-<number>``) that no manifest names: an add
+        that died left them (the manifest comes last). Their age is that of the newest
+        segment, so an add still uploading is spared."""
         account = self._current()
         now = datetime.datetime.now(tz=datetime.timezone.utc)
         for container in self._own_containers(account):
@@ -1132,14 +1022,10 @@ class SwiftDriver(Driver):
             return unquote_path(dlo) == f"{container}/{prefix}"
         if str(headers.get("x-static-large-object", "")).lower() != "true":
             return False
-        _, body = self.call(
-            account, doing, "get_object", container, obj, query_string="multipart-manifest=get"
-        )
-        try:
-            names = [unquote_path(str(e["name"])) for e in json.loads(body or b"[]")]
-        except (ValueError, KeyError, TypeError):
-            return True  # cannot tell (radosgw hides the list): never delete what may be live
-        return not names or any(n.lstrip("/").startswith(f"{container}/{prefix}") for n in names)
+        segments = self._slo_segments(account, container, obj, doing)
+        if segments is None:
+            return True  # cannot tell: never delete what may be live
+        return any(f"{c}/{o}".startswith(f"{container}/{prefix}") for c, o in segments)
 
     def remove_leftover(self, leftover: Leftover) -> None:
         container, obj, prefix, names = leftover.ref
@@ -1170,28 +1056,18 @@ class SwiftDriver(Driver):
             )  # fmt: skip
 
 
-# -- reading -------------------------------------------------------------------------
-
-
 class SwiftStream(ReadStream):
     """One GET (whole or ranged); its version is the object's ETag, so the core can
     resume it with a ranged GET when the connection drops."""
 
-    def __init__(
-        self,
-        driver: SwiftDriver,
-        account: Account,
-        loc: SwiftLocation,
-        start: int,
-        count: int | None,
-        doing: str,
-    ) -> None:
+    def __init__(self, driver: SwiftDriver, account: Account, loc: SwiftLocation, start: int,
+                 count: int | None) -> None:  # fmt: skip
         self._driver = driver
         self._account = account
         self._loc = loc
         self._pos = start
         self._end: int | None = None if count is None else start + count
-        self._doing = doing
+        self._doing = f"reading {loc.redacted()}"
         self._conn: Any = None
         self._body: Any = None
         self.size = count or 0
@@ -1213,21 +1089,21 @@ class SwiftStream(ReadStream):
             req["Range"] = f"bytes={self._pos}-{self._end - 1}"
         elif self._pos:
             req["Range"] = f"bytes={self._pos}-"
-        # retries=0: swiftclient would otherwise resume a broken body by itself
-        # (whole reads only, sharing its request retries); the core does it
+        # retries=0: not swiftclient's resume of a broken body; the core's
         conn = drv.connection(self._account, retries=0)
         try:
-            headers, body = conn.get_object(
-                self._loc.container, self._loc.obj, resp_chunk_size=READ_CHUNK_SIZE, headers=req
-            )
-        except Exception as exc:
+            with drv.mapped(self._doing):
+                headers, body = conn.get_object(
+                    self._loc.container, self._loc.obj, resp_chunk_size=READ_CHUNK_SIZE,
+                    headers=req,
+                )  # fmt: skip
+            if req and not str(headers.get("content-range", "")).startswith(f"bytes {self._pos}-"):
+                raise BackendError(f"{self._doing}: the server ignored the Range request")
+        except BaseException:
             conn.close()
-            raise drv.map_error(exc, self._doing) from exc
+            raise
         finally:
             drv.remember(self._account, conn)
-        if req and not str(headers.get("content-range", "")).startswith(f"bytes {self._pos}-"):
-            conn.close()
-            raise BackendError(f"{self._doing}: the server ignored the Range request")
         self.version = headers.get("etag")
         self._conn, self._body = conn, body
         return dict(headers)
@@ -1237,24 +1113,21 @@ class SwiftStream(ReadStream):
         if end is None or self._pos >= end:
             return
         try:
-            for data in self._body:
-                if not data:
-                    break
-                take = min(len(data), end - self._pos)
-                self._pos += take
-                yield data[:take] if take < len(data) else data
-                if self._pos >= end:
-                    break
-        except GeneratorExit:
-            raise
-        except Exception as exc:
-            raise self._driver.map_error(exc, self._doing) from exc
+            with self._driver.mapped(self._doing):
+                for data in self._body:
+                    if not data:
+                        break
+                    take = min(len(data), end - self._pos)
+                    self._pos += take
+                    yield data[:take] if take < len(data) else data
+                    if self._pos >= end:
+                        break
         finally:
-            self._close_body()
+            self.close()
         if self._pos < end:
             raise BackendUnavailable(f"{self._doing}: the connection ended after {self._pos} bytes")
 
-    def _close_body(self) -> None:
+    def close(self) -> None:
         conn, self._conn, self._body = self._conn, None, None
         if conn is not None:
             try:
@@ -1262,37 +1135,53 @@ class SwiftStream(ReadStream):
             except Exception:
                 LOG.debug("closing a swift connection failed")
 
-    def close(self) -> None:
-        self._close_body()
-
     def __repr__(self) -> str:
         return f"<SwiftStream {self._loc.redacted()} size={self.size}>"
 
 
-# -- writing -------------------------------------------------------------------------
+class _ImageWriter(Writer):
+    """What both writers share: the object that makes the image, created only where none
+    is (``If-None-Match: *``) and marked with the writer's random token."""
+
+    def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation) -> None:
+        self._driver = driver
+        self._account = account
+        self._location = location
+        self._shown = location.redacted()
+        self._token = secrets_mod.token_hex(16)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._shown}>"
+
+    def _put(
+        self, conn: Any, body: Any, length: int, headers: dict[str, str] | None = None, **kw: Any
+    ) -> None:
+        """PUT the object that makes the image on ``conn``, with ``headers`` added
+        (``kw``: more of swiftclient's ``put_object``, as ``query_string``)."""
+        loc = self._location
+        conn.put_object(
+            loc.container, loc.obj, contents=body, content_length=length,
+            headers={"If-None-Match": "*", WRITER_HEADER: self._token, **(headers or {})},
+            content_type="application/octet-stream", **kw,
+        )  # fmt: skip
+
+    def _settle(self, exc: ImgstoreError) -> None:
+        """:meth:`SwiftDriver.settle` for this writer's PUT."""
+        self._driver.settle(self._account, self._location, self._token, exc)
 
 
-class SwiftPutWriter(Writer):
+class SwiftPutWriter(_ImageWriter):
     """An image of known size as one streaming PUT; the last chunk waits for commit."""
 
     def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
                  size: int) -> None:  # fmt: skip
-        self._driver = driver
-        self._account = account
-        self._location = location
+        super().__init__(driver, account, location)
         self._size = size
-        self._shown = location.redacted()
         self._request = FedRequest(
             self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self._shown}"
         )
         self._pending: bytes | None = None
         self._fed = 0
-        self._token = secrets_mod.token_hex(16)
-        self._answered = False
-        """Whether the server answered the PUT (with an error), rather than not at all."""
-
-    def __repr__(self) -> str:
-        return f"<SwiftPutWriter {self._shown}>"
 
     @property
     def accepted(self) -> int:
@@ -1300,91 +1189,47 @@ class SwiftPutWriter(Writer):
         return self._fed
 
     def _send(self) -> None:
-        drv, loc = self._driver, self._location
-        # a new token: a refused one would only show after the whole body was sent
-        conn = drv.connection(self._account, retries=0, fresh=True)
+        # fresh: a new token, as a refused one would only show after the whole body
+        doing = f"writing {self._shown}"
+        with self._driver.session(self._account, doing, retries=0, fresh=True) as conn:
+            self._put(conn, self._request.body, self._size)
+
+    @contextlib.contextmanager
+    def _settled(self) -> Iterator[None]:
+        """A failure of the PUT, once it has ended, settled by :meth:`SwiftDriver.settle`
+        (not retried, as the body was a stream; but the server may have stored it)."""
         try:
-            conn.put_object(
-                loc.container, loc.obj, contents=self._request.body, content_length=self._size,
-                headers={"If-None-Match": "*", WRITER_HEADER: self._token},
-                content_type="application/octet-stream",
-            )  # fmt: skip
-        except BaseException as exc:
-            self._answered = _status(exc) is not None
-            error = drv.map_error(exc, f"writing {self._shown}")
-            if isinstance(error, Duplicate):
-                error = Duplicate(f"image {loc.obj} already exists in backend {drv.backend!r}")
-            raise error from exc
-        finally:
-            drv.remember(self._account, conn)
-            conn.close()
+            yield
+        except (Duplicate, BackendUnavailable) as error:
+            self._request.join()
+            self._settle(error)
 
     def write(self, chunk: memoryview) -> None:
-        try:
+        with self._settled():
             self._request.start()
             if self._pending is not None:
                 self._request.feed(self._pending)
                 self._fed += len(self._pending)
-        except BackendUnavailable as exc:
-            self._raise_for(exc)
         self._pending = bytes(chunk)  # the core reuses its buffer: copy
 
-    def _raise_for(self, exc: BackendUnavailable) -> NoReturn:
-        """A PUT that failed part-way: :class:`Duplicate` when another writer's object is
-        there now (it was not when the add began: a proxy in front of Swift, such as a
-        TLS terminator, turns Swift's early 412 into a 502 when Swift closes the
-        connection before the body is sent), else ``exc``. Only when the server answered:
-        a server that did not answer is not asked again, so the error comes in time."""
-        self._request.join()
-        loc = self._location
-        # no answer (a dead or stalled server): no HEAD to wait on
-        if self._answered and self._driver.written_by_another(
-            self._account, loc.container, loc.obj, self._token
-        ):
-            raise Duplicate(
-                f"image {loc.obj} already exists in backend {self._driver.backend!r} "
-                "(another writer stored it first)"
-            ) from exc
-        raise exc
-
     def commit(self, size: int) -> Written:
-        try:
+        with self._settled():
             if self._pending is not None:
                 self._request.feed(self._pending)
                 self._pending = None
             self._request.finish()
-        except BackendUnavailable as exc:
-            # not retried (the body was a stream), but the server may have stored all of
-            # it and then answered an error: then the image is there, whole, and ours
-            self._request.join()
-            loc = self._location
-            if not (
-                self._answered
-                and self._driver.written_by(self._account, loc.container, loc.obj, self._token)
-            ):
-                self._raise_for(exc)
-            LOG.warning(
-                "backend %r: %s: the server stored the image but answered an error",
-                self._driver.backend, self._shown,
-            )  # fmt: skip
         return Written(self._location)
 
     def abort(self) -> None:
         self._pending = None
-        self._request.abort()
-        if self._request.sent:  # cannot happen (the last chunk was held back), but never leave it
-            try:
-                self._driver.call(self._account, "aborting", "delete_object",
-                                  self._location.container, self._location.obj)  # fmt: skip
-            except ImgstoreError as exc:
-                LOG.warning("backend %r: %s", self._driver.backend, exc)
+        self._request.abort()  # the last chunk was held back: nothing was stored
         self._driver.drop_image_container(self._account, self._location)
 
 
 class _SegmentBody:
     """A segment's buffer as a seekable file (swiftclient can rewind it for a retry)."""
 
-    def __init__(self, data: bytearray | memoryview) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._view = memoryview(data)
         self._pos = 0
 
@@ -1392,11 +1237,9 @@ class _SegmentBody:
         return len(self._view)
 
     def read(self, size: int = -1) -> memoryview:
-        end = (
-            len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
-        )
+        end = len(self._view) if size is None or size < 0 else self._pos + size
         data = self._view[self._pos : end]
-        self._pos = max(self._pos, end)
+        self._pos += len(data)
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -1431,27 +1274,19 @@ def segment_size(
     largest: int = MAX_FILE_SIZE,
     every: int | None = None,
 ) -> int:
-    """The size of segment ``number`` (1-based) of a large object of at most ``limit``
-    segments of at most ``largest`` bytes (the cluster's ``max_manifest_segments`` and
-    ``max_file_size``): ``base``, grown to fit (see ``imgstore.parallel.piece_size``: an unknown
-    size doubles every ``every`` segments, a tenth of ``limit`` by default)."""
-    if number < 1:
-        raise ValueError("segment numbers start at 1")
+    """:func:`imgstore.parallel.piece_size` with Swift's default limits
+    (``max_manifest_segments`` and ``max_file_size``)."""
     return piece_size(number, base, total, limit, largest, every)
 
 
-class SwiftSegmentWriter(Writer):
+class SwiftSegmentWriter(_ImageWriter):
     """A large object: segments on a bounded pool, then an SLO (or DLO) manifest."""
 
     def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
                  size: int | None, limits: SwiftLimits | None = None) -> None:  # fmt: skip
-        self._driver = driver
-        self._account = account
-        self._location = location
+        super().__init__(driver, account, location)
         self._size = size
-        self._shown = location.redacted()
         self._prefix = f"{location.obj}-{secrets_mod.token_hex(4)}-"
-        self._token = secrets_mod.token_hex(16)
         self._limits = limits or SwiftLimits()
         self._limit = self._limits.segment_limit(driver.slo)
         self._every = None if driver.slo else GROWTH_EVERY
@@ -1460,14 +1295,11 @@ class SwiftSegmentWriter(Writer):
         self._buf: bytearray | None = None
         self._filled = 0
         self._sent = 0
-        self._names: list[str] = []
+        """Segments handed to the uploader (each one deleted by an abort, stored or not)."""
         self._entries: dict[int, dict[str, Any]] = {}
         self._entries_lock = threading.Lock()
         self._confirmed = 0
         self._peak = 0
-
-    def __repr__(self) -> str:
-        return f"<SwiftSegmentWriter {self._shown}>"
 
     @property
     def accepted(self) -> int:
@@ -1506,39 +1338,26 @@ class SwiftSegmentWriter(Writer):
         assert number <= self._limit, "the core stops an image that outgrows write_limits"
         return segment_size(number, base, self._size, self._limit, largest, self._every)
 
-    def _send(self, last: bool = False) -> None:
+    def _send(self) -> None:
         buf, count = self._buf, self._filled
         assert buf is not None
         self._buf, self._filled = None, 0
         if self._uploader is None:
             self._uploader = BoundedUploader(self._driver.threads, "imgstore-swift-segment")
         self._sent += 1
-        number = self._sent
-        name = f"{self._prefix}{number:05d}"
-        self._names.append(name)  # before the PUT: a cleanup deletes it whatever happens
         pool = self._buffers
         self._uploader.submit(
-            self._upload,
-            number,
-            name,
-            memoryview(buf)[:count],
-            on_error=lambda exc: self._driver.map_error(
-                exc, f"uploading segment {number} of {self._shown}"
-            ),
-            finally_=lambda: pool.give(buf),
+            self._upload, self._sent, memoryview(buf)[:count], finally_=lambda: pool.give(buf)
         )
 
-    def _upload(self, number: int, name: str, data: memoryview) -> None:
-        drv = self._driver
-        conn = drv.connection(self._account)
-        try:
+    def _upload(self, number: int, data: memoryview) -> None:
+        name = f"{self._prefix}{number:05d}"
+        doing = f"uploading segment {number} of {self._shown}"
+        with self._driver.session(self._account, doing) as conn:
             etag = conn.put_object(
                 self._location.container, name, contents=_SegmentBody(data),
                 content_length=len(data), content_type="application/octet-stream",
             )  # fmt: skip
-        finally:
-            drv.remember(self._account, conn)
-            conn.close()
         with self._entries_lock:
             self._entries[number] = {
                 "path": f"/{self._location.container}/{name}",
@@ -1550,90 +1369,52 @@ class SwiftSegmentWriter(Writer):
     def commit(self, size: int) -> Written:
         drv, loc = self._driver, self._location
         if self._uploader is None:  # everything fits in one segment: one plain PUT
-            body = memoryview(self._buf if self._buf is not None else bytearray())
-            body = body[: self._filled]
+            body = memoryview(self._buf if self._buf is not None else b"")[: self._filled]
             self._buf = None
-            self._put_manifest("writing", _SegmentBody(body), len(body), {})
+            self._put_once("writing", _SegmentBody(body))
             return Written(loc)
         if self._buf is not None and self._filled:
-            self._send(last=True)
+            self._send()
         self._uploader.wait()
         self._uploader.raise_failure()
         # radosgw ignores If-None-Match on some PUTs: look first
         if drv._exists(self._account, loc.container, loc.obj, f"checking {self._shown}"):
-            raise Duplicate(f"image {loc.obj} already exists in backend {drv.backend!r}")
+            raise drv.duplicate(loc.obj)
         if drv.slo:
             manifest = json.dumps([self._entries[n] for n in sorted(self._entries)]).encode()
-            self._put_manifest(
-                "writing the manifest of", _SegmentBody(bytearray(manifest)), len(manifest), {},
-                query_string="multipart-manifest=put",
-            )  # fmt: skip
+            self._put_once("writing the manifest of", _SegmentBody(manifest),
+                           query_string="multipart-manifest=put")  # fmt: skip
         else:
             target = f"{urllib.parse.quote(loc.container)}/{urllib.parse.quote(self._prefix)}"
-            self._put_manifest("writing the manifest of", b"", 0, {"X-Object-Manifest": target})
+            self._put_once("writing the manifest of", _SegmentBody(b""),
+                           headers={"X-Object-Manifest": target})  # fmt: skip
         self._finish_pool()
         return Written(loc, {"segments": self._sent})
 
-    def _put_manifest(
-        self, what: str, body: Any, length: int, headers: dict[str, str], **kwargs: Any
-    ) -> None:
-        drv, loc = self._driver, self._location
-
-        def put(conn: Any) -> None:
-            conn.put_object(
-                loc.container, loc.obj, contents=body, content_length=length,
-                headers={"If-None-Match": "*", WRITER_HEADER: self._token, **headers},
-                content_type="application/octet-stream", **kwargs,
-            )  # fmt: skip
-
-        conn = drv.connection(self._account)
+    def _put_once(self, what: str, body: _SegmentBody, **kwargs: Any) -> None:
+        """PUT the object that makes the image (a manifest, or the only segment), retried
+        as swiftclient retries; settled (:meth:`SwiftDriver.settle`) when it fails."""
+        doing = f"{what} {self._shown}"
         try:
             try:
-                put(conn)
-            except Exception as exc:
-                if not (_segments_refused_the_token(exc) and self._account.token is None):
+                with self._driver.session(self._account, doing) as conn:
+                    self._put(conn, body, len(body), **kwargs)
+            except ImgstoreError as error:
+                refused = _segments_refused_the_token(error.__cause__)
+                if not refused or self._account.token is not None:
                     raise
-                # the token expired while the proxy checked the segments (SLO checks each
-                # with the manifest's token, after the PUT itself was let in): the manifest
-                # was not stored; once more with a new token
+                # SLO checks each segment with the manifest's token after letting the PUT
+                # in: it expired in between, and the manifest was not stored
                 LOG.info(
-                    "backend %r: %s %s: the token expired while Swift checked the "
-                    "segments; once more with a new token", drv.backend, what, self._shown,
+                    "backend %r: %s: the token expired while Swift checked the segments; "
+                    "once more with a new token", self._driver.backend, doing,
                 )  # fmt: skip
-                drv.remember(self._account, conn)
-                conn.close()
-                conn = drv.connection(self._account, fresh=True)
                 telemetry.retried()
-                if hasattr(body, "seek"):
-                    body.seek(0)
-                put(conn)
-        except Exception as exc:
-            error = drv.map_error(exc, f"{what} {self._shown}")
-            answered = _status(exc) is not None  # not a stalled or unreachable server
-            if (
-                answered
-                and isinstance(error, (Duplicate, BackendUnavailable))
-                and drv.written_by(self._account, loc.container, loc.obj, self._token)
-            ):
-                # an earlier try was stored but its answer lost: the retry met our own
-                # object (412), or every answer was an error
-                LOG.warning(
-                    "backend %r: %s %s: stored, but the server answered an error",
-                    drv.backend, what, self._shown,
-                )  # fmt: skip
-                return
-            if isinstance(error, Duplicate) or (
-                answered
-                and isinstance(error, BackendUnavailable)
-                and drv.written_by_another(self._account, loc.container, loc.obj, self._token)
-            ):
-                raise Duplicate(
-                    f"image {loc.obj} already exists in backend {drv.backend!r}"
-                ) from None
-            raise error from exc
-        finally:
-            drv.remember(self._account, conn)
-            conn.close()
+                body.seek(0)
+                with self._driver.session(self._account, doing, fresh=True) as conn:
+                    self._put(conn, body, len(body), **kwargs)
+        except ImgstoreError as error:
+            self._settle(error)
 
     def _finish_pool(self) -> None:
         uploader, self._uploader = self._uploader, None
@@ -1647,8 +1428,7 @@ class SwiftSegmentWriter(Writer):
         try:
             self._finish_pool()  # no segment may land after the cleanup
         finally:
-            names, self._names = self._names, []
-            self._driver.delete_segments(
-                self._account, [(self._location.container, n) for n in names], self._shown
-            )
-            self._driver.drop_image_container(self._account, self._location)
+            loc, count, self._sent = self._location, self._sent, 0
+            names = [(loc.container, f"{self._prefix}{n:05d}") for n in range(1, count + 1)]
+            self._driver.delete_segments(self._account, names, self._shown)
+            self._driver.drop_image_container(self._account, loc)
