@@ -178,7 +178,21 @@ rbd_store_chunk_size = 4
 def install() -> None:
     """Debian's qemu-utils and Glance's venv (they need no server)."""
     apt_install(["qemu-utils"])
-    ensure_venv("glance", REQUIREMENTS)
+    glance_venv()
+
+
+def glance_venv() -> Path:
+    """Glance's venv with the compat package as its glance_store: glance pulls in the
+    real one, which goes every time the venv is (re)made, whoever makes it (a venv
+    remade by ``install`` under a running server once kept the real one)."""
+    venv = ensure_venv("glance", REQUIREMENTS)
+    py = str(venv / "bin" / "python")
+    run(pip_install(py, "--uninstall", "glance_store"), "pip uninstall glance_store")
+    run(
+        [py, "-c", "import glance_store, sys; sys.exit('imgstore' not in glance_store.__doc__)"],
+        "checking that glance_store is imgstore's compat package",
+    )
+    return venv
 
 
 def up(ctx: Context) -> dict[str, Any]:
@@ -187,14 +201,8 @@ def up(ctx: Context) -> dict[str, Any]:
     if port_open(port):
         raise ServiceError(f"glance: port {port} is taken; set IMGSTORE_GLANCE_PORT to a free port")
     apt_install(["qemu-utils"], ctx.path("apt.log"))
-    venv = ensure_venv("glance", REQUIREMENTS)
+    venv = glance_venv()
     py = str(venv / "bin" / "python")
-    # glance pulls in the real glance_store; the compat package takes its place
-    run(pip_install(py, "--uninstall", "glance_store"), "pip uninstall glance_store")
-    run(
-        [py, "-c", "import glance_store, sys; sys.exit('imgstore' not in glance_store.__doc__)"],
-        "checking that glance_store is imgstore's compat package",
-    )
     ceph = read_details("ceph")
     backends = {"fs": "file"}
     if ceph is not None and _link_ceph_bindings(venv):
