@@ -1025,14 +1025,13 @@ class CinderDriver(Driver):
         volume_id = location.volume_id
         try:
             self._cinder().volumes.delete(volume_id)
-        except cinder_exc.BadRequest as exc:
-            if "attach" in str(exc) or "in-use" in str(exc):
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            attached = "attach" in str(exc) or "in-use" in str(exc)
+            if isinstance(exc, cinder_exc.BadRequest) and attached:
                 raise InUse(
                     f"backend {self.backend!r}: volume {volume_id} is attached (being read?); "
                     "it was left as it was"
                 ) from None
-            raise self._error(exc, f"deleting volume {volume_id}") from None
-        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
             raise self._error(exc, f"deleting volume {volume_id}") from None
         self._wait(volume_id, ("deleting",), "gone")
 
