@@ -76,7 +76,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, NoReturn
 
 from oslo_config import cfg
@@ -85,7 +85,7 @@ from imgstore import keystone_catalog
 from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
-from imgstore.drivers.rbd_aio import AioWindow
+from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
 from imgstore.errnos import for_errno
 from imgstore.exceptions import (
     AuthenticationFailed,
@@ -146,10 +146,6 @@ def volume_name(image_id: str) -> str:
 _BUSY_RE = re.compile(r"status must be|already attached|attach.*in progress", re.IGNORECASE)
 
 
-def _is_uuid_like(value: str) -> bool:
-    return bool(_UUID_RE.match(value))
-
-
 @register
 class CinderLocation(Location):
     """``cinder://<volume id>`` or ``cinder://<store>/<volume id>`` (multi-store)."""
@@ -157,7 +153,7 @@ class CinderLocation(Location):
     schemes = ("cinder",)
 
     def __init__(self, volume_id: str, store: str | None = None) -> None:
-        if not isinstance(volume_id, str) or not _is_uuid_like(volume_id):
+        if not isinstance(volume_id, str) or not _UUID_RE.match(volume_id):
             raise BadLocation(f"a cinder location needs a volume id (a UUID), not {volume_id!r}")
         if store is not None and (not store or "/" in store):
             raise BadLocation(f"bad store name {store!r} in a cinder location")
@@ -166,22 +162,19 @@ class CinderLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> CinderLocation:
-        prefix = "cinder://"
+        prefix, shown = "cinder://", redact_uri(uri)[:200]
         if uri[: len(prefix)].lower() != prefix:
-            raise BadLocation(f"not a cinder location: {redact_uri(uri)[:200]!r}")
+            raise BadLocation(f"not a cinder location: {shown!r}")
         rest = uri[len(prefix) :]
         if any(c in rest for c in "?#@"):
-            raise BadLocation(
-                f"a cinder location has no query, fragment or user: {redact_uri(uri)[:200]!r}"
-            )
+            raise BadLocation(f"a cinder location has no query, fragment or user: {shown!r}")
         pieces = rest.split("/")
         if len(pieces) == 1:
             return cls(pieces[0])
         if len(pieces) == 2:
             return cls(pieces[1], pieces[0])
         raise BadLocation(
-            f"a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: "
-            f"{redact_uri(uri)[:200]!r}"
+            f"a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: {shown!r}"
         )
 
     def to_uri(self) -> str:
@@ -228,9 +221,10 @@ def _acting_as(caller: _Caller | None) -> Iterator[None]:
 class _RbdIO:
     """An RBD volume, through librados: the image of os-brick's ``RBDVolumeIOWrapper``.
 
-    Reads are positional librbd calls (thread-safe, so concurrent readers share one
-    attachment); writes go through the aio window of the RBD driver
-    (:class:`~imgstore.drivers.rbd_aio.AioWindow`), at most ``WINDOW`` in flight.
+    Read and written as the RBD driver reads and writes its images
+    (:mod:`imgstore.drivers.rbd_aio`): reads a few asynchronous reads ahead (librbd is
+    thread-safe, so concurrent readers share one attachment), writes in an aio window,
+    at most ``WINDOW`` in flight.
     """
 
     WINDOW = 8
@@ -244,8 +238,9 @@ class _RbdIO:
         """Bytes the cluster has acknowledged of those :meth:`pwrite` took."""
         return self._aio.stored
 
-    def pread(self, offset: int, length: int) -> bytes:
-        return bytes(self._image.read(offset, length))
+    def chunks(self, offset: int, count: int, size: int) -> Generator[bytes, None, None]:
+        """``count`` bytes from ``offset``, in reads of ``size`` bytes."""
+        return aio_read(self._image, offset, count, size, READ_DEPTH)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         self._aio.write(memoryview(data), offset)
@@ -271,6 +266,16 @@ class _PathIO:
 
     def pread(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
+
+    def chunks(self, offset: int, count: int, size: int) -> Generator[bytes, None, None]:
+        """``count`` bytes from ``offset``, ``size`` at a time, fewer at the device's end."""
+        end = offset + count
+        while offset < end:
+            data = self.pread(offset, min(size, end - offset))
+            if not data:
+                return  # ended early: the stream tells
+            yield data
+            offset += len(data)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
@@ -773,7 +778,8 @@ class CinderDriver(Driver):
             )
 
     def _remove_volume(self, volume_id: str, quiet: bool = True) -> None:
-        """Delete a volume we created (cleanup), whatever its status; quiet: log, never raise."""
+        """Delete a volume we created (cleanup), whatever its status; quiet: log, never raise
+        (else the core reports what failed)."""
         cinder = self._cinder()
         try:
             with contextlib.suppress(cinder_exc.NotFound):
@@ -788,14 +794,9 @@ class CinderDriver(Driver):
                 # stuck in a transitional status (creating, extending...): admin force-delete
                 cinder.volumes.force_delete(volume_id)
             self._wait(volume_id, ("deleting",), "gone")
-        except Exception as exc:
+        except Exception:
             if not quiet:
-                if isinstance(exc, ImgstoreError):
-                    raise
-                raise BackendError(
-                    f"backend {self.backend!r}: cannot delete volume {volume_id}: "
-                    f"{type(exc).__name__}"
-                ) from None
+                raise
             LOG.warning(
                 "backend %r: cleanup: cannot delete volume %s; delete it by hand",
                 self.backend,
@@ -1213,33 +1214,34 @@ class CinderStream(ReadStream):
         self.size = count
         self._chunk = chunk
         self._shared: _Shared | None = None
+        self._reads: Generator[bytes, None, None] | None = None
         self._caller = _CALLER.get()  # the credentials the read started with
 
     def __iter__(self) -> Iterator[bytes]:
         if self.size == 0:
             return
         drv = self._driver
-        if self._shared is None:
-            with _acting_as(self._caller):
-                self._shared, att = drv._acquire_ro(self._volume_id)
-        else:
-            assert self._shared.attachment is not None
-            att = self._shared.attachment
-        offset, end = self._offset, self._offset + self.size
-        while offset < end:
-            try:
-                data = att.io.pread(offset, min(self._chunk, end - offset))
-            except OSError as exc:
-                raise _io_error(exc, drv.backend, f"reading volume {self._volume_id}") from None
-            if not data:
-                raise BackendError(
-                    f"backend {drv.backend!r}: volume {self._volume_id} ended at {offset}, "
-                    f"before the recorded image size"
-                )
-            yield data
-            offset += len(data)
+        with _acting_as(self._caller):
+            self._shared, att = drv._acquire_ro(self._volume_id)
+        self._reads = att.io.chunks(self._offset, self.size, self._chunk)
+        done = 0
+        try:
+            for data in self._reads:
+                yield data
+                done += len(data)
+        except OSError as exc:
+            raise _io_error(exc, drv.backend, f"reading volume {self._volume_id}") from None
+        if done < self.size:
+            raise BackendError(
+                f"backend {drv.backend!r}: volume {self._volume_id} ended at "
+                f"{self._offset + done}, before the recorded image size"
+            )
 
     def close(self) -> None:
+        reads, self._reads = self._reads, None
+        if reads is not None:
+            with contextlib.suppress(ValueError):  # still running on the read-ahead thread
+                reads.close()  # the reads in flight finish before the volume is detached
         shared, self._shared = self._shared, None
         if shared is not None:
             with _acting_as(self._caller):

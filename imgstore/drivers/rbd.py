@@ -25,14 +25,12 @@ python3-rbd; ``scripts/setup`` links them into the venv.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
 import threading
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,7 +38,7 @@ from oslo_config import cfg
 
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
-from imgstore.drivers.rbd_aio import AioWindow
+from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
 from imgstore.drivers.rbd_close import ImageCloser
 from imgstore.errnos import for_errno
 from imgstore.exceptions import (
@@ -378,18 +376,16 @@ class RbdDriver(Driver):
             rbd.RBD().create(
                 ioctx, image_id, initial, order=self.order, old_format=False, features=features
             )
-        try:
-            with self._errors("opening new image", image_id):
-                image = self._closer.open(ioctx, image_id)
             try:
-                with self._errors("marking new image", image_id):
+                image = self._closer.open(ioctx, image_id)
+                try:
                     _mark_writing(image)
+                except BaseException:
+                    self._closer.close(image)
+                    raise
             except BaseException:
-                self._closer.close(image)
+                _remove_quietly(ioctx, image_id, self._closer)
                 raise
-        except BaseException:
-            _remove_quietly(ioctx, image_id, self._closer)
-            raise
         return RbdWriter(self, ioctx, image, image_id, initial)
 
     def _open_image(self, location: Location, snapshot: str | None, read_only: bool) -> Any:
@@ -822,52 +818,26 @@ class RbdWriter(Writer):
 
 
 class RbdStream(ReadStream):
-    """Reads ``count`` bytes from ``offset`` of an open image, ``window`` chunks ahead."""
+    """Reads ``count`` bytes from ``offset`` of an open image, a few chunks ahead."""
 
     def __init__(self, driver: RbdDriver, image: Any, offset: int, count: int) -> None:
         self._image: Any = image
         self._closer = driver._closer
         self._backend = driver.backend
-        self._offset = offset
         self.size = count
-        self._chunk = driver.chunk_size
-        self._window = max(1, min(driver.window, 4))
-        self._pending: deque[tuple[Any, list[Any]]] = deque()
-
-    def _submit(self, offset: int, length: int) -> None:
-        slot: list[Any] = [None, 0]
-
-        def done(completion: Any, data: Any) -> None:
-            slot[0] = data
-            slot[1] = completion.get_return_value()
-
-        completion = self._image.aio_read(offset, length, done)
-        self._pending.append((completion, slot))
+        depth = max(1, min(driver.window, READ_DEPTH))
+        self._reads = aio_read(image, offset, count, driver.chunk_size, depth)
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._image is None:
-            return
-        next_offset, end = self._offset, self._offset + self.size
-        while next_offset < end or self._pending:
-            while next_offset < end and len(self._pending) < self._window:
-                length = min(self._chunk, end - next_offset)
-                self._submit(next_offset, length)
-                next_offset += length
-            completion, slot = self._pending.popleft()
-            completion.wait_for_complete_and_cb()
-            if slot[1] < 0 or slot[0] is None:
-                err = -int(slot[1] or -errno.EIO)
-                raise for_errno(err)(
-                    f"backend {self._backend!r}: reading the image failed: {os.strerror(err)}"
-                )
-            yield slot[0]
+        try:
+            yield from self._reads
+        except OSError as exc:
+            raise for_errno(exc.errno)(
+                f"backend {self._backend!r}: reading the image failed: {exc.strerror}"
+            ) from None
 
     def close(self) -> None:
         image, self._image = self._image, None
-        if image is None:
-            return
-        while self._pending:  # let reads in flight finish before the image goes
-            completion, _slot = self._pending.popleft()
-            with contextlib.suppress(Exception):
-                completion.wait_for_complete_and_cb()
-        self._closer.close(image)
+        if image is not None:
+            self._reads.close()  # the reads in flight finish before the image goes
+            self._closer.close(image)
