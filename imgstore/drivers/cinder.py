@@ -32,10 +32,8 @@ auth as ``cinder_store_user_name`` (domain ``cinder_store_user_domain_name``) in
 when both ``cinder_store_application_credential_id`` and ``_secret`` are set
 (glance_store's rule), that application credential; the endpoint from the
 catalog (``cinder_catalog_info``, ``cinder_os_region_name``) or
-``cinder_endpoint_template``. A token is renewed when a quarter of its lifetime
-is left, at most 120 s before its end (keystoneauth's own margin, which alone
-would log in before every request with tokens shorter than that), and after a
-401. Without it, a Cinder running
+``cinder_endpoint_template``. A token is renewed before its end (see
+:class:`_RenewBeforeEnd`) and after a 401. Without it, a Cinder running
 ``auth_strategy = noauth``: the token is ``<user>:<project>`` and the endpoint
 ``cinder_endpoint_template % {'project_id': <project>}``.
 
@@ -56,11 +54,11 @@ process is root) or in this process (``cinder_privsep_mode = in-process``,
 needs root). Both are process-wide settings of oslo.privsep.
 
 RBD volumes are read and written through librados (os-brick's
-``RBDVolumeIOWrapper``, no kernel mapping). Cinder does not send the cephx key
-(OSSN-0085) and os-brick then reads ``/etc/ceph/<cluster>.client.<user>.keyring``;
-``cinder_rbd_keyring`` names another keyring file, handed to os-brick in
-memory (masked in its debug logs). Multi-attach, iSCSI/FC/NFS connections and
-online extend are not exercised against a real server here.
+``RBDVolumeIOWrapper``, no kernel mapping; writes in the RBD driver's aio window).
+Cinder does not send the cephx key (OSSN-0085) and os-brick then reads
+``/etc/ceph/<cluster>.client.<user>.keyring``; ``cinder_rbd_keyring`` names another
+keyring file, handed to os-brick in memory (masked in its debug logs). Multi-attach,
+iSCSI/FC/NFS connections and online extend are not exercised against a real server here.
 """
 
 from __future__ import annotations
@@ -78,7 +76,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, NoReturn
 
 from oslo_config import cfg
@@ -87,7 +85,8 @@ from imgstore import keystone_catalog
 from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
-from imgstore.drivers.rbd_aio import AioWindow
+from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
+from imgstore.errnos import for_errno
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -100,6 +99,7 @@ from imgstore.exceptions import (
     NotFound,
     NotSupported,
     StorageFull,
+    for_status,
 )
 from imgstore.location import Location, redact_uri, register
 from imgstore.threads import import_here
@@ -146,10 +146,6 @@ def volume_name(image_id: str) -> str:
 _BUSY_RE = re.compile(r"status must be|already attached|attach.*in progress", re.IGNORECASE)
 
 
-def _is_uuid_like(value: str) -> bool:
-    return bool(_UUID_RE.match(value))
-
-
 @register
 class CinderLocation(Location):
     """``cinder://<volume id>`` or ``cinder://<store>/<volume id>`` (multi-store)."""
@@ -157,7 +153,7 @@ class CinderLocation(Location):
     schemes = ("cinder",)
 
     def __init__(self, volume_id: str, store: str | None = None) -> None:
-        if not isinstance(volume_id, str) or not _is_uuid_like(volume_id):
+        if not isinstance(volume_id, str) or not _UUID_RE.match(volume_id):
             raise BadLocation(f"a cinder location needs a volume id (a UUID), not {volume_id!r}")
         if store is not None and (not store or "/" in store):
             raise BadLocation(f"bad store name {store!r} in a cinder location")
@@ -166,22 +162,19 @@ class CinderLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> CinderLocation:
-        prefix = "cinder://"
+        prefix, shown = "cinder://", redact_uri(uri)[:200]
         if uri[: len(prefix)].lower() != prefix:
-            raise BadLocation(f"not a cinder location: {redact_uri(uri)[:200]!r}")
+            raise BadLocation(f"not a cinder location: {shown!r}")
         rest = uri[len(prefix) :]
         if any(c in rest for c in "?#@"):
-            raise BadLocation(
-                f"a cinder location has no query, fragment or user: {redact_uri(uri)[:200]!r}"
-            )
+            raise BadLocation(f"a cinder location has no query, fragment or user: {shown!r}")
         pieces = rest.split("/")
         if len(pieces) == 1:
             return cls(pieces[0])
         if len(pieces) == 2:
             return cls(pieces[1], pieces[0])
         raise BadLocation(
-            f"a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: "
-            f"{redact_uri(uri)[:200]!r}"
+            f"a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: {shown!r}"
         )
 
     def to_uri(self) -> str:
@@ -225,51 +218,13 @@ def _acting_as(caller: _Caller | None) -> Iterator[None]:
         _CALLER.reset(reset)
 
 
-class _Attachment:
-    """One attachment of one volume: Cinder's record plus os-brick's connection."""
+class _RbdIO:
+    """An RBD volume, through librados: the image of os-brick's ``RBDVolumeIOWrapper``.
 
-    def __init__(
-        self,
-        attachment_id: str,
-        connection_info: dict[str, Any],
-        connector: Any,
-        device: dict[str, Any],
-    ) -> None:
-        self.attachment_id = attachment_id
-        self.connection_info = connection_info
-        self.connector = connector
-        self.device = device
-        self.io = _device_io(device, connection_info)
-
-
-class _DeviceIO:
-    """Positional reads and writes on an attached volume."""
-
-    def pread(self, offset: int, length: int) -> bytes:
-        raise NotImplementedError
-
-    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        raise NotImplementedError
-
-    def flush(self) -> None:
-        """Make what was written durable."""
-
-    def close(self) -> None:
-        """Release what this object opened itself."""
-
-    @property
-    def stored(self) -> int | None:
-        """Bytes the storage has acknowledged of those :meth:`pwrite` took; None: all of
-        them once ``pwrite`` returned."""
-        return None
-
-
-class _RbdIO(_DeviceIO):
-    """librados: the image of os-brick's ``RBDVolumeIOWrapper``.
-
-    Reads are positional librbd calls (thread-safe, so concurrent readers share
-    one attachment); writes go through the RBD driver's :class:`AioWindow`, at
-    most ``WINDOW`` in flight.
+    Read and written as the RBD driver reads and writes its images
+    (:mod:`imgstore.drivers.rbd_aio`): reads a few asynchronous reads ahead (librbd is
+    thread-safe, so concurrent readers share one attachment), writes in an aio window,
+    at most ``WINDOW`` in flight.
     """
 
     WINDOW = 8
@@ -280,15 +235,18 @@ class _RbdIO(_DeviceIO):
 
     @property
     def stored(self) -> int | None:
+        """Bytes the cluster has acknowledged of those :meth:`pwrite` took."""
         return self._aio.stored
 
-    def pread(self, offset: int, length: int) -> bytes:
-        return bytes(self._image.read(offset, length))
+    def chunks(self, offset: int, count: int, size: int) -> Generator[bytes, None, None]:
+        """``count`` bytes from ``offset``, in reads of ``size`` bytes."""
+        return aio_read(self._image, offset, count, size, READ_DEPTH)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         self._aio.write(memoryview(data), offset)
 
     def flush(self) -> None:
+        """Make what was written durable (a failed write raises its :class:`OSError`)."""
         self._aio.drain()
         self._aio.check()
         self._image.flush()
@@ -297,14 +255,27 @@ class _RbdIO(_DeviceIO):
         self._aio.drain()
 
 
-class _PathIO(_DeviceIO):
+class _PathIO:
     """A block device or file path (iSCSI, FC, NVMe, a file on an NFS share)."""
+
+    stored = None
+    """Every byte :meth:`pwrite` took is with the device once it returns."""
 
     def __init__(self, path: str, writable: bool) -> None:
         self._fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
 
     def pread(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
+
+    def chunks(self, offset: int, count: int, size: int) -> Generator[bytes, None, None]:
+        """``count`` bytes from ``offset``, ``size`` at a time, fewer at the device's end."""
+        end = offset + count
+        while offset < end:
+            data = self.pread(offset, min(size, end - offset))
+            if not data:
+                return  # ended early: the stream tells
+            yield data
+            offset += len(data)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
@@ -321,7 +292,7 @@ class _PathIO(_DeviceIO):
             os.close(fd)
 
 
-def _device_io(device: dict[str, Any], connection_info: dict[str, Any]) -> _DeviceIO:
+def _device_io(device: dict[str, Any], connection_info: dict[str, Any]) -> _RbdIO | _PathIO:
     """How to do I/O on what os-brick's ``connect_volume`` returned."""
     path = device.get("path")
     if isinstance(path, str):
@@ -334,6 +305,20 @@ def _device_io(device: dict[str, Any], connection_info: dict[str, Any]) -> _Devi
     if path is not None and hasattr(path, "rbd_image"):
         return _RbdIO(path)
     raise NotSupported(f"os-brick returned a device this driver cannot use ({type(path).__name__})")
+
+
+@dataclasses.dataclass
+class _Attachment:
+    """One attachment of one volume: Cinder's record plus os-brick's connection."""
+
+    attachment_id: str
+    connection_info: dict[str, Any]
+    connector: Any
+    device: dict[str, Any]
+    io: _RbdIO | _PathIO = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.io = _device_io(self.device, self.connection_info)
 
 
 class _RenewBeforeEnd:
@@ -595,22 +580,28 @@ class CinderDriver(Driver):
         with _acting_as(_Caller(_Secret(token), self._endpoint_for(project_id, catalog))):
             yield
 
+    def _templated(self, project_id: str) -> str:
+        """``cinder_endpoint_template`` for ``project_id``."""
+        try:
+            return str(self.conf.cinder_endpoint_template % {"project_id": project_id})
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadConfiguration(
+                f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
+            ) from None
+
+    def _catalog_info(self) -> tuple[str, str | None, str]:
+        """Cinder's service type, name (None: any) and interface in a catalog
+        (``cinder_catalog_info``)."""
+        service_type, name, interface = [*self.conf.cinder_catalog_info.split(":"), "", ""][:3]
+        return service_type or "volumev3", name or None, interface or "publicURL"
+
     def _endpoint_for(self, project_id: str, catalog: list[dict[str, Any]] | None) -> str:
         c = self.conf
         if c.cinder_endpoint_template:
-            try:
-                return str(c.cinder_endpoint_template % {"project_id": project_id})
-            except (KeyError, ValueError, TypeError) as exc:
-                raise BadConfiguration(
-                    f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
-                ) from None
-        service_type, service_name, interface = ([*c.cinder_catalog_info.split(":"), "", ""])[:3]
+            return self._templated(project_id)
+        service_type, name, interface = self._catalog_info()
         url = keystone_catalog.endpoint_url(
-            catalog,
-            service_type or "volumev3",
-            interface or "publicURL",
-            c.cinder_os_region_name,
-            service_name or None,
+            catalog, service_type, interface, c.cinder_os_region_name, name
         )
         if url is None:
             raise BadConfiguration(
@@ -693,29 +684,15 @@ class CinderDriver(Driver):
                     project_id = auth.get_project_id(session)
                 except ks_exc.ClientException as exc:
                     raise self._error(exc, "logging in to Keystone") from None
-                kwargs["endpoint_override"] = c.cinder_endpoint_template % {
-                    "project_id": project_id
-                }
+                kwargs["endpoint_override"] = self._templated(project_id)
             else:
-                service_type, service_name, interface = (
-                    [*c.cinder_catalog_info.split(":"), "", ""]
-                )[:3]
-                kwargs.update(
-                    service_type=service_type or "volumev3",
-                    service_name=service_name or None,
-                    interface=interface or "publicURL",
-                )
+                service_type, name, interface = self._catalog_info()
+                kwargs.update(service_type=service_type, service_name=name, interface=interface)
             return self._client_for(session, **kwargs)
         project = c.cinder_store_project_name
-        user = c.cinder_store_user_name or "imgstore"
-        try:
-            url = c.cinder_endpoint_template % {"project_id": project}
-        except (KeyError, ValueError, TypeError) as exc:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: bad cinder_endpoint_template: {exc}"
-            ) from None
+        token = f"{c.cinder_store_user_name or 'imgstore'}:{project}"
         return self._client_for(
-            self._session(token_endpoint.Token(endpoint=url, token=f"{user}:{project}"))
+            self._session(token_endpoint.Token(endpoint=self._templated(project), token=token))
         )
 
     def _connector_properties(self) -> dict[str, Any]:
@@ -753,21 +730,14 @@ class CinderDriver(Driver):
     # -- errors ------------------------------------------------------------
 
     def _error(self, exc: Exception, doing: str) -> ImgstoreError:
-        """Map a cinderclient/keystoneauth error to ours (no secret can be in it)."""
+        """The imgstore error of a cinderclient/keystoneauth error: of its HTTP status
+        (:func:`imgstore.exceptions.for_status`; 413 is Cinder's over-quota), unavailable
+        when the server could not be reached (the core scrubs the message)."""
         msg = f"backend {self.backend!r}: {doing} failed: {type(exc).__name__}: {exc}"
-        for secret in self.secrets():
-            msg = msg.replace(secret, "***")
-        if isinstance(exc, cinder_exc.NotFound):
-            return NotFound(msg)
-        if isinstance(exc, cinder_exc.Unauthorized | cinder_exc.Forbidden | ks_exc.Unauthorized):
-            return AuthenticationFailed(msg)
-        if isinstance(exc, cinder_exc.OverLimit):
-            return StorageFull(msg)
         if isinstance(exc, cinder_exc.ConnectionError | ks_exc.ConnectionError):
             return BackendUnavailable(msg)
-        if isinstance(exc, cinder_exc.ClientException) and int(exc.code or 0) >= 500:
-            return BackendUnavailable(msg)
-        return BackendError(msg)
+        status = int(getattr(exc, "code", None) or getattr(exc, "http_status", None) or 0)
+        return StorageFull(msg) if status == 413 else for_status(status)(msg)
 
     def _call(self, doing: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
@@ -780,50 +750,36 @@ class CinderDriver(Driver):
     def _get(self, volume_id: str) -> Any:
         return self._call(f"looking up volume {volume_id}", self._cinder().volumes.get, volume_id)
 
-    def _still(self, volume_id: str, status: str) -> NoReturn:
-        raise BackendUnavailable(
-            f"backend {self.backend!r}: volume {volume_id} is still {status!r} "
-            f"after {self.timeout:g} s (cinder_state_transition_timeout)"
-        )
-
-    def _wait(self, volume_id: str, transitional: tuple[str, ...], expected: str) -> Any:
-        """Poll until the volume leaves ``transitional``; it must then be ``expected``."""
+    def _wait(self, volume_id: str, transitional: tuple[str, ...], expected: str) -> None:
+        """Poll until the volume leaves the ``transitional`` statuses; it must then be
+        ``expected`` (``gone``: Cinder has no such volume any more, as after a delete that
+        did not end in ``error_deleting``)."""
         status = "unknown"
 
-        def settled() -> Any:
-            nonlocal status
-            volume = self._get(volume_id)
-            status = volume.status
-            return None if status in transitional else volume
-
-        volume = poll(settled, self.timeout, lambda: self._still(volume_id, status))
-        if volume.status != expected:
-            raise BackendError(
-                f"backend {self.backend!r}: volume {volume_id} is {volume.status!r}, "
-                f"expected {expected!r}"
-            )
-        return volume
-
-    def _wait_gone(self, volume_id: str) -> None:
-        status = "unknown"
-
-        def gone() -> bool | None:
+        def settled() -> str | None:
             nonlocal status
             try:
-                volume = self._cinder().volumes.get(volume_id)
-            except cinder_exc.NotFound:
-                return True
-            except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
-                raise self._error(exc, f"waiting for volume {volume_id} to go") from None
-            if volume.status == "error_deleting":
-                raise BackendError(f"backend {self.backend!r}: deleting volume {volume_id} failed")
-            status = volume.status
-            return None
+                status = self._get(volume_id).status
+            except NotFound:
+                if expected != "gone":
+                    raise
+                status = "gone"
+            return None if status in transitional else status
 
-        poll(gone, self.timeout, lambda: self._still(volume_id, status))
+        def too_long() -> NoReturn:
+            raise BackendUnavailable(
+                f"backend {self.backend!r}: volume {volume_id} is still {status!r} "
+                f"after {self.timeout:g} s (cinder_state_transition_timeout)"
+            )
+
+        if poll(settled, self.timeout, too_long) != expected:
+            raise BackendError(
+                f"backend {self.backend!r}: volume {volume_id} is {status!r}, expected {expected!r}"
+            )
 
     def _remove_volume(self, volume_id: str, quiet: bool = True) -> None:
-        """Delete a volume we created (cleanup), whatever its status; quiet: log, never raise."""
+        """Delete a volume we created (cleanup), whatever its status; quiet: log, never raise
+        (else the core reports what failed)."""
         cinder = self._cinder()
         try:
             with contextlib.suppress(cinder_exc.NotFound):
@@ -837,15 +793,10 @@ class CinderDriver(Driver):
             except cinder_exc.BadRequest:
                 # stuck in a transitional status (creating, extending...): admin force-delete
                 cinder.volumes.force_delete(volume_id)
-            self._wait_gone(volume_id)
-        except Exception as exc:
+            self._wait(volume_id, ("deleting",), "gone")
+        except Exception:
             if not quiet:
-                if isinstance(exc, ImgstoreError):
-                    raise
-                raise BackendError(
-                    f"backend {self.backend!r}: cannot delete volume {volume_id}: "
-                    f"{type(exc).__name__}"
-                ) from None
+                raise
             LOG.warning(
                 "backend %r: cleanup: cannot delete volume %s; delete it by hand",
                 self.backend,
@@ -868,14 +819,12 @@ class CinderDriver(Driver):
             nonlocal busy
             try:
                 return cinder.attachments.create(volume_id, None, mode=mode)
-            except cinder_exc.BadRequest as exc:
+            except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
                 # attached elsewhere (not multi-attach) or still detaching: wait for it
-                if not _BUSY_RE.search(str(exc)):
+                if not (isinstance(exc, cinder_exc.BadRequest) and _BUSY_RE.search(str(exc))):
                     raise self._error(exc, doing) from None
                 busy = exc
                 return None
-            except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
-                raise self._error(exc, doing) from None
 
         def too_long() -> NoReturn:
             assert busy is not None
@@ -886,10 +835,7 @@ class CinderDriver(Driver):
         connector = device = None
         info: dict[str, Any] | None = None
         try:
-            updated = self._call(
-                f"attaching volume {volume_id}", cinder.attachments.update, att_id, props
-            )
-            info = dict(updated.connection_info)
+            info = dict(self._call(doing, cinder.attachments.update, att_id, props).connection_info)
             if info.get("driver_volume_type") == "rbd" and self._keyring is not None:
                 info["keyring"] = self._keyring
             if info.get("encrypted"):
@@ -903,15 +849,13 @@ class CinderDriver(Driver):
                     device_scan_attempts=3,
                 )
                 device = connector.connect_volume(info)
-            except ImgstoreError:
-                raise
             except Exception as exc:
                 raise BackendError(
                     f"backend {self.backend!r}: os-brick cannot connect volume {volume_id} "
                     f"({info.get('driver_volume_type')}): {type(exc).__name__}: "
                     f"{_brick_message(exc)}"
                 ) from None
-            self._call(f"attaching volume {volume_id}", cinder.attachments.complete, att_id)
+            self._call(doing, cinder.attachments.complete, att_id)
             return _Attachment(att_id, info, connector, device)
         except BaseException:
             self._disconnect(volume_id, att_id, info, connector, device)
@@ -1082,16 +1026,15 @@ class CinderDriver(Driver):
         volume_id = location.volume_id
         try:
             self._cinder().volumes.delete(volume_id)
-        except cinder_exc.BadRequest as exc:
-            if "attach" in str(exc) or "in-use" in str(exc):
+        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
+            attached = "attach" in str(exc) or "in-use" in str(exc)
+            if isinstance(exc, cinder_exc.BadRequest) and attached:
                 raise InUse(
                     f"backend {self.backend!r}: volume {volume_id} is attached (being read?); "
                     "it was left as it was"
                 ) from None
             raise self._error(exc, f"deleting volume {volume_id}") from None
-        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
-            raise self._error(exc, f"deleting volume {volume_id}") from None
-        self._wait_gone(volume_id)
+        self._wait(volume_id, ("deleting",), "gone")
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
         """Volumes of the project still flagged as being written (metadata ``imgstore_writing``).
@@ -1103,7 +1046,7 @@ class CinderDriver(Driver):
         now = time.time()
         for vol in volumes:
             started = (vol.metadata or {}).get(WRITING_KEY)
-            if started is None or vol.status in ("deleting", "error_deleting"):
+            if started is None or vol.status in _GOING:
                 continue
             try:
                 age: float | None = now - float(started)
@@ -1118,11 +1061,9 @@ class CinderDriver(Driver):
     def remove_leftover(self, leftover: Leftover) -> None:
         volume_id = str(leftover.ref)
         try:
-            volume = self._cinder().volumes.get(volume_id)
-        except cinder_exc.NotFound:
+            volume = self._get(volume_id)
+        except NotFound:
             return
-        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
-            raise self._error(exc, f"looking up volume {volume_id}") from None
         if WRITING_KEY not in (volume.metadata or {}):
             return  # its add finished after all: not a leftover
         self._remove_volume(volume_id, quiet=False)
@@ -1138,13 +1079,13 @@ class CinderDriver(Driver):
                 self._detach(volume_id, att)
 
 
+@dataclasses.dataclass
 class _Shared:
     """A read-only attachment and how many readers use it."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.attachment: _Attachment | None = None
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    users: int = 0
+    attachment: _Attachment | None = None
 
 
 def _brick_message(exc: Exception) -> str:
@@ -1162,6 +1103,11 @@ def _host_ip(host: str) -> str:
         with contextlib.suppress(OSError):
             return str(socket.getaddrinfo(host, None, family)[0][4][0])
     return "127.0.0.1"
+
+
+def _io_error(exc: OSError, backend: str, doing: str) -> ImgstoreError:
+    """The imgstore error of a failed read or write on an attached volume (by its errno)."""
+    return for_errno(exc.errno)(f"backend {backend!r}: {doing} failed: {exc.strerror or exc}")
 
 
 class CinderWriter(Writer):
@@ -1187,17 +1133,23 @@ class CinderWriter(Writer):
         stored = att.io.stored if att is not None else None
         return self._offset if stored is None else self._attached_at + stored
 
-    def _grow(self, needed: int) -> None:
-        """Detach, extend the volume by at least 1 GiB to hold ``needed`` bytes, re-attach."""
-        with _acting_as(self._caller):
-            self._grow_to(needed)
-
-    def _grow_to(self, needed: int) -> None:
-        drv, vid = self._driver, self._volume_id
+    def _flush_and_detach(self) -> None:
+        """Make what was written durable, and detach the volume (also when that fails)."""
         att, self._att = self._att, None
         assert att is not None
-        att.io.flush()
-        drv._detach(vid, att)
+        try:
+            att.io.flush()
+        except OSError as exc:
+            raise _io_error(
+                exc, self._driver.backend, f"writing volume {self._volume_id}"
+            ) from None
+        finally:
+            self._driver._detach(self._volume_id, att)
+
+    def _grow(self, needed: int) -> None:
+        """Detach, extend the volume by at least 1 GiB to hold ``needed`` bytes, re-attach."""
+        drv, vid = self._driver, self._volume_id
+        self._flush_and_detach()
         drv._wait(vid, ("detaching", "in-use"), "available")
         new_gb = max(self._size_gb + 1, math.ceil(needed / GiB))
         LOG.debug("backend %r: extending volume %s to %d GiB", drv.backend, vid, new_gb)
@@ -1210,49 +1162,36 @@ class CinderWriter(Writer):
     def write(self, chunk: memoryview) -> None:
         n = len(chunk)
         if self._offset + n > self._size_gb * GiB:
-            self._grow(self._offset + n)
+            with _acting_as(self._caller):
+                self._grow(self._offset + n)
         assert self._att is not None
         try:
             self._att.io.pwrite(chunk, self._offset)
         except OSError as exc:
-            raise BackendError(
-                f"backend {self._driver.backend!r}: writing volume {self._volume_id} failed: "
-                f"{exc.strerror or exc}"
+            raise _io_error(
+                exc, self._driver.backend, f"writing volume {self._volume_id}"
             ) from None
         self._offset += n
 
     def commit(self, size: int) -> Written:
-        with _acting_as(self._caller):
-            return self._commit(size)
-
-    def _commit(self, size: int) -> Written:
         drv, vid = self._driver, self._volume_id
-        att, self._att = self._att, None
-        assert att is not None
-        try:
-            att.io.flush()
-        except OSError as exc:
-            drv._detach(vid, att)
-            raise BackendError(
-                f"backend {drv.backend!r}: writing volume {vid} failed: {exc.strerror or exc}"
-            ) from None
-        except BaseException:
-            drv._detach(vid, att)
-            raise
-        drv._detach(vid, att)
-        cinder = drv._cinder()
-        drv._wait(vid, ("detaching", "in-use"), "available")
-        # again: a racing add's volume created in the same instant may not have been
-        # listed yet at the first check; now it is (the loser's abort removes its volume)
-        drv._check_claim(self._image_id, vid)
-        drv._call(
-            f"recording the size of volume {vid}",
-            cinder.volumes.set_metadata,
-            vid,
-            {"image_size": str(size)},
-        )
-        drv._call(f"marking volume {vid} read-only", cinder.volumes.update_readonly_flag, vid, True)
-        drv._call(f"finishing volume {vid}", cinder.volumes.delete_metadata, vid, [WRITING_KEY])
+        with _acting_as(self._caller):
+            self._flush_and_detach()
+            cinder = drv._cinder()
+            drv._wait(vid, ("detaching", "in-use"), "available")
+            # again: a racing add's volume created in the same instant may not have been
+            # listed yet at the first check; now it is (the loser's abort removes its volume)
+            drv._check_claim(self._image_id, vid)
+            drv._call(
+                f"recording the size of volume {vid}",
+                cinder.volumes.set_metadata,
+                vid,
+                {"image_size": str(size)},
+            )
+            drv._call(
+                f"marking volume {vid} read-only", cinder.volumes.update_readonly_flag, vid, True
+            )
+            drv._call(f"finishing volume {vid}", cinder.volumes.delete_metadata, vid, [WRITING_KEY])
         return Written(CinderLocation(vid, drv.backend), {"volume_id": vid})
 
     def abort(self) -> None:
@@ -1275,37 +1214,34 @@ class CinderStream(ReadStream):
         self.size = count
         self._chunk = chunk
         self._shared: _Shared | None = None
+        self._reads: Generator[bytes, None, None] | None = None
         self._caller = _CALLER.get()  # the credentials the read started with
 
     def __iter__(self) -> Iterator[bytes]:
         if self.size == 0:
             return
         drv = self._driver
-        if self._shared is None:
-            with _acting_as(self._caller):
-                self._shared, att = drv._acquire_ro(self._volume_id)
-        else:
-            assert self._shared.attachment is not None
-            att = self._shared.attachment
-        offset, end = self._offset, self._offset + self.size
-        while offset < end:
-            n = min(self._chunk, end - offset)
-            try:
-                data = att.io.pread(offset, n)
-            except OSError as exc:
-                raise BackendError(
-                    f"backend {drv.backend!r}: reading volume {self._volume_id} failed: "
-                    f"{exc.strerror or exc}"
-                ) from None
-            if not data:
-                raise BackendError(
-                    f"backend {drv.backend!r}: volume {self._volume_id} ended at {offset}, "
-                    f"before the recorded image size"
-                )
-            yield data
-            offset += len(data)
+        with _acting_as(self._caller):
+            self._shared, att = drv._acquire_ro(self._volume_id)
+        self._reads = att.io.chunks(self._offset, self.size, self._chunk)
+        done = 0
+        try:
+            for data in self._reads:
+                yield data
+                done += len(data)
+        except OSError as exc:
+            raise _io_error(exc, drv.backend, f"reading volume {self._volume_id}") from None
+        if done < self.size:
+            raise BackendError(
+                f"backend {drv.backend!r}: volume {self._volume_id} ended at "
+                f"{self._offset + done}, before the recorded image size"
+            )
 
     def close(self) -> None:
+        reads, self._reads = self._reads, None
+        if reads is not None:
+            with contextlib.suppress(ValueError):  # still running on the read-ahead thread
+                reads.close()  # the reads in flight finish before the volume is detached
         shared, self._shared = self._shared, None
         if shared is not None:
             with _acting_as(self._caller):

@@ -25,14 +25,12 @@ python3-rbd; ``scripts/setup`` links them into the venv.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
 import threading
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,19 +38,17 @@ from oslo_config import cfg
 
 from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
-from imgstore.drivers.rbd_aio import AioWindow
+from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
 from imgstore.drivers.rbd_close import ImageCloser
+from imgstore.errnos import for_errno
 from imgstore.exceptions import (
     AuthenticationFailed,
-    BackendError,
     BackendUnavailable,
     BadConfiguration,
     BadLocation,
-    Duplicate,
     ImgstoreError,
     InUse,
     NotFound,
-    StorageFull,
 )
 from imgstore.location import Location, redact_uri, register
 
@@ -66,9 +62,9 @@ except ImportError:  # pragma: no cover - depends on the machine
 LOG = logging.getLogger(__name__)
 
 SNAPSHOT = "snap"
+"""The snapshot every added image gets (glance_store's name)."""
 WRITING_KEY = "imgstore.writing"
 """Image metadata set while an add writes the image (its start time); removed on commit."""
-"""The snapshot every added image gets (glance_store's name)."""
 
 MiB = 1024 * 1024
 DEFAULT_POOL = "images"
@@ -249,10 +245,8 @@ class RbdDriver(Driver):
         if self.thin:
             self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
         self.window = int(self.conf.rbd_store_write_window)
-        self._feature_names = [f.strip().lower() for f in self.conf.rbd_store_image_features]
-        self._features: int | None = None
-        if self._feature_names:
-            self._features = _parse_features(self._feature_names, self.backend)
+        names = [f.strip().lower() for f in self.conf.rbd_store_image_features]
+        self._features = _parse_features(names, self.backend) if names else None
         self._lock = threading.Lock()
         self._cluster: Any = None
         self._fsid: str | None = None
@@ -331,24 +325,19 @@ class RbdDriver(Driver):
             self._ioctxs[pool] = ioctx
             return ioctx
 
-    def _error(self, exc: BaseException, doing: str, what: str = "") -> ImgstoreError:
-        """Map a rados/rbd exception to imgstore's hierarchy."""
+    def _error(self, exc: Exception, doing: str, what: str = "") -> ImgstoreError:
+        """The imgstore error of a rados/rbd exception, of the class its errno says
+        (:func:`imgstore.errnos.for_errno`: not found, exists, busy, full, refused...)."""
         where = f"backend {self.backend!r}: {doing}" + (f" {what}" if what else "")
-        if isinstance(exc, ImgstoreError):
-            return exc
-        if isinstance(exc, rbd.ImageNotFound | rados.ObjectNotFound):
-            return NotFound(f"{where}: not found")
-        if isinstance(exc, rbd.ImageExists | rados.ObjectExists):
-            return Duplicate(f"{where}: it already exists")
-        if isinstance(exc, rbd.NoSpace | rbd.DiskQuotaExceeded | rados.NoSpace):
-            return StorageFull(f"{where}: the pool is full or over its quota")
-        if isinstance(exc, rbd.PermissionError | rados.PermissionError):
-            return AuthenticationFailed(f"{where}: permission denied for the Ceph user")
-        if isinstance(exc, rbd.Timeout | rados.TimedOut | rbd.ConnectionShutdown):
-            return BackendUnavailable(f"{where}: the cluster did not answer in time")
-        if isinstance(exc, rbd.ImageBusy | rbd.ImageHasSnapshots):
-            return InUse(f"{where}: the image is in use: {exc}")
-        return BackendError(f"{where}: {type(exc).__name__}: {exc}")
+        return for_errno(getattr(exc, "errno", None))(f"{where}: {type(exc).__name__}: {exc}")
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str, what: str = "") -> Iterator[None]:
+        """Raise what librados or librbd raises in the block as :meth:`_error` maps it."""
+        try:
+            yield
+        except (rbd.Error, rados.Error) as exc:
+            raise self._error(exc, doing, what) from None
 
     def _features_for_new(self) -> int:
         if self._features is None:
@@ -374,55 +363,38 @@ class RbdDriver(Driver):
     def discard(self, image_id: str) -> bool:
         """Remove image ``image_id`` of the pool with its snapshots, finished or not."""
         ioctx = self._ioctx(self.pool, for_write=True)
-        try:
+        with self._errors("discarding", image_id):
             return self._remove(ioctx, image_id)
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "discarding", image_id) from None
 
     # -- operations ------------------------------------------------------
 
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         ioctx = self._ioctx(self.pool, for_write=True)
         initial = size if size is not None else 0
-        try:
+        features = self._features_for_new()
+        with self._errors("creating image", image_id):  # an existing image: Duplicate
             rbd.RBD().create(
-                ioctx,
-                image_id,
-                initial,
-                order=self.order,
-                old_format=False,
-                features=self._features_for_new(),
+                ioctx, image_id, initial, order=self.order, old_format=False, features=features
             )
-        except rbd.ImageExists:
-            raise Duplicate(
-                f"image {image_id} already exists in backend {self.backend!r}"
-            ) from None
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "creating image", image_id) from None
-        try:
-            image = self._closer.open(ioctx, image_id)
-        except (rbd.Error, rados.Error) as exc:
-            _remove_quietly(ioctx, image_id, self._closer)
-            raise self._error(exc, "opening new image", image_id) from None
-        try:
-            _mark_writing(image)
-        except (rbd.Error, rados.Error) as exc:
-            self._closer.close(image)
-            _remove_quietly(ioctx, image_id, self._closer)
-            raise self._error(exc, "marking new image", image_id) from None
-        return RbdWriter(self, ioctx, image, image_id, initial, known_size=size is not None)
+            try:
+                image = self._closer.open(ioctx, image_id)
+                try:
+                    _mark_writing(image)
+                except BaseException:
+                    self._closer.close(image)
+                    raise
+            except BaseException:
+                _remove_quietly(ioctx, image_id, self._closer)
+                raise
+        return RbdWriter(self, ioctx, image, image_id, initial)
 
     def _open_image(self, location: Location, snapshot: str | None, read_only: bool) -> Any:
         assert isinstance(location, RbdLocation)
         if not self.owns(location):
             raise BadLocation(f"{location.redacted()} is not in backend {self.backend!r}")
         ioctx = self._ioctx(location.pool or self.pool)
-        try:
+        with self._errors("opening", location.redacted()):  # not there: NotFound
             return self._closer.open(ioctx, location.image, snapshot=snapshot, read_only=read_only)
-        except rbd.ImageNotFound:
-            raise NotFound(f"no image at {location.redacted()}") from None
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "opening", location.redacted()) from None
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         assert isinstance(location, RbdLocation)
@@ -432,9 +404,7 @@ class RbdDriver(Driver):
         except BaseException:
             self._closer.close(image)
             raise
-        return RbdStream(
-            image, start, count, self.chunk_size, self.window, self.backend, self._closer
-        )
+        return RbdStream(self, image, start, count)
 
     def size(self, location: Location) -> int:
         assert isinstance(location, RbdLocation)
@@ -458,10 +428,9 @@ class RbdDriver(Driver):
                     return
                 raise
             try:
-                children = [f"{c['pool']}/{c['image']}" for c in reader.list_children2() if c]
-                others = [s["name"] for s in reader.list_snaps() if s["name"] != snap]
-            except (rbd.Error, rados.Error) as exc:
-                raise self._error(exc, "inspecting", shown) from None
+                with self._errors("inspecting", shown):
+                    children = [f"{c['pool']}/{c['image']}" for c in reader.list_children2() if c]
+                    others = [s["name"] for s in reader.list_snaps() if s["name"] != snap]
             finally:
                 self._closer.close(reader)
             if children:
@@ -475,42 +444,33 @@ class RbdDriver(Driver):
                     "remove them first. The image was left intact"
                 )
             image = self._open_image(location, None, read_only=False)
-            try:
-                if image.is_protected_snap(snap):
-                    image.unprotect_snap(snap)
-                image.remove_snap(snap)
-            except rbd.ImageBusy:
-                raise InUse(f"{shown} is in use (clones appeared meanwhile)") from None
-            except (rbd.Error, rados.Error) as exc:
-                raise self._error(exc, "removing the snapshot of", shown) from None
+            try:  # busy: clones appeared meanwhile
+                with self._errors("removing the snapshot of", shown):
+                    if image.is_protected_snap(snap):
+                        image.unprotect_snap(snap)
+                    image.remove_snap(snap)
             finally:
                 self._closer.close(image)
-        try:
-            rbd.RBD().remove(ioctx, name)
-        except rbd.ImageNotFound:
-            raise NotFound(f"no image at {shown}") from None
-        except rbd.ImageHasSnapshots:
-            raise InUse(f"{shown} has snapshots; remove them first") from None
-        except rbd.ImageBusy:
-            raise InUse(f"{shown} is open elsewhere (it has watchers); retry later") from None
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "deleting", shown) from None
+        with self._errors("deleting", shown):  # not there: NotFound
+            try:
+                rbd.RBD().remove(ioctx, name)
+            except rbd.ImageHasSnapshots:
+                raise InUse(f"{shown} has snapshots; remove them first") from None
+            except rbd.ImageBusy:
+                raise InUse(f"{shown} is open elsewhere (it has watchers); retry later") from None
 
     def _finish_cut_removal(self, ioctx: Any, name: str, shown: str) -> bool:
         """Finish removing ``name`` if an earlier removal was cut short; whether it was."""
-        try:
-            with self._closer.opened(ioctx, name, read_only=True):
-                return False  # the image is there (without that snapshot): not ours to remove
-        except rbd.ImageNotFound:
-            pass
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "inspecting", shown) from None
-        try:
-            rbd.RBD().remove(ioctx, name)
-        except rbd.ImageNotFound:
-            return False
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "deleting", shown) from None
+        with self._errors("deleting", shown):
+            try:
+                with self._closer.opened(ioctx, name, read_only=True):
+                    return False  # the image is there (without that snapshot): not ours
+            except rbd.ImageNotFound:
+                pass
+            try:
+                rbd.RBD().remove(ioctx, name)
+            except rbd.ImageNotFound:
+                return False
         LOG.info(
             "backend %r: finished removing %s (an earlier removal was cut short)",
             self.backend,
@@ -527,54 +487,42 @@ class RbdDriver(Driver):
         not an rbd image of this same cluster with a snapshot to clone from,
         or when this backend's user may not read the source pool.
         """
-        if not isinstance(source_driver, RbdDriver) or not isinstance(source_location, RbdLocation):
+        src = source_location
+        if not isinstance(source_driver, RbdDriver) or not isinstance(src, RbdLocation):
             return None
-        if source_location.legacy or source_location.snapshot is None:
-            return None
-        if source_driver.fsid() != self.fsid():
+        if src.legacy or src.snapshot is None or source_driver.fsid() != self.fsid():
             return None
         try:
-            src_ioctx = self._ioctx(source_location.pool or self.pool)
+            src_ioctx = self._ioctx(src.pool or self.pool)
         except (NotFound, AuthenticationFailed):
             return None
         dst_ioctx = self._ioctx(self.pool, for_write=True)
+        features = self._features_for_new()
+        # the copy exists already: Duplicate; the source is not there: NotFound
+        with self._errors("cloning", f"{src.redacted()} into {image_id}"):
+            try:
+                rbd.RBD().clone(
+                    src_ioctx, src.image, src.snapshot, dst_ioctx, image_id,
+                    features=features, order=self.order,
+                )  # fmt: skip
+            except (rbd.PermissionError, rbd.InvalidArgument, rbd.FunctionNotSupported) as exc:
+                LOG.info(
+                    "backend %r: cannot clone (%s); copying through the client", self.backend, exc
+                )
+                return None
         try:
-            rbd.RBD().clone(
-                src_ioctx,
-                source_location.image,
-                source_location.snapshot,
-                dst_ioctx,
-                image_id,
-                features=self._features_for_new(),
-                order=self.order,
-            )
-        except rbd.ImageExists:
-            raise Duplicate(
-                f"image {image_id} already exists in backend {self.backend!r}"
-            ) from None
-        except rbd.ImageNotFound:
-            raise NotFound(f"no image at {source_location.redacted()}") from None
-        except (rbd.PermissionError, rbd.InvalidArgument, rbd.FunctionNotSupported) as exc:
-            LOG.info("backend %r: cannot clone (%s); copying through the client", self.backend, exc)
-            return None
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, "cloning into", image_id) from None
-        try:
-            with self._closer.opened(dst_ioctx, image_id) as image:
-                _mark_writing(image)
-                image.flatten()
-                image.create_snap(SNAPSHOT)
-                image.protect_snap(SNAPSHOT)
-                image.metadata_remove(WRITING_KEY)  # the commit point
-        except BaseException as exc:
+            with self._errors("flattening the copy", image_id):
+                with self._closer.opened(dst_ioctx, image_id) as image:
+                    _mark_writing(image)
+                    image.flatten()
+                    _publish(image)
+        except BaseException:
             _remove_quietly(dst_ioctx, image_id, self._closer)
-            if isinstance(exc, rbd.Error | rados.Error):
-                raise self._error(exc, "flattening the copy", image_id) from None
             raise
         LOG.info(
             "backend %r: copied %s inside the cluster (clone + flatten)",
             self.backend,
-            source_location.redacted(),
+            src.redacted(),
         )
         return Written(self._location(image_id))
 
@@ -586,10 +534,8 @@ class RbdDriver(Driver):
         images made by others (volumes, instance disks) are never listed.
         """
         ioctx = self._ioctx(self.pool)
-        try:
+        with self._errors(f"listing pool {self.pool!r}"):
             names = list(rbd.RBD().list(ioctx))
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, f"listing pool {self.pool!r}") from None
         now = time.time()
         unopenable = []
         for name in names:
@@ -614,25 +560,22 @@ class RbdDriver(Driver):
                     self.backend, "unfinished image", f"{self.pool}/{name}", age, size, name
                 )
         if unopenable:
-            try:
+            with self._errors(f"listing pool {self.pool!r}"):
                 still = set(rbd.RBD().list(ioctx)).intersection(unopenable)
-            except (rbd.Error, rados.Error) as exc:
-                raise self._error(exc, f"listing pool {self.pool!r}") from None
             for name in sorted(still):  # listed, yet it cannot be opened: killed mid-removal
                 yield Leftover(self.backend, "removal cut short", f"{self.pool}/{name}", ref=name)
 
     def remove_leftover(self, leftover: Leftover) -> None:
         ioctx = self._ioctx(self.pool, for_write=True)
         name = str(leftover.ref)
-        try:
-            self._remove(ioctx, name, only_if_flagged=True)
-        except rbd.ImageBusy:
-            raise InUse(
-                f"backend {self.backend!r}: {leftover.kind} {leftover.name} is still in use "
-                f"({self._users(ioctx, name)}); retry once its watchers have lapsed"
-            ) from None
-        except (rbd.Error, rados.Error) as exc:
-            raise self._error(exc, f"removing {leftover.kind}", leftover.name) from None
+        with self._errors(f"removing {leftover.kind}", leftover.name):
+            try:
+                self._remove(ioctx, name, only_if_flagged=True)
+            except rbd.ImageBusy:
+                raise InUse(
+                    f"backend {self.backend!r}: {leftover.kind} {leftover.name} is still in use "
+                    f"({self._users(ioctx, name)}); retry once its watchers have lapsed"
+                ) from None
 
     def _remove(self, ioctx: Any, name: str, *, only_if_flagged: bool = False) -> bool:
         """``_remove_image``, once more after breaking a stale lock of this process's own
@@ -783,25 +726,22 @@ def _remove_quietly(ioctx: Any, name: str, closer: ImageCloser) -> None:
         LOG.warning("cleanup: cannot remove rbd image %s; remove it by hand", name, exc_info=True)
 
 
+def _publish(image: Any) -> None:
+    """Create and protect the snapshot of a written image, then unflag it: the commit point."""
+    image.create_snap(SNAPSHOT)
+    image.protect_snap(SNAPSHOT)
+    image.metadata_remove(WRITING_KEY)
+
+
 class RbdWriter(Writer):
     """Writes one image with asynchronous writes, at most ``window`` chunks in flight."""
 
-    def __init__(
-        self,
-        driver: RbdDriver,
-        ioctx: Any,
-        image: Any,
-        image_id: str,
-        size: int,
-        *,
-        known_size: bool,
-    ) -> None:
+    def __init__(self, driver: RbdDriver, ioctx: Any, image: Any, image_id: str, size: int) -> None:
         self._driver = driver
         self._ioctx = ioctx
         self._image: Any = image
         self._image_id = image_id
         self._image_size = size
-        self._known_size = known_size
         self._grow_step = driver.chunk_size * driver.window
         self._offset = 0
         self._zero = bytes(driver.chunk_size) if driver.thin else b""
@@ -812,59 +752,48 @@ class RbdWriter(Writer):
         """Bytes the cluster has acknowledged (writes still in the aio window are not)."""
         return self._aio.stored
 
-    def _raise_failure(self) -> None:
+    @contextlib.contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        """Raise what fails in the block, a write of the aio window (its :class:`OSError`)
+        or a librbd call, as the imgstore error of its errno."""
         try:
-            self._aio.check()
+            with self._driver._errors(doing, self._image_id):
+                yield
         except OSError as exc:
-            raise _aio_error(exc.errno or errno.EIO)(
-                f"backend {self._driver.backend!r}: writing image {self._image_id} failed: "
-                f"{exc.strerror}"
+            raise for_errno(exc.errno)(
+                f"backend {self._driver.backend!r}: {doing} {self._image_id} failed: {exc.strerror}"
             ) from None
 
     def _grow(self, needed: int) -> None:
         self._aio.drain()
-        self._raise_failure()
+        self._aio.check()
         new = max(needed, self._image_size + self._grow_step)
         self._grow_step = min(self._grow_step * 2, MAX_GROW_STEP)
-        try:
-            self._image.resize(new)
-        except (rbd.Error, rados.Error) as exc:
-            raise self._driver._error(exc, "growing image", self._image_id) from None
+        self._image.resize(new)
         self._image_size = new
 
     def write(self, chunk: memoryview) -> None:
-        assert self._image is not None
-        self._raise_failure()
-        n = len(chunk)
-        offset = self._offset
-        if offset + n > self._image_size:
-            self._grow(offset + n)
-        self._offset = offset + n
-        if self._zero and chunk == self._zero[:n]:  # thin provisioning: leave it unallocated
-            self._aio.skip(n)
-            return
-        try:
-            self._aio.write(chunk, offset)
-        except (rbd.Error, rados.Error) as exc:
-            raise self._driver._error(exc, "writing image", self._image_id) from None
-        except OSError:  # an earlier write failed
-            self._raise_failure()
-            raise
+        n, offset = len(chunk), self._offset
+        with self._failures("writing image"):
+            self._aio.check()
+            if offset + n > self._image_size:
+                self._grow(offset + n)
+            self._offset = offset + n
+            if self._zero and chunk == self._zero[:n]:  # thin provisioning: leave it unallocated
+                self._aio.skip(n)
+            else:
+                self._aio.write(chunk, offset)
 
     def commit(self, size: int) -> Written:
-        assert self._image is not None
-        self._aio.drain()
-        self._raise_failure()
         image = self._image
-        try:
+        with self._failures("writing image"):
+            self._aio.drain()
+            self._aio.check()
+        with self._failures("finishing image"):
             image.flush()
             if image.size() != size:
                 image.resize(size)  # unknown size: trim to what was written
-            image.create_snap(SNAPSHOT)
-            image.protect_snap(SNAPSHOT)
-            image.metadata_remove(WRITING_KEY)  # the commit point
-        except (rbd.Error, rados.Error) as exc:
-            raise self._driver._error(exc, "finishing image", self._image_id) from None
+            _publish(image)
         self._image = None
         try:
             self._driver._closer.close(image)
@@ -888,71 +817,27 @@ class RbdWriter(Writer):
         _remove_quietly(self._ioctx, self._image_id, self._driver._closer)
 
 
-def _aio_error(err: int) -> type[ImgstoreError]:
-    """The imgstore class of a failed librbd aio read or write (positive errno)."""
-    if err in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull
-    if err in (errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ECONNRESET, errno.ENOTCONN):
-        return BackendUnavailable
-    return BackendError
-
-
 class RbdStream(ReadStream):
-    """Reads ``count`` bytes from ``offset`` of an open image, ``window`` chunks ahead."""
+    """Reads ``count`` bytes from ``offset`` of an open image, a few chunks ahead."""
 
-    def __init__(
-        self,
-        image: Any,
-        offset: int,
-        count: int,
-        chunk: int,
-        window: int,
-        backend: str,
-        closer: ImageCloser,
-    ) -> None:
+    def __init__(self, driver: RbdDriver, image: Any, offset: int, count: int) -> None:
         self._image: Any = image
-        self._closer = closer
-        self._backend = backend
-        self._offset = offset
+        self._closer = driver._closer
+        self._backend = driver.backend
         self.size = count
-        self._chunk = chunk
-        self._window = max(1, min(window, 4))
-        self._pending: deque[tuple[Any, list[Any]]] = deque()
-
-    def _submit(self, offset: int, length: int) -> None:
-        slot: list[Any] = [None, 0]
-
-        def done(completion: Any, data: Any) -> None:
-            slot[0] = data
-            slot[1] = completion.get_return_value()
-
-        completion = self._image.aio_read(offset, length, done)
-        self._pending.append((completion, slot))
+        depth = max(1, min(driver.window, READ_DEPTH))
+        self._reads = aio_read(image, offset, count, driver.chunk_size, depth)
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._image is None:
-            return
-        next_offset, end = self._offset, self._offset + self.size
-        while next_offset < end or self._pending:
-            while next_offset < end and len(self._pending) < self._window:
-                length = min(self._chunk, end - next_offset)
-                self._submit(next_offset, length)
-                next_offset += length
-            completion, slot = self._pending.popleft()
-            completion.wait_for_complete_and_cb()
-            if slot[1] < 0 or slot[0] is None:
-                err = -int(slot[1] or -errno.EIO)
-                raise _aio_error(err)(
-                    f"backend {self._backend!r}: reading the image failed: {os.strerror(err)}"
-                )
-            yield slot[0]
+        try:
+            yield from self._reads
+        except OSError as exc:
+            raise for_errno(exc.errno)(
+                f"backend {self._backend!r}: reading the image failed: {exc.strerror}"
+            ) from None
 
     def close(self) -> None:
         image, self._image = self._image, None
-        if image is None:
-            return
-        while self._pending:  # let reads in flight finish before the image goes
-            completion, _slot = self._pending.popleft()
-            with contextlib.suppress(Exception):
-                completion.wait_for_complete_and_cb()
-        self._closer.close(image)
+        if image is not None:
+            self._reads.close()  # the reads in flight finish before the image goes
+            self._closer.close(image)

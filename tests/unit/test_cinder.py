@@ -129,6 +129,8 @@ def test_path_device_read_write(info: dict[str, Any], device: Path) -> None:
         io.flush()
         assert io.pread(4096, 11) == b"hello world"
         assert io.pread((1 << 20) - 2, 10) == b"\0\0"  # short at the end
+        assert list(io.chunks(4094, 15, 8)) == [b"\0\0hello ", b"world\0\0"]
+        assert list(io.chunks((1 << 20) - 2, 10, 4)) == [b"\0\0"]  # the stream tells
     finally:
         io.close()
 
@@ -170,6 +172,12 @@ class _FakeImage:
         oncomplete(completion)
         return completion
 
+    def aio_read(self, offset: int, length: int, oncomplete: Any) -> object:
+        data = self.read(offset, length)
+        completion = _Completion(len(data))
+        oncomplete(completion, data)
+        return completion
+
     def flush(self) -> None:
         self.flushed = True
 
@@ -180,6 +188,9 @@ class _Completion:
 
     def get_return_value(self) -> int:
         return self.value
+
+    def wait_for_complete_and_cb(self) -> None:
+        """Completed already (the stand-in calls back at once)."""
 
 
 class _FakeWrapper:
@@ -196,7 +207,7 @@ def test_rbd_librados_device() -> None:
     io.pwrite(memoryview(b"abc"), 10)
     io.flush()
     assert wrapper.rbd_image.flushed
-    assert io.pread(9, 5) == b"\0abc\0"
+    assert list(io.chunks(9, 5, 2)) == [b"\0a", b"bc", b"\0"]
 
 
 def test_unknown_device_shape() -> None:

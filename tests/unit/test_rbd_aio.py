@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imgstore.drivers.rbd_aio import AioWindow
+from imgstore.drivers.rbd_aio import AioWindow, aio_read
 
 
 class Completion:
@@ -19,6 +19,39 @@ class Completion:
 
     def get_return_value(self) -> int:
         return self._ret
+
+
+class ReadCompletion:
+    """An ``aio_read`` of :class:`ReadImage`: it lands when waited for."""
+
+    def __init__(self, image: ReadImage, offset: int, length: int, done: Any) -> None:
+        self.image, self.offset, self.length, self.done = image, offset, length, done
+        self.landed = False
+
+    def get_return_value(self) -> int:
+        return -errno.EIO if self.offset in self.image.failing else self.length
+
+    def wait_for_complete_and_cb(self) -> None:
+        if not self.landed:
+            self.landed = True
+            failed = self.offset in self.image.failing
+            self.done(
+                self, None if failed else self.image.data[self.offset : self.offset + self.length]
+            )
+
+
+class ReadImage:
+    """Takes aio reads of its ``data``; a read at an offset in ``failing`` fails."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.failing: set[int] = set()
+        self.reads: list[ReadCompletion] = []
+
+    def aio_read(self, offset: int, length: int, done: Any) -> ReadCompletion:
+        completion = ReadCompletion(self, offset, length, done)
+        self.reads.append(completion)
+        return completion
 
 
 class HeldImage:
@@ -117,3 +150,32 @@ def test_skipped_ranges_count_as_stored() -> None:
     window = AioWindow(HeldImage(), depth=1)
     window.skip(4096)
     assert window.stored == 4096
+
+
+def test_reads_run_at_most_depth_ahead_and_yield_in_order() -> None:
+    image = ReadImage(bytes(range(10)))
+    reads = aio_read(image, 1, 8, chunk=3, depth=2)
+    assert next(reads) == bytes([1, 2, 3])
+    assert len(image.reads) == 2, "two reads in flight, no more"
+    assert list(reads) == [bytes([4, 5, 6]), bytes([7, 8])]
+    assert [(r.offset, r.length) for r in image.reads] == [(1, 3), (4, 3), (7, 2)]
+
+
+def test_a_failed_read_raises_its_errno_and_closing_waits_for_the_rest() -> None:
+    image = ReadImage(bytes(16))
+    image.failing.add(4)
+    reads = aio_read(image, 0, 16, chunk=4, depth=3)
+    assert next(reads) == bytes(4)
+    with pytest.raises(OSError) as raised:
+        next(reads)
+    assert raised.value.errno == errno.EIO
+    assert all(r.landed for r in image.reads), "no read left in flight under a closed image"
+
+
+def test_closing_before_the_end_waits_for_the_reads_in_flight() -> None:
+    image = ReadImage(bytes(16))
+    reads = aio_read(image, 0, 16, chunk=4, depth=3)
+    next(reads)
+    assert [r.landed for r in image.reads] == [True, False, False]
+    reads.close()
+    assert all(r.landed for r in image.reads)
