@@ -24,6 +24,7 @@ from glance_store.location import Location, StoreLocation
 from imgstore import exceptions as imgstore_exc
 from imgstore.capabilities import Capability
 from imgstore.location import parse as parse_location
+from imgstore.scrubbing import backend_error
 
 LOG = logging.getLogger(__name__)
 
@@ -370,12 +371,13 @@ class Store:
         try:
             with self._as_caller(context):
                 return bool(belongs(volume_id))
-        except imgstore_exc.ImgstoreError as exc:
+        except Exception as exc:  # a driver's own call: its error is scrubbed here
+            clean = backend_error(exc, f"checking volume {volume_id}", drv.secrets)
             LOG.warning(
                 "store %s: cannot tell whether volume %s is its own: %s",
                 self.backend_group or self.backend,
                 volume_id,
-                exc.msg,
+                clean.msg,
             )
             return False
 
