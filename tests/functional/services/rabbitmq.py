@@ -60,6 +60,8 @@ from tests.functional.services._common import (
 LOG = logging.getLogger("imgstore.services")
 
 PACKAGES = ["rabbitmq-server"]
+TOGETHER = ("rabbitmq-server", "mariadb-server", "postgresql")
+"""The Debian packages of the distributed migrate's servers (installed in one run)."""
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 """The start script itself (``/usr/sbin/rabbitmq-server`` would ``su`` to the system's
 ``rabbitmq`` user and its ``/var/lib/rabbitmq``)."""
@@ -86,16 +88,21 @@ def install_packages(packages: Sequence[str], log: Path | None = None) -> bool:
     start, so their maintainer scripts start no system-wide server (``mariadb`` on 3306,
     ``postgresql`` on 5432, ``rabbitmq-server`` on 5672); the harness runs its own. A
     ``policy-rc.d`` already there is left as it is; ours is removed afterwards.
-    Return True if anything was installed."""
+    The three servers' packages (:data:`TOGETHER`) go in one apt run, whichever of them
+    starts first (one dpkg run and one round of triggers: on a fresh machine about 40 s
+    less than three); the others then find theirs installed. Return True if anything
+    was installed."""
     if all(_dpkg_installed(p) for p in packages):
         return False
     with _POLICY_LOCK:  # our servers install in parallel threads: one file for all of them
+        if all(_dpkg_installed(p) for p in packages):
+            return False
         ours = os.geteuid() == 0 and not POLICY_RC_D.exists()
         if ours:
             POLICY_RC_D.write_text(_POLICY_TEXT)
             POLICY_RC_D.chmod(0o755)
         try:
-            return apt_install(packages, log)
+            return apt_install(sorted({*packages, *TOGETHER}), log)
         finally:
             with contextlib.suppress(OSError):
                 if ours and POLICY_RC_D.read_text() == _POLICY_TEXT:
