@@ -439,7 +439,7 @@ def wait(
     records: Sequence[ImageRecord],
     since: float,
     progress: Callable[[int, int, int], None] | None = None,
-    every: float = 1.0,
+    every: float = 0.25,
     timeout: float | None = None,
 ) -> None:
     """Wait until every image of ``records`` is finished (see :func:`finished`);
@@ -447,9 +447,11 @@ def wait(
     ids = [r.image_id for r in records]
 
     def look() -> bool | None:
-        done, failed = finished(journal, ids, since)
+        done, failed = journal.finished_count(since)  # the journal may hold other images
+        if done >= len(ids):
+            done, failed = finished(journal, ids, since)  # these ones: all of them?
         if progress is not None:
-            progress(done, len(ids), failed)
+            progress(min(done, len(ids)), len(ids), failed)
         return True if done >= len(ids) else None
 
     def too_long() -> NoReturn:

@@ -232,7 +232,9 @@ class ServerDatabase:
         self.shown = parsed.render_as_string(hide_password=True)
         self._secrets = [parsed.password] if parsed.password else []
         try:
-            self._engine = sa.create_engine(parsed, pool_pre_ping=True)
+            # no pre-ping (a round trip before every statement): a connection the server
+            # dropped fails its statement, SQLAlchemy empties the pool, and _call retries
+            self._engine = sa.create_engine(parsed)
         except (ImportError, sa.exc.NoSuchModuleError) as exc:
             raise BadConfiguration(
                 f"journal {self.shown}: no database driver for it ({exc}): "

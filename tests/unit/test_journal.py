@@ -189,3 +189,19 @@ def test_a_journal_url_without_sqlalchemy_says_what_to_install(
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # as if the extra were not installed
     with pytest.raises(BadConfiguration, match=r"imgstore\[distributed\]"):
         ServerDatabase("postgresql+psycopg://u:p@127.0.0.1/db")
+
+
+def test_finished_count_is_outcomes_kept_and_images_done_before(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", "dst") as j:
+        for n in range(4):
+            j.add(f"img{n}", "file:///x")
+        j.start_copy("img0", "file:///t0")
+        j.verified("img0", "file:///t0", 1, None, "sha512", "00")
+        j.done("img0", source_deleted=False)  # done before the run below started
+        since = time.time() + 1
+        assert j.finished_count(since) == (1, 0)
+        j.failed("img1", "Error", "broke")
+        assert j.finished_count(since) == (1, 0)  # failed, but no outcome kept yet
+        j.record_outcome("img1", '{"outcome": "failed"}')
+        assert j.finished_count(since) == (2, 1)
+        assert j.finished_count(0) == (1, 1)  # img0 was done after "since": not counted

@@ -210,6 +210,9 @@ def _env(ctx: Context, ports: dict[str, int]) -> dict[str, str]:
         "RABBITMQ_DIST_PORT": str(ports["dist"]),
         "ERL_EPMD_ADDRESS": HOST,
         "ERL_EPMD_PORT": str(ports["epmd"]),
+        # no busy-waiting schedulers: the VM shares two cores with everything else (the
+        # tuning RabbitMQ documents for shared hosts)
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
     }
 
 
