@@ -325,23 +325,22 @@ def _journal_when_used(spec: str) -> Journal:
 
 
 def register(app: Any, worker: Worker) -> None:
-    """The task, bound to ``worker``'s stores and journal."""
+    """The tasks, bound to ``worker``'s stores and journal: each runs its image and, when
+    another worker holds the image's lease, goes back to the queue until it lapses."""
+    for name, run in ((TASK, worker.migrate), (VERIFY_TASK, worker.verify)):
 
-    @app.task(name=TASK, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def migrate_image(
-        task: Any, journal: str, record: dict[str, Any], options: dict[str, Any]
-    ) -> None:
-        wait = worker.migrate(journal, record, options)
-        if wait is not None:
-            raise task.retry(countdown=wait)
+        def image_task(
+            task: Any,
+            journal: str,
+            record: dict[str, Any],
+            options: dict[str, Any],
+            run: Callable[..., float | None] = run,
+        ) -> None:
+            wait = run(journal, record, options)
+            if wait is not None:
+                raise task.retry(countdown=wait)
 
-    @app.task(name=VERIFY_TASK, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def verify_image(
-        task: Any, journal: str, record: dict[str, Any], options: dict[str, Any]
-    ) -> None:
-        wait = worker.verify(journal, record, options)
-        if wait is not None:
-            raise task.retry(countdown=wait)
+        app.task(name=name, bind=True, acks_late=True, max_retries=None)(image_task)
 
 
 def run_worker(
