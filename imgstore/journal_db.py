@@ -250,11 +250,25 @@ class ServerDatabase:
 
         config = Config()
         config.set_main_option("script_location", str(SCHEMA_DIR))
-        with self._engine.begin() as conn:
-            release = _schema_lock(conn)  # workers starting together upgrade one at a time
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-            release()
+        with self._engine.connect() as conn:
+            # workers starting together upgrade one at a time, and each lets the lock go
+            # only once its schema and version are committed (MariaDB's GET_LOCK lasts
+            # until released: released before the commit, the next one found j0001 still
+            # and added j0002's columns again)
+            mysql = conn.dialect.name in ("mysql", "mariadb")
+            if mysql:
+                conn.exec_driver_sql("SELECT GET_LOCK('imgstore_journal_schema', 60)")
+            elif conn.dialect.name == "postgresql":  # held until the commit
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7129046)")
+            try:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+            finally:
+                if mysql:
+                    conn.rollback()
+                    conn.exec_driver_sql("SELECT RELEASE_LOCK('imgstore_journal_schema')")
+                    conn.commit()
 
     def _call(self, what: str, call: Callable[[], T], seconds: float | None = None) -> T:
         sa = self._sa
@@ -317,22 +331,6 @@ class ServerDatabase:
 
     def close(self) -> None:
         self._engine.dispose()
-
-
-def _schema_lock(conn: Any) -> Callable[[], None]:
-    """Take the database's own lock on the journal's schema; the call that lets it go
-    (PostgreSQL lets go when the transaction ends, MariaDB when asked)."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7129046)")
-    elif dialect in ("mysql", "mariadb"):
-        conn.exec_driver_sql("SELECT GET_LOCK('imgstore_journal_schema', 60)")
-
-        def release() -> None:
-            conn.exec_driver_sql("SELECT RELEASE_LOCK('imgstore_journal_schema')")
-
-        return release
-    return lambda: None
 
 
 def _redacted(url: str) -> str:
