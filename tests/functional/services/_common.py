@@ -35,9 +35,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 LOG = logging.getLogger("imgstore.services")
 
@@ -430,6 +430,30 @@ def _signal(pid: int, sig: int) -> None:
 
 
 # -- waiting --------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+def until_ok(
+    ctx: Context,
+    key: str,
+    timeout: float,
+    call: Callable[[], T],
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ServiceError,
+) -> T:
+    """``call()`` again every 0.1 s while it raises ``retry_on`` (a server still starting
+    refuses logins), for ``timeout`` seconds; process ``key`` must stay alive meanwhile.
+    The last error is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except retry_on:
+            if time.monotonic() > deadline:
+                raise
+            ctx.check_alive(key)
+            time.sleep(0.1)
 
 
 def wait_for_port(

@@ -34,7 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.functional.services._common import HOST, Context, ServiceError, run, wait_for_port
+from tests.functional.services._common import (
+    HOST,
+    Context,
+    ServiceError,
+    run,
+    until_ok,
+    wait_for_port,
+)
 from tests.functional.services.rabbitmq import (
     free_ports,
     fresh_data,
@@ -98,15 +105,8 @@ def _client(port: int, user: str, secret: str, sql: str, timeout: float = 10) ->
 
 def _wait_for_login(ctx: Context, port: int, secret: str, timeout: float) -> str:
     """Wait until ``imgstore`` logs in and sees its database; the server's version."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return _client(port, USER, secret, f"USE {DATABASE}; SELECT VERSION()").strip()
-        except ServiceError:
-            if time.monotonic() > deadline:
-                raise
-            ctx.check_alive(KEY)
-            time.sleep(0.1)
+    query = f"USE {DATABASE}; SELECT VERSION()"
+    return until_ok(ctx, KEY, timeout, lambda: _client(port, USER, secret, query).strip())
 
 
 def up(ctx: Context) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from tests.functional.services._common import (
     ServiceError,
     read_details,
     run,
+    until_ok,
     wait_for_port,
     write_details,
 )
@@ -131,15 +132,7 @@ def _psql(
 
 def _wait_for(ctx: Context, timeout: float, *args: Any) -> str:
     """:func:`_psql` ``args`` again until it succeeds (the server says it is starting up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return _psql(*args)
-        except ServiceError:
-            if time.monotonic() > deadline:
-                raise
-            ctx.check_alive(KEY)
-            time.sleep(0.1)
+    return until_ok(ctx, KEY, timeout, lambda: _psql(*args))
 
 
 def up(ctx: Context) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from tests.functional.services._common import (
     port_open,
     read_details,
     run,
+    until_ok,
     wait_for_port,
     write_details,
 )
@@ -260,18 +261,14 @@ def _wait_for_login(ctx: Context, url: str, timeout: float) -> None:
             "%s: py-amqp is not installed (imgstore[distributed]): port check only", ctx.name
         )
         return
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            login(url)
-            return
-        except Exception as exc:  # refused while the vhost is still being set up
-            if time.monotonic() > deadline:
-                raise ServiceError(
-                    f"{ctx.name}: {USER} cannot log in to vhost {VHOST}: {type(exc).__name__}"
-                ) from None
-            ctx.check_alive("beam")
-            time.sleep(0.1)
+    try:  # refused while the vhost is still being set up
+        until_ok(ctx, "beam", timeout, lambda: login(url), retry_on=Exception)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        raise ServiceError(
+            f"{ctx.name}: {USER} cannot log in to vhost {VHOST}: {type(exc).__name__}"
+        ) from None
 
 
 def up(ctx: Context) -> dict[str, Any]:
