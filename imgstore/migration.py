@@ -298,6 +298,17 @@ class ImageOutcome:
     when the target backend inspects (migrate), or the stored image's (verify with
     ``inspect``); None when not inspected."""
 
+    @classmethod
+    def of(cls, record: ImageRecord, outcome: str, **more: Any) -> ImageOutcome:
+        """An outcome for ``record``, with what its input said (source, size, hashes)."""
+        fields: dict[str, Any] = {
+            "size": record.size,
+            "checksum": record.checksum,
+            "os_hash_algo": record.os_hash_algo,
+            "os_hash_value": record.os_hash_value,
+        }
+        return cls(record.image_id, outcome, record.shown, **{**fields, **more})
+
     @property
     def unsafe(self) -> bool:
         """Whether the image was inspected and failed a safety check."""
@@ -474,15 +485,7 @@ class _Migration:
 
     def run(self, record: ImageRecord) -> ImageOutcome:
         started = time.monotonic()
-        outcome = ImageOutcome(
-            record.image_id,
-            FAILED,
-            record.shown,
-            os_hash_algo=record.os_hash_algo,
-            os_hash_value=record.os_hash_value,
-            checksum=record.checksum,
-            size=record.size,
-        )
+        outcome = ImageOutcome.of(record, FAILED)
         try:
             if self.stop.is_set():
                 raise InterruptedError("the migration was stopped before this image started")
@@ -843,15 +846,7 @@ def _dry_run(
             entries = {e.image_id: e for e in jr.entries()}
     outcomes = []
     for record in records:
-        out = ImageOutcome(
-            record.image_id,
-            WOULD_COPY,
-            record.shown,
-            size=record.size,
-            checksum=record.checksum,
-            os_hash_algo=record.os_hash_algo,
-            os_hash_value=record.os_hash_value,
-        )
+        out = ImageOutcome.of(record, WOULD_COPY)
         entry = entries.get(record.image_id)
         try:
             if entry is not None and entry.state == journal_mod.DONE:
@@ -933,17 +928,7 @@ def verify_one(
 ) -> ImageOutcome:
     """Read one image back and check it against its record (see :func:`verify_images`)."""
     t0 = time.monotonic()
-    out = ImageOutcome(
-        record.image_id,
-        OK,
-        record.shown,
-        location=record.shown,
-        size=record.size,
-        checksum=record.checksum,
-        os_hash_algo=record.os_hash_algo,
-        os_hash_value=record.os_hash_value,
-        checked=_checked(record),
-    )
+    out = ImageOutcome.of(record, OK, location=record.shown, checked=_checked(record))
     algo = record.os_hash_algo or hash_algo
     try:
         with stores.get(
