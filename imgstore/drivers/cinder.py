@@ -102,6 +102,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, redact_uri, register
+from imgstore.sessions import MOST_MARGIN, renew_margin
 from imgstore.threads import import_here
 
 try:
@@ -322,24 +323,20 @@ class _Attachment:
 
 
 class _RenewBeforeEnd:
-    """Mixed into a keystoneauth identity plugin: renew the token when a quarter of its
-    lifetime is left, at most 120 s before its end.
+    """Mixed into a keystoneauth identity plugin: renew the token
+    :func:`imgstore.sessions.renew_margin` before its end (a quarter of its lifetime, at
+    most keystoneauth's 120 s), not before every use of a token that lives less than 120 s
+    (three logins per Cinder call, each new token validated by Cinder). A token that still
+    ends in flight gets a 401, after which keystoneauth's session logs in again and sends
+    the request once more (the 401 comes before Cinder acts on it)."""
 
-    keystoneauth renews a token once it has less than ``MIN_TOKEN_LIFE_SECONDS`` (120 s)
-    left, so with a Keystone whose tokens live less than that it logs in before every
-    use (three times per Cinder call), and Cinder's authtoken validates every request's
-    new token. Tokens that live 8 minutes or more are renewed as before. A token that
-    still ends in flight gets a 401, after which keystoneauth's session logs in again
-    and sends the request once more (the 401 comes before Cinder acts on it)."""
-
-    MIN_TOKEN_LIFE_SECONDS = 120
+    MIN_TOKEN_LIFE_SECONDS = MOST_MARGIN
 
     def get_auth_ref(self, session: Any, **kwargs: Any) -> Any:
         ref = super().get_auth_ref(session, **kwargs)  # type: ignore[misc]
         issued, expires = getattr(ref, "issued", None), getattr(ref, "expires", None)
         if issued is not None and expires is not None:
-            quarter = int((expires - issued).total_seconds() // 4)
-            self.MIN_TOKEN_LIFE_SECONDS = max(1, min(120, quarter))
+            self.MIN_TOKEN_LIFE_SECONDS = renew_margin((expires - issued).total_seconds())
         return ref
 
 

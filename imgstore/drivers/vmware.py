@@ -74,7 +74,7 @@ import requests
 import requests.adapters
 from oslo_config import cfg
 
-from imgstore.backoff import Backoff, poll, retry
+from imgstore.backoff import poll
 from imgstore.capabilities import Capability
 from imgstore.driver import (
     PARTIAL_SUFFIX,
@@ -110,6 +110,7 @@ from imgstore.location import (
     urlsplit,
 )
 from imgstore.scrubbing import scrub
+from imgstore.sessions import Renewal, SessionExpired
 from imgstore.streaming import FedBody, FedRequest, SizedFedBody
 from imgstore.threads import import_here
 
@@ -335,14 +336,6 @@ def _fault_names(exc: BaseException) -> list[str]:
     return [str(f) for f in (getattr(exc, "fault_list", None) or [])]
 
 
-class _SessionRefused(Exception):
-    """The datastore interface answered 401 to the session ``cookie``: it ended."""
-
-    def __init__(self, cookie: str) -> None:
-        super().__init__("the server refused the session")
-        self.cookie = cookie
-
-
 class _Blocksize(requests.adapters.HTTPAdapter):
     """An adapter whose connections send request bodies in large blocks."""
 
@@ -483,7 +476,7 @@ class VMwareDriver(Driver):
         _prepare_oslo()
         self._api: Any = None
         self._soap_lock = threading.RLock()
-        self._renew_lock = threading.Lock()
+        self._renewal = Renewal(self.cookie_header, self._login_again, f"backend {self.backend!r}")
         self._dc_refs: dict[str, Any] = {}
         self._ds_refs: dict[tuple[str, str], Any] = {}
         self._browser_refs: dict[tuple[str, str], Any] = {}
@@ -555,13 +548,10 @@ class VMwareDriver(Driver):
             raise AuthenticationFailed(f"the server at {self.host}:{self.port} set no session")
         return f"{COOKIE_NAME}={cookie}"
 
-    def renew(self, stale_cookie: str) -> None:
-        """Log in again, unless another thread already replaced ``stale_cookie``."""
-        with self._renew_lock, self._soap_lock:
-            if self.cookie_header() != stale_cookie:
-                return
+    def _login_again(self) -> None:
+        """A new session in place of one the datastore interface refused."""
+        with self._soap_lock:
             api = self._session()
-            LOG.info("backend %r: the session expired; logging in again", self.backend)
             # oslo.vmware skips the login while SessionIsActive says yes: here the
             # datastore interface refused the cookie, so force a new session.
             api._session_id = None
@@ -740,8 +730,7 @@ class VMwareDriver(Driver):
         """One request to the datastore HTTP interface. A 401 (the session ended) renews the
         session and sends the request once more, but for a body, which the first try took."""
 
-        def send() -> requests.Response:
-            cookie = self.cookie_header()
+        def send(cookie: str) -> requests.Response:
             try:
                 resp = self.http.request(
                     method, loc.https_url(), headers={**(headers or {}), "Cookie": cookie},
@@ -751,18 +740,10 @@ class VMwareDriver(Driver):
                 raise self.map_error(exc, what) from None
             if resp.status_code == 401:
                 resp.close()
-                raise _SessionRefused(cookie)
+                raise SessionExpired
             return resp
 
-        def renew(_attempt: int, refused: BaseException) -> None:
-            assert isinstance(refused, _SessionRefused)
-            self.renew(refused.cookie)
-
-        tries = 1 if "data" in kwargs else 2
-        try:
-            return retry(send, tries, Backoff(0, 0), _SessionRefused, on_retry=renew)
-        except _SessionRefused:
-            raise AuthenticationFailed(f"{what}: the server refused the session") from None
+        return self._renewal.call(send, what, again="data" not in kwargs)
 
     def expect(self, resp: requests.Response, what: str, *ok: int) -> requests.Response:
         """``resp`` when its status is one of ``ok``; else, closed, the error for it."""
