@@ -109,7 +109,7 @@ from imgstore.location import (
     unquote_path,
     urlsplit,
 )
-from imgstore.scrubbing import scrub
+from imgstore.scrubbing import scrub_loggers
 from imgstore.sessions import Renewal, SessionExpired
 from imgstore.streaming import FedBody, FedRequest, SizedFedBody
 from imgstore.threads import import_here
@@ -347,36 +347,6 @@ class _Blocksize(requests.adapters.HTTPAdapter):
 # -- the driver -------------------------------------------------------------------------
 
 
-class _ScrubFilter(logging.Filter):
-    """Blanks known secrets in the records of the ``suds`` loggers (SOAP bodies at DEBUG)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: set[str] = set()
-
-    def guard(self, secret: str) -> None:
-        """Scrub ``secret`` from every ``suds`` logger there is now."""
-        if secret:
-            self._secrets.add(secret)
-        for name in list(logging.Logger.manager.loggerDict):
-            if name == "suds" or name.startswith("suds."):
-                logger = logging.getLogger(name)
-                if self not in logger.filters:
-                    logger.addFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:  # a record that cannot format carries nothing to scrub
-            return True
-        if any(secret in text for secret in self._secrets):
-            record.msg, record.args = scrub(text, sorted(self._secrets)), None
-        return True
-
-
-_SUDS_SCRUB = _ScrubFilter()
-
-
 class VMwareDriver(Driver):
     """Stores images as files on vSphere datastores."""
 
@@ -489,7 +459,7 @@ class VMwareDriver(Driver):
         suds_log = logging.getLogger("suds")
         if suds_log.level == logging.NOTSET:
             suds_log.setLevel(logging.WARNING)  # suds logs SOAP bodies (passwords) at DEBUG
-        _SUDS_SCRUB.guard(self._password)  # and if an application opens them up anyway
+        scrub_loggers("suds", self._password)  # and if an application opens them up anyway
 
     def __repr__(self) -> str:
         return f"<VMwareDriver {self.backend!r} {self.user}@{self.host}:{self.port}>"
@@ -510,7 +480,7 @@ class VMwareDriver(Driver):
                 from oslo_vmware import api as vmware_api
 
                 self._preflight()
-                _SUDS_SCRUB.guard(self._password)  # suds may have made more loggers by now
+                scrub_loggers("suds", self._password)  # suds may have made more loggers now
                 try:
                     self._api = vmware_api.VMwareAPISession(
                         self.host, self.user, self._password, self.retry_count,
