@@ -446,7 +446,7 @@ class VMwareDriver(Driver):
         _prepare_oslo()
         self._api: Any = None
         self._soap_lock = threading.RLock()
-        self._renewal = Renewal(self.cookie_header, self._login_again, f"backend {self.backend!r}")
+        self._renewal = Renewal(self.cookie_header, self._login, f"backend {self.backend!r}")
         self._dc_refs: dict[str, Any] = {}
         self._ds_refs: dict[tuple[str, str], Any] = {}
         self._browser_refs: dict[tuple[str, str], Any] = {}
@@ -477,20 +477,30 @@ class VMwareDriver(Driver):
         """The API session, logging in on first use."""
         with self._soap_lock:
             if self._api is None:
-                from oslo_vmware import api as vmware_api
+                self._login()
+            return self._api
 
-                self._preflight()
-                scrub_loggers("suds", self._password)  # suds may have made more loggers now
-                try:
+    def _login(self) -> None:
+        """Log in: the API session on first use; after the datastore interface refused the
+        cookie (:class:`imgstore.sessions.Renewal`), a new session of it."""
+        from oslo_vmware import api as vmware_api
+
+        with self._soap_lock:
+            self._preflight()
+            scrub_loggers("suds", self._password)  # suds may have made more loggers now
+            try:
+                if self._api is None:
                     self._api = vmware_api.VMwareAPISession(
                         self.host, self.user, self._password, self.retry_count,
                         self.poll_interval, port=self.port, cacert=self.ca_file,
                         insecure=self.insecure, pool_size=32,
                     )  # fmt: skip
-                except Exception as exc:
-                    raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
-                self.logins += 1
-            return self._api
+                else:  # oslo.vmware skips a login while SessionIsActive says yes: force it
+                    self._api._session_id = None
+                    self._api._create_session()
+            except Exception as exc:
+                raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
+            self.logins += 1
 
     def _preflight(self) -> None:
         """Fail fast on TLS or connection errors: oslo.vmware retries a login for ever."""
@@ -517,20 +527,6 @@ class VMwareDriver(Driver):
         if cookie is None:
             raise AuthenticationFailed(f"the server at {self.host}:{self.port} set no session")
         return f"{COOKIE_NAME}={cookie}"
-
-    def _login_again(self) -> None:
-        """A new session in place of one the datastore interface refused."""
-        with self._soap_lock:
-            api = self._session()
-            # oslo.vmware skips the login while SessionIsActive says yes: here the
-            # datastore interface refused the cookie, so force a new session.
-            api._session_id = None
-            self._preflight()
-            try:
-                api._create_session()
-            except Exception as exc:
-                raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
-            self.logins += 1
 
     def invoke(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one SOAP call (oslo.vmware re-logs in on NotAuthenticated); map its errors."""
