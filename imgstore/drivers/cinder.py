@@ -677,10 +677,7 @@ class CinderDriver(Driver):
                 )
             session = self._session(auth)
             if c.cinder_endpoint_template:
-                try:
-                    project_id = auth.get_project_id(session)
-                except ks_exc.ClientException as exc:
-                    raise self._error(exc, "logging in to Keystone") from None
+                project_id = self._call("logging in to Keystone", auth.get_project_id, session)
                 kwargs["endpoint_override"] = self._templated(project_id)
             else:
                 service_type, name, interface = self._catalog_info()
@@ -988,18 +985,13 @@ class CinderDriver(Driver):
             raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
         size_gb = max(1, math.ceil((size or 0) / GiB))
         try:
-            volume = cinder.volumes.create(
-                size_gb,
-                name=name,
-                volume_type=self.volume_type,
+            volume = self._call(
+                f"creating a volume for image {image_id}", cinder.volumes.create, size_gb,
+                name=name, volume_type=self.volume_type,
                 metadata={"glance_image_id": image_id, WRITING_KEY: f"{time.time():.3f}"},
-            )
-        except cinder_exc.NotFound as exc:  # the only thing create looks up is the type
-            raise BadConfiguration(
-                f"backend {self.backend!r}: cinder_volume_type {self.volume_type!r}: {exc}"
-            ) from None
-        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
-            raise self._error(exc, f"creating a volume for image {image_id}") from None
+            )  # fmt: skip
+        except NotFound as exc:  # the only thing create looks up is the type
+            raise BadConfiguration(f"{exc} (cinder_volume_type {self.volume_type!r})") from None
         try:
             self._wait(volume.id, ("creating",), "available")
             self._check_claim(image_id, volume.id)  # before the costly attach and write
