@@ -38,8 +38,8 @@ from imgstore.driver import (
     is_partial_name,
     partial_name,
 )
+from imgstore.errnos import for_file_errno
 from imgstore.exceptions import (
-    BackendError,
     BadConfiguration,
     BadLocation,
     Duplicate,
@@ -114,13 +114,6 @@ def parse_datadirs(values: list[str]) -> list[tuple[str, int]]:
             path, prio = entry, "0"
         dirs.append((path.strip(), int(prio)))
     return dirs
-
-
-_BY_ERRNO: dict[int, type[ImgstoreError]] = {
-    errno.ENOSPC: StorageFull,
-    errno.EDQUOT: StorageFull,
-    errno.ELOOP: BadLocation,  # O_NOFOLLOW met a symlink
-}
 
 
 class FilesystemDriver(Driver):
@@ -230,8 +223,9 @@ class FilesystemDriver(Driver):
         """The imgstore error for ``exc``, raised while ``doing`` (``open file:///...``):
         no room (ENOSPC, EDQUOT) is :class:`StorageFull`, a symlink met by O_NOFOLLOW
         :class:`BadLocation`, anything else :class:`BackendError`."""
-        cls = _BY_ERRNO.get(exc.errno or 0, BackendError)
-        return cls(f"backend {self.backend!r}: cannot {doing}: {exc.strerror}")
+        return for_file_errno(exc.errno)(
+            f"backend {self.backend!r}: cannot {doing}: {exc.strerror}"
+        )
 
     @property
     def write_chunk_size(self) -> int:
