@@ -27,7 +27,6 @@ from typing import Any
 
 from oslo_config import cfg
 
-from imgstore.capabilities import Capability
 from imgstore.driver import (
     Driver,
     Leftover,
@@ -121,7 +120,6 @@ class FilesystemDriver(Driver):
 
     name = "file"
     location_class = FileLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:
@@ -203,8 +201,6 @@ class FilesystemDriver(Driver):
         self.chunk_size = conf.filesystem_store_chunk_size
         self.thin = bool(conf.filesystem_thin_provisioning)
         self.direct_io = bool(conf.filesystem_store_direct_io) and hasattr(os, "O_DIRECT")
-        if self.thin:
-            self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
         self.metadata = self._load_metadata(conf.filesystem_store_metadata_file)
 
     def _make_datadir(self, path: str, priority: int) -> DataDir:
