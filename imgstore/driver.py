@@ -221,7 +221,11 @@ class Driver(abc.ABC):
     location_class: ClassVar[type[Location]]
     """The :class:`Location` subclass this driver emits and reads."""
 
-    capabilities: Capability = Capability.RW | Capability.READ_RANDOM
+    reads_ranges: bool = True
+    """Whether :meth:`open` reads a byte range without reading what comes before it."""
+
+    thin: bool = False
+    """Whether runs of zero bytes are stored as holes (set from the driver's options)."""
 
     read_resumes: int = 0
     """How often the core reopens a read that broke off (the connection dropped, a
@@ -245,6 +249,25 @@ class Driver(abc.ABC):
         except ImgstoreError as exc:  # its message, scrubbed (other errors pass unchanged)
             backend_error(exc, f"backend {backend!r}: configuring", self.secrets)
             raise
+
+    @property
+    def capabilities(self) -> Capability:
+        """What this backend can do, read from what its driver implements: reads always
+        (ranges unless :attr:`reads_ranges` is False), writes if it has
+        :meth:`begin_write` and :meth:`can_write`, deletes if it has :meth:`delete`,
+        thin provisioning if :attr:`thin`."""
+        cls = type(self)
+        caps = Capability.READ | (Capability.READ_RANDOM if self.reads_ranges else Capability.NONE)
+        if cls.begin_write is not Driver.begin_write and self.can_write():
+            caps |= Capability.WRITE
+        if cls.delete is not Driver.delete:
+            caps |= Capability.DELETE
+        return caps | (Capability.THIN_PROVISIONING if self.thin else Capability.NONE)
+
+    def can_write(self) -> bool:
+        """Whether this backend's settings let it add images (a driver that can write
+        only when configured for it says no otherwise)."""
+        return True
 
     @property
     def write_chunk_size(self) -> int:

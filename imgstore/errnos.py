@@ -13,6 +13,7 @@ from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
     BackendUnavailable,
+    BadLocation,
     Duplicate,
     ImgstoreError,
     InUse,
@@ -47,4 +48,20 @@ def for_errno(err: int | None) -> type[ImgstoreError]:
     return _BY_ERRNO.get(abs(err or 0), BackendError)
 
 
-__all__ = ["for_errno"]
+_FILE_KINDS: dict[int, type[ImgstoreError]] = {
+    errno.ENOSPC: StorageFull,
+    errno.EDQUOT: StorageFull,
+    errno.ELOOP: BadLocation,  # O_NOFOLLOW met a symlink where the image should be
+}
+
+
+def for_file_errno(err: int | None) -> type[ImgstoreError]:
+    """The class of a failed operation on a local image file: no room or over quota,
+    a symlink refused by ``O_NOFOLLOW``; anything else a plain :class:`BackendError`.
+    Narrower than :func:`for_errno`: a file driver tells a missing image apart itself,
+    before the error (ENOENT while writing is a data directory gone), and a permission
+    refused is the host's setup, not credentials the backend turned down."""
+    return _FILE_KINDS.get(abs(err or 0), BackendError)
+
+
+__all__ = ["for_errno", "for_file_errno"]

@@ -83,7 +83,6 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog
 from imgstore.backoff import poll
-from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
 from imgstore.errnos import for_errno
@@ -350,7 +349,6 @@ class CinderDriver(Driver):
 
     name = "cinder"
     location_class = CinderLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
     read_ahead = 2  # librbd / pread calls are synchronous
 
     @classmethod

@@ -27,7 +27,6 @@ from typing import Any
 
 from oslo_config import cfg
 
-from imgstore.capabilities import Capability
 from imgstore.driver import (
     Driver,
     Leftover,
@@ -38,8 +37,8 @@ from imgstore.driver import (
     is_partial_name,
     partial_name,
 )
+from imgstore.errnos import for_file_errno
 from imgstore.exceptions import (
-    BackendError,
     BadConfiguration,
     BadLocation,
     Duplicate,
@@ -116,19 +115,11 @@ def parse_datadirs(values: list[str]) -> list[tuple[str, int]]:
     return dirs
 
 
-_BY_ERRNO: dict[int, type[ImgstoreError]] = {
-    errno.ENOSPC: StorageFull,
-    errno.EDQUOT: StorageFull,
-    errno.ELOOP: BadLocation,  # O_NOFOLLOW met a symlink
-}
-
-
 class FilesystemDriver(Driver):
     """Stores images as files in one or more local directories."""
 
     name = "file"
     location_class = FileLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:
@@ -210,8 +201,6 @@ class FilesystemDriver(Driver):
         self.chunk_size = conf.filesystem_store_chunk_size
         self.thin = bool(conf.filesystem_thin_provisioning)
         self.direct_io = bool(conf.filesystem_store_direct_io) and hasattr(os, "O_DIRECT")
-        if self.thin:
-            self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
         self.metadata = self._load_metadata(conf.filesystem_store_metadata_file)
 
     def _make_datadir(self, path: str, priority: int) -> DataDir:
@@ -230,8 +219,9 @@ class FilesystemDriver(Driver):
         """The imgstore error for ``exc``, raised while ``doing`` (``open file:///...``):
         no room (ENOSPC, EDQUOT) is :class:`StorageFull`, a symlink met by O_NOFOLLOW
         :class:`BadLocation`, anything else :class:`BackendError`."""
-        cls = _BY_ERRNO.get(exc.errno or 0, BackendError)
-        return cls(f"backend {self.backend!r}: cannot {doing}: {exc.strerror}")
+        return for_file_errno(exc.errno)(
+            f"backend {self.backend!r}: cannot {doing}: {exc.strerror}"
+        )
 
     @property
     def write_chunk_size(self) -> int:

@@ -40,7 +40,6 @@ from typing import Any, TypeVar
 
 from oslo_config import cfg
 
-from imgstore.capabilities import Capability
 from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     AuthenticationFailed,
@@ -132,7 +131,6 @@ class GridFSDriver(Driver):
 
     name = SCHEME
     location_class = GridFSLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:

@@ -59,7 +59,6 @@ from urllib3.exceptions import (
 from urllib3.util import connection as urllib3_connection
 
 from imgstore.backoff import Backoff, retry
-from imgstore.capabilities import Capability
 from imgstore.driver import (
     DEFAULT_CHUNK_SIZE,
     Driver,
@@ -273,7 +272,6 @@ class HttpDriver(Driver):
 
     name = "http"
     location_class = HttpLocation
-    capabilities = Capability.READ | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:

@@ -36,7 +36,6 @@ from typing import Any
 
 from oslo_config import cfg
 
-from imgstore.capabilities import Capability
 from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
 from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
 from imgstore.drivers.rbd_close import ImageCloser
@@ -159,7 +158,6 @@ class RbdDriver(Driver):
 
     name = "rbd"
     location_class = RbdLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:
@@ -242,8 +240,6 @@ class RbdDriver(Driver):
         self.connect_timeout = int(self.conf.rados_connect_timeout)
         self.op_timeout = int(self.conf.rados_op_timeout)
         self.thin = bool(self.conf.rbd_thin_provisioning)
-        if self.thin:
-            self.capabilities = self.capabilities | Capability.THIN_PROVISIONING
         self.window = int(self.conf.rbd_store_write_window)
         names = [f.strip().lower() for f in self.conf.rbd_store_image_features]
         self._features = _parse_features(names, self.backend) if names else None

@@ -54,7 +54,6 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore import telemetry
-from imgstore.capabilities import Capability
 from imgstore.driver import (
     IMAGE_ID_RE,
     Driver,
@@ -216,7 +215,6 @@ class S3Driver(Driver):
 
     name = "s3"
     location_class = S3Location
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:

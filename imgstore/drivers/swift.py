@@ -57,7 +57,6 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog, telemetry
 from imgstore.backoff import Backoff, retry
-from imgstore.capabilities import Capability
 from imgstore.driver import (
     IMAGE_ID_RE,
     Driver,
@@ -324,7 +323,6 @@ class SwiftDriver(Driver):
 
     name = "swift"
     location_class = SwiftLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:

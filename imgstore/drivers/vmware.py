@@ -75,7 +75,6 @@ import requests.adapters
 from oslo_config import cfg
 
 from imgstore.backoff import poll
-from imgstore.capabilities import Capability
 from imgstore.driver import (
     PARTIAL_SUFFIX,
     Driver,
@@ -352,7 +351,6 @@ class VMwareDriver(Driver):
 
     name = "vmware"
     location_class = VsphereLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:
@@ -441,8 +439,6 @@ class VMwareDriver(Driver):
         self.insecure = bool(conf.vmware_insecure) and self.ca_file is None
         self.verify: str | bool = self.ca_file if self.ca_file else not self.insecure
         self.datastores = parse_datastores(list(conf.vmware_datastores or []))
-        if not self.datastores:
-            self.capabilities = Capability.READ | Capability.READ_RANDOM | Capability.DELETE
         _prepare_oslo()
         self._api: Any = None
         self._soap_lock = threading.RLock()
@@ -460,6 +456,10 @@ class VMwareDriver(Driver):
         if suds_log.level == logging.NOTSET:
             suds_log.setLevel(logging.WARNING)  # suds logs SOAP bodies (passwords) at DEBUG
         scrub_loggers("suds", self._password)  # and if an application opens them up anyway
+
+    def can_write(self) -> bool:
+        """Adds need ``vmware_datastores``; without it the backend reads and deletes."""
+        return bool(self.datastores)
 
     def __repr__(self) -> str:
         return f"<VMwareDriver {self.backend!r} {self.user}@{self.host}:{self.port}>"

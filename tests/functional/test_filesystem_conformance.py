@@ -88,7 +88,7 @@ class TestFilesystemReadConformanceEmulatedRanges(ReadConformanceTests):
 
         with Stores.from_config_files(conf) as stores:
             driver = stores.driver("file")
-            driver.capabilities = driver.capabilities & ~Capability.READ_RANDOM
+            driver.reads_ranges = False
             assert Capability.READ_RANDOM not in stores.capabilities("file")
             yield StoreUnderTest(
                 stores=stores,

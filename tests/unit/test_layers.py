@@ -126,13 +126,77 @@ def test_drivers_leave_scrubbing_to_the_core() -> None:
     )
 
 
-@pytest.mark.parametrize("rule", [calls_to, imports_of, stored_attributes, scrubbing_taken])
+def error_tables(tree: ast.Module) -> list[int]:
+    """Lines of tables that map to imgstore exception classes: a dict literal with two or
+    more such values, or ``dict.fromkeys(keys, <class>)``."""
+    import imgstore.exceptions as exceptions
+
+    classes = {
+        name
+        for name, value in vars(exceptions).items()
+        if isinstance(value, type) and issubclass(value, exceptions.ImgstoreError)
+    }
+
+    def is_class(node: ast.expr | None) -> bool:
+        return isinstance(node, ast.Name) and node.id in classes
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict) and sum(map(is_class, node.values)) >= 2:
+            found.append(node.lineno)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "fromkeys"
+            and len(node.args) == 2
+            and is_class(node.args[1])
+        ):
+            found.append(node.lineno)
+    return sorted(set(found))
+
+
+CLASSIFIES_ITSELF = {
+    "imgstore/drivers/s3.py": "S3's error codes (NoSuchKey, SlowDown, AccessDenied...), "
+    "which only the S3 driver meets and which say more than their HTTP status (some "
+    "come with a 400); statuses and errnos go through imgstore.exceptions.for_status "
+    "and imgstore.errnos",
+}
+
+
+def test_drivers_keep_no_status_or_errno_tables() -> None:
+    """HTTP statuses and errnos are classed in one place (imgstore.exceptions.for_status,
+    imgstore.errnos): a driver that maps them to exceptions again fails here."""
+    tabling = {
+        path: lines
+        for path, tree in sources().items()
+        if path.startswith("imgstore/drivers/") and (lines := error_tables(tree))
+    }
+    assert set(tabling) == set(CLASSIFIES_ITSELF), f"error tables in drivers: {tabling}"
+
+
+def test_drivers_keep_no_thread_pools() -> None:
+    """Parts and segments go up on the core's bounded pool (imgstore.parallel)."""
+    pooling = {
+        path
+        for path, tree in sources().items()
+        if path.startswith("imgstore/drivers/")
+        and any(m.split(".")[0] in ("concurrent", "multiprocessing") for m in imports_of(tree))
+    }
+    assert pooling == set(), f"drivers with a pool of their own: {sorted(pooling)}"
+
+
+@pytest.mark.parametrize(
+    "rule", [calls_to, imports_of, stored_attributes, error_tables, scrubbing_taken]
+)
 def test_the_readers_find_what_they_look_for(rule: object) -> None:
     """The checks above can fail: each reader finds its target in a sample."""
     tree = ast.parse(
         "import time\nfrom opentelemetry import trace\ntime.sleep(1)\nself._done = True\n"
+        "T = {1: NotFound, 2: StorageFull}\nU = dict.fromkeys([1], InUse)\nV = {1: 2, 3: 4}\n"
     )
-    if rule is calls_to:
+    if rule is error_tables:
+        assert error_tables(tree) == [5, 6]
+    elif rule is calls_to:
         assert calls_to(tree, "time", "sleep") == [3]
     elif rule is scrubbing_taken:
         assert scrubbing_taken(ast.parse("from imgstore.scrubbing import scrub")) == {

@@ -12,9 +12,8 @@ memory. A write is one transaction (``BEGIN IMMEDIATE``) that ``commit()``
 commits and ``abort()`` rolls back, so a failed add leaves nothing behind.
 
 Only the public contract of imgstore is used: :mod:`imgstore.driver`,
-:mod:`imgstore.location`, :mod:`imgstore.exceptions` and
-:mod:`imgstore.capabilities`. The core does hashing, size checks, the size cap
-and calls :meth:`SqliteWriter.abort` on any failure.
+:mod:`imgstore.location` and :mod:`imgstore.exceptions`. The core does hashing, size
+checks, the size cap and calls :meth:`SqliteWriter.abort` on any failure.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from collections.abc import Iterator
 
 from oslo_config import cfg
 
-from imgstore.capabilities import Capability
 from imgstore.driver import Driver, ReadStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     BackendError,
@@ -75,7 +73,6 @@ class SqliteDriver(Driver):
 
     name = "sqlite"
     location_class = SqliteLocation
-    capabilities = Capability.RW | Capability.READ_RANDOM
 
     @classmethod
     def options(cls) -> list[cfg.Opt]:
