@@ -54,7 +54,7 @@ from imgstore.exceptions import (
     NotFound,
     StorageFull,
 )
-from imgstore.location import Location, redact_uri, register
+from imgstore.location import Location, after_scheme, redact_uri, register, shown
 
 LOG = logging.getLogger(__name__)
 
@@ -89,19 +89,16 @@ class GridFSLocation(Location):
         if not isinstance(file_id, str) or not IMAGE_ID_RE.fullmatch(file_id):
             raise BadLocation(
                 f"a gridfs location needs a file id of 1-255 letters, digits, '.', '_' or '-', "
-                f"not {redact_uri(str(file_id))[:80]!r}"
+                f"not {shown(file_id)[:80]!r}"
             )
         self.file_id = file_id
 
     @classmethod
     def from_uri(cls, uri: str) -> GridFSLocation:
-        prefix = SCHEME + "://"
-        if not isinstance(uri, str) or uri[: len(prefix)].lower() != prefix:
-            raise BadLocation(f"not a gridfs location: {redact_uri(str(uri))[:200]!r}")
-        rest = uri[len(prefix) :]
+        rest = after_scheme(uri, SCHEME)
         if not IMAGE_ID_RE.fullmatch(rest):
             raise BadLocation(
-                f"malformed gridfs location {redact_uri(uri)[:200]!r}: expected "
+                f"malformed gridfs location {shown(uri)!r}: expected "
                 "gridfs://<file id> with no host, path, query or credentials"
             )
         return cls(rest)

@@ -50,7 +50,7 @@ from imgstore.exceptions import (
     InUse,
     NotFound,
 )
-from imgstore.location import Location, redact_uri, register
+from imgstore.location import Location, after_scheme, check_utf8, register, shown
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -105,11 +105,7 @@ class RbdLocation(Location):
             raise BadLocation("an rbd location cannot have empty parts")
         if fsid is None and ("/" in image or "@" in image):
             raise BadLocation(f"a one-part rbd location cannot name the image {image[:200]!r}")
-        try:  # to_uri() percent-encodes the parts; a lone surrogate has no bytes to encode
-            for part in (image, *(p for p in parts if p is not None)):
-                part.encode("utf-8")
-        except (UnicodeEncodeError, AttributeError):
-            raise BadLocation("the parts of an rbd location must be UTF-8 text") from None
+        check_utf8("rbd", "parts", image, *(p for p in parts if p is not None), escaped=False)
         self.image = image
         self.fsid = fsid
         self.pool = pool
@@ -127,24 +123,20 @@ class RbdLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> RbdLocation:
-        prefix = "rbd://"
-        shown = redact_uri(uri)[:200]
-        if not uri[: len(prefix)].lower() == prefix:
-            raise BadLocation(f"not an rbd location: {shown!r}")
-        pieces = uri[len(prefix) :].split("/")
+        pieces = after_scheme(uri, "rbd").split("/")
         if any(p == "" for p in pieces):
-            raise BadLocation(f"rbd location with an empty part: {shown!r}")
+            raise BadLocation(f"rbd location with an empty part: {shown(uri)!r}")
         if "@" in uri:
             # Ceph names cannot hold a raw '@' (it starts a snapshot name), and a
             # user:password@ prefix must not be taken for a name and shown back
-            raise BadLocation(f"rbd location with an '@': {shown!r}")
+            raise BadLocation(f"rbd location with an '@': {shown(uri)!r}")
         if len(pieces) == 1:
             return cls(pieces[0])  # glance_store writes and reads this form unquoted
         if len(pieces) == 4:
             fsid, pool, image, snap = (urllib.parse.unquote(p, errors="strict") for p in pieces)
             return cls(image, fsid, pool, snap)
         raise BadLocation(
-            f"an rbd location has 1 or 4 parts (rbd://fsid/pool/image/snapshot): {shown!r}"
+            f"an rbd location has 1 or 4 parts (rbd://fsid/pool/image/snapshot): {shown(uri)!r}"
         )
 
     def to_uri(self) -> str:
