@@ -462,6 +462,7 @@ class GridFSWriter(Writer):
         return self._total - len(self._pending)
 
     def write(self, chunk: memoryview) -> None:
+        # BSON encodes bytes only: one copy per GridFS chunk, made here (no other)
         view = chunk if chunk.format == "B" and chunk.ndim == 1 else chunk.cast("B")
         self._total += len(view)
         docs: list[bytes] = []
@@ -481,15 +482,14 @@ class GridFSWriter(Writer):
 
     def _insert(self, datas: list[bytes]) -> None:
         """Insert ``datas`` as the next chunks, in one ``insert_many`` (pymongo splits it
-        into messages the server takes); chunk 0 carries the write marker."""
-        from bson.binary import Binary
+        into messages the server takes); chunk 0 carries the write marker. BSON encodes
+        ``bytes`` as binary subtype 0, as ``Binary(d)`` would, without copying it again."""
         from pymongo.errors import BulkWriteError, PyMongoError
 
         if not datas:
             return
         docs: list[dict[str, Any]] = [
-            {"files_id": self._id, "n": self._inserted + i, "data": Binary(d)}
-            for i, d in enumerate(datas)
+            {"files_id": self._id, "n": self._inserted + i, "data": d} for i, d in enumerate(datas)
         ]
         if self._inserted == 0:  # the marker `imgstore cleanup` looks for
             docs[0][WRITING_FIELD] = datetime.datetime.now(tz=datetime.timezone.utc)
