@@ -104,6 +104,7 @@ from imgstore.exceptions import (
 from imgstore.location import (
     Location,
     check_part,
+    check_utf8,
     naming,
     quote_path,
     register,
@@ -157,6 +158,9 @@ class VsphereLocation(Location):
             check_part(SCHEME, "dcPath", datacenter, "\x7f", spaces=True)
             if ".." in datacenter.split("/"):
                 raise BadLocation("vsphere location has a malformed dcPath")
+        # to_uri() percent-encodes these: the query strictly, the path as file names
+        check_utf8(SCHEME, "file path", path)
+        check_utf8(SCHEME, "query", datastore, datacenter or "", escaped=False)
         self.host = host.lower()
         self.port = port
         self.path = path

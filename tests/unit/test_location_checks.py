@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from imgstore.drivers.vmware import VsphereLocation
 from imgstore.exceptions import BadLocation
 from imgstore.location import (
     after_scheme,
@@ -110,3 +111,19 @@ def test_characters_each_class_takes(uri: str, good: bool) -> None:
     else:
         with pytest.raises(BadLocation):
             parse(uri)
+
+
+@pytest.mark.parametrize(
+    ("path", "datacenter", "datastore"),
+    [("a/\ud800", None, "ds"), ("a/b", None, "d\udce9"), ("a/b", "D\ud800", "ds")],
+)
+def test_a_vsphere_location_that_could_not_be_written_is_refused(
+    path: str, datacenter: str | None, datastore: str
+) -> None:
+    # parse() refused these URIs before too (its to_uri() check); now the class does
+    with pytest.raises(BadLocation, match="must be UTF-8 text"):
+        VsphereLocation("h", None, path, datacenter, datastore)
+    with pytest.raises(BadLocation):
+        parse(f"vsphere://h/folder/{path}?dsName={datastore}&dcPath={datacenter or 'D'}")
+    escaped = VsphereLocation("h", None, "a/\udce9", None, "ds")  # a byte that is not UTF-8
+    assert str(escaped) == "vsphere://h/folder/a/%E9?dsName=ds" and parse(str(escaped)) == escaped
