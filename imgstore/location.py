@@ -246,7 +246,7 @@ def check_part(
     return value
 
 
-def check_utf8(kind: str, what: str, *values: str, escaped: bool = True) -> None:
+def require_utf8(kind: str, what: str, *values: str, escaped: bool = True) -> None:
     """Refuse values that cannot be percent-encoded: a lone surrogate has no UTF-8 bytes.
     With ``escaped``, the surrogates that stand for bytes that are not UTF-8
     (``os.fsdecode``, :func:`unquote_path`) pass."""

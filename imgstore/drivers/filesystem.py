@@ -49,9 +49,9 @@ from imgstore.exceptions import (
 )
 from imgstore.location import (
     Location,
-    check_utf8,
     quote_path,
     register,
+    require_utf8,
     shown,
     unquote_path,
     urlsplit,
@@ -73,7 +73,7 @@ class FileLocation(Location):
     def __init__(self, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
             raise BadLocation("a file location needs an absolute path without NUL bytes")
-        check_utf8("file", "path", path)  # what the OS could return passes (surrogateescape)
+        require_utf8("file", "path", path)  # what the OS could return passes (surrogateescape)
         self.path = path
 
     @classmethod

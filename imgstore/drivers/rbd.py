@@ -50,7 +50,7 @@ from imgstore.exceptions import (
     InUse,
     NotFound,
 )
-from imgstore.location import Location, after_scheme, check_utf8, register, shown
+from imgstore.location import Location, after_scheme, register, require_utf8, shown
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -105,7 +105,7 @@ class RbdLocation(Location):
             raise BadLocation("an rbd location cannot have empty parts")
         if fsid is None and ("/" in image or "@" in image):
             raise BadLocation(f"a one-part rbd location cannot name the image {image[:200]!r}")
-        check_utf8("rbd", "parts", image, *(p for p in parts if p is not None), escaped=False)
+        require_utf8("rbd", "parts", image, *(p for p in parts if p is not None), escaped=False)
         self.image = image
         self.fsid = fsid
         self.pool = pool

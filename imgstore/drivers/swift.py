@@ -87,11 +87,11 @@ from imgstore.exceptions import (
 from imgstore.location import (
     Location,
     check_part,
-    check_utf8,
     naming,
     quote_path,
     redact_uri,
     register,
+    require_utf8,
     shown,
     split_once,
     unquote_path,
@@ -136,7 +136,7 @@ class SwiftLocation(Location):
             check_part("swift", what, value, "?#@")
         if "/" in container or "/" in obj or obj in (".", ".."):
             raise BadLocation("swift location container and object cannot contain '/'")
-        check_utf8("swift", "container and object", container, obj)  # to_uri() quotes them
+        require_utf8("swift", "container and object", container, obj)  # to_uri() quotes them
         if prefix.endswith("/"):  # from_uri strips it: the URI would not read back equal
             raise BadLocation("swift location address cannot end with '/'")
         if scheme == "swift+config" and "/" in prefix:

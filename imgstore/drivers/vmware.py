@@ -104,10 +104,10 @@ from imgstore.exceptions import (
 from imgstore.location import (
     Location,
     check_part,
-    check_utf8,
     naming,
     quote_path,
     register,
+    require_utf8,
     shown,
     unquote_path,
     urlsplit,
@@ -159,8 +159,8 @@ class VsphereLocation(Location):
             if ".." in datacenter.split("/"):
                 raise BadLocation("vsphere location has a malformed dcPath")
         # to_uri() percent-encodes these: the query strictly, the path as file names
-        check_utf8(SCHEME, "file path", path)
-        check_utf8(SCHEME, "query", datastore, datacenter or "", escaped=False)
+        require_utf8(SCHEME, "file path", path)
+        require_utf8(SCHEME, "query", datastore, datacenter or "", escaped=False)
         self.host = host.lower()
         self.port = port
         self.path = path

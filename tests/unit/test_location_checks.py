@@ -10,9 +10,9 @@ from imgstore.exceptions import BadLocation
 from imgstore.location import (
     after_scheme,
     check_part,
-    check_utf8,
     naming,
     parse,
+    require_utf8,
     split_once,
     unsafe,
 )
@@ -47,14 +47,14 @@ def test_check_part_names_the_kind_and_the_part() -> None:
             check_part("s3", "bucket", value, "?")
 
 
-def test_check_utf8() -> None:
-    check_utf8("file", "path", "/ok/\udce9")  # a byte os.fsdecode() could not decode
+def test_require_utf8() -> None:
+    require_utf8("file", "path", "/ok/\udce9")  # a byte os.fsdecode() could not decode
     with pytest.raises(BadLocation, match="the path of a file location must be UTF-8 text"):
-        check_utf8("file", "path", "/lone\ud800")
+        require_utf8("file", "path", "/lone\ud800")
     with pytest.raises(BadLocation, match="parts of a rbd location"):
-        check_utf8("rbd", "parts", "ok", "\udce9", escaped=False)
+        require_utf8("rbd", "parts", "ok", "\udce9", escaped=False)
     with pytest.raises(BadLocation):
-        check_utf8("rbd", "parts", "ok", None, escaped=False)  # type: ignore[arg-type]
+        require_utf8("rbd", "parts", "ok", None, escaped=False)  # type: ignore[arg-type]
 
 
 def test_after_scheme_is_case_insensitive_and_hides_secrets() -> None:
