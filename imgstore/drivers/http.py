@@ -77,7 +77,7 @@ from imgstore.exceptions import (
     NotSupported,
     for_status,
 )
-from imgstore.location import Location, redact_uri, register, urlsplit
+from imgstore.location import Location, redact_uri, register, shown, unsafe, urlsplit
 
 LOG = logging.getLogger(__name__)
 
@@ -99,14 +99,13 @@ class HttpLocation(Location):
     def __init__(self, uri: str) -> None:
         if not isinstance(uri, str):
             raise BadLocation("an http location must be a string")
-        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in uri):
-            raise BadLocation(f"http location contains spaces or control characters: "
-                              f"{redact_uri(uri)[:200]!r}")  # fmt: skip
+        if unsafe(uri, "\x7f"):
+            raise BadLocation(f"http location with spaces or control characters: {shown(uri)!r}")
         parts = urlsplit(uri)
         if parts.scheme.lower() not in self.schemes:
-            raise BadLocation(f"not an http(s) location: {redact_uri(uri)[:200]!r}")
+            raise BadLocation(f"not an http(s) location: {shown(uri)!r}")
         if not parts.hostname:
-            raise BadLocation(f"http location without a host: {redact_uri(uri)[:200]!r}")
+            raise BadLocation(f"http location without a host: {shown(uri)!r}")
         self.uri = uri
         self.parts = parts
 

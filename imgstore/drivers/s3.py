@@ -77,7 +77,7 @@ from imgstore.exceptions import (
     NotFound,
     for_status,
 )
-from imgstore.location import Location, redact_uri, register
+from imgstore.location import Location, check_part, naming, register, shown, split_once
 from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
 
 LOG = logging.getLogger(__name__)
@@ -155,8 +155,7 @@ class S3Location(Location):
         if scheme not in self.schemes:
             raise BadLocation(f"not an s3 scheme: {scheme!r}")
         for what, value in (("host", host), ("bucket", bucket), ("key", key)):
-            if not value or any(c.isspace() or ord(c) < 32 or c in "?#@" for c in value):
-                raise BadLocation(f"s3 location has a missing or malformed {what}")
+            check_part("s3", what, value, "?#@")
         if "/" in bucket or "/" in key or key in (".", ".."):
             raise BadLocation("s3 location bucket and key cannot contain '/' or be '.' or '..'")
         if "" in host.split("/") or "://" in host:
@@ -174,27 +173,16 @@ class S3Location(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> S3Location:
-        shown = redact_uri(uri)[:200]
-        scheme, sep, rest = uri.partition("://")
-        if not sep or "://" in rest:
-            raise BadLocation(
-                f"malformed s3 location {shown!r}: use s3+https://host/bucket/key "
-                "rather than s3://https://..."
-            )
+        form = "s3://host/bucket/key (s3+https:// for TLS)"
+        scheme, rest = split_once(uri, "s3", form)
         if "?" in rest or "#" in rest:
-            raise BadLocation(f"s3 locations take no query or fragment: {shown!r}")
-        _creds, at, tail = rest.rpartition("@")
-        if at:  # glance_store's old access:secret@ form: the credentials are dropped
-            rest = tail
-        parts = rest.strip("/").split("/")
+            raise BadLocation(f"s3 locations take no query or fragment: {shown(uri)!r}")
+        # glance_store's old access:secret@ form: the credentials are dropped
+        parts = rest.rpartition("@")[2].strip("/").split("/")
         if len(parts) < 3 or not all(parts):
-            raise BadLocation(f"malformed s3 location {shown!r}: expected s3://host/bucket/key")
-        key, bucket = parts[-1], parts[-2]
-        host = "/".join(parts[:-2])
-        try:
-            return cls(scheme, host, bucket, key)
-        except BadLocation as exc:
-            raise BadLocation(f"{exc}: {shown!r}") from None
+            raise BadLocation(f"malformed s3 location {shown(uri)!r}: expected {form}")
+        with naming(uri):
+            return cls(scheme, "/".join(parts[:-2]), parts[-2], parts[-1])
 
     def to_uri(self) -> str:
         return f"{self._scheme}://{self.host}/{self.bucket}/{self.key}"

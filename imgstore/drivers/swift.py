@@ -83,7 +83,18 @@ from imgstore.exceptions import (
     StorageFull,
     for_status,
 )
-from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
+from imgstore.location import (
+    Location,
+    check_part,
+    naming,
+    quote_path,
+    redact_uri,
+    register,
+    require_utf8,
+    shown,
+    split_once,
+    unquote_path,
+)
 from imgstore.parallel import BoundedUploader, BufferPool, piece_size
 from imgstore.streaming import FedRequest, SizedFedBody
 
@@ -121,15 +132,10 @@ class SwiftLocation(Location):
         if scheme not in SCHEMES:
             raise BadLocation(f"not a swift scheme: {scheme!r}")
         for what, value in (("address", prefix), ("container", container), ("object", obj)):
-            if not value or any(c.isspace() or ord(c) < 32 or c in "?#@" for c in value):
-                raise BadLocation(f"swift location has a missing or malformed {what}")
+            check_part("swift", what, value, "?#@")
         if "/" in container or "/" in obj or obj in (".", ".."):
             raise BadLocation("swift location container and object cannot contain '/'")
-        try:  # to_uri() percent-encodes these; a lone surrogate has no bytes to encode
-            container.encode("utf-8", "surrogateescape")
-            obj.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise BadLocation("swift location container and object must be UTF-8 text") from None
+        require_utf8("swift", "container and object", container, obj)  # to_uri() quotes them
         if prefix.endswith("/"):  # from_uri strips it: the URI would not read back equal
             raise BadLocation("swift location address cannot end with '/'")
         if scheme == "swift+config" and "/" in prefix:
@@ -159,26 +165,17 @@ class SwiftLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> SwiftLocation:
-        shown = redact_uri(uri)[:200]
-        scheme, sep, rest = uri.partition("://")
-        if not sep or "://" in rest:
-            raise BadLocation(f"malformed swift location {shown!r}")
-        _creds, at, tail = rest.rpartition("@")
-        if at:  # glance_store's old user:key@ form: the credentials are dropped
-            rest = tail
+        form = "swift://address/container/object"
+        scheme, rest = split_once(uri, "swift", form)
+        rest = rest.rpartition("@")[2]  # glance_store's old user:key@ form: dropped
         if "?" in rest or "#" in rest:
-            raise BadLocation(f"swift locations take no query or fragment: {shown!r}")
+            raise BadLocation(f"swift locations take no query or fragment: {shown(uri)!r}")
         parts = rest.split("/")
         if len(parts) < 3:
-            raise BadLocation(
-                f"malformed swift location {shown!r}: expected swift://address/container/object"
-            )
-        obj, container = unquote_path(parts[-1]), unquote_path(parts[-2])
+            raise BadLocation(f"malformed swift location {shown(uri)!r}: expected {form}")
         prefix = "/".join(parts[:-2]).rstrip("/")
-        try:
-            return cls(scheme, prefix, container, obj)
-        except BadLocation as exc:
-            raise BadLocation(f"{exc}: {shown!r}") from None
+        with naming(uri):
+            return cls(scheme, prefix, unquote_path(parts[-2]), unquote_path(parts[-1]))
 
     def to_uri(self) -> str:
         return f"{self._scheme}://{self.prefix}/{quote_path(self.container)}/{quote_path(self.obj)}"
