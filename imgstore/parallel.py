@@ -315,8 +315,7 @@ class Pieces(Generic[T]):
     @property
     def accepted(self) -> int:
         """Bytes of the pieces the server has taken (a held piece: none)."""
-        with self._lock:
-            return self._accepted
+        return self._accepted  # one int: read whole without the lock
 
     @property
     def buffers_allocated(self) -> int:
@@ -409,3 +408,30 @@ class Pieces(Generic[T]):
         if self._uploader is not None:
             self._uploader.stop()
         self._pool.clear()
+
+
+class PiecesWriting:
+    """What a writer whose bytes go through :class:`Pieces` (its ``_pieces``) gives of
+    them: ``write``, and the bytes, buffers and threads they used (mix in before
+    :class:`~imgstore.driver.Writer`)."""
+
+    _pieces: Pieces[Any]
+
+    def write(self, chunk: memoryview) -> None:
+        """Copy ``chunk`` into piece buffers, each uploaded once full."""
+        self._pieces.write(chunk)
+
+    @property
+    def accepted(self) -> int:
+        """Bytes of the pieces the server has taken (a piece held for commit: none)."""
+        return self._pieces.accepted
+
+    @property
+    def buffers_allocated(self) -> int:
+        """How many piece buffers this writer allocated (tests check the memory bound)."""
+        return self._pieces.buffers_allocated
+
+    @property
+    def peak_uploads(self) -> int:
+        """The most pieces that were uploading at once."""
+        return self._pieces.peak

@@ -79,7 +79,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, redact_uri, register
-from imgstore.parallel import PieceBody, Pieces, capacity, piece_size
+from imgstore.parallel import PieceBody, Pieces, PiecesWriting, capacity, piece_size
 
 LOG = logging.getLogger(__name__)
 
@@ -709,7 +709,7 @@ def _count_retry(request: Any, **_: Any) -> None:
         telemetry.retried()
 
 
-class S3Writer(Writer):
+class S3Writer(PiecesWriting, Writer):
     """One image going up: a single PUT, or a multipart upload with parallel parts."""
 
     def __init__(self, driver: S3Driver, location: S3Location, size: int | None) -> None:
@@ -727,24 +727,8 @@ class S3Writer(Writer):
             hold=size is not None and size < driver.large_object_size,
         )  # fmt: skip
 
-    @property
-    def buffers_allocated(self) -> int:
-        """How many part buffers this writer allocated (tests check the memory bound)."""
-        return self._pieces.buffers_allocated
-
     def __repr__(self) -> str:
         return f"<S3Writer {self._shown}>"
-
-    @property
-    def accepted(self) -> int:
-        """Bytes of the parts the server has answered for (a single PUT: none before commit)."""
-        return self._pieces.accepted
-
-    # -- writing -----------------------------------------------------------
-
-    def write(self, chunk: memoryview) -> None:
-        """Copy ``chunk`` into the single buffer, or into part buffers, each sent once full."""
-        self._pieces.write(chunk)
 
     def _start_upload(self) -> None:
         drv = self._driver

@@ -85,7 +85,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
-from imgstore.parallel import PieceBody, Pieces, piece_size
+from imgstore.parallel import PieceBody, Pieces, PiecesWriting, piece_size
 from imgstore.streaming import FedRequest, SizedFedBody
 
 LOG = logging.getLogger(__name__)
@@ -1252,7 +1252,7 @@ def segment_size(
     return piece_size(number, base, total, limit, largest, every)
 
 
-class SwiftSegmentWriter(_ImageWriter):
+class SwiftSegmentWriter(PiecesWriting, _ImageWriter):
     """A large object: segments on a bounded pool, then an SLO (or DLO) manifest."""
 
     def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
@@ -1265,24 +1265,6 @@ class SwiftSegmentWriter(_ImageWriter):
             base=driver.segment_size, total=size, limit=limits.segment_limit(driver.slo),
             largest=limits.max_file_size, every=None if driver.slo else GROWTH_EVERY,
         )  # fmt: skip
-
-    @property
-    def accepted(self) -> int:
-        """Bytes of the segments the server has stored (one segment: none before commit)."""
-        return self._pieces.accepted
-
-    @property
-    def buffers_allocated(self) -> int:
-        """How many segment buffers this writer allocated (tests check the bound)."""
-        return self._pieces.buffers_allocated
-
-    @property
-    def peak_uploads(self) -> int:
-        """The most segments that were uploading at once."""
-        return self._pieces.peak
-
-    def write(self, chunk: memoryview) -> None:
-        self._pieces.write(chunk)
 
     def _upload(self, number: int, body: PieceBody) -> dict[str, Any]:
         name = f"{self._prefix}{number:05d}"

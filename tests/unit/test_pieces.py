@@ -8,7 +8,9 @@ import threading
 
 import pytest
 
-from imgstore.parallel import PieceBody, Pieces, piece_size
+from imgstore.driver import Writer, Written
+from imgstore.location import parse
+from imgstore.parallel import PieceBody, Pieces, PiecesWriting, piece_size
 
 KiB = 1 << 10
 
@@ -147,3 +149,30 @@ def test_an_image_smaller_than_a_piece_is_held_and_an_empty_one_is_empty() -> No
     assert bytes(pieces.held().read()) == b"small"
     empty = Pieces(upload, workers=1, name="t-piece", base=KiB, total=0, limit=10, largest=KiB)
     assert len(empty.held()) == 0 and upload.got == {}
+
+
+def test_a_writer_mixing_in_pieces_writing_writes_through_its_pieces() -> None:
+    class PieceWriter(PiecesWriting, Writer):
+        def __init__(self) -> None:
+            self.upload = Recorder()
+            self._pieces = Pieces(
+                self.upload, workers=1, name="t-piece", base=KiB, total=None, limit=10,
+                largest=KiB,
+            )  # fmt: skip
+
+        def commit(self, size: int) -> Written:
+            self._pieces.finish()
+            return Written(parse("file:///x"))
+
+        def abort(self) -> None:
+            self._pieces.stop()
+
+    writer = PieceWriter()  # the mixin's write stands for Writer's abstract one
+    writer.write(memoryview(bytes(KiB + 1)))
+    writer._pieces.wait()
+    assert writer.accepted == KiB  # the full piece; the byte being filled is not yet taken
+    writer.commit(KiB + 1)
+    assert writer.accepted == KiB + 1
+    assert 1 <= writer.buffers_allocated <= 2 and writer.peak_uploads == 1
+    assert sorted(writer.upload.got) == [1, 2]
+    writer.abort()
