@@ -83,7 +83,15 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog
 from imgstore.backoff import poll
-from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import (
+    Driver,
+    Leftover,
+    ReadStream,
+    Writer,
+    Written,
+    clamp_range,
+    retries_option,
+)
 from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
 from imgstore.errnos import for_errno
 from imgstore.exceptions import (
@@ -376,12 +384,7 @@ class CinderDriver(Driver):
                 default=False,
                 help="Do not verify Cinder's TLS certificate.",
             ),
-            cfg.IntOpt(
-                "cinder_http_retries",
-                default=3,
-                min=0,
-                help="Retries of a failed HTTP call to Cinder.",
-            ),
+            retries_option("cinder_http_retries"),
             cfg.IntOpt(
                 "cinder_state_transition_timeout",
                 default=300,

@@ -65,6 +65,8 @@ from imgstore.driver import (
     ReadStream,
     clamp_range,
     read_resumes_option,
+    retries_option,
+    timeout_option,
 )
 from imgstore.drivers.http_guard import NetworkGuard
 from imgstore.exceptions import (
@@ -299,19 +301,9 @@ class HttpDriver(Driver):
                 min=0,
                 help="Redirects followed per request at most; https->http is never followed.",
             ),
-            cfg.FloatOpt("http_connect_timeout", default=10.0, min=0.1, help="Seconds to connect."),
-            cfg.FloatOpt(
-                "http_read_timeout",
-                default=60.0,
-                min=0.1,
-                help="Seconds to wait for the server's next bytes.",
-            ),
-            cfg.IntOpt(
-                "http_retries",
-                default=3,
-                min=0,
-                help="Retries, before the body starts, after a connection error, 429 or 5xx.",
-            ),
+            timeout_option("http_connect_timeout", 10.0, "to connect"),
+            timeout_option("http_read_timeout", 60.0),
+            retries_option("http_retries"),
             read_resumes_option("http_read_resumes"),
             cfg.FloatOpt(
                 "http_retry_backoff",

@@ -64,6 +64,8 @@ from imgstore.driver import (
     Written,
     clamp_range,
     read_resumes_option,
+    retries_option,
+    timeout_option,
     tls_verify_failure,
 )
 from imgstore.exceptions import (
@@ -300,18 +302,9 @@ class S3Driver(Driver):
                 "https. False: UNSIGNED-PAYLOAD everywhere, saving an extra hash of the "
                 "image but leaving the bytes unprotected in transit over plain http.",
             ),
-            cfg.IntOpt(
-                "s3_store_max_retries",
-                default=3,
-                min=0,
-                help="Retries (exponential backoff) of throttled, 5xx and failed connections.",
-            ),
-            cfg.FloatOpt(
-                "s3_store_connect_timeout", default=10.0, min=0.1, help="Connect timeout, seconds."
-            ),
-            cfg.FloatOpt(
-                "s3_store_read_timeout", default=60.0, min=0.1, help="Read timeout, seconds."
-            ),
+            retries_option("s3_store_max_retries"),
+            timeout_option("s3_store_connect_timeout", 10.0, "to connect"),
+            timeout_option("s3_store_read_timeout", 60.0),
             read_resumes_option("s3_store_read_resumes"),
         ]
 

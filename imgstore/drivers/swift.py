@@ -67,6 +67,8 @@ from imgstore.driver import (
     Written,
     clamp_range,
     read_resumes_option,
+    retries_option,
+    timeout_option,
     tls_verify_failure,
 )
 from imgstore.drivers.swift_endpoints import StorageEndpoints
@@ -437,14 +439,9 @@ class SwiftDriver(Driver):
                 help="Keystone: the catalog's service type for Swift.",
             ),
             read_resumes_option("swift_store_retry_get_count", default=0),
-            cfg.IntOpt(
-                "swift_store_retries",
-                default=3,
-                min=0,
-                help="Retries of failed requests (connection errors, 5xx), with backoff.",
-            ),
-            cfg.FloatOpt(
-                "swift_store_timeout", default=60.0, min=0.1, help="Socket timeout, seconds."
+            retries_option("swift_store_retries"),
+            timeout_option(
+                "swift_store_timeout", 60.0, "to connect, and for the server's next bytes"
             ),
         ]
 

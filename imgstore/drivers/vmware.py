@@ -86,6 +86,7 @@ from imgstore.driver import (
     is_partial_name,
     partial_name,
     read_resumes_option,
+    retries_option,
 )
 from imgstore.drivers.http import HttpStream, content_length
 from imgstore.exceptions import (
@@ -395,12 +396,7 @@ class VMwareDriver(Driver):
             cfg.StrOpt(
                 "vmware_server_password", secret=True, help="Password of vmware_server_username."
             ),
-            cfg.IntOpt(
-                "vmware_api_retry_count",
-                default=10,
-                min=1,
-                help="How many times an API call is retried on connection or session errors.",
-            ),
+            retries_option("vmware_api_retry_count", default=10, minimum=1),
             cfg.IntOpt(
                 "vmware_task_poll_interval",
                 default=5,
