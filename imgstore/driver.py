@@ -412,9 +412,9 @@ def retries_option(name: str, default: int = 3, minimum: int = 0) -> cfg.IntOpt:
         min=minimum,
         help="How often a request that failed for a reason worth retrying (the connection "
         "dropped or timed out, the server is busy or answered 5xx) is tried again, waiting "
-        "longer each time (exponential backoff with full jitter, capped). Only requests "
-        "that are safe to repeat: reads, sizes, deletes, part and segment uploads; never a "
-        "commit that may already have happened.",
+        "longer before each try (exponentially, capped). Only requests that are safe to "
+        "repeat: reads, sizes, deletes, part and segment uploads; never a commit that may "
+        "already have happened.",
     )
 
 
