@@ -88,6 +88,11 @@ def celery_app(broker: str) -> Any:
         worker_send_task_events=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # after a reconnect Celery lowers the prefetch count and raises it again with
+        # basic.qos calls; with RabbitMQ 3.10 one such call could wait for ever, the
+        # worker's reserved tasks stalled and a warm shutdown hung (one per thread is
+        # our prefetch anyway, so there is nothing to lower)
+        worker_enable_prefetch_count_reduction=False,
         broker_transport_options={"confirm_publish": True},
     )
     return app

@@ -402,6 +402,30 @@ def read_resumes_option(name: str, default: int = 3) -> cfg.IntOpt:
     )
 
 
+def retries_option(name: str, default: int = 3, minimum: int = 0) -> cfg.IntOpt:
+    """The option of how often a driver tries a failed request again, declared here once
+    for every network driver (``name``: the driver's, e.g. glance_store's
+    ``cinder_http_retries``)."""
+    return cfg.IntOpt(
+        name,
+        default=default,
+        min=minimum,
+        help="How often a request that failed for a reason worth retrying (the connection "
+        "dropped or timed out, the server is busy or answered 5xx) is tried again, waiting "
+        "longer before each try (exponentially, capped). Only requests that are safe to "
+        "repeat: reads, sizes, deletes, part and segment uploads; never a commit that may "
+        "already have happened.",
+    )
+
+
+def timeout_option(
+    name: str, default: float, what: str = "for the server's next bytes"
+) -> cfg.FloatOpt:
+    """The option of one of a driver's network timeouts, in seconds, declared here once
+    (``what``: what it waits for, e.g. ``"to connect"``)."""
+    return cfg.FloatOpt(name, default=default, min=0.1, help=f"Seconds to wait {what}.")
+
+
 def clamp_range(total: int, offset: int, length: int | None) -> tuple[int, int]:
     """Return ``(offset, count)`` for a read of ``length`` from ``offset`` in ``total`` bytes.
 

@@ -12,10 +12,12 @@ logs, reprs and error messages; ``parse(str(location)) == location``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import re
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
 from imgstore.exceptions import BadLocation, UnknownScheme
@@ -162,7 +164,7 @@ def split_scheme(uri: object) -> str:
         raise BadLocation(f"a location must be a string, not {type(uri).__name__}")
     match = _SCHEME_RE.match(uri)
     if match is None:
-        raise BadLocation(f"not a location URI (expected scheme://...): {redact_uri(uri)[:200]!r}")
+        raise BadLocation(f"not a location URI (expected scheme://...): {shown(uri)!r}")
     return match.group(1)
 
 
@@ -185,7 +187,7 @@ def parse(uri: str | Location) -> Location:
         # the exception's own text can quote any part of the URI, a password
         # included: only its type is shown
         raise BadLocation(
-            f"malformed {cls.schemes[0]} location {redact_uri(uri)[:200]!r} ({type(exc).__name__})"
+            f"malformed {cls.schemes[0]} location {shown(uri)!r} ({type(exc).__name__})"
         ) from None
 
 
@@ -204,7 +206,7 @@ def urlsplit(uri: str) -> urllib.parse.SplitResult:
             reason = "a bracketed host is not a valid IPv6 address"
         else:
             reason = "it cannot be split into scheme, host and path"
-        raise BadLocation(f"malformed location {redact_uri(uri)[:200]!r}: {reason}") from None
+        raise BadLocation(f"malformed location {shown(uri)!r}: {reason}") from None
     return parts
 
 
@@ -216,3 +218,67 @@ def quote_path(path: str) -> str:
 def unquote_path(path: str) -> str:
     """The inverse of :func:`quote_path`."""
     return urllib.parse.unquote(path, errors="surrogateescape")
+
+
+# -- checks the Location classes share ---------------------------------------------
+
+
+def shown(uri: object) -> str:
+    """``uri`` as an error message may show it: secrets hidden, at most 200 characters."""
+    return redact_uri(str(uri))[:200]
+
+
+def unsafe(value: str, forbidden: str = "", *, spaces: bool = False) -> bool:
+    """Whether ``value`` holds a C0 control character, whitespace (plain spaces pass
+    when ``spaces``) or a character of ``forbidden`` (DEL is only refused there)."""
+    return any(
+        ord(c) < 32 or c in forbidden or (c.isspace() and not (spaces and c == " ")) for c in value
+    )
+
+
+def check_part(
+    kind: str, what: str, value: str, forbidden: str = "", *, spaces: bool = False
+) -> str:
+    """``value``, a non-empty part with no :func:`unsafe` character; else
+    :class:`BadLocation` ("<kind> location has a missing or malformed <what>")."""
+    if not value or unsafe(value, forbidden, spaces=spaces):
+        raise BadLocation(f"{kind} location has a missing or malformed {what}")
+    return value
+
+
+def require_utf8(kind: str, what: str, *values: str, escaped: bool = True) -> None:
+    """Refuse values that cannot be percent-encoded: a lone surrogate has no UTF-8 bytes.
+    With ``escaped``, the surrogates that stand for bytes that are not UTF-8
+    (``os.fsdecode``, :func:`unquote_path`) pass."""
+    try:
+        for value in values:
+            value.encode("utf-8", "surrogateescape" if escaped else "strict")
+    except (UnicodeEncodeError, AttributeError):
+        raise BadLocation(f"the {what} of a {kind} location must be UTF-8 text") from None
+
+
+def after_scheme(uri: str, scheme: str) -> str:
+    """What follows ``scheme://`` (in any case) in ``uri``; :class:`BadLocation` when
+    ``uri`` does not start with it."""
+    prefix = scheme + "://"
+    if not isinstance(uri, str) or uri[: len(prefix)].lower() != prefix:
+        raise BadLocation(f"not a {prefix} location: {shown(uri)!r}")
+    return uri[len(prefix) :]
+
+
+def split_once(uri: str, kind: str, form: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of ``scheme://rest``; :class:`BadLocation` (expected ``form``)
+    without a "://", or with a second one (``s3://https://host/...``)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or "://" in rest:
+        raise BadLocation(f"malformed {kind} location {shown(uri)!r}: expected {form}")
+    return scheme, rest
+
+
+@contextlib.contextmanager
+def naming(uri: str) -> Iterator[None]:
+    """Add ``uri`` (as :func:`shown`) to a :class:`BadLocation` raised in the block."""
+    try:
+        yield
+    except BadLocation as exc:
+        raise BadLocation(f"{exc}: {shown(uri)!r}") from None

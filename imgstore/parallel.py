@@ -15,7 +15,9 @@ Buffers are recycled through :class:`BufferPool` (a piece's buffer goes back
 to the pool when its upload ends). :func:`piece_size` chooses the size of each
 piece so that an image fits the server's limits: at most so many pieces (S3's
 part numbers, an SLO's ``max_manifest_segments``) of at most so many bytes (S3's
-5 GiB part, Swift's ``max_file_size``).
+5 GiB part, Swift's ``max_file_size``). :class:`Pieces` puts these together for a
+writer: it cuts the core's chunks into pieces and uploads each one, as a
+:class:`PieceBody`, once it is full.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import concurrent.futures
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from imgstore.threads import block_signals
 
 MiB = 1 << 20
+T = TypeVar("T")
 
 
 def growth_every(limit: int) -> int:
@@ -211,3 +214,224 @@ class BoundedUploader:
         self._stopped = True
         self.wait()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class PieceBody:
+    """A piece's bytes as a seekable request body, without copying them.
+
+    Reads return memoryview slices of the buffer (sent and hashed as they are); a
+    client seeks back to send it again (a retry). The short repr keeps a client's
+    DEBUG log of request parameters from dumping the whole piece (which a bare
+    ``bytearray`` body would).
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview, length: int | None = None) -> None:
+        # a view of the first ``length`` bytes, never a resize of the buffer: a logging
+        # handler that keeps records (botocore logs requests at DEBUG) may hold a view of it
+        view = memoryview(data)
+        self._view = view if length is None else view[:length]
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, size: int | None = -1) -> memoryview:
+        """The next ``size`` bytes (all that is left when ``size`` is negative)."""
+        end = len(self._view) if size is None or size < 0 else self._pos + size
+        data = self._view[self._pos : end]
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move to ``offset`` from the start (``whence`` 0), here (1) or the end (2)."""
+        self._pos = max(0, {0: 0, 1: self._pos, 2: len(self._view)}[whence] + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        """The position of the next read."""
+        return self._pos
+
+    def seekable(self) -> bool:
+        """Always: a retry can read the piece again."""
+        return True
+
+    def readable(self) -> bool:
+        """Always."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to release (a client may call it)."""
+
+    def __repr__(self) -> str:
+        return f"<request body of {len(self._view)} bytes>"
+
+
+class Pieces(Generic[T]):
+    """One image cut into pieces as it is written: each piece fills a pooled buffer and,
+    once full, goes up on a :class:`BoundedUploader` while the next one fills.
+
+    ``upload(number, body)`` sends piece ``number`` (from 1) and returns what the commit
+    needs of it (an ETag, a manifest entry); :meth:`finish` gives these in order. Piece
+    sizes are :func:`piece_size`'s for ``base``, ``total``, ``limit``, ``largest`` and
+    ``every``. ``before_first`` runs on the writer's thread before the first piece goes
+    (it starts a multipart upload); ``on_error(exc, number)`` turns a piece's failure
+    into the error the writer raises. ``hold``: the image is one piece of ``total``
+    bytes that is never uploaded here; the writer sends :meth:`held` itself.
+    Memory: at most ``workers + 1`` buffers.
+    """
+
+    def __init__(
+        self,
+        upload: Callable[[int, PieceBody], T],
+        *,
+        workers: int,
+        name: str,
+        base: int,
+        total: int | None,
+        limit: int,
+        largest: int,
+        every: int | None = None,
+        before_first: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException, int], BaseException] | None = None,
+        hold: bool = False,
+    ) -> None:
+        self._upload = upload
+        self._workers = workers
+        self._name = name
+        self._sizes = (base, total, limit, largest, every)
+        self._before_first = before_first
+        self._on_error = on_error
+        self._hold = hold
+        self._pool = BufferPool()
+        self._uploader: BoundedUploader | None = None
+        self._buf: bytearray | None = None
+        self._filled = 0
+        self._results: dict[int, T] = {}
+        self._lock = threading.Lock()
+        self._accepted = 0
+        self.sent = 0
+        """Pieces handed to the uploader (stored or not)."""
+
+    @property
+    def accepted(self) -> int:
+        """Bytes of the pieces the server has taken (a held piece: none)."""
+        return self._accepted  # one int: read whole without the lock
+
+    @property
+    def buffers_allocated(self) -> int:
+        """How many piece buffers were allocated (tests check the memory bound)."""
+        return self._pool.allocated
+
+    @property
+    def peak(self) -> int:
+        """The most pieces that were uploading at once."""
+        return self._uploader.peak if self._uploader is not None else 0
+
+    def write(self, chunk: memoryview) -> None:
+        """Copy ``chunk`` into piece buffers, each uploaded once full; raise a piece's
+        failure first."""
+        self.raise_failure()
+        view = chunk
+        while view:
+            if self._buf is None:
+                self._buf = self._pool.take(self._next_size())
+                self._filled = 0
+            take = min(len(self._buf) - self._filled, len(view))
+            assert take, "the core never writes past the declared size"
+            self._buf[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == len(self._buf) and not self._hold:
+                self._send()
+
+    def _next_size(self) -> int:
+        base, total, limit, largest, every = self._sizes
+        if self._hold:
+            assert total is not None, "only an image of known size is held whole"
+            return total
+        number = self.sent + 1
+        assert number <= limit, "the core stops an image that outgrows write_limits"
+        return piece_size(number, base, total, limit, largest, every)
+
+    def _send(self) -> None:
+        """Hand the filled buffer to the uploader; block first while every thread is busy."""
+        buf, count = self._buf, self._filled
+        assert buf is not None
+        self._buf, self._filled = None, 0
+        if self._uploader is None:
+            if self._before_first is not None:
+                self._before_first()
+            self._uploader = BoundedUploader(self._workers, self._name)
+        self.sent += 1
+        number, on_error = self.sent, self._on_error
+        self._uploader.submit(
+            self._run, number, PieceBody(buf, count),
+            on_error=None if on_error is None else lambda exc: on_error(exc, number),
+            finally_=lambda: self._pool.give(buf),
+        )  # fmt: skip
+
+    def _run(self, number: int, body: PieceBody) -> None:
+        result = self._upload(number, body)
+        with self._lock:
+            self._results[number] = result
+            self._accepted += len(body)
+
+    def raise_failure(self) -> None:
+        """Raise the first piece's failure, if one failed."""
+        if self._uploader is not None:
+            self._uploader.raise_failure()
+
+    def held(self) -> PieceBody:
+        """The bytes written, when no piece was sent: the whole image, for one PUT."""
+        assert self.sent == 0, "pieces were sent"
+        buf, self._buf = self._buf, None
+        return PieceBody(buf if buf is not None else b"", self._filled)
+
+    def wait(self) -> None:
+        """Wait until no piece is uploading (a failure is raised by the next call)."""
+        if self._uploader is not None:
+            self._uploader.wait()
+
+    def finish(self) -> list[T]:
+        """Send the last, partly filled piece, wait for all and return their results in
+        order; raise a piece's failure."""
+        if self._buf is not None and self._filled:
+            self._send()
+        self.wait()
+        self.raise_failure()
+        return [self._results[n] for n in sorted(self._results)]
+
+    def stop(self) -> None:
+        """Drop the piece being filled, skip those not started, wait for the running ones
+        and free the threads and buffers."""
+        self._buf = None
+        if self._uploader is not None:
+            self._uploader.stop()
+        self._pool.clear()
+
+
+class PiecesWriting:
+    """What a writer whose bytes go through :class:`Pieces` (its ``_pieces``) gives of
+    them: ``write``, and the bytes, buffers and threads they used (mix in before
+    :class:`~imgstore.driver.Writer`)."""
+
+    _pieces: Pieces[Any]
+
+    def write(self, chunk: memoryview) -> None:
+        """Copy ``chunk`` into piece buffers, each uploaded once full."""
+        self._pieces.write(chunk)
+
+    @property
+    def accepted(self) -> int:
+        """Bytes of the pieces the server has taken (a piece held for commit: none)."""
+        return self._pieces.accepted
+
+    @property
+    def buffers_allocated(self) -> int:
+        """How many piece buffers this writer allocated (tests check the memory bound)."""
+        return self._pieces.buffers_allocated
+
+    @property
+    def peak_uploads(self) -> int:
+        """The most pieces that were uploading at once."""
+        return self._pieces.peak

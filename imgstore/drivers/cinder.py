@@ -83,7 +83,15 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog
 from imgstore.backoff import poll
-from imgstore.driver import Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import (
+    Driver,
+    Leftover,
+    ReadStream,
+    Writer,
+    Written,
+    clamp_range,
+    retries_option,
+)
 from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
 from imgstore.errnos import for_errno
 from imgstore.exceptions import (
@@ -100,7 +108,7 @@ from imgstore.exceptions import (
     StorageFull,
     for_status,
 )
-from imgstore.location import Location, redact_uri, register
+from imgstore.location import Location, after_scheme, register, shown
 from imgstore.sessions import MOST_MARGIN, renew_margin
 from imgstore.threads import import_here
 
@@ -162,20 +170,16 @@ class CinderLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> CinderLocation:
-        prefix, shown = "cinder://", redact_uri(uri)[:200]
-        if uri[: len(prefix)].lower() != prefix:
-            raise BadLocation(f"not a cinder location: {shown!r}")
-        rest = uri[len(prefix) :]
+        rest = after_scheme(uri, "cinder")
         if any(c in rest for c in "?#@"):
-            raise BadLocation(f"a cinder location has no query, fragment or user: {shown!r}")
+            raise BadLocation(f"a cinder location has no query, fragment or user: {shown(uri)!r}")
         pieces = rest.split("/")
-        if len(pieces) == 1:
-            return cls(pieces[0])
-        if len(pieces) == 2:
-            return cls(pieces[1], pieces[0])
-        raise BadLocation(
-            f"a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: {shown!r}"
-        )
+        if len(pieces) > 2:
+            raise BadLocation(
+                "a cinder location is cinder://<volume id> or cinder://<store>/<volume id>: "
+                f"{shown(uri)!r}"
+            )
+        return cls(pieces[-1], *pieces[:-1])
 
     def to_uri(self) -> str:
         if self.store is None:
@@ -377,12 +381,7 @@ class CinderDriver(Driver):
                 default=False,
                 help="Do not verify Cinder's TLS certificate.",
             ),
-            cfg.IntOpt(
-                "cinder_http_retries",
-                default=3,
-                min=0,
-                help="Retries of a failed HTTP call to Cinder.",
-            ),
+            retries_option("cinder_http_retries"),
             cfg.IntOpt(
                 "cinder_state_transition_timeout",
                 default=300,

@@ -49,8 +49,9 @@ from imgstore.exceptions import (
 from imgstore.location import (
     Location,
     quote_path,
-    redact_uri,
     register,
+    require_utf8,
+    shown,
     unquote_path,
     urlsplit,
 )
@@ -71,22 +72,18 @@ class FileLocation(Location):
     def __init__(self, path: str) -> None:
         if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
             raise BadLocation("a file location needs an absolute path without NUL bytes")
-        try:  # a path the OS could return (surrogateescape) is fine; a lone surrogate is not
-            path.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise BadLocation("a file location path must be encodable as UTF-8") from None
+        require_utf8("file", "path", path)  # what the OS could return passes (surrogateescape)
         self.path = path
 
     @classmethod
     def from_uri(cls, uri: str) -> FileLocation:
         parts = urlsplit(uri)
-        shown = redact_uri(uri)[:200]
         if parts.scheme.lower() != "file":
-            raise BadLocation(f"not a file location: {shown!r}")
+            raise BadLocation(f"not a file location: {shown(uri)!r}")
         if parts.netloc not in ("", "localhost"):
-            raise BadLocation(f"file locations cannot name a host: {shown!r}")
+            raise BadLocation(f"file locations cannot name a host: {shown(uri)!r}")
         if parts.query or parts.fragment or "?" in uri or "#" in uri:
-            raise BadLocation(f"file locations take no query or fragment: {shown!r}")
+            raise BadLocation(f"file locations take no query or fragment: {shown(uri)!r}")
         return cls(unquote_path(parts.path))
 
     def to_uri(self) -> str:

@@ -65,6 +65,8 @@ from imgstore.driver import (
     ReadStream,
     clamp_range,
     read_resumes_option,
+    retries_option,
+    timeout_option,
 )
 from imgstore.drivers.http_guard import NetworkGuard
 from imgstore.exceptions import (
@@ -77,7 +79,7 @@ from imgstore.exceptions import (
     NotSupported,
     for_status,
 )
-from imgstore.location import Location, redact_uri, register, urlsplit
+from imgstore.location import Location, redact_uri, register, shown, unsafe, urlsplit
 
 LOG = logging.getLogger(__name__)
 
@@ -99,14 +101,13 @@ class HttpLocation(Location):
     def __init__(self, uri: str) -> None:
         if not isinstance(uri, str):
             raise BadLocation("an http location must be a string")
-        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in uri):
-            raise BadLocation(f"http location contains spaces or control characters: "
-                              f"{redact_uri(uri)[:200]!r}")  # fmt: skip
+        if unsafe(uri, "\x7f"):
+            raise BadLocation(f"http location with spaces or control characters: {shown(uri)!r}")
         parts = urlsplit(uri)
         if parts.scheme.lower() not in self.schemes:
-            raise BadLocation(f"not an http(s) location: {redact_uri(uri)[:200]!r}")
+            raise BadLocation(f"not an http(s) location: {shown(uri)!r}")
         if not parts.hostname:
-            raise BadLocation(f"http location without a host: {redact_uri(uri)[:200]!r}")
+            raise BadLocation(f"http location without a host: {shown(uri)!r}")
         self.uri = uri
         self.parts = parts
 
@@ -300,19 +301,9 @@ class HttpDriver(Driver):
                 min=0,
                 help="Redirects followed per request at most; https->http is never followed.",
             ),
-            cfg.FloatOpt("http_connect_timeout", default=10.0, min=0.1, help="Seconds to connect."),
-            cfg.FloatOpt(
-                "http_read_timeout",
-                default=60.0,
-                min=0.1,
-                help="Seconds to wait for the server's next bytes.",
-            ),
-            cfg.IntOpt(
-                "http_retries",
-                default=3,
-                min=0,
-                help="Retries, before the body starts, after a connection error, 429 or 5xx.",
-            ),
+            timeout_option("http_connect_timeout", 10.0, "to connect"),
+            timeout_option("http_read_timeout", 60.0),
+            retries_option("http_retries"),
             read_resumes_option("http_read_resumes"),
             cfg.FloatOpt(
                 "http_retry_backoff",

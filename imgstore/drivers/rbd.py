@@ -49,7 +49,7 @@ from imgstore.exceptions import (
     InUse,
     NotFound,
 )
-from imgstore.location import Location, redact_uri, register
+from imgstore.location import Location, after_scheme, register, require_utf8, shown
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -104,11 +104,7 @@ class RbdLocation(Location):
             raise BadLocation("an rbd location cannot have empty parts")
         if fsid is None and ("/" in image or "@" in image):
             raise BadLocation(f"a one-part rbd location cannot name the image {image[:200]!r}")
-        try:  # to_uri() percent-encodes the parts; a lone surrogate has no bytes to encode
-            for part in (image, *(p for p in parts if p is not None)):
-                part.encode("utf-8")
-        except (UnicodeEncodeError, AttributeError):
-            raise BadLocation("the parts of an rbd location must be UTF-8 text") from None
+        require_utf8("rbd", "parts", image, *(p for p in parts if p is not None), escaped=False)
         self.image = image
         self.fsid = fsid
         self.pool = pool
@@ -126,24 +122,20 @@ class RbdLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> RbdLocation:
-        prefix = "rbd://"
-        shown = redact_uri(uri)[:200]
-        if not uri[: len(prefix)].lower() == prefix:
-            raise BadLocation(f"not an rbd location: {shown!r}")
-        pieces = uri[len(prefix) :].split("/")
+        pieces = after_scheme(uri, "rbd").split("/")
         if any(p == "" for p in pieces):
-            raise BadLocation(f"rbd location with an empty part: {shown!r}")
+            raise BadLocation(f"rbd location with an empty part: {shown(uri)!r}")
         if "@" in uri:
             # Ceph names cannot hold a raw '@' (it starts a snapshot name), and a
             # user:password@ prefix must not be taken for a name and shown back
-            raise BadLocation(f"rbd location with an '@': {shown!r}")
+            raise BadLocation(f"rbd location with an '@': {shown(uri)!r}")
         if len(pieces) == 1:
             return cls(pieces[0])  # glance_store writes and reads this form unquoted
         if len(pieces) == 4:
             fsid, pool, image, snap = (urllib.parse.unquote(p, errors="strict") for p in pieces)
             return cls(image, fsid, pool, snap)
         raise BadLocation(
-            f"an rbd location has 1 or 4 parts (rbd://fsid/pool/image/snapshot): {shown!r}"
+            f"an rbd location has 1 or 4 parts (rbd://fsid/pool/image/snapshot): {shown(uri)!r}"
         )
 
     def to_uri(self) -> str:
@@ -329,10 +321,11 @@ class RbdDriver(Driver):
 
     @contextlib.contextmanager
     def _errors(self, doing: str, what: str = "") -> Iterator[None]:
-        """Raise what librados or librbd raises in the block as :meth:`_error` maps it."""
+        """Raise what librados or librbd raises in the block, or an aio read or write (its
+        :class:`OSError`), as :meth:`_error` maps it."""
         try:
             yield
-        except (rbd.Error, rados.Error) as exc:
+        except (rbd.Error, rados.Error, OSError) as exc:
             raise self._error(exc, doing, what) from None
 
     def _features_for_new(self) -> int:
@@ -405,10 +398,8 @@ class RbdDriver(Driver):
     def size(self, location: Location) -> int:
         assert isinstance(location, RbdLocation)
         image = self._open_image(location, location.snapshot, read_only=True)
-        try:
+        with self._closer.closing(image):
             return int(image.size())
-        finally:
-            self._closer.close(image)
 
     def delete(self, location: Location) -> None:
         assert isinstance(location, RbdLocation)
@@ -423,12 +414,9 @@ class RbdDriver(Driver):
                 if self._finish_cut_removal(ioctx, name, shown):
                     return
                 raise
-            try:
-                with self._errors("inspecting", shown):
-                    children = [f"{c['pool']}/{c['image']}" for c in reader.list_children2() if c]
-                    others = [s["name"] for s in reader.list_snaps() if s["name"] != snap]
-            finally:
-                self._closer.close(reader)
+            with self._closer.closing(reader), self._errors("inspecting", shown):
+                children = [f"{c['pool']}/{c['image']}" for c in reader.list_children2() if c]
+                others = [s["name"] for s in reader.list_snaps() if s["name"] != snap]
             if children:
                 raise InUse(
                     f"{shown} has {len(children)} clone(s) ({', '.join(sorted(children)[:5])}); "
@@ -440,13 +428,11 @@ class RbdDriver(Driver):
                     "remove them first. The image was left intact"
                 )
             image = self._open_image(location, None, read_only=False)
-            try:  # busy: clones appeared meanwhile
-                with self._errors("removing the snapshot of", shown):
-                    if image.is_protected_snap(snap):
-                        image.unprotect_snap(snap)
-                    image.remove_snap(snap)
-            finally:
-                self._closer.close(image)
+            # busy: clones appeared meanwhile
+            with self._closer.closing(image), self._errors("removing the snapshot of", shown):
+                if image.is_protected_snap(snap):
+                    image.unprotect_snap(snap)
+                image.remove_snap(snap)
         with self._errors("deleting", shown):  # not there: NotFound
             try:
                 rbd.RBD().remove(ioctx, name)
@@ -748,18 +734,6 @@ class RbdWriter(Writer):
         """Bytes the cluster has acknowledged (writes still in the aio window are not)."""
         return self._aio.stored
 
-    @contextlib.contextmanager
-    def _failures(self, doing: str) -> Iterator[None]:
-        """Raise what fails in the block, a write of the aio window (its :class:`OSError`)
-        or a librbd call, as the imgstore error of its errno."""
-        try:
-            with self._driver._errors(doing, self._image_id):
-                yield
-        except OSError as exc:
-            raise for_errno(exc.errno)(
-                f"backend {self._driver.backend!r}: {doing} {self._image_id} failed: {exc.strerror}"
-            ) from None
-
     def _grow(self, needed: int) -> None:
         self._aio.drain()
         self._aio.check()
@@ -770,7 +744,7 @@ class RbdWriter(Writer):
 
     def write(self, chunk: memoryview) -> None:
         n, offset = len(chunk), self._offset
-        with self._failures("writing image"):
+        with self._driver._errors("writing image", self._image_id):
             self._aio.check()
             if offset + n > self._image_size:
                 self._grow(offset + n)
@@ -782,10 +756,10 @@ class RbdWriter(Writer):
 
     def commit(self, size: int) -> Written:
         image = self._image
-        with self._failures("writing image"):
+        with self._driver._errors("writing image", self._image_id):
             self._aio.drain()
             self._aio.check()
-        with self._failures("finishing image"):
+        with self._driver._errors("finishing image", self._image_id):
             image.flush()
             if image.size() != size:
                 image.resize(size)  # unknown size: trim to what was written
@@ -818,22 +792,17 @@ class RbdStream(ReadStream):
 
     def __init__(self, driver: RbdDriver, image: Any, offset: int, count: int) -> None:
         self._image: Any = image
-        self._closer = driver._closer
-        self._backend = driver.backend
+        self._driver = driver
         self.size = count
         depth = max(1, min(driver.window, READ_DEPTH))
         self._reads = aio_read(image, offset, count, driver.chunk_size, depth)
 
     def __iter__(self) -> Iterator[bytes]:
-        try:
+        with self._driver._errors("reading the image"):
             yield from self._reads
-        except OSError as exc:
-            raise for_errno(exc.errno)(
-                f"backend {self._backend!r}: reading the image failed: {exc.strerror}"
-            ) from None
 
     def close(self) -> None:
         image, self._image = self._image, None
         if image is not None:
             self._reads.close()  # the reads in flight finish before the image goes
-            self._closer.close(image)
+            self._driver._closer.close(image)

@@ -65,12 +65,15 @@ class ImageCloser:
             self._opened[id(image)] = (time.monotonic(), read_only)
         return image
 
-    @contextlib.contextmanager
     def opened(
         self, ioctx: Any, name: str, *, snapshot: str | None = None, read_only: bool = False
-    ) -> Iterator[Any]:
+    ) -> contextlib.AbstractContextManager[Any]:
         """:meth:`open` for a ``with`` block, :meth:`close` at its end."""
-        image = self.open(ioctx, name, snapshot=snapshot, read_only=read_only)
+        return self.closing(self.open(ioctx, name, snapshot=snapshot, read_only=read_only))
+
+    @contextlib.contextmanager
+    def closing(self, image: Any) -> Iterator[Any]:
+        """``image`` (from :meth:`open`) for a ``with`` block, :meth:`close` at its end."""
         try:
             yield image
         finally:

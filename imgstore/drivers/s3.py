@@ -64,6 +64,8 @@ from imgstore.driver import (
     Written,
     clamp_range,
     read_resumes_option,
+    retries_option,
+    timeout_option,
     tls_verify_failure,
 )
 from imgstore.exceptions import (
@@ -77,8 +79,8 @@ from imgstore.exceptions import (
     NotFound,
     for_status,
 )
-from imgstore.location import Location, redact_uri, register
-from imgstore.parallel import BoundedUploader, BufferPool, capacity, piece_size
+from imgstore.location import Location, check_part, naming, register, shown, split_once
+from imgstore.parallel import PieceBody, Pieces, PiecesWriting, capacity, piece_size
 
 LOG = logging.getLogger(__name__)
 
@@ -155,8 +157,7 @@ class S3Location(Location):
         if scheme not in self.schemes:
             raise BadLocation(f"not an s3 scheme: {scheme!r}")
         for what, value in (("host", host), ("bucket", bucket), ("key", key)):
-            if not value or any(c.isspace() or ord(c) < 32 or c in "?#@" for c in value):
-                raise BadLocation(f"s3 location has a missing or malformed {what}")
+            check_part("s3", what, value, "?#@")
         if "/" in bucket or "/" in key or key in (".", ".."):
             raise BadLocation("s3 location bucket and key cannot contain '/' or be '.' or '..'")
         if "" in host.split("/") or "://" in host:
@@ -174,27 +175,16 @@ class S3Location(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> S3Location:
-        shown = redact_uri(uri)[:200]
-        scheme, sep, rest = uri.partition("://")
-        if not sep or "://" in rest:
-            raise BadLocation(
-                f"malformed s3 location {shown!r}: use s3+https://host/bucket/key "
-                "rather than s3://https://..."
-            )
+        form = "s3://host/bucket/key (s3+https:// for TLS)"
+        scheme, rest = split_once(uri, "s3", form)
         if "?" in rest or "#" in rest:
-            raise BadLocation(f"s3 locations take no query or fragment: {shown!r}")
-        _creds, at, tail = rest.rpartition("@")
-        if at:  # glance_store's old access:secret@ form: the credentials are dropped
-            rest = tail
-        parts = rest.strip("/").split("/")
+            raise BadLocation(f"s3 locations take no query or fragment: {shown(uri)!r}")
+        # glance_store's old access:secret@ form: the credentials are dropped
+        parts = rest.rpartition("@")[2].strip("/").split("/")
         if len(parts) < 3 or not all(parts):
-            raise BadLocation(f"malformed s3 location {shown!r}: expected s3://host/bucket/key")
-        key, bucket = parts[-1], parts[-2]
-        host = "/".join(parts[:-2])
-        try:
-            return cls(scheme, host, bucket, key)
-        except BadLocation as exc:
-            raise BadLocation(f"{exc}: {shown!r}") from None
+            raise BadLocation(f"malformed s3 location {shown(uri)!r}: expected {form}")
+        with naming(uri):
+            return cls(scheme, "/".join(parts[:-2]), parts[-2], parts[-1])
 
     def to_uri(self) -> str:
         return f"{self._scheme}://{self.host}/{self.bucket}/{self.key}"
@@ -312,18 +302,9 @@ class S3Driver(Driver):
                 "https. False: UNSIGNED-PAYLOAD everywhere, saving an extra hash of the "
                 "image but leaving the bytes unprotected in transit over plain http.",
             ),
-            cfg.IntOpt(
-                "s3_store_max_retries",
-                default=3,
-                min=0,
-                help="Retries (exponential backoff) of throttled, 5xx and failed connections.",
-            ),
-            cfg.FloatOpt(
-                "s3_store_connect_timeout", default=10.0, min=0.1, help="Connect timeout, seconds."
-            ),
-            cfg.FloatOpt(
-                "s3_store_read_timeout", default=60.0, min=0.1, help="Read timeout, seconds."
-            ),
+            retries_option("s3_store_max_retries"),
+            timeout_option("s3_store_connect_timeout", 10.0, "to connect"),
+            timeout_option("s3_store_read_timeout", 60.0),
             read_resumes_option("s3_store_read_resumes"),
         ]
 
@@ -699,52 +680,6 @@ class S3Stream(ReadStream):
         return f"<S3Stream size={self.size}>"
 
 
-class _Body:
-    """A part's bytes as a seekable file for botocore, without copying them.
-
-    Reads return memoryview slices of the buffer (sent and hashed as they
-    are); the short repr keeps botocore's DEBUG log of request parameters
-    from dumping the whole part (which a bare ``bytearray`` body would).
-    """
-
-    def __init__(self, buf: bytearray, length: int | None = None) -> None:
-        # a view of the first ``length`` bytes, never a resize of the buffer: a
-        # logging handler that keeps records (botocore logs the request at
-        # DEBUG) may still hold a view of it
-        self._view = memoryview(buf)[: len(buf) if length is None else length]
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-    def read(self, size: int | None = -1) -> memoryview:
-        total = len(self._view)
-        end = total if size is None or size < 0 else min(total, self._pos + size)
-        data = self._view[self._pos : end]
-        self._pos = max(self._pos, end)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        """Nothing to release; botocore may call it."""
-
-    def __repr__(self) -> str:
-        return f"<part body of {len(self._view)} bytes>"
-
-
 def _count_retry(request: Any, **_: Any) -> None:
     """botocore's ``request-created`` hook: a request made for a second or later attempt
     is a retry of the operation running in this context."""
@@ -753,69 +688,26 @@ def _count_retry(request: Any, **_: Any) -> None:
         telemetry.retried()
 
 
-class S3Writer(Writer):
+class S3Writer(PiecesWriting, Writer):
     """One image going up: a single PUT, or a multipart upload with parallel parts."""
 
     def __init__(self, driver: S3Driver, location: S3Location, size: int | None) -> None:
         self._driver = driver
         self._location = location
         self._key = location.key
-        self._size = size
         self._shown = location.redacted()
-        # a known size below the threshold: one buffer of exactly that size, one PUT
-        self._single = size is not None and size < driver.large_object_size
-        self._buf: bytearray | None = bytearray(size) if self._single and size else None
-        self._filled = 0
-        self._parts_sent = 0
         self._upload_id: str | None = None
-        self._uploader: BoundedUploader | None = None
-        self._buffers = BufferPool()
-        self._etags: dict[int, str] = {}
-        self._etags_lock = threading.Lock()
-        self._confirmed = 0
         self._token = secrets_mod.token_hex(16)
-
-    @property
-    def buffers_allocated(self) -> int:
-        """How many part buffers this writer allocated (tests check the memory bound)."""
-        return self._buffers.allocated
+        self._pieces = Pieces(
+            self._upload_part, workers=driver.threads, name="imgstore-s3-part",
+            base=driver.part_base, total=size, limit=driver.max_parts, largest=MAX_PART_SIZE,
+            before_first=self._start_upload, on_error=self._part_error,
+            # a known size below the threshold: one buffer of exactly that size, one PUT
+            hold=size is not None and size < driver.large_object_size,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<S3Writer {self._shown}>"
-
-    @property
-    def accepted(self) -> int:
-        """Bytes of the parts the server has answered for (a single PUT: none before commit)."""
-        with self._etags_lock:
-            return self._confirmed
-
-    # -- writing -----------------------------------------------------------
-
-    def write(self, chunk: memoryview) -> None:
-        """Copy ``chunk`` into the single buffer, or into part buffers, each sent once full."""
-        self._raise_failure()
-        view = chunk
-        while view:
-            if self._buf is None:  # never for a single PUT: its buffer holds the whole image
-                self._buf = self._buffers.take(self._next_part_size())
-                self._filled = 0
-            take = min(len(self._buf) - self._filled, len(view))
-            assert take, "the core never writes past the declared size"
-            self._buf[self._filled : self._filled + take] = view[:take]
-            self._filled += take
-            view = view[take:]
-            if self._filled == len(self._buf) and not self._single:
-                self._send_part()
-
-    def _next_part_size(self) -> int:
-        number = self._parts_sent + 1
-        drv = self._driver
-        assert number <= drv.max_parts, "the core stops an image that outgrows write_limits"
-        return part_size(number, drv.part_base, self._size, drv.max_parts)
-
-    def _raise_failure(self) -> None:
-        if self._uploader is not None:
-            self._uploader.raise_failure()
 
     def _start_upload(self) -> None:
         drv = self._driver
@@ -827,37 +719,14 @@ class S3Writer(Writer):
             Metadata={WRITER_KEY: self._token},
         )
         self._upload_id = str(created["UploadId"])
-        self._uploader = BoundedUploader(drv.threads, "imgstore-s3-part")
 
-    def _send_part(self, last: bool = False) -> None:
-        """Hand the filled buffer to a part thread; wait for a free thread first."""
-        buf, count = self._buf, self._filled
-        assert buf is not None
-        self._buf, self._filled = None, 0
-        if self._upload_id is None:
-            self._start_upload()
-        assert self._uploader is not None
-        number = self._parts_sent + 1
-        # blocks while `threads` parts are in flight (back-pressure), raises a part's failure
-        self._uploader.submit(
-            self._upload_part, number, buf, count,
-            on_error=lambda exc: self._part_error(exc, number),
-            finally_=None if last else lambda: self._buffers.give(buf),
-        )  # fmt: skip
-        self._parts_sent = number
-
-    def _upload_part(self, number: int, buf: bytearray, count: int) -> None:
+    def _upload_part(self, number: int, body: PieceBody) -> str:
         drv = self._driver
         response = drv.client.upload_part(
-            Bucket=drv.bucket,
-            Key=self._key,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=_Body(buf, count),
-        )
-        with self._etags_lock:
-            self._etags[number] = str(response["ETag"])
-            self._confirmed += count
+            Bucket=drv.bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number,
+            Body=body,
+        )  # fmt: skip
+        return str(response["ETag"])
 
     def _part_error(self, exc: BaseException, number: int) -> BaseException:
         """A failed part's exception, as the imgstore error the writer raises."""
@@ -886,35 +755,26 @@ class S3Writer(Writer):
             f"s3_store_max_parts is {drv.max_parts}: set it to the server's limit"
         )
 
-    def _wait_parts(self) -> None:
-        """Wait until no part is in flight (a failed part is raised by _raise_failure)."""
-        if self._uploader is not None:
-            self._uploader.wait()
-
     # -- finishing ---------------------------------------------------------
 
     def commit(self, size: int) -> Written:
-        self._raise_failure()
         drv = self._driver
-        if self._parts_sent == 0:  # one PUT: a single image, or one smaller than a part
-            body = self._buf if self._buf is not None else bytearray()
+        self._pieces.raise_failure()
+        if self._pieces.sent == 0:  # one PUT: a single image, or one smaller than a part
             self._conditional(
                 f"writing {self._shown}",
                 drv.client.put_object,
                 Bucket=drv.bucket,
                 Key=self._key,
-                Body=_Body(body, self._filled),
+                Body=self._pieces.held(),
                 Metadata={WRITER_KEY: self._token},
             )
         else:
-            if self._buf is not None and self._filled:
-                self._send_part(last=True)
-            self._wait_parts()
-            self._raise_failure()
+            etags = self._pieces.finish()
             # radosgw ignores If-None-Match on CompleteMultipartUpload: look first
             if drv._exists(self._key, f"checking {self._shown}"):
                 raise Duplicate(f"image {self._key} already exists in backend {drv.backend!r}")
-            parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._etags.items())]
+            parts = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
             self._conditional(
                 f"completing the multipart upload of {self._shown}",
                 drv.client.complete_multipart_upload,
@@ -924,7 +784,7 @@ class S3Writer(Writer):
                 MultipartUpload={"Parts": parts},
             )
             self._upload_id = None
-            self._shutdown_pool()
+            self._pieces.stop()
         return Written(self._location)
 
     def _conditional(self, doing: str, fn: Any, **kwargs: Any) -> None:
@@ -965,8 +825,7 @@ class S3Writer(Writer):
         return bool(head.get("Metadata", {}).get(WRITER_KEY) == self._token)
 
     def abort(self) -> None:
-        self._buf = None
-        self._shutdown_pool()  # parts not started are skipped; none lands after the abort
+        self._pieces.stop()  # parts not started are skipped; none lands after the abort
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
@@ -978,9 +837,3 @@ class S3Writer(Writer):
                 "remain until `imgstore cleanup` (or the bucket's lifecycle) removes them",
                 self._driver.backend, self._shown, err,
             )  # fmt: skip
-
-    def _shutdown_pool(self) -> None:
-        uploader, self._uploader = self._uploader, None
-        if uploader is not None:
-            uploader.stop()
-        self._buffers.clear()

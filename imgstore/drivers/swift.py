@@ -67,6 +67,8 @@ from imgstore.driver import (
     Written,
     clamp_range,
     read_resumes_option,
+    retries_option,
+    timeout_option,
     tls_verify_failure,
 )
 from imgstore.drivers.swift_endpoints import StorageEndpoints
@@ -83,8 +85,19 @@ from imgstore.exceptions import (
     StorageFull,
     for_status,
 )
-from imgstore.location import Location, quote_path, redact_uri, register, unquote_path
-from imgstore.parallel import BoundedUploader, BufferPool, piece_size
+from imgstore.location import (
+    Location,
+    check_part,
+    naming,
+    quote_path,
+    redact_uri,
+    register,
+    require_utf8,
+    shown,
+    split_once,
+    unquote_path,
+)
+from imgstore.parallel import PieceBody, Pieces, PiecesWriting, piece_size
 from imgstore.streaming import FedRequest, SizedFedBody
 
 LOG = logging.getLogger(__name__)
@@ -121,15 +134,10 @@ class SwiftLocation(Location):
         if scheme not in SCHEMES:
             raise BadLocation(f"not a swift scheme: {scheme!r}")
         for what, value in (("address", prefix), ("container", container), ("object", obj)):
-            if not value or any(c.isspace() or ord(c) < 32 or c in "?#@" for c in value):
-                raise BadLocation(f"swift location has a missing or malformed {what}")
+            check_part("swift", what, value, "?#@")
         if "/" in container or "/" in obj or obj in (".", ".."):
             raise BadLocation("swift location container and object cannot contain '/'")
-        try:  # to_uri() percent-encodes these; a lone surrogate has no bytes to encode
-            container.encode("utf-8", "surrogateescape")
-            obj.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise BadLocation("swift location container and object must be UTF-8 text") from None
+        require_utf8("swift", "container and object", container, obj)  # to_uri() quotes them
         if prefix.endswith("/"):  # from_uri strips it: the URI would not read back equal
             raise BadLocation("swift location address cannot end with '/'")
         if scheme == "swift+config" and "/" in prefix:
@@ -159,26 +167,17 @@ class SwiftLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> SwiftLocation:
-        shown = redact_uri(uri)[:200]
-        scheme, sep, rest = uri.partition("://")
-        if not sep or "://" in rest:
-            raise BadLocation(f"malformed swift location {shown!r}")
-        _creds, at, tail = rest.rpartition("@")
-        if at:  # glance_store's old user:key@ form: the credentials are dropped
-            rest = tail
+        form = "swift://address/container/object"
+        scheme, rest = split_once(uri, "swift", form)
+        rest = rest.rpartition("@")[2]  # glance_store's old user:key@ form: dropped
         if "?" in rest or "#" in rest:
-            raise BadLocation(f"swift locations take no query or fragment: {shown!r}")
+            raise BadLocation(f"swift locations take no query or fragment: {shown(uri)!r}")
         parts = rest.split("/")
         if len(parts) < 3:
-            raise BadLocation(
-                f"malformed swift location {shown!r}: expected swift://address/container/object"
-            )
-        obj, container = unquote_path(parts[-1]), unquote_path(parts[-2])
+            raise BadLocation(f"malformed swift location {shown(uri)!r}: expected {form}")
         prefix = "/".join(parts[:-2]).rstrip("/")
-        try:
-            return cls(scheme, prefix, container, obj)
-        except BadLocation as exc:
-            raise BadLocation(f"{exc}: {shown!r}") from None
+        with naming(uri):
+            return cls(scheme, prefix, unquote_path(parts[-2]), unquote_path(parts[-1]))
 
     def to_uri(self) -> str:
         return f"{self._scheme}://{self.prefix}/{quote_path(self.container)}/{quote_path(self.obj)}"
@@ -440,14 +439,9 @@ class SwiftDriver(Driver):
                 help="Keystone: the catalog's service type for Swift.",
             ),
             read_resumes_option("swift_store_retry_get_count", default=0),
-            cfg.IntOpt(
-                "swift_store_retries",
-                default=3,
-                min=0,
-                help="Retries of failed requests (connection errors, 5xx), with backoff.",
-            ),
-            cfg.FloatOpt(
-                "swift_store_timeout", default=60.0, min=0.1, help="Socket timeout, seconds."
+            retries_option("swift_store_retries"),
+            timeout_option(
+                "swift_store_timeout", 60.0, "to connect, and for the server's next bytes"
             ),
         ]
 
@@ -931,8 +925,7 @@ class SwiftDriver(Driver):
         segments: list[tuple[str, str]] = []
         if str(headers.get("x-static-large-object", "")).lower() == "true":
             segments = self._slo_segments(account, loc.container, loc.obj, doing) or []
-            self.call(account, doing, "delete_object", loc.container, loc.obj,
-                      query_string="multipart-manifest=delete")  # fmt: skip
+            self._delete_slo(account, loc, doing)
             # the server deleted the segments too, unless it removed only the manifest
             if segments and not self._exists(account, *segments[0], doing):
                 segments = []
@@ -952,6 +945,20 @@ class SwiftDriver(Driver):
                 self.call(account, doing, "delete_object", loc.container, loc.obj)
         self.delete_segments(account, segments, loc.redacted())
         self.drop_image_container(account, loc)
+
+    def _delete_slo(self, account: Account, loc: SwiftLocation, doing: str) -> None:
+        """Delete an SLO manifest with its segments. Swift answers 200 even when some of
+        the deletes it made failed (a token that expired on the way: the errors are in
+        the body, which swiftclient does not read), so a manifest still there is deleted
+        once more, and an error raised if it stays."""
+        for _ in range(2):
+            with contextlib.suppress(NotFound):  # a retry after an answer that was lost
+                self.call(account, doing, "delete_object", loc.container, loc.obj,
+                          query_string="multipart-manifest=delete")  # fmt: skip
+            if not self._exists(account, loc.container, loc.obj, doing):
+                return
+            LOG.warning("backend %r: %s: the manifest is still there", self.backend, doing)
+        raise BackendError(f"backend {self.backend!r}: {doing}: the server kept the manifest")
 
     def _slo_segments(
         self, account: Account, container: str, obj: str, doing: str
@@ -1224,33 +1231,6 @@ class SwiftPutWriter(_ImageWriter):
         self._driver.drop_image_container(self._account, self._location)
 
 
-class _SegmentBody:
-    """A segment's buffer as a seekable file (swiftclient can rewind it for a retry)."""
-
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self._view = memoryview(data)
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-    def read(self, size: int = -1) -> memoryview:
-        end = len(self._view) if size is None or size < 0 else self._pos + size
-        data = self._view[self._pos : end]
-        self._pos += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = max(0, {0: 0, 1: self._pos, 2: len(self._view)}[whence] + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __repr__(self) -> str:
-        return f"<segment body of {len(self._view)} bytes>"
-
-
 _SEGMENT_NAME = re.compile(rf"(?P<obj>{IMAGE_ID_RE.pattern})-(?P<token>[0-9a-f]{{8}})-\d{{5}}")
 """How a segmented add names its segments: ``<image id>-<writer token>-<number>``."""
 
@@ -1277,119 +1257,51 @@ def segment_size(
     return piece_size(number, base, total, limit, largest, every)
 
 
-class SwiftSegmentWriter(_ImageWriter):
+class SwiftSegmentWriter(PiecesWriting, _ImageWriter):
     """A large object: segments on a bounded pool, then an SLO (or DLO) manifest."""
 
     def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
                  size: int | None, limits: SwiftLimits | None = None) -> None:  # fmt: skip
         super().__init__(driver, account, location)
-        self._size = size
         self._prefix = f"{location.obj}-{secrets_mod.token_hex(4)}-"
-        self._limits = limits or SwiftLimits()
-        self._limit = self._limits.segment_limit(driver.slo)
-        self._every = None if driver.slo else GROWTH_EVERY
-        self._buffers = BufferPool()
-        self._uploader: BoundedUploader | None = None
-        self._buf: bytearray | None = None
-        self._filled = 0
-        self._sent = 0
-        """Segments handed to the uploader (each one deleted by an abort, stored or not)."""
-        self._entries: dict[int, dict[str, Any]] = {}
-        self._entries_lock = threading.Lock()
-        self._confirmed = 0
-        self._peak = 0
+        limits = limits or SwiftLimits()
+        self._pieces = Pieces(
+            self._upload, workers=driver.threads, name="imgstore-swift-segment",
+            base=driver.segment_size, total=size, limit=limits.segment_limit(driver.slo),
+            largest=limits.max_file_size, every=None if driver.slo else GROWTH_EVERY,
+        )  # fmt: skip
 
-    @property
-    def accepted(self) -> int:
-        """Bytes of the segments the server has stored (one segment: none before commit)."""
-        with self._entries_lock:
-            return self._confirmed
-
-    @property
-    def buffers_allocated(self) -> int:
-        """How many segment buffers this writer allocated (tests check the bound)."""
-        return self._buffers.allocated
-
-    @property
-    def peak_uploads(self) -> int:
-        """The most segments that were uploading at once."""
-        return self._uploader.peak if self._uploader is not None else self._peak
-
-    def write(self, chunk: memoryview) -> None:
-        if self._uploader is not None:
-            self._uploader.raise_failure()
-        view = chunk
-        while view:
-            if self._buf is None:
-                self._buf = self._buffers.take(self._next_size())
-                self._filled = 0
-            take = min(len(self._buf) - self._filled, len(view))
-            self._buf[self._filled : self._filled + take] = view[:take]  # a copy
-            self._filled += take
-            view = view[take:]
-            if self._filled == len(self._buf):
-                self._send()
-
-    def _next_size(self) -> int:
-        number = self._sent + 1
-        base, largest = self._driver.segment_size, self._limits.max_file_size
-        assert number <= self._limit, "the core stops an image that outgrows write_limits"
-        return segment_size(number, base, self._size, self._limit, largest, self._every)
-
-    def _send(self) -> None:
-        buf, count = self._buf, self._filled
-        assert buf is not None
-        self._buf, self._filled = None, 0
-        if self._uploader is None:
-            self._uploader = BoundedUploader(self._driver.threads, "imgstore-swift-segment")
-        self._sent += 1
-        pool = self._buffers
-        self._uploader.submit(
-            self._upload, self._sent, memoryview(buf)[:count], finally_=lambda: pool.give(buf)
-        )
-
-    def _upload(self, number: int, data: memoryview) -> None:
+    def _upload(self, number: int, body: PieceBody) -> dict[str, Any]:
         name = f"{self._prefix}{number:05d}"
         doing = f"uploading segment {number} of {self._shown}"
         with self._driver.session(self._account, doing) as conn:
             etag = conn.put_object(
-                self._location.container, name, contents=_SegmentBody(data),
-                content_length=len(data), content_type="application/octet-stream",
+                self._location.container, name, contents=body,
+                content_length=len(body), content_type="application/octet-stream",
             )  # fmt: skip
-        with self._entries_lock:
-            self._entries[number] = {
-                "path": f"/{self._location.container}/{name}",
-                "etag": str(etag).strip('"'),
-                "size_bytes": len(data),
-            }
-            self._confirmed += len(data)
+        path = f"/{self._location.container}/{name}"
+        return {"path": path, "etag": str(etag).strip('"'), "size_bytes": len(body)}
 
     def commit(self, size: int) -> Written:
         drv, loc = self._driver, self._location
-        if self._uploader is None:  # everything fits in one segment: one plain PUT
-            body = memoryview(self._buf if self._buf is not None else b"")[: self._filled]
-            self._buf = None
-            self._put_once("writing", _SegmentBody(body))
+        if self._pieces.sent == 0:  # everything fits in one segment: one plain PUT
+            self._put_once("writing", self._pieces.held())
             return Written(loc)
-        if self._buf is not None and self._filled:
-            self._send()
-        self._uploader.wait()
-        self._uploader.raise_failure()
+        entries = self._pieces.finish()
         # radosgw ignores If-None-Match on some PUTs: look first
         if drv._exists(self._account, loc.container, loc.obj, f"checking {self._shown}"):
             raise drv.duplicate(loc.obj)
         if drv.slo:
-            manifest = json.dumps([self._entries[n] for n in sorted(self._entries)]).encode()
-            self._put_once("writing the manifest of", _SegmentBody(manifest),
+            self._put_once("writing the manifest of", PieceBody(json.dumps(entries).encode()),
                            query_string="multipart-manifest=put")  # fmt: skip
         else:
             target = f"{urllib.parse.quote(loc.container)}/{urllib.parse.quote(self._prefix)}"
-            self._put_once("writing the manifest of", _SegmentBody(b""),
+            self._put_once("writing the manifest of", PieceBody(b""),
                            headers={"X-Object-Manifest": target})  # fmt: skip
-        self._finish_pool()
-        return Written(loc, {"segments": self._sent})
+        self._pieces.stop()
+        return Written(loc, {"segments": self._pieces.sent})
 
-    def _put_once(self, what: str, body: _SegmentBody, **kwargs: Any) -> None:
+    def _put_once(self, what: str, body: PieceBody, **kwargs: Any) -> None:
         """PUT the object that makes the image (a manifest, or the only segment), retried
         as swiftclient retries; settled (:meth:`SwiftDriver.settle`) when it fails."""
         doing = f"{what} {self._shown}"
@@ -1414,19 +1326,11 @@ class SwiftSegmentWriter(_ImageWriter):
         except ImgstoreError as error:
             self._settle(error)
 
-    def _finish_pool(self) -> None:
-        uploader, self._uploader = self._uploader, None
-        if uploader is not None:
-            uploader.stop()
-            self._peak = uploader.peak
-        self._buffers.clear()
-
     def abort(self) -> None:
-        self._buf = None
         try:
-            self._finish_pool()  # no segment may land after the cleanup
+            self._pieces.stop()  # no segment may land after the cleanup
         finally:
-            loc, count, self._sent = self._location, self._sent, 0
+            loc, count, self._pieces.sent = self._location, self._pieces.sent, 0
             names = [(loc.container, f"{self._prefix}{n:05d}") for n in range(1, count + 1)]
             self._driver.delete_segments(self._account, names, self._shown)
             self._driver.drop_image_container(self._account, loc)

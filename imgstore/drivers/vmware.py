@@ -86,6 +86,7 @@ from imgstore.driver import (
     is_partial_name,
     partial_name,
     read_resumes_option,
+    retries_option,
 )
 from imgstore.drivers.http import HttpStream, content_length
 from imgstore.exceptions import (
@@ -102,9 +103,12 @@ from imgstore.exceptions import (
 )
 from imgstore.location import (
     Location,
+    check_part,
+    naming,
     quote_path,
-    redact_uri,
     register,
+    require_utf8,
+    shown,
     unquote_path,
     urlsplit,
 )
@@ -130,11 +134,6 @@ T = TypeVar("T")
 # -- locations ---------------------------------------------------------------------
 
 
-def _bad_part(value: str) -> bool:
-    """Control characters or whitespace other than plain spaces (datastore names have those)."""
-    return any((c.isspace() and c != " ") or ord(c) < 32 or ord(c) == 127 for c in value)
-
-
 @register
 class VsphereLocation(Location):
     """``vsphere://<host>[:<port>]/folder/<path>?dcPath=<datacenter>&dsName=<datastore>``.
@@ -148,19 +147,21 @@ class VsphereLocation(Location):
     def __init__(
         self, host: str, port: int | None, path: str, datacenter: str | None, datastore: str
     ) -> None:
-        if not host or _bad_part(host) or any(c in host for c in " /?#@[]"):
-            raise BadLocation("vsphere location has a missing or malformed host")
+        # datastore names and paths may hold plain spaces, never other whitespace
+        check_part(SCHEME, "host", host, "/?#@[]\x7f")
         if port is not None and not 0 < port < 65536:
             raise BadLocation(f"vsphere location has a bad port {port}")
-        segments = path.split("/")
-        if not path or _bad_part(path) or any(s in ("", ".", "..") for s in segments):
-            raise BadLocation("vsphere location has a missing or malformed file path")
-        if not datastore or _bad_part(datastore) or any(c in datastore for c in "[]/"):
-            raise BadLocation("vsphere location has a missing or malformed dsName")
-        if datacenter is not None and (
-            not datacenter or _bad_part(datacenter) or ".." in datacenter.split("/")
-        ):
-            raise BadLocation("vsphere location has a malformed dcPath")
+        check_part(SCHEME, "file path", path, "\x7f", spaces=True)
+        if any(s in ("", ".", "..") for s in path.split("/")):
+            raise BadLocation("vsphere location has a malformed file path")
+        check_part(SCHEME, "dsName", datastore, "[]/\x7f", spaces=True)
+        if datacenter is not None:
+            check_part(SCHEME, "dcPath", datacenter, "\x7f", spaces=True)
+            if ".." in datacenter.split("/"):
+                raise BadLocation("vsphere location has a malformed dcPath")
+        # to_uri() percent-encodes these: the query strictly, the path as file names
+        require_utf8(SCHEME, "file path", path)
+        require_utf8(SCHEME, "query", datastore, datacenter or "", escaped=False)
         self.host = host.lower()
         self.port = port
         self.path = path
@@ -196,39 +197,29 @@ class VsphereLocation(Location):
 
     @classmethod
     def from_uri(cls, uri: str) -> VsphereLocation:
-        shown = redact_uri(uri)[:200]
         parts = urlsplit(uri)  # BadLocation in our own words (urllib's quote the password)
-        port = parts.port
         if parts.scheme.lower() != SCHEME:
-            raise BadLocation(f"not a vsphere location: {shown!r}")
+            raise BadLocation(f"not a vsphere location: {shown(uri)!r}")
         if "@" in parts.netloc:
-            raise BadLocation(f"vsphere locations carry no credentials: {shown!r}")
+            raise BadLocation(f"vsphere locations carry no credentials: {shown(uri)!r}")
         if parts.fragment:
-            raise BadLocation(f"vsphere locations take no fragment: {shown!r}")
+            raise BadLocation(f"vsphere locations take no fragment: {shown(uri)!r}")
         if not parts.path.startswith(FOLDER):
-            raise BadLocation(f"a vsphere location's path starts with /folder/: {shown!r}")
+            raise BadLocation(f"a vsphere location's path starts with /folder/: {shown(uri)!r}")
         try:
             query = urllib.parse.parse_qs(
                 parts.query, keep_blank_values=True, strict_parsing=True, errors="strict"
             )
         except (ValueError, UnicodeError):
-            raise BadLocation(f"malformed query in vsphere location {shown!r}") from None
+            raise BadLocation(f"malformed query in vsphere location {shown(uri)!r}") from None
         unknown = set(query) - {"dcPath", "dsName"}
         if unknown or any(len(v) != 1 for v in query.values()) or "dsName" not in query:
             raise BadLocation(
-                f"a vsphere location's query is dsName and, optionally, dcPath: {shown!r}"
+                f"a vsphere location's query is dsName and, optionally, dcPath: {shown(uri)!r}"
             )
-        dc = query.get("dcPath", [None])[0]
-        try:
-            return cls(
-                parts.hostname or "",
-                port,
-                unquote_path(parts.path[len(FOLDER) :]),
-                dc,
-                query["dsName"][0],
-            )
-        except BadLocation as exc:
-            raise BadLocation(f"{exc}: {shown!r}") from None
+        path, dc = unquote_path(parts.path[len(FOLDER) :]), query.get("dcPath", [None])[0]
+        with naming(uri):
+            return cls(parts.hostname or "", parts.port, path, dc, query["dsName"][0])
 
     def to_uri(self) -> str:
         return f"{SCHEME}://{self.netloc}{FOLDER}{quote_path(self.path)}?{self.query}"
@@ -368,12 +359,7 @@ class VMwareDriver(Driver):
             cfg.StrOpt(
                 "vmware_server_password", secret=True, help="Password of vmware_server_username."
             ),
-            cfg.IntOpt(
-                "vmware_api_retry_count",
-                default=10,
-                min=1,
-                help="How many times an API call is retried on connection or session errors.",
-            ),
+            retries_option("vmware_api_retry_count", default=10, minimum=1),
             cfg.IntOpt(
                 "vmware_task_poll_interval",
                 default=5,

@@ -192,8 +192,8 @@ def _s3_target(tmp_path: Path) -> Iterator[Target]:
     with Stores.from_config_files(write_config(tmp_path / "s3.conf", options)) as stores:
 
         def settle(writer: Writer) -> None:
-            writer._wait_parts()  # type: ignore[attr-defined]
-            writer._shutdown_pool()  # type: ignore[attr-defined]
+            writer._pieces.wait()  # type: ignore[attr-defined]
+            writer._pieces.stop()  # type: ignore[attr-defined]
 
         try:
             yield Target(
@@ -228,9 +228,7 @@ def _swift_target(tmp_path: Path) -> Iterator[Target]:
     with Stores.from_config_files(write_config(tmp_path / "swift.conf", options)) as stores:
 
         def settle(writer: Writer) -> None:
-            uploader = writer._uploader  # type: ignore[attr-defined]
-            if uploader is not None:
-                uploader.wait()
+            writer._pieces.wait()  # type: ignore[attr-defined]
 
         def healthy() -> None:
             _answers(details["s3_endpoint"] + "/healthcheck", "the Swift proxy", ok=200)

@@ -283,8 +283,8 @@ def test_discard_removes_what_a_killed_write_left(tmp_path: Path, target: Target
         # What a killed process leaves, minus the process: let go of the client-side
         # resources without commit or abort (private members, test only).
         if target.driver == "s3":
-            writer._wait_parts()  # type: ignore[attr-defined]
-            writer._shutdown_pool()  # type: ignore[attr-defined]
+            writer._pieces.wait()  # type: ignore[attr-defined]
+            writer._pieces.stop()  # type: ignore[attr-defined]
         else:
             writer._image.close()  # type: ignore[attr-defined]
             writer._image = None  # type: ignore[attr-defined]

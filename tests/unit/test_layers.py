@@ -208,3 +208,37 @@ def test_the_readers_find_what_they_look_for(rule: object) -> None:
         assert stored_attributes(tree, "_done") == [4]
     else:
         assert {"opentelemetry", "opentelemetry.trace", "time"} <= imports_of(tree)
+
+
+RETRIES = {
+    "http": "http_retries",
+    "s3": "s3_store_max_retries",
+    "swift": "swift_store_retries",
+    "cinder": "cinder_http_retries",
+    "vmware": "vmware_api_retry_count",
+}
+TIMEOUTS = {
+    "http": ["http_connect_timeout", "http_read_timeout"],
+    "s3": ["s3_store_connect_timeout", "s3_store_read_timeout"],
+    "swift": ["swift_store_timeout"],
+}
+"""The request timeouts of the drivers on an HTTP client (GridFS, RBD and Cinder's os-brick
+pass theirs to a library whose own terms their help text keeps)."""
+
+
+@pytest.mark.parametrize(("driver", "name"), sorted(RETRIES.items()))
+def test_retry_and_timeout_options_are_declared_by_the_core(driver: str, name: str) -> None:
+    """Every network driver's retry count (glance_store's name where it had one) is the
+    core's option, with the core's help; so are the HTTP clients' timeouts."""
+    import importlib
+
+    from imgstore.driver import retries_option, timeout_option
+
+    module = importlib.import_module(f"imgstore.drivers.{driver}")
+    cls = next(
+        v for v in vars(module).values() if isinstance(v, type) and getattr(v, "name", "") == driver
+    )
+    opts = {opt.name: opt for opt in cls.options()}
+    assert opts[name].help == retries_option(name).help
+    for timeout in TIMEOUTS.get(driver, []):
+        assert opts[timeout].help.startswith(timeout_option(timeout, 1.0, "").help.rstrip("."))

@@ -5,12 +5,16 @@ completions fire when the test says: only the window's own bookkeeping is tested
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from typing import Any
 
 import pytest
 
+from imgstore.drivers import rbd as rbd_driver
 from imgstore.drivers.rbd_aio import AioWindow, aio_read
+from imgstore.exceptions import BackendUnavailable, ImgstoreError, StorageFull
+from tests.functional.conftest import skip_or_fail
 
 
 class Completion:
@@ -179,3 +183,18 @@ def test_closing_before_the_end_waits_for_the_reads_in_flight() -> None:
     assert [r.landed for r in image.reads] == [True, False, False]
     reads.close()
     assert all(r.landed for r in image.reads)
+
+
+@pytest.mark.parametrize(
+    ("err", "kind"), [(errno.ENOSPC, StorageFull), (errno.ETIMEDOUT, BackendUnavailable)]
+)
+def test_the_rbd_driver_maps_a_failed_aio_call_by_its_errno(
+    err: int, kind: type[ImgstoreError]
+) -> None:
+    if rbd_driver.rbd is None:
+        skip_or_fail("Ceph's Python bindings (python3-rbd) are not installed")
+    driver = rbd_driver.RbdDriver.__new__(rbd_driver.RbdDriver)  # no cluster needed
+    driver.backend = "ceph"
+    with pytest.raises(kind, match=r"^backend 'ceph': writing image img: \w+: \[Errno "):
+        with driver._errors("writing image", "img"):
+            raise OSError(err, os.strerror(err))  # what AioWindow.check raises

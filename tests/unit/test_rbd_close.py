@@ -95,3 +95,15 @@ def test_a_failing_close_is_logged_and_the_rest_still_closed(
         closer.flush()
     assert good.closed_at is not None
     assert "rbd-close-t: a deferred call failed" in caplog.text
+
+
+def test_opened_and_closing_close_at_the_end_of_the_block_even_when_it_fails() -> None:
+    closer = ImageCloser("t", grace=0.0)
+    with closer.opened(None, "w") as image:
+        assert image.name == "w" and image.closed_at is None
+    assert image.closed_at is not None
+    other = closer.open(None, "x")
+    with pytest.raises(RuntimeError, match="boom"), closer.closing(other) as same:
+        assert same is other
+        raise RuntimeError("boom")
+    assert other.closed_at is not None
