@@ -251,8 +251,7 @@ class _RbdIO:
 
     def flush(self) -> None:
         """Make what was written durable (a failed write raises its :class:`OSError`)."""
-        self._aio.drain()
-        self._aio.check()
+        self._aio.finish()
         self._image.flush()
 
     def close(self) -> None:

@@ -735,8 +735,7 @@ class RbdWriter(Writer):
         return self._aio.stored
 
     def _grow(self, needed: int) -> None:
-        self._aio.drain()
-        self._aio.check()
+        self._aio.finish()
         new = max(needed, self._image_size + self._grow_step)
         self._grow_step = min(self._grow_step * 2, MAX_GROW_STEP)
         self._image.resize(new)
@@ -757,8 +756,7 @@ class RbdWriter(Writer):
     def commit(self, size: int) -> Written:
         image = self._image
         with self._driver._errors("writing image", self._image_id):
-            self._aio.drain()
-            self._aio.check()
+            self._aio.finish()
         with self._driver._errors("finishing image", self._image_id):
             image.flush()
             if image.size() != size:

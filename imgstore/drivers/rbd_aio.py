@@ -144,3 +144,8 @@ class AioWindow:
         with self._cond:
             while self._inflight:
                 self._cond.wait()
+
+    def finish(self) -> None:
+        """Wait until no write is in flight, then raise the first failed write's error."""
+        self.drain()
+        self.check()

@@ -137,6 +137,28 @@ def test_the_first_failure_is_raised_by_check_and_the_next_write() -> None:
     assert window.stored == 0 and image.pending == []
 
 
+def test_finish_waits_for_the_writes_in_flight_then_raises_the_first_failure() -> None:
+    image = HeldImage()
+    window = AioWindow(image, depth=4)
+    window.write(memoryview(b"aaaa"), 0)
+    window.write(memoryview(b"bbbb"), 4)
+    finishing = threading.Thread(target=window.finish)
+    finishing.start()
+    finishing.join(0.2)
+    assert finishing.is_alive(), "finish waits for the writes in flight"
+    image.complete()
+    image.complete()
+    finishing.join(5)
+    assert not finishing.is_alive() and window.stored == 8
+    window.write(memoryview(b"cccc"), 8)
+    window.write(memoryview(b"dddd"), 12)
+    image.complete(-errno.ENOSPC)
+    image.complete(-errno.EIO)
+    with pytest.raises(OSError) as raised:
+        window.finish()
+    assert raised.value.errno == errno.ENOSPC and image.pending == []
+
+
 def test_a_refused_write_frees_its_slot() -> None:
     image = HeldImage()
     window = AioWindow(image, depth=1)
