@@ -38,6 +38,13 @@ class FedBody:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._view = memoryview(b"")
         self._ended = False
+        self.taken = 0
+        """Bytes of the chunks the HTTP client has taken (it sent a chunk before it takes
+        the next one)."""
+        self.sent = 0
+        """Bytes of the chunks the HTTP client has sent: all taken but the last (which may
+        be the body's last: :attr:`FedRequest.accepted` counts it once the server has
+        answered)."""
 
     def _next(self) -> bytes | None:
         item = self.queue.get()
@@ -46,7 +53,10 @@ class FedBody:
             return None
         if isinstance(item, BaseException):
             raise item
-        return bytes(item)
+        data = bytes(item)
+        self.sent = self.taken
+        self.taken += len(data)
+        return data
 
     def read(self, size: int = -1) -> bytes | memoryview:
         while not self._view:
@@ -171,6 +181,12 @@ class FedRequest:
                 except queue.Empty:
                     pass
         thread.join()
+
+    @property
+    def accepted(self) -> int:
+        """Bytes the request has sent, all but the last chunk (a writer's ``accepted``):
+        that one counts once the server has answered, so 100% means stored."""
+        return self.body.taken if self.sent else self.body.sent
 
     @property
     def started(self) -> bool:

@@ -1186,12 +1186,12 @@ class SwiftPutWriter(_ImageWriter):
             self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self._shown}"
         )
         self._pending: bytes | None = None
-        self._fed = 0
 
     @property
     def accepted(self) -> int:
-        """Bytes handed to the PUT's body (the last chunk waits for commit)."""
-        return self._fed
+        """Bytes the PUT has sent (the last chunk waits for commit, and counts once the
+        server has answered)."""
+        return self._request.accepted
 
     def _send(self) -> None:
         # fresh: a new token, as a refused one would only show after the whole body
@@ -1214,7 +1214,6 @@ class SwiftPutWriter(_ImageWriter):
             self._request.start()
             if self._pending is not None:
                 self._request.feed(self._pending)
-                self._fed += len(self._pending)
         self._pending = bytes(chunk)  # the core reuses its buffer: copy
 
     def commit(self, size: int) -> Written:

@@ -988,6 +988,11 @@ class VMwarePutWriter(Writer):
             )
         drv.expect(resp, doing, 200, 201)
 
+    @property
+    def accepted(self) -> int:
+        """Bytes the PUT has sent; its last chunk once the server has answered."""
+        return self._request.accepted
+
     def write(self, chunk: memoryview) -> None:
         self._request.feed(bytes(chunk))  # the core reuses its buffer: copy
 

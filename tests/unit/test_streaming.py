@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from imgstore.exceptions import BackendError, BackendUnavailable
-from imgstore.streaming import FedBody, FedRequest, SizedFedBody
+from imgstore.streaming import END, FedBody, FedRequest, SizedFedBody
 
 
 def test_the_request_reads_what_is_fed_in_order() -> None:
@@ -75,3 +75,31 @@ def test_abort_ends_the_request_without_an_error() -> None:
     assert reading.wait(5)
     request.abort()
     assert request.error is None and not request.sent
+
+
+@pytest.mark.parametrize("reads", [True, False], ids=["read", "iterate"])
+def test_accepted_counts_what_was_sent_and_the_last_chunk_once_answered(reads: bool) -> None:
+    body = SizedFedBody(9) if reads else FedBody()
+    answered = threading.Event()
+    took_all = threading.Event()
+
+    def send() -> None:
+        if reads:
+            while body.read(2):
+                pass
+        else:
+            for _chunk in body:
+                pass
+        took_all.set()
+        answered.wait(5)  # the server's answer
+
+    request = FedRequest(send, body, "t", "writing x")
+    assert request.accepted == 0
+    for piece in (b"abc", b"def", b"ghi"):
+        request.feed(piece)
+    request.feed(END)
+    assert took_all.wait(5)
+    assert request.accepted == 6, "the last chunk is on the wire, not yet stored"
+    answered.set()
+    request.join()
+    assert request.sent and request.accepted == 9
