@@ -564,7 +564,7 @@ def test_progress_reaches_the_size_only_after_the_put_was_answered(
     make_stores: Any, vmware: dict[str, Any], known: bool
 ) -> None:
     image_id = _id()
-    data = os.urandom(12 << 20)
+    data = os.urandom(32 << 20)  # 8 chunks: the last writes wait for the PUT to take some
     calls: list[tuple[int, bool]] = []  # (done, whether the image is in place)
 
     def progress(done: int, _total: int | None) -> None:
