@@ -543,7 +543,13 @@ def test_upload_goes_to_a_temporary_file_moved_into_place(
             seen["any age"] = [o.leftover for o in stores.cleanup(older_than=0, remove=False)]
             yield data[6 << 20 :]
 
-        res = stores.add(image_id, source(), size=len(data))
+        calls: list[tuple[int, bool]] = []  # progress: (done, whether the image is in place)
+        res = stores.add(
+            image_id, source(), size=len(data),
+            progress=lambda done, _: calls.append((done, final_file(vmware, image_id).exists())),
+        )  # fmt: skip
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] == len(data)
+        assert all(placed for d, placed in calls if d == len(data)), "100% before the PUT's answer"
         # during the upload: the temporary file only, and cleanup spares it unless asked
         (temp,) = seen["partials"]
         assert seen["new"] == {temp} and not seen["final exists"]
@@ -557,29 +563,6 @@ def test_upload_goes_to_a_temporary_file_moved_into_place(
         assert stores.get(res.location).read_all() == data
         stores.delete(res.location)
     assert datastore_listing(vmware) == before
-
-
-@pytest.mark.parametrize("known", [True, False], ids=["sized", "unsized"])
-def test_progress_reaches_the_size_only_after_the_put_was_answered(
-    make_stores: Any, vmware: dict[str, Any], known: bool
-) -> None:
-    image_id = _id()
-    data = os.urandom(32 << 20)  # 8 chunks: the last writes wait for the PUT to take some
-    calls: list[tuple[int, bool]] = []  # (done, whether the image is in place)
-
-    def progress(done: int, _total: int | None) -> None:
-        calls.append((done, final_file(vmware, image_id).exists()))
-
-    with make_stores() as stores:
-        res = stores.add(
-            image_id, (data[i : i + MiB] for i in range(0, len(data), MiB)),
-            size=len(data) if known else None, progress=progress,
-        )  # fmt: skip
-        stores.delete(res.location)
-    done = [d for d, _ in calls]
-    assert done == sorted(done) and done[-1] == len(data)
-    assert all(placed for d, placed in calls if d == len(data)), "100% before the PUT's answer"
-    assert any(0 < d < len(data) for d in done), "no progress while the PUT was sent"
 
 
 KILLED_WRITER = """
