@@ -950,15 +950,18 @@ class SwiftDriver(Driver):
         """Delete an SLO manifest with its segments. Swift answers 200 even when some of
         the deletes it made failed (a token that expired on the way: the errors are in
         the body, which swiftclient does not read), so a manifest still there is deleted
-        once more, and an error raised if it stays."""
-        for _ in range(2):
+        once more (the core's retry), and an error raised if it stays."""
+
+        def once() -> None:
             with contextlib.suppress(NotFound):  # a retry after an answer that was lost
                 self.call(account, doing, "delete_object", loc.container, loc.obj,
                           query_string="multipart-manifest=delete")  # fmt: skip
-            if not self._exists(account, loc.container, loc.obj, doing):
-                return
-            LOG.warning("backend %r: %s: the manifest is still there", self.backend, doing)
-        raise BackendError(f"backend {self.backend!r}: {doing}: the server kept the manifest")
+            if self._exists(account, loc.container, loc.obj, doing):
+                raise _ManifestKept(
+                    f"backend {self.backend!r}: {doing}: the server kept the manifest"
+                )
+
+        retry(once, 2, Backoff(0.5, 0.5), _ManifestKept)
 
     def _slo_segments(
         self, account: Account, container: str, obj: str, doing: str
@@ -1059,6 +1062,10 @@ class SwiftDriver(Driver):
                 "backend %r: %d segments of %s could not be deleted: %s",
                 self.backend, len(left), shown, ", ".join(left[:10]),
             )  # fmt: skip
+
+
+class _ManifestKept(BackendError):
+    """An SLO delete answered success but the manifest is still there."""
 
 
 class SwiftStream(ReadStream):
