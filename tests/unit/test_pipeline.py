@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -283,6 +284,44 @@ def test_longer_stream_stops_before_the_extra_bytes_reach_the_writer() -> None:
     with pytest.raises(SizeMismatch):
         run(DATA, writer, size=1500, chunk_size=1000)
     assert len(writer.data) <= 1500
+
+
+class CallRecorder(MemoryWriter):
+    """Records what the driver side is told: each write's length and bytes, then the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+
+    def write(self, chunk: memoryview) -> None:
+        self.calls.append(("write", bytes(chunk)))
+        super().write(chunk)
+
+    def commit(self, size: int) -> Written:
+        self.calls.append(("commit", size))
+        return super().commit(size)
+
+    def abort(self) -> None:
+        self.calls.append(("abort", None))
+        super().abort()
+
+
+@pytest.mark.parametrize(
+    "declared", [len(DATA), None, len(DATA) + 1, len(DATA) - 1, 1000, 0], ids=repr
+)
+def test_a_writer_is_told_the_same_whatever_the_source(declared: int | None) -> None:
+    """Files (short reads or not), bytes and pieces of any size reach a writer as the same
+    calls: whole chunks, then commit or abort at the same point. That is why the
+    conformance kit alternates source kinds instead of running every case with each."""
+    seen: dict[str, list[tuple[str, Any]]] = {}
+    for kind, make in SOURCES.items():
+        writer = CallRecorder()
+        with contextlib.suppress(SizeMismatch):
+            run(make(), writer, size=declared, chunk_size=1000)
+        seen[kind] = writer.calls
+    first = seen["bytesio"]
+    assert first[-1][0] == ("commit" if declared in (len(DATA), None) else "abort")
+    assert {kind: calls == first for kind, calls in seen.items()} == dict.fromkeys(seen, True)
 
 
 @pytest.mark.parametrize("size", [len(DATA), None])
