@@ -65,17 +65,22 @@ def child_imgstore(args: argparse.Namespace, server: dict[str, Any]) -> dict[str
     )
     try:
         with Stores.from_config_files(conf) as stores:
+            common.HashThreadCPU.install()
             with open(args.source, "rb") as fh:
                 start = common.usage()
                 result = stores.add(str(uuid.uuid4()), fh, size=args.size)
                 add = common.since(start)
+            add_hash_cpu = common.HashThreadCPU.seconds
             start = common.usage()
             read = common.sink(stores.get(result.location))
             get = common.since(start)
             stores.delete(result.location)
     finally:
         conf.unlink(missing_ok=True)
-    return {"add": add, "get": get, "read": read, "checksum": result.checksum}
+    return {
+        "add": add, "get": get, "read": read, "checksum": result.checksum,
+        "add_hash_cpu": add_hash_cpu,
+    }  # fmt: skip
 
 
 def child_boto3(args: argparse.Namespace, server: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +236,7 @@ def main() -> int:
         TARGETS,
     )
     print(common.floor_lines(floor, runs.cpu_per_gib("glance_store", "add")))
+    print(runs.outside_hashing("imgstore"))
     return 0 if ok else 1
 
 

@@ -65,17 +65,19 @@ def child_imgstore(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, A
     )
     try:
         with Stores.from_config_files(conf) as stores:
+            common.HashThreadCPU.install()
             with open(args.source, "rb") as fh:
                 start = _usage()
                 result = stores.add(str(uuid.uuid4()), fh, size=args.size)
                 add = _since(start)
+            add_hash_cpu = common.HashThreadCPU.seconds
             start = _usage()
             read = common.sink(stores.get(result.location))
             get = _since(start)
             stores.delete(result.location)
     finally:
         conf.unlink(missing_ok=True)
-    return {"add": add, "get": get, "read": read}
+    return {"add": add, "get": get, "read": read, "add_hash_cpu": add_hash_cpu}
 
 
 def child_swiftcmd(args: argparse.Namespace, srv: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +207,7 @@ def main() -> int:
         TARGETS,
     )
     print(common.floor_lines(floor, runs.cpu_per_gib("glance_store", "add")))
+    print(runs.outside_hashing("imgstore"))
     return 0 if ok else 1
 
 
