@@ -88,16 +88,24 @@ def capacity(
     return held
 
 
+class PieceBuffer(bytearray):
+    """A piece's buffer: a ``bytearray`` whose repr does not dump its bytes (a client's
+    DEBUG log of request parameters prints the body it is given)."""
+
+    def __repr__(self) -> str:
+        return f"<piece buffer of {len(self)} bytes>"
+
+
 class BufferPool:
-    """Reusable ``bytearray`` buffers of one size (other sizes are allocated anew)."""
+    """Reusable :class:`PieceBuffer` buffers of one size (other sizes are allocated anew)."""
 
     def __init__(self) -> None:
-        self._free: list[bytearray] = []
+        self._free: list[PieceBuffer] = []
         self._lock = threading.Lock()
         self.allocated = 0
         """How many buffers were allocated (tests check the memory bound)."""
 
-    def take(self, size: int) -> bytearray:
+    def take(self, size: int) -> PieceBuffer:
         """A buffer of exactly ``size`` bytes (contents undefined)."""
         with self._lock:
             while self._free:
@@ -105,9 +113,9 @@ class BufferPool:
                 if len(buf) == size:
                     return buf
             self.allocated += 1
-        return bytearray(size)
+        return PieceBuffer(size)
 
-    def give(self, buf: bytearray) -> None:
+    def give(self, buf: PieceBuffer) -> None:
         """Return ``buf`` for reuse."""
         with self._lock:
             self._free.append(buf)
@@ -235,6 +243,15 @@ class PieceBody:
     def __len__(self) -> int:
         return len(self._view)
 
+    def whole(self) -> PieceBody | PieceBuffer:
+        """The piece as one bytes-like body when it fills its buffer, else this body. An
+        HTTP client sends a bytes-like body with one ``sendall``, where it reads a file
+        16 KiB at a time (urllib3), each read and send a round of Python calls."""
+        data = self._view.obj
+        if isinstance(data, PieceBuffer) and len(self._view) == len(data) and not self._pos:
+            return data
+        return self
+
     def read(self, size: int | None = -1) -> memoryview:
         """The next ``size`` bytes (all that is left when ``size`` is negative)."""
         end = len(self._view) if size is None or size < 0 else self._pos + size
@@ -304,7 +321,7 @@ class Pieces(Generic[T]):
         self._hold = hold
         self._pool = BufferPool()
         self._uploader: BoundedUploader | None = None
-        self._buf: bytearray | None = None
+        self._buf: PieceBuffer | None = None
         self._filled = 0
         self._results: dict[int, T] = {}
         self._lock = threading.Lock()

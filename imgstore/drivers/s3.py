@@ -724,7 +724,7 @@ class S3Writer(PiecesWriting, Writer):
         drv = self._driver
         response = drv.client.upload_part(
             Bucket=drv.bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number,
-            Body=body,
+            Body=body.whole(),
         )  # fmt: skip
         return str(response["ETag"])
 
@@ -766,7 +766,7 @@ class S3Writer(PiecesWriting, Writer):
                 drv.client.put_object,
                 Bucket=drv.bucket,
                 Key=self._key,
-                Body=self._pieces.held(),
+                Body=self._pieces.held().whole(),
                 Metadata={WRITER_KEY: self._token},
             )
         else:

@@ -10,7 +10,7 @@ import pytest
 
 from imgstore.driver import Writer, Written
 from imgstore.location import parse
-from imgstore.parallel import PieceBody, Pieces, PiecesWriting, piece_size
+from imgstore.parallel import PieceBody, PieceBuffer, Pieces, PiecesWriting, piece_size
 
 KiB = 1 << 10
 
@@ -45,6 +45,22 @@ def test_a_body_shares_its_buffer_and_hides_it_from_repr() -> None:
     assert bytes(data) == b"SECRET"
     assert repr(body) == "<request body of 12 bytes>"
     assert body.seekable() and body.readable()
+
+
+def test_a_body_that_fills_its_piece_buffer_is_sent_as_that_buffer() -> None:
+    """``whole()``: a full piece buffer goes to the client as one bytes-like body (sent
+    with one sendall), never dumped by a repr; a part of one, or a body read from
+    already, stays a body."""
+    buf = PieceBuffer(b"piece of bytes")
+    assert PieceBody(buf).whole() is buf
+    assert isinstance(buf, bytearray) and repr(buf) == "<piece buffer of 14 bytes>"
+    partial = PieceBody(buf, 5)
+    assert partial.whole() is partial
+    started = PieceBody(buf)
+    started.read(1)
+    assert started.whole() is started
+    plain = PieceBody(bytearray(b"not from the pool"))
+    assert plain.whole() is plain
 
 
 # -- Pieces --------------------------------------------------------------------------
