@@ -192,7 +192,11 @@ def parse(uri: str | Location) -> Location:
 
 
 def urlsplit(uri: str) -> urllib.parse.SplitResult:
-    """``urllib.parse.urlsplit`` that raises :class:`BadLocation` instead of ValueError."""
+    """``urllib.parse.urlsplit`` that raises :class:`BadLocation` instead of ValueError,
+    and for a raw control character, which urllib would drop (tabs, line breaks) and so
+    name another object than the one written: a URI carries them percent-encoded."""
+    if has_control(uri):
+        raise BadLocation(f"malformed location {shown(uri)!r}: it holds a control character")
     try:
         parts = urllib.parse.urlsplit(uri)
         parts.port  # noqa: B018 - validates the port
@@ -228,11 +232,16 @@ def shown(uri: object) -> str:
     return redact_uri(str(uri))[:200]
 
 
+def has_control(value: str) -> bool:
+    """Whether ``value`` holds an ASCII control character (C0 or DEL)."""
+    return any(ord(c) < 32 or c == "\x7f" for c in value)
+
+
 def unsafe(value: str, forbidden: str = "", *, spaces: bool = False) -> bool:
-    """Whether ``value`` holds a C0 control character, whitespace (plain spaces pass
-    when ``spaces``) or a character of ``forbidden`` (DEL is only refused there)."""
-    return any(
-        ord(c) < 32 or c in forbidden or (c.isspace() and not (spaces and c == " ")) for c in value
+    """Whether ``value`` holds an ASCII control character (C0 or DEL), whitespace (plain
+    spaces pass when ``spaces``) or a character of ``forbidden``."""
+    return has_control(value) or any(
+        c in forbidden or (c.isspace() and not (spaces and c == " ")) for c in value
     )
 
 

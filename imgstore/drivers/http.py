@@ -101,7 +101,7 @@ class HttpLocation(Location):
     def __init__(self, uri: str) -> None:
         if not isinstance(uri, str):
             raise BadLocation("an http location must be a string")
-        if unsafe(uri, "\x7f"):
+        if unsafe(uri):
             raise BadLocation(f"http location with spaces or control characters: {shown(uri)!r}")
         parts = urlsplit(uri)
         if parts.scheme.lower() not in self.schemes:

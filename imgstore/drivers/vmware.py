@@ -148,15 +148,15 @@ class VsphereLocation(Location):
         self, host: str, port: int | None, path: str, datacenter: str | None, datastore: str
     ) -> None:
         # datastore names and paths may hold plain spaces, never other whitespace
-        check_part(SCHEME, "host", host, "/?#@[]\x7f")
+        check_part(SCHEME, "host", host, "/?#@[]")
         if port is not None and not 0 < port < 65536:
             raise BadLocation(f"vsphere location has a bad port {port}")
-        check_part(SCHEME, "file path", path, "\x7f", spaces=True)
+        check_part(SCHEME, "file path", path, spaces=True)
         if any(s in ("", ".", "..") for s in path.split("/")):
             raise BadLocation("vsphere location has a malformed file path")
-        check_part(SCHEME, "dsName", datastore, "[]/\x7f", spaces=True)
+        check_part(SCHEME, "dsName", datastore, "[]/", spaces=True)
         if datacenter is not None:
-            check_part(SCHEME, "dcPath", datacenter, "\x7f", spaces=True)
+            check_part(SCHEME, "dcPath", datacenter, spaces=True)
             if ".." in datacenter.split("/"):
                 raise BadLocation("vsphere location has a malformed dcPath")
         # to_uri() percent-encodes these: the query strictly, the path as file names

@@ -29,8 +29,8 @@ IMAGE = "0f4b0c4e-1b6a-4b8f-9c1d-2e3f4a5b6c7d"
         ("tab\there", "", True, True),
         ("nbsp\u00a0here", "", True, True),  # whitespace, though not a plain space
         ("nul\x00", "", False, True),
-        ("del\x7f", "", False, False),  # DEL is refused only where a class says so
-        ("del\x7f", "\x7f", False, True),
+        ("del\x7f", "", False, True),  # DEL is a control character too
+        ("del\x7f", "", True, True),
         ("a?b", "?#@", False, True),
         ("a/b", "?#@", False, False),
         ("", "", False, False),
@@ -92,13 +92,19 @@ def test_split_once_and_naming() -> None:
         (f"vsphere://h/folder/a/{IMAGE}?dsName=d%2Fs", False),
         ("http://h/a\x7fb", False),
         ("http://h/a%7Fb", True),
-        ("s3://h/b/k\x7f", True),  # S3 and Swift take DEL, as they always did
-        ("swift://h/c/o\x7f", True),
-        ("swift://h/c/o%7F", True),
+        ("s3://h/b/k\x7f", False),  # DEL is a control character, as C0 ones are
+        ("s3://h/b/k%7F", True),  # S3 keys are kept as written: "%7F" is three characters
+        ("swift://h/c/o\x7f", False),
+        ("swift://h/c/o%7F", False),
+        ("swift://h/c/o%09", False),
         ("s3://h/b/k\x85", False),  # NEL is whitespace
         ("swift://h/c/o%C2%85", False),
         ("swift://h/c/o%ED%A0%80", True),  # not UTF-8: kept as surrogateescape
         ("rbd://f/p/i%ED%A0%80/s", False),  # rbd parts are strict UTF-8
+        ("file:///images/a\tb", False),  # urllib would drop the tab: another file
+        ("file:///images/a%09b", True),
+        (f"vsphere://h/folder/a\nb/{IMAGE}?dsName=ds", False),
+        ("http://h/a\tb", False),
         (f"cinder://fast/{IMAGE}", True),
         (f"cinder://a/b/{IMAGE}", False),
         (f"cinder:///{IMAGE}", False),
