@@ -86,6 +86,16 @@ class HashThreadCPU:
         pipeline._HashWorker._run = counted  # type: ignore[method-assign]
 
 
+def outside_hashing_line(what: str, per_gib: Iterable[float]) -> str:
+    """``what``'s CPU per GiB outside the hash threads: the median and every round."""
+    values = sorted(per_gib)
+    rounds = ", ".join(f"{v:.2f}" for v in values)
+    return (
+        f"{what} CPU outside its hash threads (counted in-process): "
+        f"{statistics.median(values):.2f} s/GiB (rounds: {rounds})"
+    )
+
+
 def sink(chunks: Iterable[bytes]) -> int:
     """Write ``chunks`` to /dev/null; return the byte count."""
     fd = os.open(os.devnull, os.O_WRONLY)
@@ -169,6 +179,8 @@ class Runs:
         self.size = size
         self.samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
         self.extra: dict[str, list[float]] = {}
+        self.not_hashing: dict[str, list[float]] = {}
+        """Add CPU seconds per GiB outside imgstore's hash threads, per round."""
 
     def record(
         self, name: str, result: Mapping[str, Any], ops: Sequence[str] = ("add", "get")
@@ -179,24 +191,14 @@ class Runs:
                 self.samples.setdefault((name, op), []).append((float(wall), float(cpu)))
         if "rss_mib" in result:
             self.extra.setdefault(name, []).append(float(result["rss_mib"]))
-        for op in ops:
-            if f"{op}_hash_cpu" in result:
-                _, cpu = result[op]
-                outside = float(cpu) - float(result[f"{op}_hash_cpu"])
-                self.samples.setdefault((name, f"{op}-not-hashing"), []).append((0.0, outside))
+        if "add_hash_cpu" in result:
+            outside = float(result["add"][1]) - float(result["add_hash_cpu"])
+            self.not_hashing.setdefault(name, []).append(outside / (self.size / GIB))
 
-    def outside_hashing(self, name: str, op: str = "add") -> str:
-        """A line: the median CPU per GiB of ``op`` outside the hash threads, if measured."""
-        key = (name, f"{op}-not-hashing")
-        if key not in self.samples:
-            return ""
-        values = sorted(c / (self.size / GIB) for _, c in self.samples[key])
-        return (
-            f"{name} {op} CPU outside its hash threads (counted in-process): "
-            f"{statistics.median(values):.2f} s/GiB (rounds: "
-            + ", ".join(f"{v:.2f}" for v in values)
-            + ")"
-        )
+    def outside_hashing(self, name: str) -> str:
+        """A line: ``name``'s add CPU per GiB outside its hash threads, if measured."""
+        values = self.not_hashing.get(name)
+        return outside_hashing_line(f"{name} add", values) if values else ""
 
     def mbps(self, name: str, op: str) -> float:
         return statistics.median(self.size / 1e6 / w for w, _ in self.samples[name, op])
@@ -218,8 +220,6 @@ class Runs:
     def table(self) -> str:
         lines = [f"{'contender':28} {'op':4} {'MB/s':>8} {'min..max MB/s':>14} {'CPU s/GiB':>10}"]
         for name, op in self.samples:
-            if op.endswith("-not-hashing"):
-                continue
             lines.append(
                 f"{name:28} {op:4} {self.mbps(name, op):8.0f} {self.span(name, op):>14} "
                 f"{self.cpu_per_gib(name, op):10.2f}"

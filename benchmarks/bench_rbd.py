@@ -40,7 +40,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import HashThreadCPU, floor_lines, hash_floor, link_ceph_bindings
+from _common import (
+    HashThreadCPU,
+    floor_lines,
+    hash_floor,
+    link_ceph_bindings,
+    outside_hashing_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".cache" / "bench"
@@ -346,11 +352,8 @@ def main() -> int:
         )
     )
     aio = summary["librbd aio (no hashing)", "add"][1]
-    own = sorted(c / gib - aio for c in outside_hashing)
-    print(
-        f"imgstore add CPU outside its hash threads (counted in-process), less bare librbd "
-        f"aio: {statistics.median(own):.2f} s/GiB (rounds: {', '.join(f'{v:.2f}' for v in own)})"
-    )
+    own = [c / gib - aio for c in outside_hashing]
+    print(outside_hashing_line("imgstore add, less bare librbd aio,", own))
     return 0
 
 
