@@ -28,7 +28,7 @@ from oslo_config import cfg
 from imgstore.capabilities import Capability
 from imgstore.exceptions import BadLocation, ImgstoreError, InvalidArgument, NotFound, NotSupported
 from imgstore.location import Location, parse
-from imgstore.parallel import capacity
+from imgstore.parallel import Space, capacity
 from imgstore.scrubbing import backend_error
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -167,8 +167,18 @@ class Writer(abc.ABC):
     :meth:`commit` once, told the size it counted and checked; :meth:`abort`
     once when anything failed, the commit included, and never after a commit
     that succeeded. The buffer passed to :meth:`write` is reused by the core
-    once ``write`` returns: a writer that keeps the bytes for later must copy them.
+    once ``write`` returns: a writer that keeps the bytes for later must copy them,
+    or lend the core its own memory to read them into (:meth:`space`).
     """
+
+    def space(self, size: int) -> Space | None:
+        """Memory of the writer's own (at most ``size`` bytes) for the core to read the
+        next chunk into, then pass to :meth:`write` as it is, so the writer keeps the
+        bytes without copying them; None (the default, or when it has no room): the core
+        reads into a buffer of its own. The core fills it only once every hash of what it
+        held before is done, so a writer may lend the same memory again as soon as it no
+        longer needs the bytes (a piece uploaded)."""
+        return None
 
     @abc.abstractmethod
     def write(self, chunk: memoryview) -> None:

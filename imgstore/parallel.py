@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import dataclasses
+import mmap
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -94,6 +96,24 @@ class PieceBuffer(bytearray):
 
     def __repr__(self) -> str:
         return f"<piece buffer of {len(self)} bytes>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """``buffer[start:end]``: memory a writer lends the core to read a chunk into
+    (:meth:`imgstore.driver.Writer.space`), or one of the core's own chunk buffers."""
+
+    buffer: bytearray | mmap.mmap
+    start: int
+    end: int
+
+    def view(self) -> memoryview:
+        """The bytes of this space."""
+        return memoryview(self.buffer)[self.start : self.end]
+
+    def overlaps(self, other: Space) -> bool:
+        """Whether the two share a byte."""
+        return self.buffer is other.buffer and self.start < other.end and other.start < self.end
 
 
 class BufferPool:
@@ -323,6 +343,7 @@ class Pieces(Generic[T]):
         self._uploader: BoundedUploader | None = None
         self._buf: PieceBuffer | None = None
         self._filled = 0
+        self._lent: Space | None = None
         self._results: dict[int, T] = {}
         self._lock = threading.Lock()
         self._accepted = 0
@@ -344,22 +365,49 @@ class Pieces(Generic[T]):
         """The most pieces that were uploading at once."""
         return self._uploader.peak if self._uploader is not None else 0
 
+    def space(self, size: int) -> Space | None:
+        """Room for the next at most ``size`` bytes in the piece being filled (a new one
+        if none is), for the core to read into; None when no piece may hold more (a held
+        image is full, the pieces are all used: the core stops such an image)."""
+        if self._buf is None:
+            if not self._hold and self.sent >= self._sizes[2]:
+                return None
+            self._take()
+        assert self._buf is not None
+        end = min(len(self._buf), self._filled + size)
+        if end == self._filled:
+            return None
+        self._lent = Space(self._buf, self._filled, end)
+        return self._lent
+
+    def _take(self) -> None:
+        self._buf = self._pool.take(self._next_size())
+        self._filled = 0
+
     def write(self, chunk: memoryview) -> None:
-        """Copy ``chunk`` into piece buffers, each uploaded once full; raise a piece's
-        failure first."""
+        """Take ``chunk`` into piece buffers (where :meth:`space` lent it: as it is; else
+        a copy), each uploaded once full; raise a piece's failure first."""
         self.raise_failure()
+        lent, self._lent = self._lent, None
+        if lent is not None and chunk.obj is lent.buffer and len(chunk) <= lent.end - lent.start:
+            self._filled += len(chunk)  # read in place by the core
+            self._sent_if_full()
+            return
         view = chunk
         while view:
             if self._buf is None:
-                self._buf = self._pool.take(self._next_size())
-                self._filled = 0
+                self._take()
+            assert self._buf is not None
             take = min(len(self._buf) - self._filled, len(view))
             assert take, "the core never writes past the declared size"
             self._buf[self._filled : self._filled + take] = view[:take]
             self._filled += take
             view = view[take:]
-            if self._filled == len(self._buf) and not self._hold:
-                self._send()
+            self._sent_if_full()
+
+    def _sent_if_full(self) -> None:
+        if self._buf is not None and self._filled == len(self._buf) and not self._hold:
+            self._send()
 
     def _next_size(self) -> int:
         base, total, limit, largest, every = self._sizes
@@ -421,7 +469,7 @@ class Pieces(Generic[T]):
     def stop(self) -> None:
         """Drop the piece being filled, skip those not started, wait for the running ones
         and free the threads and buffers."""
-        self._buf = None
+        self._buf = self._lent = None
         if self._uploader is not None:
             self._uploader.stop()
         self._pool.clear()
@@ -434,8 +482,12 @@ class PiecesWriting:
 
     _pieces: Pieces[Any]
 
+    def space(self, size: int) -> Space | None:
+        """Room in the piece being filled, for the core to read the next chunk into."""
+        return self._pieces.space(size)
+
     def write(self, chunk: memoryview) -> None:
-        """Copy ``chunk`` into piece buffers, each uploaded once full."""
+        """Take ``chunk`` into piece buffers, each uploaded once full."""
         self._pieces.write(chunk)
 
     @property

@@ -14,6 +14,7 @@ exactly the promised number of bytes, and can verify a hash at the end.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
@@ -37,6 +38,7 @@ from imgstore.exceptions import (
     SizeCapExceeded,
     SizeMismatch,
 )
+from imgstore.parallel import Space
 from imgstore.threads import start_without_signals
 
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ class ChunkSource:
                 f"not {type(source).__name__}"
             )
 
-    def fill(self, buf: bytearray | mmap.mmap) -> int:
+    def fill(self, buf: bytearray | mmap.mmap | memoryview) -> int:
         """Fill ``buf`` completely unless the source ends first; return the byte count."""
         view = memoryview(buf)
         filled = 0
@@ -179,10 +181,15 @@ class _Hashers:
         if md5:
             self.hashes.append(new_md5())
         self._workers: list[_HashWorker] = []
-        self.in_flight = 0
-        """Chunks handed to the workers and not yet released, oldest first."""
+        self._spaces: collections.deque[Space] = collections.deque()
+        """Where the chunks handed to the workers and not yet released are, oldest first."""
 
-    def start(self, chunk: memoryview) -> None:
+    @property
+    def in_flight(self) -> int:
+        return len(self._spaces)
+
+    def start(self, chunk: memoryview, space: Space) -> None:
+        """Hash ``chunk``, read into ``space``, on the workers."""
         if not self._workers:
             if len(chunk) < _MIN_THREADED_CHUNK:
                 for h in self.hashes:
@@ -191,11 +198,18 @@ class _Hashers:
             self._workers = [_HashWorker(h) for h in self.hashes]
         for worker in self._workers:
             worker.todo.put(chunk)
-        self.in_flight += 1
+        self._spaces.append(space)
+
+    def make_room(self, space: Space, most: int) -> None:
+        """Wait until no chunk being hashed is in ``space`` and fewer than ``most`` are."""
+        while self._spaces and (
+            len(self._spaces) >= most or any(space.overlaps(s) for s in self._spaces)
+        ):
+            self.release_oldest()
 
     def release_oldest(self) -> None:
         """Wait until every hasher is done with the oldest chunk in flight."""
-        self.in_flight -= 1
+        self._spaces.popleft()
         failure: BaseException | None = None
         for worker in self._workers:
             error = worker.done.get()
@@ -260,6 +274,24 @@ class _HashWorker:
         self._thread.join()
 
 
+class _Ring:
+    """The core's own chunk buffers, used in turn (allocated as first needed)."""
+
+    def __init__(self, chunk_size: int, depth: int) -> None:
+        self._size = chunk_size
+        self._depth = depth
+        self._buffers: list[mmap.mmap] = []
+        self._index = 0
+
+    def next(self) -> Space:
+        """The next buffer, whole."""
+        if self._index == len(self._buffers):
+            self._buffers.append(new_buffer(self._size))
+        buffer = self._buffers[self._index]
+        self._index = (self._index + 1) % self._depth
+        return Space(buffer, 0, self._size)
+
+
 def _buffer_count(chunk_size: int) -> int:
     """How many chunk buffers the pipeline cycles through (hashing may trail by that many)."""
     return max(2, min(_MAX_BUFFERS, _QUEUE_BYTES // max(chunk_size, 1)))
@@ -308,30 +340,29 @@ def write_image(
         largest = None if limits is None else limits.capacity(size)
         chunks = ChunkSource(source)
         depth = _buffer_count(chunk_size)
-        buffers = [new_buffer(chunk_size)]
-        current = 0
+        ring = _Ring(chunk_size, depth)
         total = 0
         reported = 0
-        count = chunks.fill(buffers[current])
-        while count:
+        while True:
+            # the writer's own memory, where it lends some: it keeps the bytes uncopied
+            space = _backend_call(writer.space, on_backend_error, chunk_size) or ring.next()
+            hashers.make_room(space, depth)  # it may still hold a chunk being hashed
+            view = space.view()
+            count = chunks.fill(view)
+            if not count:
+                break
             total += count
             _check_growth(total, size, size_cap, limits, largest, describe)
-            chunk = memoryview(buffers[current])[:count]
-            hashers.start(chunk)
+            chunk = view[:count]
+            hashers.start(chunk, space)
             if inspector is not None:  # while the hash threads hash the chunk
                 inspector.update(chunk)
             _backend_call(writer.write, on_backend_error, chunk)
             if progress is not None:
                 reported = _accepted(writer, total)
                 progress(reported, size)
-            if count < chunk_size:
+            if count < len(view):
                 break
-            current = (current + 1) % depth
-            if current == len(buffers):
-                buffers.append(new_buffer(chunk_size))
-            while hashers.in_flight >= depth:  # the next buffer may still be hashed
-                hashers.release_oldest()
-            count = chunks.fill(buffers[current])
         hashers.wait()
         inspection = _at_the_end(total, size, inspector, describe)
         written = _backend_call(writer.commit, on_backend_error, total)
@@ -363,6 +394,10 @@ class InOrder(Writer):
     def _expect_writing(self, call: str) -> None:
         if self._state != "writing":
             raise RuntimeError(f"{call} of {self._writer!r} after its {self._state}")
+
+    def space(self, size: int) -> Space | None:
+        self._expect_writing("space")
+        return self._writer.space(size)
 
     def write(self, chunk: memoryview) -> None:
         self._expect_writing("write")

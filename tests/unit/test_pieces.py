@@ -4,6 +4,7 @@ the writer, and a body reads again after a seek without copying its buffer."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -192,3 +193,40 @@ def test_a_writer_mixing_in_pieces_writing_writes_through_its_pieces() -> None:
     assert 1 <= writer.buffers_allocated <= 2 and writer.peak_uploads == 1
     assert sorted(writer.upload.got) == [1, 2]
     writer.abort()
+
+
+def test_the_core_reads_into_the_piece_buffers_where_they_lend_room() -> None:
+    upload = Recorder()
+    pieces = Pieces(upload, workers=2, name="t-piece", base=4 * KiB, total=None, limit=3,
+                    largest=4 * KiB, every=1)  # fmt: skip
+    data = os.urandom(10 * KiB)
+    lent = []
+    done = 0
+    while (space := pieces.space(3000)) is not None and done < len(data):
+        view = space.view()
+        count = min(len(view), len(data) - done)
+        view[:count] = data[done : done + count]
+        lent.append((space.start, space.end))
+        pieces.write(view[:count])  # the lent memory itself: taken as it is
+        done += count
+    # 3000 bytes at most, never across a piece's end
+    assert lent[:3] == [(0, 3000), (3000, 4096), (0, 3000)]
+    assert pieces.finish() == [f"etag-{n}" for n in (1, 2, 3)]
+    assert b"".join(upload.got[n] for n in (1, 2, 3)) == data
+    assert pieces.space(3000) is None, "every piece is used: no more room"
+    pieces.stop()
+
+
+def test_a_held_image_lends_room_up_to_its_size_and_then_none() -> None:
+    pieces: Pieces[None] = Pieces(lambda n, b: None, workers=1, name="t-piece", base=KiB,
+                                  total=100, limit=1, largest=KiB, hold=True)  # fmt: skip
+    space = pieces.space(64)
+    assert space is not None and (space.start, space.end) == (0, 64)
+    space.view()[:] = b"a" * 64
+    pieces.write(space.view())
+    space = pieces.space(64)
+    assert space is not None and (space.start, space.end) == (64, 100)
+    space.view()[:] = b"b" * 36
+    pieces.write(space.view())
+    assert pieces.space(64) is None
+    assert bytes(pieces.held().read()) == b"a" * 64 + b"b" * 36

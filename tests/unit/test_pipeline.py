@@ -6,12 +6,14 @@ import contextlib
 import hashlib
 import io
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from imgstore import pipeline
 from imgstore.driver import ReadStream, WriteLimits, Writer, Written
 from imgstore.drivers.filesystem import FileLocation
 from imgstore.exceptions import (
@@ -22,6 +24,7 @@ from imgstore.exceptions import (
     SizeCapExceeded,
     SizeMismatch,
 )
+from imgstore.parallel import Space
 from imgstore.pipeline import ChunkSource, ImageReader, InOrder, new_hash, write_image
 
 DATA = bytes(range(256)) * 41 + b"tail"  # 10500 bytes, no repeating chunk alignment
@@ -198,6 +201,64 @@ def test_write_image_large_chunks_hash_on_threads() -> None:
     assert result.multihash == hashlib.sha256(data).hexdigest()
     assert result.checksum == hashlib.md5(data, usedforsecurity=False).hexdigest()
     assert bytes(writer.data) == data
+
+
+class LendingWriter(MemoryWriter):
+    """Lends the core one buffer of its own, the same memory every time, and keeps each
+    chunk's bytes before lending it again (as a writer whose piece went up would)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.buffer = bytearray(size)
+        self.in_place = 0
+
+    def space(self, size: int) -> Space | None:
+        return Space(self.buffer, 0, min(size, len(self.buffer)))
+
+    def write(self, chunk: memoryview) -> None:
+        self.in_place += chunk.obj is self.buffer
+        super().write(chunk)
+
+
+class SlowMd5:
+    """md5 that takes its time over every chunk, so the hash threads trail the writer
+    (a delay injected into hashing; nothing real is slow on cue)."""
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def update(self, data: Any) -> None:
+        time.sleep(0.002)
+        self._md5.update(data)
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
+def test_a_writer_lending_its_memory_gets_the_bytes_read_into_it_and_hashed_before_reuse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "new_md5", SlowMd5)
+    chunk = 64 * 1024  # hashed on the threads
+    data = os.urandom(40 * chunk + 5)
+    writer = LendingWriter(chunk)
+    result, _ = run(io.BytesIO(data), writer, chunk_size=chunk, size=len(data))
+    assert writer.in_place == writer.writes == 41  # every chunk read into the lent memory
+    assert bytes(writer.data) == data
+    # the core filled the same memory again only once both hashes were done with it
+    assert result.checksum == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    assert result.multihash == hashlib.sha512(data).hexdigest()
+
+
+def test_a_writer_with_no_room_left_gets_the_core_buffers() -> None:
+    class Full(LendingWriter):
+        def space(self, size: int) -> Space | None:
+            return None if self.writes else super().space(size)
+
+    writer = Full(1000)
+    result, _ = run(io.BytesIO(DATA), writer, chunk_size=1000)
+    assert writer.in_place == 1 and writer.writes == 11
+    assert bytes(writer.data) == DATA and result.size == len(DATA)
 
 
 def test_write_image_md5_off() -> None:
