@@ -109,6 +109,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, after_scheme, register, shown
+from imgstore.parallel import Space
 from imgstore.sessions import MOST_MARGIN, renew_margin
 from imgstore.threads import import_here
 
@@ -246,6 +247,10 @@ class _RbdIO:
         """``count`` bytes from ``offset``, in reads of ``size`` bytes."""
         return aio_read(self._image, offset, count, size, READ_DEPTH)
 
+    def space(self, size: int) -> Space | None:
+        """A buffer of the aio window, for the core to read the next chunk into."""
+        return self._aio.space(size)
+
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         self._aio.write(memoryview(data), offset)
 
@@ -266,6 +271,9 @@ class _PathIO:
 
     def __init__(self, path: str, writable: bool) -> None:
         self._fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+
+    def space(self, size: int) -> None:
+        """None: the device is written synchronously from the core's buffer."""
 
     def pread(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
@@ -1143,6 +1151,9 @@ class CinderWriter(Writer):
         self._size_gb = new_gb
         self._att = drv._attach(vid, "rw")
         self._attached_at = self._offset
+
+    def space(self, size: int) -> Space | None:
+        return None if self._att is None else self._att.io.space(size)
 
     def write(self, chunk: memoryview) -> None:
         n = len(chunk)

@@ -50,6 +50,7 @@ from imgstore.exceptions import (
     NotFound,
 )
 from imgstore.location import Location, after_scheme, register, require_utf8, shown
+from imgstore.parallel import Space
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -741,6 +742,10 @@ class RbdWriter(Writer):
         self._image.resize(new)
         self._image_size = new
 
+    def space(self, size: int) -> Space | None:
+        """A buffer of the aio window, for the core to read the next chunk into."""
+        return self._aio.space(size)
+
     def write(self, chunk: memoryview) -> None:
         n, offset = len(chunk), self._offset
         with self._driver._errors("writing image", self._image_id):
@@ -749,7 +754,7 @@ class RbdWriter(Writer):
                 self._grow(offset + n)
             self._offset = offset + n
             if self._zero and chunk == self._zero[:n]:  # thin provisioning: leave it unallocated
-                self._aio.skip(n)
+                self._aio.skip(n, chunk)
             else:
                 self._aio.write(chunk, offset)
 

@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Generator
 from typing import Any
 
+from imgstore.parallel import Space
+
 READ_DEPTH = 4
 """Reads in flight at most (more do not read faster)."""
 
@@ -63,8 +65,8 @@ def _submit_read(image: Any, offset: int, length: int) -> tuple[Any, list[Any]]:
 
 class AioWindow:
     """At most ``depth`` ``aio_write`` calls of ``image`` in flight; buffers of
-    ``buffer_size`` bytes (None: the size of the first write) are reused, chunks of other
-    sizes are copied once."""
+    ``buffer_size`` bytes (None: the size of the first write) are reused, and lent to the
+    core to read a chunk into (:meth:`space`: no copy); other chunks are copied once."""
 
     def __init__(self, image: Any, depth: int, buffer_size: int | None = None) -> None:
         self._image = image
@@ -73,6 +75,7 @@ class AioWindow:
         self._cond = threading.Condition()
         self._inflight: dict[int, list[Any]] = {}  # seq -> [completion, buffer]
         self._free: list[bytearray] = []
+        self._lent: bytearray | None = None
         self._failure = 0
         self._seq = 0
         self._stored = 0
@@ -88,8 +91,30 @@ class AioWindow:
         if self._failure:
             raise OSError(self._failure, os.strerror(self._failure))
 
-    def skip(self, count: int) -> None:
-        """Count ``count`` bytes as stored without writing them (a range left thin)."""
+    def space(self, size: int) -> Space | None:
+        """A full-sized buffer no write holds, for the core to read the next chunk into
+        (None before the first write, or for another size)."""
+        if size != self._buffer_size:
+            return None
+        with self._cond:
+            buffer = self._lent or (self._free.pop() if self._free else bytearray(size))
+            self._lent = buffer
+        return Space(buffer, 0, size)
+
+    def _taken(self, chunk: memoryview) -> bytearray | None:
+        """The lent buffer when ``chunk`` is all of it; a lent buffer not used so goes back."""
+        lent, self._lent = self._lent, None
+        if lent is None or (chunk.obj is lent and len(chunk) == len(lent)):
+            return lent
+        with self._cond:
+            self._free.append(lent)
+        return None
+
+    def skip(self, count: int, chunk: memoryview | None = None) -> None:
+        """Count ``count`` bytes as stored without writing them (a range left thin;
+        ``chunk``: the bytes, where the core may have read them into a lent buffer)."""
+        if chunk is not None:
+            self._taken(chunk)
         with self._cond:
             self._stored += count
 
@@ -98,8 +123,9 @@ class AioWindow:
         earlier failure, and what ``aio_write`` itself raises."""
         if self._buffer_size is None:
             self._buffer_size = len(chunk)
-        reuse = len(chunk) == self._buffer_size
-        entry: list[Any] = [None, None]  # [completion, buffer], kept until it has fired
+        lent = self._taken(chunk)  # read in place by the core
+        reuse = lent is None and len(chunk) == self._buffer_size
+        entry: list[Any] = [None, lent]  # [completion, buffer], kept until it has fired
         with self._cond:  # wait for a free slot in the window, and take it
             while len(self._inflight) >= self._depth:
                 self._cond.wait()
@@ -112,7 +138,7 @@ class AioWindow:
             buffer = buffer if buffer is not None else bytearray(len(chunk))
             buffer[:] = chunk  # our own copy
             entry[1] = buffer
-        else:
+        elif lent is None:
             entry[1] = chunk.tobytes()
         try:  # not under the lock: librbd may block here until completions ran
             entry[0] = self._image.aio_write(entry[1], offset, lambda c: self._complete(seq, c))

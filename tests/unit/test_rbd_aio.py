@@ -120,6 +120,31 @@ def test_a_chunk_reused_by_the_caller_was_copied() -> None:
     assert image.data == {0: b"xxxx", 4: b"yy"}
 
 
+def test_a_lent_buffer_is_written_as_it_is_and_lent_again_once_its_write_landed() -> None:
+    image = HeldImage()
+    window = AioWindow(image, depth=2, buffer_size=4)
+    assert window.space(3) is None, "only full-sized buffers are lent"
+    first = window.space(4)
+    assert first is not None and (first.start, first.end) == (0, 4)
+    first.view()[:] = b"aaaa"
+    window.write(first.view(), 0)  # not copied: aio_write got the lent buffer itself
+    assert image.buffers == [id(first.buffer)]
+    second = window.space(4)
+    assert second is not None and second.buffer is not first.buffer, "the first is in flight"
+    second.view()[:3] = b"bbb"
+    window.write(second.view()[:3], 4)  # a short last chunk: copied, its buffer kept
+    assert image.buffers[1] != id(second.buffer)
+    again = window.space(4)
+    assert again is not None and again.buffer is second.buffer
+    window.skip(4, again.view())  # left thin: the buffer is free again
+    image.complete()
+    image.complete()
+    window.drain()
+    assert image.data == {0: b"aaaa", 4: b"bbb"}
+    reused = window.space(4)  # no new buffer: both came back
+    assert reused is not None and any(reused.buffer is b for b in (first.buffer, second.buffer))
+
+
 def test_the_first_failure_is_raised_by_check_and_the_next_write() -> None:
     image = HeldImage()
     window = AioWindow(image, depth=4)
