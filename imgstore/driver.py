@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 import re
 import secrets
 import ssl
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Generator, Iterator, Mapping
+from typing import Any, ClassVar, Protocol
 
 from oslo_config import cfg
 
@@ -220,6 +221,74 @@ class ReadStream(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the stream holds; called once by the core."""
+
+
+def read_range(
+    read: Callable[[int, int], bytes], offset: int, count: int, chunk: int
+) -> Generator[bytes, None, None]:
+    """``count`` bytes from ``offset`` through ``read(at, n)`` with ``n <= chunk``.
+
+    A read may return more or fewer than ``n`` bytes: what goes beyond ``count`` is cut
+    off; an empty read ends early (the core's :class:`~imgstore.pipeline.ImageReader`
+    reports the short read).
+    """
+    at, end = offset, offset + count
+    while at < end:
+        data = read(at, min(chunk, end - at))
+        if not data:
+            return
+        if len(data) > end - at:
+            data = data[: end - at]
+        at += len(data)
+        yield data
+
+
+class RangeStream(ReadStream):
+    """A :class:`ReadStream` of :func:`read_range`; :meth:`close` calls ``release`` once."""
+
+    def __init__(
+        self,
+        size: int,
+        read: Callable[[int, int], bytes],
+        chunk: int,
+        *,
+        offset: int = 0,
+        release: Callable[[], None] | None = None,
+        version: str | None = None,
+        name: str = "RangeStream",
+    ) -> None:
+        self.size = size
+        self.version = version
+        self._read = read
+        self._chunk = chunk
+        self._offset = offset
+        self._release = release
+        self._open = True
+        self._name = name
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._open:
+            yield from read_range(self._read, self._offset, self.size, self._chunk)
+
+    def close(self) -> None:
+        release, self._release, self._open = self._release, None, False
+        if release is not None:
+            release()
+
+    def __repr__(self) -> str:
+        return f"<{self._name} size={self.size}>"
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def close_quietly(thing: _Closable, what: str, log: logging.Logger) -> None:
+    """Close ``thing``; a failure is logged at debug (closing must not fail the caller)."""
+    try:
+        thing.close()
+    except Exception:
+        log.debug("closing %s failed", what)
 
 
 class Driver(abc.ABC):

@@ -90,6 +90,7 @@ from imgstore.driver import (
     Writer,
     Written,
     clamp_range,
+    read_range,
     retries_option,
 )
 from imgstore.drivers.rbd_aio import READ_DEPTH, AioWindow, aio_read
@@ -280,13 +281,7 @@ class _PathIO:
 
     def chunks(self, offset: int, count: int, size: int) -> Generator[bytes, None, None]:
         """``count`` bytes from ``offset``, ``size`` at a time, fewer at the device's end."""
-        end = offset + count
-        while offset < end:
-            data = self.pread(offset, min(size, end - offset))
-            if not data:
-                return  # ended early: the stream tells
-            yield data
-            offset += len(data)
+        return read_range(self.pread, offset, count, size)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)

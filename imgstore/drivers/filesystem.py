@@ -30,6 +30,7 @@ from oslo_config import cfg
 from imgstore.driver import (
     Driver,
     Leftover,
+    RangeStream,
     ReadStream,
     Writer,
     Written,
@@ -384,7 +385,10 @@ class FilesystemDriver(Driver):
         except BaseException:
             os.close(fd)
             raise
-        return FileStream(fd, start, count, self.chunk_size)
+        return RangeStream(
+            count, lambda at, n: os.pread(fd, n, at), self.chunk_size, offset=start,
+            release=lambda: os.close(fd), name="FileStream",
+        )  # fmt: skip
 
     def size(self, location: Location) -> int:
         return self._stat(location).st_size
@@ -575,32 +579,3 @@ class FileWriter(Writer):
             self._fd = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
-
-
-class FileStream(ReadStream):
-    """Reads ``count`` bytes from ``offset`` of an open file descriptor."""
-
-    def __init__(self, fd: int, offset: int, count: int, chunk_size: int) -> None:
-        self._fd: int | None = fd
-        self._offset = offset
-        self.size = count
-        self._chunk = chunk_size
-
-    def __iter__(self) -> Iterator[bytes]:
-        fd = self._fd
-        if fd is None:
-            return
-        if self._offset:
-            os.lseek(fd, self._offset, os.SEEK_SET)
-        left = self.size
-        while left > 0:
-            data = os.read(fd, min(self._chunk, left))
-            if not data:
-                return
-            left -= len(data)
-            yield data
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from oslo_config import cfg
 
-from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, ReadStream, Writer, Written, clamp_range
+from imgstore.driver import IMAGE_ID_RE, Driver, Leftover, RangeStream, Writer, Written, clamp_range
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -332,8 +332,9 @@ class GridFSDriver(Driver):
         """The error for an add of an id that is taken."""
         return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
-    def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
+    def open(self, location: Location, offset: int, length: int | None) -> RangeStream:
         from gridfs import GridFSBucket
+        from pymongo.errors import PyMongoError
 
         bucket = GridFSBucket(self.db, bucket_name=self.bucket_name)
         doing = f"opening {location.redacted()}"
@@ -345,7 +346,17 @@ class GridFSDriver(Driver):
         except BaseException:
             grid_out.close()
             raise
-        return GridFSStream(self, grid_out, count, location.redacted())
+
+        def read(_at: int, _n: int) -> bytes:  # a whole GridFS chunk: the range cuts it
+            try:
+                data: bytes = grid_out.readchunk()
+            except PyMongoError as exc:  # a damaged file (CorruptGridFile) among them
+                raise self.error(exc, f"reading {location.redacted()}") from None
+            return data
+
+        return RangeStream(
+            count, read, self.chunk_size, release=grid_out.close, name="GridFSStream"
+        )
 
     def size(self, location: Location) -> int:
         doc = self._call(
@@ -562,39 +573,3 @@ class GridFSWriter(Writer):
                 self._describe,
                 driver.error(exc, "cleaning up"),
             )
-
-
-class GridFSStream(ReadStream):
-    """Reads ``count`` bytes of an open GridFS download stream from where it was sought."""
-
-    def __init__(self, driver: GridFSDriver, grid_out: Any, count: int, describe: str) -> None:
-        self._driver = driver
-        self._grid_out: Any = grid_out
-        self.size = count
-        self._describe = describe
-
-    def __iter__(self) -> Iterator[bytes]:
-        from pymongo.errors import PyMongoError
-
-        grid_out = self._grid_out
-        if grid_out is None:
-            return
-        left = self.size
-        try:
-            while left > 0:
-                data = grid_out.readchunk()
-                if not data:
-                    return
-                if len(data) > left:
-                    data = data[:left]
-                left -= len(data)
-                yield data
-        except PyMongoError as exc:  # a damaged file (CorruptGridFile) among them
-            raise self._driver.error(exc, f"reading {self._describe}") from None
-
-    def close(self) -> None:
-        if self._grid_out is not None:
-            try:
-                self._grid_out.close()
-            finally:
-                self._grid_out = None

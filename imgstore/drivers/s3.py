@@ -58,11 +58,13 @@ from imgstore.driver import (
     IMAGE_ID_RE,
     Driver,
     Leftover,
+    RangeStream,
     ReadStream,
     WriteLimits,
     Writer,
     Written,
     clamp_range,
+    close_quietly,
     read_resumes_option,
     retries_option,
     timeout_option,
@@ -96,6 +98,7 @@ WRITER_KEY = "imgstore-writer"
 object it makes. When the server stored the object but its answer was lost, the writer's
 retry meets it (If-None-Match: 412) and knows it for its own."""
 READ_CHUNK_SIZE = 1 * MiB
+_BODY = "an s3 response body"
 
 _BY_CODE: dict[str, type[ImgstoreError]] = {
     **dict.fromkeys(["NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NotFound"], NotFound),
@@ -575,11 +578,11 @@ class S3Driver(Driver):
         doing = f"reading {loc.redacted()}"
         if offset == 0 and length is None:
             response = self.call(doing, self.client.get_object, Bucket=loc.bucket, Key=loc.key)
-            return S3Stream(self, response, int(response["ContentLength"]), doing)
+            return self._stream(response, int(response["ContentLength"]), doing)
         total = self.size(loc)
         start, count = clamp_range(total, offset, length)
         if count == 0:
-            return S3Stream(self, None, 0, doing)
+            return self._stream(None, 0, doing)
         response = self.call(
             doing,
             self.client.get_object,
@@ -589,9 +592,26 @@ class S3Driver(Driver):
         )
         got = int(response["ContentLength"])
         if got != count:
-            S3Stream(self, response, 0, doing).close()
+            close_quietly(response["Body"], _BODY, LOG)
             raise BackendError(f"{doing}: asked for {count} bytes, the server sent {got}")
-        return S3Stream(self, response, count, doing)
+        return self._stream(response, count, doing)
+
+    def _stream(self, response: Any, size: int, doing: str) -> RangeStream:
+        """The body of one GetObject response (None: nothing to read)."""
+        body: Any = response["Body"] if response is not None else None
+
+        def read(_at: int, n: int) -> bytes:
+            try:
+                data: bytes = body.read(n)
+            except Exception as exc:
+                raise self.map_error(exc, doing) from exc
+            return data
+
+        return RangeStream(
+            size, read, READ_CHUNK_SIZE, name="S3Stream",
+            release=None if body is None else lambda: close_quietly(body, _BODY, LOG),
+            version=None if response is None else response.get("ETag"),
+        )  # fmt: skip
 
     def size(self, location: Location) -> int:
         loc = self._checked(location)
@@ -637,47 +657,7 @@ class S3Driver(Driver):
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
-            try:
-                client.close()
-            except Exception:  # closing must not fail the caller
-                LOG.debug("closing the s3 client of backend %r failed", self.backend)
-
-
-class S3Stream(ReadStream):
-    """The body of one GetObject response."""
-
-    def __init__(self, driver: S3Driver, response: Any, size: int, doing: str) -> None:
-        self._driver = driver
-        self._body = response["Body"] if response is not None else None
-        self.size = size
-        self._doing = doing
-        self.version = response.get("ETag") if response is not None else None
-
-    def __iter__(self) -> Iterator[bytes]:
-        body = self._body
-        if body is None:
-            return
-        left = self.size  # a body that ends early: the core says so (BackendUnavailable)
-        while left > 0:
-            try:
-                data = body.read(min(READ_CHUNK_SIZE, left))
-            except Exception as exc:
-                raise self._driver.map_error(exc, self._doing) from exc
-            if not data:
-                return
-            left -= len(data)
-            yield data
-
-    def close(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            try:
-                body.close()
-            except Exception:
-                LOG.debug("closing an s3 response body failed")
-
-    def __repr__(self) -> str:
-        return f"<S3Stream size={self.size}>"
+            close_quietly(client, f"the s3 client of backend {self.backend!r}", LOG)
 
 
 def _count_retry(request: Any, **_: Any) -> None:

@@ -66,6 +66,7 @@ from imgstore.driver import (
     Writer,
     Written,
     clamp_range,
+    close_quietly,
     read_resumes_option,
     retries_option,
     timeout_option,
@@ -1142,10 +1143,7 @@ class SwiftStream(ReadStream):
     def close(self) -> None:
         conn, self._conn, self._body = self._conn, None, None
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                LOG.debug("closing a swift connection failed")
+            close_quietly(conn, "a swift connection", LOG)
 
     def __repr__(self) -> str:
         return f"<SwiftStream {self._loc.redacted()} size={self.size}>"
