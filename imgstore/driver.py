@@ -16,20 +16,30 @@ Drivers are found through the ``imgstore.drivers`` entry-point group.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import re
 import secrets
 import ssl
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, TypeVar
 
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.exceptions import BadLocation, ImgstoreError, InvalidArgument, NotFound, NotSupported
+from imgstore.exceptions import (
+    BackendError,
+    BadLocation,
+    ImgstoreError,
+    InvalidArgument,
+    NotFound,
+    NotSupported,
+)
 from imgstore.location import Location, parse
 from imgstore.parallel import Space, capacity
 from imgstore.scrubbing import backend_error
+
+T = TypeVar("T")
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -250,6 +260,10 @@ class Driver(abc.ABC):
     many chunks per open image.
     """
 
+    chain_errors: ClassVar[bool] = True
+    """Whether :meth:`mapped` raises the imgstore error ``from`` the library's (True) or
+    ``from None`` (False: the library's traceback is left out)."""
+
     def __init__(self, conf: DriverConf, backend: str) -> None:
         self.conf = conf
         self.backend = backend
@@ -395,6 +409,43 @@ class Driver(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and sessions."""
+
+    # -- errors ------------------------------------------------------------------
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions :meth:`mapped` maps: those of the driver's client library
+        (default: any :class:`Exception`); others pass unchanged."""
+        return (Exception,)
+
+    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+        """The imgstore error for ``exc``, raised by the client library while ``doing``
+        (an imgstore error is returned as it is). The default is the core's own:
+        a :class:`BackendError` saying what failed (the core scrubs its message)."""
+        if isinstance(exc, ImgstoreError):
+            return exc
+        return BackendError(
+            f"backend {self.backend!r}: {doing} failed: {type(exc).__name__}: {exc}"
+        )
+
+    @contextlib.contextmanager
+    def mapped(self, doing: str) -> Iterator[None]:
+        """Raise a :meth:`library_errors` exception raised in the block as
+        :meth:`map_error` maps it (chained per :attr:`chain_errors`); imgstore errors
+        pass unchanged."""
+        try:
+            yield
+        except ImgstoreError:
+            raise
+        except self.library_errors() as exc:
+            error = self.map_error(exc, doing)
+            if error is exc:
+                raise
+            raise error from (exc if self.chain_errors else None)
+
+    def call_mapped(self, doing: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, its errors :meth:`mapped`."""
+        with self.mapped(doing):
+            return fn(*args, **kwargs)
 
 
 def read_resumes_option(name: str, default: int = 3) -> cfg.IntOpt:

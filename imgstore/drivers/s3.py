@@ -469,34 +469,23 @@ class S3Driver(Driver):
             return BadConfiguration(f"{what}: no S3 credentials")
         return BackendError(f"{what}: {type(exc).__name__}")
 
-    def call(self, doing: str, fn: Any, **kwargs: Any) -> Any:
-        """``fn(**kwargs)`` with its errors mapped."""
-        try:
-            return fn(**kwargs)
-        except Exception as exc:
-            raise self.map_error(exc, doing) from exc
-
     # -- operations --------------------------------------------------------
 
     def _exists(self, key: str, doing: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            err = self.map_error(exc, doing)
-            if isinstance(err, NotFound):
-                return False
-            raise err from exc
+            with self.mapped(doing):
+                self.client.head_object(Bucket=self.bucket, Key=key)
+        except NotFound:
+            return False
         return True
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
             return
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            err = self.map_error(exc, f"checking bucket {self.bucket!r}")
-            if not isinstance(err, NotFound):
-                raise err from exc
+            with self.mapped(f"checking bucket {self.bucket!r}"):
+                self.client.head_bucket(Bucket=self.bucket)
+        except NotFound:
             if not self.create_bucket:
                 raise BadConfiguration(
                     f"backend {self.backend!r}: bucket {self.bucket!r} does not exist on "
@@ -524,12 +513,10 @@ class S3Driver(Driver):
 
     def _uploads(self, doing: str, prefix: str = "") -> list[dict[str, Any]]:
         """The bucket's unfinished multipart uploads (of keys that start with ``prefix``)."""
-        try:
+        with self.mapped(doing):
             pages = self.client.get_paginator("list_multipart_uploads")
             found = pages.paginate(Bucket=self.bucket, Prefix=prefix)
             return [upload for page in found for upload in page.get("Uploads", [])]
-        except Exception as exc:
-            raise self.map_error(exc, doing) from exc
 
     def abort_upload(self, key: str, upload_id: str, doing: str) -> None:
         """Abort a multipart upload and remove its parts; one already gone is no error."""
@@ -549,7 +536,7 @@ class S3Driver(Driver):
                 self.abort_upload(image_id, str(upload["UploadId"]), doing)
                 removed = True
         if self._exists(image_id, doing):
-            self.call(doing, self.client.delete_object, Bucket=self.bucket, Key=image_id)
+            self.call_mapped(doing, self.client.delete_object, Bucket=self.bucket, Key=image_id)
             removed = True
         return removed
 
@@ -574,13 +561,15 @@ class S3Driver(Driver):
         loc = self._checked(location)
         doing = f"reading {loc.redacted()}"
         if offset == 0 and length is None:
-            response = self.call(doing, self.client.get_object, Bucket=loc.bucket, Key=loc.key)
+            response = self.call_mapped(
+                doing, self.client.get_object, Bucket=loc.bucket, Key=loc.key
+            )
             return S3Stream(self, response, int(response["ContentLength"]), doing)
         total = self.size(loc)
         start, count = clamp_range(total, offset, length)
         if count == 0:
             return S3Stream(self, None, 0, doing)
-        response = self.call(
+        response = self.call_mapped(
             doing,
             self.client.get_object,
             Bucket=loc.bucket,
@@ -595,7 +584,7 @@ class S3Driver(Driver):
 
     def size(self, location: Location) -> int:
         loc = self._checked(location)
-        head = self.call(
+        head = self.call_mapped(
             f"sizing {loc.redacted()}", self.client.head_object, Bucket=loc.bucket, Key=loc.key
         )
         return int(head["ContentLength"])
@@ -605,7 +594,7 @@ class S3Driver(Driver):
         doing = f"deleting {loc.redacted()}"
         if not self._exists(loc.key, doing):
             raise NotFound(f"no image at {loc.redacted()}")
-        self.call(doing, self.client.delete_object, Bucket=loc.bucket, Key=loc.key)
+        self.call_mapped(doing, self.client.delete_object, Bucket=loc.bucket, Key=loc.key)
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
         """Multipart uploads in the bucket, started ``older_than`` s ago or more.
@@ -711,7 +700,7 @@ class S3Writer(PiecesWriting, Writer):
 
     def _start_upload(self) -> None:
         drv = self._driver
-        created = drv.call(
+        created = drv.call_mapped(
             f"starting a multipart upload of {self._shown}",
             drv.client.create_multipart_upload,
             Bucket=drv.bucket,
@@ -813,7 +802,7 @@ class S3Writer(PiecesWriting, Writer):
             if code != "NotImplemented" and status != 501:
                 raise error from exc
         # a server without conditional writes: the HEAD in begin_write is the check
-        drv.call(doing, fn, **kwargs)
+        drv.call_mapped(doing, fn, **kwargs)
 
     def _written_by_us(self) -> bool:
         """Whether the key holds the object this writer made (its token in the metadata)."""

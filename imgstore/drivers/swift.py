@@ -649,17 +649,6 @@ class SwiftDriver(Driver):
         )  # fmt: skip
 
     @contextlib.contextmanager
-    def mapped(self, doing: str) -> Iterator[None]:
-        """Errors raised inside come out as imgstore errors (:meth:`map_error`)."""
-        try:
-            yield
-        except Exception as exc:
-            error = self.map_error(exc, doing)
-            if error is exc:
-                raise
-            raise error from exc
-
-    @contextlib.contextmanager
     def session(self, account: Account, doing: str, **how: Any) -> Iterator[Any]:
         """A :meth:`connection` (``how``: its options) whose errors come out mapped; at
         the end its token is kept (:meth:`remember`) and it is closed."""

@@ -474,7 +474,7 @@ class VMwareDriver(Driver):
         with self._soap_lock:
             self._preflight()
             scrub_loggers("suds", self._password)  # suds may have made more loggers now
-            try:
+            with self.mapped(f"logging in to {self.host}:{self.port}"):
                 if self._api is None:
                     self._api = vmware_api.VMwareAPISession(
                         self.host, self.user, self._password, self.retry_count,
@@ -484,18 +484,14 @@ class VMwareDriver(Driver):
                 else:  # oslo.vmware skips a login while SessionIsActive says yes: force it
                     self._api._session_id = None
                     self._api._create_session()
-            except Exception as exc:
-                raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
             self.logins += 1
 
     def _preflight(self) -> None:
         """Fail fast on TLS or connection errors: oslo.vmware retries a login for ever."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         url = f"https://{host}:{self.port}/sdk/vimServiceVersions.xml"
-        try:
+        with self.mapped(f"connecting to {self.host}:{self.port}"):
             self.http.get(url, verify=self.verify, timeout=(30, 60)).close()
-        except requests.RequestException as exc:
-            raise self.map_error(exc, f"connecting to {self.host}:{self.port}") from None
 
     def _current_cookie(self) -> str | None:
         api = self._api
@@ -517,11 +513,10 @@ class VMwareDriver(Driver):
     def invoke(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one SOAP call (oslo.vmware re-logs in on NotAuthenticated); map its errors."""
         api = self._session()
-        with self._soap_lock:
-            try:
-                return fn(api, *args, **kwargs)
-            except Exception as exc:
-                raise self.map_error(exc, what) from None
+        with self._soap_lock, self.mapped(what):
+            return fn(api, *args, **kwargs)
+
+    chain_errors = False
 
     def map_error(self, exc: BaseException, what: str) -> ImgstoreError:
         """An imgstore exception for an oslo.vmware or requests error (the core scrubs and
@@ -683,13 +678,11 @@ class VMwareDriver(Driver):
         session and sends the request once more, but for a body, which the first try took."""
 
         def send(cookie: str) -> requests.Response:
-            try:
+            with self.mapped(what):
                 resp = self.http.request(
                     method, loc.https_url(), headers={**(headers or {}), "Cookie": cookie},
                     verify=self.verify, allow_redirects=False, timeout=(30, 300), **kwargs,
                 )  # fmt: skip
-            except Exception as exc:
-                raise self.map_error(exc, what) from None
             if resp.status_code == 401:
                 resp.close()
                 raise SessionExpired
