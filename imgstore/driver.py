@@ -30,6 +30,7 @@ from imgstore.capabilities import Capability
 from imgstore.exceptions import (
     BackendError,
     BadLocation,
+    Duplicate,
     ImgstoreError,
     InvalidArgument,
     NotFound,
@@ -352,6 +353,10 @@ class Driver(abc.ABC):
     def delete(self, location: Location) -> None:
         """Delete the image; :class:`NotFound` if it is not there."""
         raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot delete images")
+
+    def duplicate(self, image_id: str) -> Duplicate:
+        """The error for an add of ``image_id``, which is here already."""
+        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
     def location_for(self, image_id: str) -> Location | None:
         """Where :meth:`begin_write` of ``image_id`` puts the image, or None when unknown.

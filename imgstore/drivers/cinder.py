@@ -985,7 +985,7 @@ class CinderDriver(Driver):
         name = volume_name(image_id)
         cinder = self._cinder()
         if self._named(name):
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+            raise self.duplicate(image_id)
         size_gb = max(1, math.ceil((size or 0) / GiB))
         try:
             volume = self.call_mapped(

@@ -47,7 +47,6 @@ from imgstore.exceptions import (
     BackendUnavailable,
     BadConfiguration,
     BadLocation,
-    Duplicate,
     ImgstoreError,
     IntegrityError,
     NotFound,
@@ -324,10 +323,6 @@ class GridFSDriver(Driver):
         if found is not None:
             raise self.duplicate(image_id)
         return GridFSWriter(self, image_id)
-
-    def duplicate(self, image_id: str) -> Duplicate:
-        """The error for an add of an id that is taken."""
-        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         from gridfs import GridFSBucket

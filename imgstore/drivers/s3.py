@@ -554,7 +554,7 @@ class S3Driver(Driver):
         self._ensure_bucket()
         location = self._location(image_id)
         if self._exists(image_id, f"checking {location.redacted()}"):
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+            raise self.duplicate(image_id)
         return S3Writer(self, location, size)
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
@@ -762,7 +762,7 @@ class S3Writer(PiecesWriting, Writer):
             etags = self._pieces.finish()
             # radosgw ignores If-None-Match on CompleteMultipartUpload: look first
             if drv._exists(self._key, f"checking {self._shown}"):
-                raise Duplicate(f"image {self._key} already exists in backend {drv.backend!r}")
+                raise drv.duplicate(self._key)
             parts = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
             self._conditional(
                 f"completing the multipart upload of {self._shown}",
@@ -796,9 +796,7 @@ class S3Writer(PiecesWriting, Writer):
                 )  # fmt: skip
                 return
             if duplicate:
-                raise Duplicate(
-                    f"image {self._key} already exists in backend {drv.backend!r}"
-                ) from None
+                raise drv.duplicate(self._key) from None
             if code != "NotImplemented" and status != 501:
                 raise error from exc
         # a server without conditional writes: the HEAD in begin_write is the check

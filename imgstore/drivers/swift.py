@@ -806,10 +806,6 @@ class SwiftDriver(Driver):
             return False
         return True
 
-    def duplicate(self, image_id: str) -> Duplicate:
-        """The error for an add of ``image_id`` that is already here."""
-        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
-
     def settle(self, account: Account, loc: SwiftLocation, token: str, exc: ImgstoreError) -> None:
         """After the PUT that makes the image (writer ``token``) failed with ``exc``:
         return when the object is there and ours (the server stored it, then answered an

@@ -714,7 +714,7 @@ class VMwareDriver(Driver):
         spec = self.select_datastore(size)
         loc = self.datastore_location(image_id, spec)
         if self.exists(loc, f"checking {loc.redacted()}"):
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+            raise self.duplicate(image_id)
         temp = self.datastore_location(partial_name(image_id), spec)
         return VMwarePutWriter(self, loc, temp, size)
 
@@ -976,9 +976,7 @@ class VMwarePutWriter(Writer):
         resp = drv.request("PUT", self._temp, doing, headers, data=self._request.body)
         resp.close()
         if resp.status_code == 409:
-            raise Duplicate(
-                f"image {self._location.image_id} already exists in backend {drv.backend!r}"
-            )
+            raise drv.duplicate(self._location.image_id)
         drv.expect(resp, doing, 200, 201)
 
     @property
@@ -1002,7 +1000,7 @@ class VMwarePutWriter(Writer):
         try:
             drv.move_file(self._temp, self._location, what)
         except Duplicate:
-            raise Duplicate(f"image {image_id} already exists in backend {drv.backend!r}") from None
+            raise drv.duplicate(image_id) from None
         except NotFound as exc:  # the uploaded file was removed meanwhile
             raise BackendError(f"{exc}: the upload of image {image_id} was lost") from None
         LOG.debug(

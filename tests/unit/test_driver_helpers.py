@@ -9,7 +9,7 @@ import pytest
 
 from imgstore.driver import Driver, DriverConf, ReadStream
 from imgstore.drivers.http import HttpLocation
-from imgstore.exceptions import BackendError, ImgstoreError, NotFound, StorageFull
+from imgstore.exceptions import BackendError, Duplicate, ImgstoreError, NotFound, StorageFull
 
 
 class LibraryError(Exception):
@@ -108,3 +108,9 @@ def test_call_mapped_passes_arguments_and_returns_the_result() -> None:
         return f"{a + b} {doing} {fn}"
 
     assert driver.call_mapped("adding", add, 1, 2, doing="d", fn="f") == "3 d f"
+
+
+def test_duplicate_names_the_image_and_the_backend() -> None:
+    error = make(Plain).duplicate("img-1")
+    assert isinstance(error, Duplicate)
+    assert str(error) == "image img-1 already exists in backend 'b1'"
