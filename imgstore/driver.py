@@ -29,6 +29,7 @@ from oslo_config import cfg
 from imgstore.capabilities import Capability
 from imgstore.exceptions import (
     BackendError,
+    BadConfiguration,
     BadLocation,
     Duplicate,
     ImgstoreError,
@@ -307,6 +308,12 @@ class Driver(abc.ABC):
 
     def configure(self) -> None:  # noqa: B027 - optional hook
         """Check ``self.conf`` and prepare; raise :class:`BadConfiguration` when wrong."""
+
+    def require(self, *options: str) -> None:
+        """Raise :class:`BadConfiguration` naming those of ``options`` left unset (empty)."""
+        missing = [name for name in options if not self.conf.get(name)]
+        if missing:
+            raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
 
     def secrets(self) -> list[str]:
         """Configured values that must never appear in output (tests check this)."""

@@ -182,8 +182,7 @@ class GridFSDriver(Driver):
         conf = self.conf
         uri = conf.mongodb_store_uri
         self._secrets = uri_secrets(uri)
-        if not uri:
-            raise BadConfiguration(f"backend {self.backend!r}: set mongodb_store_uri")
+        self.require("mongodb_store_uri")
         bucket = (conf.mongodb_store_bucket or "").strip()
         if not bucket or "$" in bucket or "\x00" in bucket:
             raise BadConfiguration(f"backend {self.backend!r}: bad mongodb_store_bucket {bucket!r}")

@@ -310,14 +310,9 @@ class S3Driver(Driver):
 
     def configure(self) -> None:
         conf = self.conf
-        missing = [
-            name
-            for name in ("s3_store_host", "s3_store_access_key", "s3_store_secret_key",
-                         "s3_store_bucket")
-            if not conf.get(name)
-        ]  # fmt: skip
-        if missing:
-            raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
+        self.require(
+            "s3_store_host", "s3_store_access_key", "s3_store_secret_key", "s3_store_bucket"
+        )
         self.secure, self.endpoint_host = _split_endpoint(conf.s3_store_host)
         if not self.endpoint_host:
             raise BadConfiguration(f"backend {self.backend!r}: s3_store_host names no host")

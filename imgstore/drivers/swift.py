@@ -490,11 +490,8 @@ class SwiftDriver(Driver):
         elif not self.multi_tenant:
             keys = ("auth_address", "user", "key", "auth_version", "user_domain_name",
                     "project_domain_name")  # fmt: skip
-            options = {k: conf[f"swift_store_{k}"] for k in keys}
-            missing = [f"swift_store_{k}" for k in keys[:3] if not options[k]]
-            if missing:
-                raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
-            self.account = self._account(options)
+            self.require(*(f"swift_store_{k}" for k in keys[:3]))
+            self.account = self._account({k: conf[f"swift_store_{k}"] for k in keys})
         try:
             import swiftclient  # type: ignore[import-untyped]  # noqa: F401
         except ImportError:

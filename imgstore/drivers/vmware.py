@@ -396,13 +396,7 @@ class VMwareDriver(Driver):
 
     def configure(self) -> None:
         conf = self.conf
-        missing = [
-            name
-            for name in ("vmware_server_host", "vmware_server_username", "vmware_server_password")
-            if not conf.get(name)
-        ]
-        if missing:
-            raise BadConfiguration(f"backend {self.backend!r} (vmware) needs {', '.join(missing)}")
+        self.require("vmware_server_host", "vmware_server_username", "vmware_server_password")
         host, port = _split_host(conf.vmware_server_host)
         if not host:
             raise BadConfiguration(f"backend {self.backend!r}: vmware_server_host is empty")

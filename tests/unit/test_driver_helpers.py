@@ -9,7 +9,14 @@ import pytest
 
 from imgstore.driver import Driver, DriverConf, ReadStream
 from imgstore.drivers.http import HttpLocation
-from imgstore.exceptions import BackendError, Duplicate, ImgstoreError, NotFound, StorageFull
+from imgstore.exceptions import (
+    BackendError,
+    BadConfiguration,
+    Duplicate,
+    ImgstoreError,
+    NotFound,
+    StorageFull,
+)
 
 
 class LibraryError(Exception):
@@ -114,3 +121,12 @@ def test_duplicate_names_the_image_and_the_backend() -> None:
     error = make(Plain).duplicate("img-1")
     assert isinstance(error, Duplicate)
     assert str(error) == "image img-1 already exists in backend 'b1'"
+
+
+def test_require_names_every_unset_option_in_order() -> None:
+    driver = make(Plain)
+    driver.conf = DriverConf({"a_host": "h", "a_user": "", "a_key": None, "a_port": 0})
+    driver.require("a_host")
+    with pytest.raises(BadConfiguration) as raised:
+        driver.require("a_user", "a_host", "a_key", "a_port")
+    assert str(raised.value) == "backend 'b1': set a_user, a_key, a_port"
