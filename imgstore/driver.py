@@ -40,6 +40,7 @@ from imgstore.exceptions import (
 from imgstore.location import Location, parse
 from imgstore.parallel import Space, capacity
 from imgstore.scrubbing import backend_error
+from imgstore.threads import import_here
 
 T = TypeVar("T")
 
@@ -314,6 +315,21 @@ class Driver(abc.ABC):
         missing = [name for name in options if not self.conf.get(name)]
         if missing:
             raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
+
+    def not_installed(self, what: str) -> BadConfiguration:
+        """The error of a driver whose library ``what`` (its pip name) is not installed."""
+        return BadConfiguration(
+            f"backend {self.backend!r}: the {self.name} driver needs {what}: "
+            f"pip install 'imgstore[{self.name}]'"
+        )
+
+    def needs(self, what: str, *modules: str) -> None:
+        """Import ``modules`` now, in the calling thread (:func:`imgstore.threads.import_here`);
+        :meth:`not_installed` ``what`` when one of them cannot be imported."""
+        try:
+            import_here(*modules)
+        except ImportError:
+            raise self.not_installed(what) from None
 
     def secrets(self) -> list[str]:
         """Configured values that must never appear in output (tests check this)."""

@@ -110,7 +110,6 @@ from imgstore.exceptions import (
 )
 from imgstore.location import Location, after_scheme, register, shown
 from imgstore.sessions import MOST_MARGIN, renew_margin
-from imgstore.threads import import_here
 
 try:
     from cinderclient import api_versions
@@ -479,10 +478,7 @@ class CinderDriver(Driver):
 
     def configure(self) -> None:
         if cinder_client is None:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: the cinder driver needs python-cinderclient and "
-                "os-brick: pip install 'imgstore[cinder]'"
-            )
+            raise self.not_installed("python-cinderclient and os-brick")
         c = self.conf
         self.timeout = float(c.cinder_state_transition_timeout)
         self.volume_type = c.cinder_volume_type or None
@@ -536,15 +532,9 @@ class CinderDriver(Driver):
         self._props: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._shared: dict[str, _Shared] = {}
-        try:  # they import eventlet: here, not in the thread of the first attach
-            import_here(
-                "os_brick.privileged", "os_brick.initiator.connector", "oslo_privsep.priv_context"
-            )
-        except ImportError:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: the cinder driver needs os-brick: "
-                "pip install 'imgstore[cinder]'"
-            ) from None
+        # they import eventlet: here, not in the thread of the first attach
+        self.needs("os-brick", "os_brick.privileged", "os_brick.initiator.connector",
+                   "oslo_privsep.priv_context")  # fmt: skip
 
     def secrets(self) -> list[str]:
         caller = _CALLER.get()

@@ -346,13 +346,10 @@ class S3Driver(Driver):
         with self._lock:
             if self._client is not None:
                 return self._client
-            try:
-                import boto3.session
-                from botocore.config import Config
-            except ImportError:
-                raise BadConfiguration(
-                    "the s3 driver needs boto3: pip install 'imgstore[s3]'"
-                ) from None
+            self.needs("boto3", "boto3.session", "botocore.config")
+            import boto3.session
+            from botocore.config import Config
+
             conf = self.conf
             s3_settings: dict[str, Any] = {"addressing_style": self.url_format}
             if conf.s3_store_payload_signing is not None:

@@ -492,12 +492,7 @@ class SwiftDriver(Driver):
                     "project_domain_name")  # fmt: skip
             self.require(*(f"swift_store_{k}" for k in keys[:3]))
             self.account = self._account({k: conf[f"swift_store_{k}"] for k in keys})
-        try:
-            import swiftclient  # type: ignore[import-untyped]  # noqa: F401
-        except ImportError:
-            raise BadConfiguration(
-                "the swift driver needs python-swiftclient: pip install 'imgstore[swift]'"
-            ) from None
+        self.needs("python-swiftclient", "swiftclient")
 
     def _account(self, section: dict[str, str], reference: str | None = None) -> Account:
         """The account of a ``swift_store_config_file`` section (or of the same keys read
@@ -631,7 +626,7 @@ class SwiftDriver(Driver):
         ``fresh``: do not start with the shared token; the connection logs in
         right before its first request (for a request that cannot be repeated).
         """
-        from swiftclient import client as sc
+        from swiftclient import client as sc  # type: ignore[import-untyped]
 
         if account.token is not None:  # the caller's: no login possible
             preauth: tuple[str | None, str | None] = (account.storage_url, account.token)

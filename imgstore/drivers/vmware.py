@@ -290,7 +290,7 @@ def _split_host(value: str) -> tuple[str, int | None]:
 
 
 def _prepare_oslo() -> None:
-    """Check oslo.vmware is there; have oslo.service use native threads, not eventlet.
+    """Have oslo.service use native threads, not eventlet (oslo.vmware is there).
 
     oslo.vmware polls tasks and retries through oslo.service's looping calls,
     whose default backend is eventlet: with imgstore's native threads (and no
@@ -302,13 +302,8 @@ def _prepare_oslo() -> None:
     calls it imports eventlet, which left that thread impossible to join
     (:func:`imgstore.threads.import_here`).
     """
-    try:
-        import oslo_vmware  # noqa: F401
-        from oslo_service import backend
-    except ImportError:
-        raise BadConfiguration(
-            "the vmware driver needs oslo.vmware: pip install 'imgstore[vmware]'"
-        ) from None
+    from oslo_service import backend
+
     if backend.get_backend_type() is None and getattr(backend, "_backend_hook", None) is None:
         backend.register_backend_default_hook(lambda: backend.BackendType.THREADING)
     elif backend.get_backend_type() == backend.BackendType.EVENTLET:
@@ -419,6 +414,7 @@ class VMwareDriver(Driver):
         self.insecure = bool(conf.vmware_insecure) and self.ca_file is None
         self.verify: str | bool = self.ca_file if self.ca_file else not self.insecure
         self.datastores = parse_datastores(list(conf.vmware_datastores or []))
+        self.needs("oslo.vmware", "oslo_vmware", "oslo_service.backend")
         _prepare_oslo()
         self._api: Any = None
         self._soap_lock = threading.RLock()

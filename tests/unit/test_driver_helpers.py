@@ -130,3 +130,15 @@ def test_require_names_every_unset_option_in_order() -> None:
     with pytest.raises(BadConfiguration) as raised:
         driver.require("a_user", "a_host", "a_key", "a_port")
     assert str(raised.value) == "backend 'b1': set a_user, a_key, a_port"
+
+
+def test_needs_imports_the_modules_or_says_what_to_install() -> None:
+    driver = make(Plain)
+    driver.needs("json", "json", "email.mime.text")
+    with pytest.raises(BadConfiguration) as raised:
+        driver.needs("libfoo", "json", "imgstore_no_such_module_here")
+    assert str(raised.value) == (
+        "backend 'b1': the plain-test driver needs libfoo: pip install 'imgstore[plain-test]'"
+    )
+    assert raised.value.__cause__ is None
+    assert raised.value.__suppress_context__
