@@ -557,3 +557,13 @@ def tls_verify_failure(exc: BaseException) -> str | None:
     if match:
         return match.group(1).strip()
     return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else None
+
+
+def tls_refused(what: str, server: str, reason: str, option: str) -> BackendError:
+    """The error of ``server``'s certificate refused for ``reason`` (as
+    :func:`tls_verify_failure` found it) while doing ``what``; ``option`` is the driver's
+    option that names the CA to trust."""
+    return BackendError(
+        f"{what}: TLS certificate verification failed for {server} ({reason}); "
+        f"set {option} to the CA that signed its certificate"
+    )

@@ -66,6 +66,7 @@ from imgstore.driver import (
     read_resumes_option,
     retries_option,
     timeout_option,
+    tls_refused,
     tls_verify_failure,
 )
 from imgstore.exceptions import (
@@ -442,10 +443,7 @@ class S3Driver(Driver):
         tls = tls_verify_failure(exc) if isinstance(exc, bx.SSLError) else None
         if tls is not None:
             # before the connection errors: botocore's SSLError is a ConnectionError
-            return BackendError(
-                f"{what}: TLS certificate verification failed for {self.endpoint_url} "
-                f"({tls}); set s3_store_cacert to the CA that signed its certificate"
-            )
+            return tls_refused(what, self.endpoint_url, tls, "s3_store_cacert")
         # botocore's ConnectionError covers its endpoint and connect-timeout errors
         unreachable = (bx.ConnectionError, bx.ReadTimeoutError, bx.ConnectionClosedError)
         if isinstance(exc, (*unreachable, ConnectionError, TimeoutError)):

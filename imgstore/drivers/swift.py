@@ -69,6 +69,7 @@ from imgstore.driver import (
     read_resumes_option,
     retries_option,
     timeout_option,
+    tls_refused,
     tls_verify_failure,
 )
 from imgstore.drivers.swift_endpoints import StorageEndpoints
@@ -683,10 +684,7 @@ class SwiftDriver(Driver):
             return AuthenticationFailed(f"{doing}: the login was refused")
         tls = tls_verify_failure(exc)
         if tls is not None:
-            return BackendError(
-                f"{doing}: TLS certificate verification failed for {_tls_server(exc)} "
-                f"({tls}); set swift_store_cacert to the CA that signed its certificate"
-            )
+            return tls_refused(doing, _tls_server(exc), tls, "swift_store_cacert")
         if isinstance(exc, OSError) or any(k in name for k in _TEMPORARY):
             return BackendUnavailable(f"{doing}: {name}: {text}")
         return BackendError(f"{doing}: {name}: {text}")
