@@ -16,21 +16,34 @@ Drivers are found through the ``imgstore.drivers`` entry-point group.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 import re
 import secrets
 import ssl
 from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from oslo_config import cfg
 
 from imgstore.capabilities import Capability
-from imgstore.exceptions import BadLocation, ImgstoreError, InvalidArgument, NotFound, NotSupported
+from imgstore.exceptions import (
+    BackendError,
+    BadConfiguration,
+    BadLocation,
+    Duplicate,
+    ImgstoreError,
+    InvalidArgument,
+    NotFound,
+    NotSupported,
+)
 from imgstore.location import Location, parse
 from imgstore.parallel import Space, capacity
 from imgstore.scrubbing import backend_error
+from imgstore.threads import import_here
+
+T = TypeVar("T")
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -319,6 +332,10 @@ class Driver(abc.ABC):
     many chunks per open image.
     """
 
+    chain_errors: ClassVar[bool] = True
+    """Whether :meth:`mapped` raises the imgstore error ``from`` the library's (True) or
+    ``from None`` (False: the library's traceback is left out)."""
+
     def __init__(self, conf: DriverConf, backend: str) -> None:
         self.conf = conf
         self.backend = backend
@@ -361,6 +378,27 @@ class Driver(abc.ABC):
 
     def configure(self) -> None:  # noqa: B027 - optional hook
         """Check ``self.conf`` and prepare; raise :class:`BadConfiguration` when wrong."""
+
+    def require(self, *options: str) -> None:
+        """Raise :class:`BadConfiguration` naming those of ``options`` left unset (empty)."""
+        missing = [name for name in options if not self.conf.get(name)]
+        if missing:
+            raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
+
+    def not_installed(self, what: str) -> BadConfiguration:
+        """The error of a driver whose library ``what`` (its pip name) is not installed."""
+        return BadConfiguration(
+            f"backend {self.backend!r}: the {self.name} driver needs {what}: "
+            f"pip install 'imgstore[{self.name}]'"
+        )
+
+    def needs(self, what: str, *modules: str) -> None:
+        """Import ``modules`` now, in the calling thread (:func:`imgstore.threads.import_here`);
+        :meth:`not_installed` ``what`` when one of them cannot be imported."""
+        try:
+            import_here(*modules)
+        except ImportError:
+            raise self.not_installed(what) from None
 
     def secrets(self) -> list[str]:
         """Configured values that must never appear in output (tests check this)."""
@@ -407,6 +445,10 @@ class Driver(abc.ABC):
     def delete(self, location: Location) -> None:
         """Delete the image; :class:`NotFound` if it is not there."""
         raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot delete images")
+
+    def duplicate(self, image_id: str) -> Duplicate:
+        """The error for an add of ``image_id``, which is here already."""
+        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
     def location_for(self, image_id: str) -> Location | None:
         """Where :meth:`begin_write` of ``image_id`` puts the image, or None when unknown.
@@ -464,6 +506,43 @@ class Driver(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and sessions."""
+
+    # -- errors ------------------------------------------------------------------
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions :meth:`mapped` maps: those of the driver's client library
+        (default: any :class:`Exception`); others pass unchanged."""
+        return (Exception,)
+
+    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+        """The imgstore error for ``exc``, raised by the client library while ``doing``
+        (an imgstore error is returned as it is). The default is the core's own:
+        a :class:`BackendError` saying what failed (the core scrubs its message)."""
+        if isinstance(exc, ImgstoreError):
+            return exc
+        return BackendError(
+            f"backend {self.backend!r}: {doing} failed: {type(exc).__name__}: {exc}"
+        )
+
+    @contextlib.contextmanager
+    def mapped(self, doing: str) -> Iterator[None]:
+        """Raise a :meth:`library_errors` exception raised in the block as
+        :meth:`map_error` maps it (chained per :attr:`chain_errors`); imgstore errors
+        pass unchanged."""
+        try:
+            yield
+        except ImgstoreError:
+            raise
+        except self.library_errors() as exc:
+            error = self.map_error(exc, doing)
+            if error is exc:
+                raise
+            raise error from (exc if self.chain_errors else None)
+
+    def call_mapped(self, doing: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, its errors :meth:`mapped`."""
+        with self.mapped(doing):
+            return fn(*args, **kwargs)
 
 
 def read_resumes_option(name: str, default: int = 3) -> cfg.IntOpt:
@@ -547,3 +626,13 @@ def tls_verify_failure(exc: BaseException) -> str | None:
     if match:
         return match.group(1).strip()
     return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else None
+
+
+def tls_refused(what: str, server: str, reason: str, option: str) -> BackendError:
+    """The error of ``server``'s certificate refused for ``reason`` (as
+    :func:`tls_verify_failure` found it) while doing ``what``; ``option`` is the driver's
+    option that names the CA to trust."""
+    return BackendError(
+        f"{what}: TLS certificate verification failed for {server} ({reason}); "
+        f"set {option} to the CA that signed its certificate"
+    )

@@ -112,7 +112,6 @@ from imgstore.exceptions import (
 from imgstore.location import Location, after_scheme, register, shown
 from imgstore.parallel import Space
 from imgstore.sessions import MOST_MARGIN, renew_margin
-from imgstore.threads import import_here
 
 try:
     from cinderclient import api_versions
@@ -482,10 +481,7 @@ class CinderDriver(Driver):
 
     def configure(self) -> None:
         if cinder_client is None:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: the cinder driver needs python-cinderclient and "
-                "os-brick: pip install 'imgstore[cinder]'"
-            )
+            raise self.not_installed("python-cinderclient and os-brick")
         c = self.conf
         self.timeout = float(c.cinder_state_transition_timeout)
         self.volume_type = c.cinder_volume_type or None
@@ -539,15 +535,9 @@ class CinderDriver(Driver):
         self._props: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._shared: dict[str, _Shared] = {}
-        try:  # they import eventlet: here, not in the thread of the first attach
-            import_here(
-                "os_brick.privileged", "os_brick.initiator.connector", "oslo_privsep.priv_context"
-            )
-        except ImportError:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: the cinder driver needs os-brick: "
-                "pip install 'imgstore[cinder]'"
-            ) from None
+        # they import eventlet: here, not in the thread of the first attach
+        self.needs("os-brick", "os_brick.privileged", "os_brick.initiator.connector",
+                   "oslo_privsep.priv_context")  # fmt: skip
 
     def secrets(self) -> list[str]:
         caller = _CALLER.get()
@@ -676,7 +666,9 @@ class CinderDriver(Driver):
                 )
             session = self._session(auth)
             if c.cinder_endpoint_template:
-                project_id = self._call("logging in to Keystone", auth.get_project_id, session)
+                project_id = self.call_mapped(
+                    "logging in to Keystone", auth.get_project_id, session
+                )
                 kwargs["endpoint_override"] = self._templated(project_id)
             else:
                 service_type, name, interface = self._catalog_info()
@@ -722,26 +714,29 @@ class CinderDriver(Driver):
 
     # -- errors ------------------------------------------------------------
 
-    def _error(self, exc: Exception, doing: str) -> ImgstoreError:
+    chain_errors = False
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        return (cinder_exc.ClientException, ks_exc.ClientException)
+
+    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """The imgstore error of a cinderclient/keystoneauth error: of its HTTP status
         (:func:`imgstore.exceptions.for_status`; 413 is Cinder's over-quota), unavailable
         when the server could not be reached (the core scrubs the message)."""
-        msg = f"backend {self.backend!r}: {doing} failed: {type(exc).__name__}: {exc}"
+        if isinstance(exc, ImgstoreError):
+            return exc
+        msg = super().map_error(exc, doing).msg
         if isinstance(exc, cinder_exc.ConnectionError | ks_exc.ConnectionError):
             return BackendUnavailable(msg)
         status = int(getattr(exc, "code", None) or getattr(exc, "http_status", None) or 0)
         return StorageFull(msg) if status == 413 else for_status(status)(msg)
 
-    def _call(self, doing: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        try:
-            return fn(*args, **kw)
-        except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
-            raise self._error(exc, doing) from None
-
     # -- volumes -------------------------------------------------------------
 
     def _get(self, volume_id: str) -> Any:
-        return self._call(f"looking up volume {volume_id}", self._cinder().volumes.get, volume_id)
+        return self.call_mapped(
+            f"looking up volume {volume_id}", self._cinder().volumes.get, volume_id
+        )
 
     def _wait(self, volume_id: str, transitional: tuple[str, ...], expected: str) -> None:
         """Poll until the volume leaves the ``transitional`` statuses; it must then be
@@ -815,20 +810,22 @@ class CinderDriver(Driver):
             except (cinder_exc.ClientException, ks_exc.ClientException) as exc:
                 # attached elsewhere (not multi-attach) or still detaching: wait for it
                 if not (isinstance(exc, cinder_exc.BadRequest) and _BUSY_RE.search(str(exc))):
-                    raise self._error(exc, doing) from None
+                    raise self.map_error(exc, doing) from None
                 busy = exc
                 return None
 
         def too_long() -> NoReturn:
             assert busy is not None
-            raise self._error(busy, doing) from None
+            raise self.map_error(busy, doing) from None
 
         att = poll(attached, self.timeout, too_long, cap=1.0)
         att_id = att["id"] if isinstance(att, dict) else att.id
         connector = device = None
         info: dict[str, Any] | None = None
         try:
-            info = dict(self._call(doing, cinder.attachments.update, att_id, props).connection_info)
+            info = dict(
+                self.call_mapped(doing, cinder.attachments.update, att_id, props).connection_info
+            )
             if info.get("driver_volume_type") == "rbd" and self._keyring is not None:
                 info["keyring"] = self._keyring
             if info.get("encrypted"):
@@ -848,7 +845,7 @@ class CinderDriver(Driver):
                     f"({info.get('driver_volume_type')}): {type(exc).__name__}: "
                     f"{_brick_message(exc)}"
                 ) from None
-            self._call(doing, cinder.attachments.complete, att_id)
+            self.call_mapped(doing, cinder.attachments.complete, att_id)
             return _Attachment(att_id, info, connector, device)
         except BaseException:
             self._disconnect(volume_id, att_id, info, connector, device)
@@ -947,7 +944,7 @@ class CinderDriver(Driver):
             return False
         wanted = self.volume_type
         if wanted is None:
-            default = self._call(
+            default = self.call_mapped(
                 "reading the default volume type", self._cinder().volume_types.default
             )
             wanted = default.name
@@ -957,7 +954,7 @@ class CinderDriver(Driver):
 
     def _named(self, name: str) -> list[Any]:
         """The volumes of the project named ``name`` that are not being deleted."""
-        found = self._call(
+        found = self.call_mapped(
             "listing volumes",
             self._cinder().volumes.list,
             search_opts={"name": name, "all_tenants": 0},
@@ -981,10 +978,10 @@ class CinderDriver(Driver):
         name = volume_name(image_id)
         cinder = self._cinder()
         if self._named(name):
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+            raise self.duplicate(image_id)
         size_gb = max(1, math.ceil((size or 0) / GiB))
         try:
-            volume = self._call(
+            volume = self.call_mapped(
                 f"creating a volume for image {image_id}", cinder.volumes.create, size_gb,
                 name=name, volume_type=self.volume_type,
                 metadata={"glance_image_id": image_id, WRITING_KEY: f"{time.time():.3f}"},
@@ -1021,7 +1018,7 @@ class CinderDriver(Driver):
                     f"backend {self.backend!r}: volume {volume_id} is attached (being read?); "
                     "it was left as it was"
                 ) from None
-            raise self._error(exc, f"deleting volume {volume_id}") from None
+            raise self.map_error(exc, f"deleting volume {volume_id}") from None
         self._wait(volume_id, ("deleting",), "gone")
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
@@ -1030,7 +1027,7 @@ class CinderDriver(Driver):
         Only this driver sets that flag, and a finished add removes it last, so
         volumes made by others are never listed.
         """
-        volumes = self._call("listing volumes", self._cinder().volumes.list)
+        volumes = self.call_mapped("listing volumes", self._cinder().volumes.list)
         now = time.time()
         for vol in volumes:
             started = (vol.metadata or {}).get(WRITING_KEY)
@@ -1141,7 +1138,7 @@ class CinderWriter(Writer):
         drv._wait(vid, ("detaching", "in-use"), "available")
         new_gb = max(self._size_gb + 1, math.ceil(needed / GiB))
         LOG.debug("backend %r: extending volume %s to %d GiB", drv.backend, vid, new_gb)
-        drv._call(f"extending volume {vid}", drv._cinder().volumes.extend, vid, new_gb)
+        drv.call_mapped(f"extending volume {vid}", drv._cinder().volumes.extend, vid, new_gb)
         drv._wait(vid, ("extending",), "available")
         self._size_gb = new_gb
         self._att = drv._attach(vid, "rw")
@@ -1173,16 +1170,18 @@ class CinderWriter(Writer):
             # again: a racing add's volume created in the same instant may not have been
             # listed yet at the first check; now it is (the loser's abort removes its volume)
             drv._check_claim(self._image_id, vid)
-            drv._call(
+            drv.call_mapped(
                 f"recording the size of volume {vid}",
                 cinder.volumes.set_metadata,
                 vid,
                 {"image_size": str(size)},
             )
-            drv._call(
+            drv.call_mapped(
                 f"marking volume {vid} read-only", cinder.volumes.update_readonly_flag, vid, True
             )
-            drv._call(f"finishing volume {vid}", cinder.volumes.delete_metadata, vid, [WRITING_KEY])
+            drv.call_mapped(
+                f"finishing volume {vid}", cinder.volumes.delete_metadata, vid, [WRITING_KEY]
+            )
         return Written(CinderLocation(vid, drv.backend), {"volume_id": vid})
 
     def abort(self) -> None:

@@ -42,7 +42,6 @@ from imgstore.errnos import for_file_errno
 from imgstore.exceptions import (
     BadConfiguration,
     BadLocation,
-    Duplicate,
     ImgstoreError,
     NotFound,
     StorageFull,
@@ -318,10 +317,6 @@ class FilesystemDriver(Driver):
                             os.unlink(os.path.join(d.path, name))
                             removed = True
         return removed
-
-    def duplicate(self, image_id: str) -> Duplicate:
-        """The error for an add of an id that is taken."""
-        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         if self._existing(image_id) is not None:

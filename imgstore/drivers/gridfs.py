@@ -35,8 +35,8 @@ import logging
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from oslo_config import cfg
 
@@ -47,7 +47,6 @@ from imgstore.exceptions import (
     BackendUnavailable,
     BadConfiguration,
     BadLocation,
-    Duplicate,
     ImgstoreError,
     IntegrityError,
     NotFound,
@@ -56,8 +55,6 @@ from imgstore.exceptions import (
 from imgstore.location import Location, after_scheme, redact_uri, register, shown
 
 LOG = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 SCHEME = "gridfs"
 DEFAULT_GRIDFS_CHUNK = 255 * 1024
@@ -185,8 +182,7 @@ class GridFSDriver(Driver):
         conf = self.conf
         uri = conf.mongodb_store_uri
         self._secrets = uri_secrets(uri)
-        if not uri:
-            raise BadConfiguration(f"backend {self.backend!r}: set mongodb_store_uri")
+        self.require("mongodb_store_uri")
         bucket = (conf.mongodb_store_bucket or "").strip()
         if not bucket or "$" in bucket or "\x00" in bucket:
             raise BadConfiguration(f"backend {self.backend!r}: bad mongodb_store_bucket {bucket!r}")
@@ -235,7 +231,14 @@ class GridFSDriver(Driver):
 
     # -- errors ------------------------------------------------------------
 
-    def error(self, exc: Exception, doing: str) -> ImgstoreError:
+    chain_errors = False
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        from pymongo.errors import PyMongoError
+
+        return (PyMongoError,)
+
+    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """The imgstore exception for pymongo error ``exc`` while ``doing`` (the core
         scrubs its message)."""
         from gridfs.errors import CorruptGridFile, NoFile
@@ -265,14 +268,6 @@ class GridFSDriver(Driver):
             return BadConfiguration(f"{what}: {detail}")
         return BackendError(f"{what}: {detail}")
 
-    def _call(self, doing: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        from pymongo.errors import PyMongoError
-
-        try:
-            return fn(*args, **kwargs)
-        except PyMongoError as exc:
-            raise self.error(exc, doing) from None
-
     # -- helpers -----------------------------------------------------------
 
     def _file_id(self, location: Location) -> str:
@@ -288,7 +283,7 @@ class GridFSDriver(Driver):
                 (self.files, [("filename", 1), ("uploadDate", 1)], False),
                 (self.chunks, [("files_id", 1), ("n", 1)], True),
             ):
-                existing = self._call(
+                existing = self.call_mapped(
                     "listing the GridFS indexes",
                     lambda c=coll: [dict(i) for i in c.list_indexes()],
                 )
@@ -299,7 +294,7 @@ class GridFSDriver(Driver):
                         "unique; duplicate adds could not be detected"
                     )
                 if not match:
-                    self._call(
+                    self.call_mapped(
                         "creating the GridFS indexes", coll.create_index, keys, unique=unique
                     )
             self._indexes_ready = True
@@ -318,7 +313,7 @@ class GridFSDriver(Driver):
 
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         self.ensure_indexes()
-        found = self._call(
+        found = self.call_mapped(
             f"looking up image {image_id}",
             self.files.find_one,
             {"_id": image_id},
@@ -328,21 +323,17 @@ class GridFSDriver(Driver):
             raise self.duplicate(image_id)
         return GridFSWriter(self, image_id)
 
-    def duplicate(self, image_id: str) -> Duplicate:
-        """The error for an add of an id that is taken."""
-        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
-
     def open(self, location: Location, offset: int, length: int | None) -> RangeStream:
         from gridfs import GridFSBucket
         from pymongo.errors import PyMongoError
 
         bucket = GridFSBucket(self.db, bucket_name=self.bucket_name)
         doing = f"opening {location.redacted()}"
-        grid_out = self._call(doing, bucket.open_download_stream, self._file_id(location))
+        grid_out = self.call_mapped(doing, bucket.open_download_stream, self._file_id(location))
         try:
             start, count = clamp_range(int(grid_out.length), offset, length)
             if start:
-                self._call(doing, grid_out.seek, start)
+                self.call_mapped(doing, grid_out.seek, start)
         except BaseException:
             grid_out.close()
             raise
@@ -351,7 +342,7 @@ class GridFSDriver(Driver):
             try:
                 data: bytes = grid_out.readchunk()
             except PyMongoError as exc:  # a damaged file (CorruptGridFile) among them
-                raise self.error(exc, f"reading {location.redacted()}") from None
+                raise self.map_error(exc, f"reading {location.redacted()}") from None
             return data
 
         return RangeStream(
@@ -359,7 +350,7 @@ class GridFSDriver(Driver):
         )
 
     def size(self, location: Location) -> int:
-        doc = self._call(
+        doc = self.call_mapped(
             f"reading the size of {location.redacted()}",
             self.files.find_one,
             {"_id": self._file_id(location)},
@@ -371,7 +362,7 @@ class GridFSDriver(Driver):
 
     def delete(self, location: Location) -> None:
         file_id = self._file_id(location)
-        doc = self._call(
+        doc = self.call_mapped(
             f"deleting {location.redacted()}",
             self.files.find_one_and_delete,
             {"_id": file_id},
@@ -381,7 +372,9 @@ class GridFSDriver(Driver):
             # the chunks of an id without files document belong to an add in progress
             raise NotFound(f"no image at {location.redacted()}")
         if int(doc.get("length", 0)) > 0:  # an empty file has no chunks: touch none
-            self._call(f"deleting the chunks of {location.redacted()}", self.remove_chunks, file_id)
+            self.call_mapped(
+                f"deleting the chunks of {location.redacted()}", self.remove_chunks, file_id
+            )
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
         """Chunks of adds that never got their files document.
@@ -396,12 +389,12 @@ class GridFSDriver(Driver):
         A maintenance task: it lists the ids of the chunks collection.
         """
         now = datetime.datetime.now(tz=datetime.timezone.utc)
-        owners = self._call("listing the chunks' files", self.chunks.distinct, "files_id")
+        owners = self.call_mapped("listing the chunks' files", self.chunks.distinct, "files_id")
         for file_id in owners:
             kind = self._unfinished(file_id)
             if kind is None:
                 continue
-            newest = self._call(
+            newest = self.call_mapped(
                 "reading an unfinished add",
                 self.chunks.find_one,
                 {"files_id": file_id},
@@ -418,9 +411,9 @@ class GridFSDriver(Driver):
 
     def _unfinished(self, file_id: Any) -> str | None:
         """``unfinished file`` or ``orphan chunks`` for leftovers under ``file_id``, else None."""
-        if self._call("checking an unfinished add", self.files.find_one, {"_id": file_id}):
+        if self.call_mapped("checking an unfinished add", self.files.find_one, {"_id": file_id}):
             return None  # a finished image
-        first = self._call(
+        first = self.call_mapped(
             "checking an unfinished add",
             self.chunks.find_one,
             {"files_id": file_id, "n": 0},
@@ -434,9 +427,9 @@ class GridFSDriver(Driver):
         file_id, newest = leftover.ref
         kind = self._unfinished(file_id)
         if kind == "unfinished file":
-            self._call("removing an unfinished add", self.remove_chunks, file_id)
+            self.call_mapped("removing an unfinished add", self.remove_chunks, file_id)
         elif kind == "orphan chunks":  # only what was listed: a new add's chunks are newer
-            self._call(
+            self.call_mapped(
                 "removing orphan chunks",
                 self.chunks.delete_many,
                 {"files_id": file_id, "_id": {"$lte": newest}},
@@ -509,11 +502,11 @@ class GridFSWriter(Writer):
             errors = exc.details.get("writeErrors") or []
             if any(e.get("code") in _DUPLICATE_CODES for e in errors):
                 raise self._driver.duplicate(self._id) from None
-            raise self._driver.error(exc, f"writing {self._describe}") from None
+            raise self._driver.map_error(exc, f"writing {self._describe}") from None
         except PyMongoError as exc:
             if self._inserted == 0:
                 self._unsure_first = datas[0]
-            raise self._driver.error(exc, f"writing {self._describe}") from None
+            raise self._driver.map_error(exc, f"writing {self._describe}") from None
         self._inserted += len(datas)
 
     def commit(self, size: int) -> Written:
@@ -537,7 +530,7 @@ class GridFSWriter(Writer):
             raise self._driver.duplicate(self._id) from None
         except PyMongoError as exc:
             self._unsure_files = doc
-            raise self._driver.error(exc, f"finishing {self._describe}") from None
+            raise self._driver.map_error(exc, f"finishing {self._describe}") from None
         try:  # the image is complete: the marker is no longer needed
             self._driver.chunks.update_one(
                 {"files_id": self._id, "n": 0}, {"$unset": {WRITING_FIELD: ""}}
@@ -571,5 +564,5 @@ class GridFSWriter(Writer):
                 "backend %r: cleanup of the failed add of %s failed; chunks may remain: %s",
                 driver.backend,
                 self._describe,
-                driver.error(exc, "cleaning up"),
+                driver.map_error(exc, "cleaning up"),
             )

@@ -310,24 +310,23 @@ class RbdDriver(Driver):
                     ) from None
                 raise NotFound(f"Ceph pool {pool!r} does not exist") from None
             except rados.Error as exc:
-                raise self._error(exc, f"opening pool {pool!r}") from None
+                raise self.map_error(exc, f"opening pool {pool!r}") from None
             self._ioctxs[pool] = ioctx
             return ioctx
 
-    def _error(self, exc: Exception, doing: str, what: str = "") -> ImgstoreError:
+    chain_errors = False
+
+    def library_errors(self) -> tuple[type[BaseException], ...]:
+        """What librados or librbd raise, and an aio read or write (its :class:`OSError`)."""
+        return (rbd.Error, rados.Error, OSError)
+
+    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """The imgstore error of a rados/rbd exception, of the class its errno says
         (:func:`imgstore.errnos.for_errno`: not found, exists, busy, full, refused...)."""
-        where = f"backend {self.backend!r}: {doing}" + (f" {what}" if what else "")
+        if isinstance(exc, ImgstoreError):
+            return exc
+        where = f"backend {self.backend!r}: {doing}"
         return for_errno(getattr(exc, "errno", None))(f"{where}: {type(exc).__name__}: {exc}")
-
-    @contextlib.contextmanager
-    def _errors(self, doing: str, what: str = "") -> Iterator[None]:
-        """Raise what librados or librbd raises in the block, or an aio read or write (its
-        :class:`OSError`), as :meth:`_error` maps it."""
-        try:
-            yield
-        except (rbd.Error, rados.Error, OSError) as exc:
-            raise self._error(exc, doing, what) from None
 
     def _features_for_new(self) -> int:
         if self._features is None:
@@ -353,7 +352,7 @@ class RbdDriver(Driver):
     def discard(self, image_id: str) -> bool:
         """Remove image ``image_id`` of the pool with its snapshots, finished or not."""
         ioctx = self._ioctx(self.pool, for_write=True)
-        with self._errors("discarding", image_id):
+        with self.mapped(f"discarding {image_id}"):
             return self._remove(ioctx, image_id)
 
     # -- operations ------------------------------------------------------
@@ -362,7 +361,7 @@ class RbdDriver(Driver):
         ioctx = self._ioctx(self.pool, for_write=True)
         initial = size if size is not None else 0
         features = self._features_for_new()
-        with self._errors("creating image", image_id):  # an existing image: Duplicate
+        with self.mapped(f"creating image {image_id}"):  # an existing image: Duplicate
             rbd.RBD().create(
                 ioctx, image_id, initial, order=self.order, old_format=False, features=features
             )
@@ -383,7 +382,7 @@ class RbdDriver(Driver):
         if not self.owns(location):
             raise BadLocation(f"{location.redacted()} is not in backend {self.backend!r}")
         ioctx = self._ioctx(location.pool or self.pool)
-        with self._errors("opening", location.redacted()):  # not there: NotFound
+        with self.mapped(f"opening {location.redacted()}"):  # not there: NotFound
             return self._closer.open(ioctx, location.image, snapshot=snapshot, read_only=read_only)
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
@@ -415,7 +414,7 @@ class RbdDriver(Driver):
                 if self._finish_cut_removal(ioctx, name, shown):
                     return
                 raise
-            with self._closer.closing(reader), self._errors("inspecting", shown):
+            with self._closer.closing(reader), self.mapped(f"inspecting {shown}"):
                 children = [f"{c['pool']}/{c['image']}" for c in reader.list_children2() if c]
                 others = [s["name"] for s in reader.list_snaps() if s["name"] != snap]
             if children:
@@ -430,11 +429,11 @@ class RbdDriver(Driver):
                 )
             image = self._open_image(location, None, read_only=False)
             # busy: clones appeared meanwhile
-            with self._closer.closing(image), self._errors("removing the snapshot of", shown):
+            with self._closer.closing(image), self.mapped(f"removing the snapshot of {shown}"):
                 if image.is_protected_snap(snap):
                     image.unprotect_snap(snap)
                 image.remove_snap(snap)
-        with self._errors("deleting", shown):  # not there: NotFound
+        with self.mapped(f"deleting {shown}"):  # not there: NotFound
             try:
                 rbd.RBD().remove(ioctx, name)
             except rbd.ImageHasSnapshots:
@@ -444,7 +443,7 @@ class RbdDriver(Driver):
 
     def _finish_cut_removal(self, ioctx: Any, name: str, shown: str) -> bool:
         """Finish removing ``name`` if an earlier removal was cut short; whether it was."""
-        with self._errors("deleting", shown):
+        with self.mapped(f"deleting {shown}"):
             try:
                 with self._closer.opened(ioctx, name, read_only=True):
                     return False  # the image is there (without that snapshot): not ours
@@ -482,7 +481,7 @@ class RbdDriver(Driver):
         dst_ioctx = self._ioctx(self.pool, for_write=True)
         features = self._features_for_new()
         # the copy exists already: Duplicate; the source is not there: NotFound
-        with self._errors("cloning", f"{src.redacted()} into {image_id}"):
+        with self.mapped(f"cloning {src.redacted()} into {image_id}"):
             try:
                 rbd.RBD().clone(
                     src_ioctx, src.image, src.snapshot, dst_ioctx, image_id,
@@ -494,7 +493,7 @@ class RbdDriver(Driver):
                 )
                 return None
         try:
-            with self._errors("flattening the copy", image_id):
+            with self.mapped(f"flattening the copy {image_id}"):
                 with self._closer.opened(dst_ioctx, image_id) as image:
                     _mark_writing(image)
                     image.flatten()
@@ -517,7 +516,7 @@ class RbdDriver(Driver):
         images made by others (volumes, instance disks) are never listed.
         """
         ioctx = self._ioctx(self.pool)
-        with self._errors(f"listing pool {self.pool!r}"):
+        with self.mapped(f"listing pool {self.pool!r}"):
             names = list(rbd.RBD().list(ioctx))
         now = time.time()
         unopenable = []
@@ -543,7 +542,7 @@ class RbdDriver(Driver):
                     self.backend, "unfinished image", f"{self.pool}/{name}", age, size, name
                 )
         if unopenable:
-            with self._errors(f"listing pool {self.pool!r}"):
+            with self.mapped(f"listing pool {self.pool!r}"):
                 still = set(rbd.RBD().list(ioctx)).intersection(unopenable)
             for name in sorted(still):  # listed, yet it cannot be opened: killed mid-removal
                 yield Leftover(self.backend, "removal cut short", f"{self.pool}/{name}", ref=name)
@@ -551,7 +550,7 @@ class RbdDriver(Driver):
     def remove_leftover(self, leftover: Leftover) -> None:
         ioctx = self._ioctx(self.pool, for_write=True)
         name = str(leftover.ref)
-        with self._errors(f"removing {leftover.kind}", leftover.name):
+        with self.mapped(f"removing {leftover.kind} {leftover.name}"):
             try:
                 self._remove(ioctx, name, only_if_flagged=True)
             except rbd.ImageBusy:
@@ -748,7 +747,7 @@ class RbdWriter(Writer):
 
     def write(self, chunk: memoryview) -> None:
         n, offset = len(chunk), self._offset
-        with self._driver._errors("writing image", self._image_id):
+        with self._driver.mapped(f"writing image {self._image_id}"):
             self._aio.check()
             if offset + n > self._image_size:
                 self._grow(offset + n)
@@ -760,9 +759,9 @@ class RbdWriter(Writer):
 
     def commit(self, size: int) -> Written:
         image = self._image
-        with self._driver._errors("writing image", self._image_id):
+        with self._driver.mapped(f"writing image {self._image_id}"):
             self._aio.finish()
-        with self._driver._errors("finishing image", self._image_id):
+        with self._driver.mapped(f"finishing image {self._image_id}"):
             image.flush()
             if image.size() != size:
                 image.resize(size)  # unknown size: trim to what was written
@@ -801,7 +800,7 @@ class RbdStream(ReadStream):
         self._reads = aio_read(image, offset, count, driver.chunk_size, depth)
 
     def __iter__(self) -> Iterator[bytes]:
-        with self._driver._errors("reading the image"):
+        with self._driver.mapped("reading the image"):
             yield from self._reads
 
     def close(self) -> None:

@@ -68,6 +68,7 @@ from imgstore.driver import (
     read_resumes_option,
     retries_option,
     timeout_option,
+    tls_refused,
     tls_verify_failure,
 )
 from imgstore.exceptions import (
@@ -313,14 +314,9 @@ class S3Driver(Driver):
 
     def configure(self) -> None:
         conf = self.conf
-        missing = [
-            name
-            for name in ("s3_store_host", "s3_store_access_key", "s3_store_secret_key",
-                         "s3_store_bucket")
-            if not conf.get(name)
-        ]  # fmt: skip
-        if missing:
-            raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
+        self.require(
+            "s3_store_host", "s3_store_access_key", "s3_store_secret_key", "s3_store_bucket"
+        )
         self.secure, self.endpoint_host = _split_endpoint(conf.s3_store_host)
         if not self.endpoint_host:
             raise BadConfiguration(f"backend {self.backend!r}: s3_store_host names no host")
@@ -354,13 +350,10 @@ class S3Driver(Driver):
         with self._lock:
             if self._client is not None:
                 return self._client
-            try:
-                import boto3.session
-                from botocore.config import Config
-            except ImportError:
-                raise BadConfiguration(
-                    "the s3 driver needs boto3: pip install 'imgstore[s3]'"
-                ) from None
+            self.needs("boto3", "boto3.session", "botocore.config")
+            import boto3.session
+            from botocore.config import Config
+
             conf = self.conf
             s3_settings: dict[str, Any] = {"addressing_style": self.url_format}
             if conf.s3_store_payload_signing is not None:
@@ -453,10 +446,7 @@ class S3Driver(Driver):
         tls = tls_verify_failure(exc) if isinstance(exc, bx.SSLError) else None
         if tls is not None:
             # before the connection errors: botocore's SSLError is a ConnectionError
-            return BackendError(
-                f"{what}: TLS certificate verification failed for {self.endpoint_url} "
-                f"({tls}); set s3_store_cacert to the CA that signed its certificate"
-            )
+            return tls_refused(what, self.endpoint_url, tls, "s3_store_cacert")
         # botocore's ConnectionError covers its endpoint and connect-timeout errors
         unreachable = (bx.ConnectionError, bx.ReadTimeoutError, bx.ConnectionClosedError)
         if isinstance(exc, (*unreachable, ConnectionError, TimeoutError)):
@@ -472,34 +462,23 @@ class S3Driver(Driver):
             return BadConfiguration(f"{what}: no S3 credentials")
         return BackendError(f"{what}: {type(exc).__name__}")
 
-    def call(self, doing: str, fn: Any, **kwargs: Any) -> Any:
-        """``fn(**kwargs)`` with its errors mapped."""
-        try:
-            return fn(**kwargs)
-        except Exception as exc:
-            raise self.map_error(exc, doing) from exc
-
     # -- operations --------------------------------------------------------
 
     def _exists(self, key: str, doing: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            err = self.map_error(exc, doing)
-            if isinstance(err, NotFound):
-                return False
-            raise err from exc
+            with self.mapped(doing):
+                self.client.head_object(Bucket=self.bucket, Key=key)
+        except NotFound:
+            return False
         return True
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
             return
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            err = self.map_error(exc, f"checking bucket {self.bucket!r}")
-            if not isinstance(err, NotFound):
-                raise err from exc
+            with self.mapped(f"checking bucket {self.bucket!r}"):
+                self.client.head_bucket(Bucket=self.bucket)
+        except NotFound:
             if not self.create_bucket:
                 raise BadConfiguration(
                     f"backend {self.backend!r}: bucket {self.bucket!r} does not exist on "
@@ -527,12 +506,10 @@ class S3Driver(Driver):
 
     def _uploads(self, doing: str, prefix: str = "") -> list[dict[str, Any]]:
         """The bucket's unfinished multipart uploads (of keys that start with ``prefix``)."""
-        try:
+        with self.mapped(doing):
             pages = self.client.get_paginator("list_multipart_uploads")
             found = pages.paginate(Bucket=self.bucket, Prefix=prefix)
             return [upload for page in found for upload in page.get("Uploads", [])]
-        except Exception as exc:
-            raise self.map_error(exc, doing) from exc
 
     def abort_upload(self, key: str, upload_id: str, doing: str) -> None:
         """Abort a multipart upload and remove its parts; one already gone is no error."""
@@ -552,7 +529,7 @@ class S3Driver(Driver):
                 self.abort_upload(image_id, str(upload["UploadId"]), doing)
                 removed = True
         if self._exists(image_id, doing):
-            self.call(doing, self.client.delete_object, Bucket=self.bucket, Key=image_id)
+            self.call_mapped(doing, self.client.delete_object, Bucket=self.bucket, Key=image_id)
             removed = True
         return removed
 
@@ -570,20 +547,22 @@ class S3Driver(Driver):
         self._ensure_bucket()
         location = self._location(image_id)
         if self._exists(image_id, f"checking {location.redacted()}"):
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+            raise self.duplicate(image_id)
         return S3Writer(self, location, size)
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         loc = self._checked(location)
         doing = f"reading {loc.redacted()}"
         if offset == 0 and length is None:
-            response = self.call(doing, self.client.get_object, Bucket=loc.bucket, Key=loc.key)
+            response = self.call_mapped(
+                doing, self.client.get_object, Bucket=loc.bucket, Key=loc.key
+            )
             return self._stream(response, int(response["ContentLength"]), doing)
         total = self.size(loc)
         start, count = clamp_range(total, offset, length)
         if count == 0:
             return self._stream(None, 0, doing)
-        response = self.call(
+        response = self.call_mapped(
             doing,
             self.client.get_object,
             Bucket=loc.bucket,
@@ -615,7 +594,7 @@ class S3Driver(Driver):
 
     def size(self, location: Location) -> int:
         loc = self._checked(location)
-        head = self.call(
+        head = self.call_mapped(
             f"sizing {loc.redacted()}", self.client.head_object, Bucket=loc.bucket, Key=loc.key
         )
         return int(head["ContentLength"])
@@ -625,7 +604,7 @@ class S3Driver(Driver):
         doing = f"deleting {loc.redacted()}"
         if not self._exists(loc.key, doing):
             raise NotFound(f"no image at {loc.redacted()}")
-        self.call(doing, self.client.delete_object, Bucket=loc.bucket, Key=loc.key)
+        self.call_mapped(doing, self.client.delete_object, Bucket=loc.bucket, Key=loc.key)
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
         """Multipart uploads in the bucket, started ``older_than`` s ago or more.
@@ -691,7 +670,7 @@ class S3Writer(PiecesWriting, Writer):
 
     def _start_upload(self) -> None:
         drv = self._driver
-        created = drv.call(
+        created = drv.call_mapped(
             f"starting a multipart upload of {self._shown}",
             drv.client.create_multipart_upload,
             Bucket=drv.bucket,
@@ -753,7 +732,7 @@ class S3Writer(PiecesWriting, Writer):
             etags = self._pieces.finish()
             # radosgw ignores If-None-Match on CompleteMultipartUpload: look first
             if drv._exists(self._key, f"checking {self._shown}"):
-                raise Duplicate(f"image {self._key} already exists in backend {drv.backend!r}")
+                raise drv.duplicate(self._key)
             parts = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
             self._conditional(
                 f"completing the multipart upload of {self._shown}",
@@ -787,13 +766,11 @@ class S3Writer(PiecesWriting, Writer):
                 )  # fmt: skip
                 return
             if duplicate:
-                raise Duplicate(
-                    f"image {self._key} already exists in backend {drv.backend!r}"
-                ) from None
+                raise drv.duplicate(self._key) from None
             if code != "NotImplemented" and status != 501:
                 raise error from exc
         # a server without conditional writes: the HEAD in begin_write is the check
-        drv.call(doing, fn, **kwargs)
+        drv.call_mapped(doing, fn, **kwargs)
 
     def _written_by_us(self) -> bool:
         """Whether the key holds the object this writer made (its token in the metadata)."""

@@ -70,6 +70,7 @@ from imgstore.driver import (
     read_resumes_option,
     retries_option,
     timeout_option,
+    tls_refused,
     tls_verify_failure,
 )
 from imgstore.drivers.swift_endpoints import StorageEndpoints
@@ -491,17 +492,9 @@ class SwiftDriver(Driver):
         elif not self.multi_tenant:
             keys = ("auth_address", "user", "key", "auth_version", "user_domain_name",
                     "project_domain_name")  # fmt: skip
-            options = {k: conf[f"swift_store_{k}"] for k in keys}
-            missing = [f"swift_store_{k}" for k in keys[:3] if not options[k]]
-            if missing:
-                raise BadConfiguration(f"backend {self.backend!r}: set {', '.join(missing)}")
-            self.account = self._account(options)
-        try:
-            import swiftclient  # type: ignore[import-untyped]  # noqa: F401
-        except ImportError:
-            raise BadConfiguration(
-                "the swift driver needs python-swiftclient: pip install 'imgstore[swift]'"
-            ) from None
+            self.require(*(f"swift_store_{k}" for k in keys[:3]))
+            self.account = self._account({k: conf[f"swift_store_{k}"] for k in keys})
+        self.needs("python-swiftclient", "swiftclient")
 
     def _account(self, section: dict[str, str], reference: str | None = None) -> Account:
         """The account of a ``swift_store_config_file`` section (or of the same keys read
@@ -635,7 +628,7 @@ class SwiftDriver(Driver):
         ``fresh``: do not start with the shared token; the connection logs in
         right before its first request (for a request that cannot be repeated).
         """
-        from swiftclient import client as sc
+        from swiftclient import client as sc  # type: ignore[import-untyped]
 
         if account.token is not None:  # the caller's: no login possible
             preauth: tuple[str | None, str | None] = (account.storage_url, account.token)
@@ -648,17 +641,6 @@ class SwiftDriver(Driver):
             retries=self.retries if retries is None else retries, starting_backoff=0.5,
             max_backoff=8, timeout=self.timeout, cacert=self.cacert, insecure=self.insecure,
         )  # fmt: skip
-
-    @contextlib.contextmanager
-    def mapped(self, doing: str) -> Iterator[None]:
-        """Errors raised inside come out as imgstore errors (:meth:`map_error`)."""
-        try:
-            yield
-        except Exception as exc:
-            error = self.map_error(exc, doing)
-            if error is exc:
-                raise
-            raise error from exc
 
     @contextlib.contextmanager
     def session(self, account: Account, doing: str, **how: Any) -> Iterator[Any]:
@@ -703,10 +685,7 @@ class SwiftDriver(Driver):
             return AuthenticationFailed(f"{doing}: the login was refused")
         tls = tls_verify_failure(exc)
         if tls is not None:
-            return BackendError(
-                f"{doing}: TLS certificate verification failed for {_tls_server(exc)} "
-                f"({tls}); set swift_store_cacert to the CA that signed its certificate"
-            )
+            return tls_refused(doing, _tls_server(exc), tls, "swift_store_cacert")
         if isinstance(exc, OSError) or any(k in name for k in _TEMPORARY):
             return BackendUnavailable(f"{doing}: {name}: {text}")
         return BackendError(f"{doing}: {name}: {text}")
@@ -817,10 +796,6 @@ class SwiftDriver(Driver):
         except NotFound:
             return False
         return True
-
-    def duplicate(self, image_id: str) -> Duplicate:
-        """The error for an add of ``image_id`` that is already here."""
-        return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
 
     def settle(self, account: Account, loc: SwiftLocation, token: str, exc: ImgstoreError) -> None:
         """After the PUT that makes the image (writer ``token``) failed with ``exc``:

@@ -290,7 +290,7 @@ def _split_host(value: str) -> tuple[str, int | None]:
 
 
 def _prepare_oslo() -> None:
-    """Check oslo.vmware is there; have oslo.service use native threads, not eventlet.
+    """Have oslo.service use native threads, not eventlet (oslo.vmware is there).
 
     oslo.vmware polls tasks and retries through oslo.service's looping calls,
     whose default backend is eventlet: with imgstore's native threads (and no
@@ -302,13 +302,8 @@ def _prepare_oslo() -> None:
     calls it imports eventlet, which left that thread impossible to join
     (:func:`imgstore.threads.import_here`).
     """
-    try:
-        import oslo_vmware  # noqa: F401
-        from oslo_service import backend
-    except ImportError:
-        raise BadConfiguration(
-            "the vmware driver needs oslo.vmware: pip install 'imgstore[vmware]'"
-        ) from None
+    from oslo_service import backend
+
     if backend.get_backend_type() is None and getattr(backend, "_backend_hook", None) is None:
         backend.register_backend_default_hook(lambda: backend.BackendType.THREADING)
     elif backend.get_backend_type() == backend.BackendType.EVENTLET:
@@ -396,13 +391,7 @@ class VMwareDriver(Driver):
 
     def configure(self) -> None:
         conf = self.conf
-        missing = [
-            name
-            for name in ("vmware_server_host", "vmware_server_username", "vmware_server_password")
-            if not conf.get(name)
-        ]
-        if missing:
-            raise BadConfiguration(f"backend {self.backend!r} (vmware) needs {', '.join(missing)}")
+        self.require("vmware_server_host", "vmware_server_username", "vmware_server_password")
         host, port = _split_host(conf.vmware_server_host)
         if not host:
             raise BadConfiguration(f"backend {self.backend!r}: vmware_server_host is empty")
@@ -425,6 +414,7 @@ class VMwareDriver(Driver):
         self.insecure = bool(conf.vmware_insecure) and self.ca_file is None
         self.verify: str | bool = self.ca_file if self.ca_file else not self.insecure
         self.datastores = parse_datastores(list(conf.vmware_datastores or []))
+        self.needs("oslo.vmware", "oslo_vmware", "oslo_service.backend")
         _prepare_oslo()
         self._api: Any = None
         self._soap_lock = threading.RLock()
@@ -474,7 +464,7 @@ class VMwareDriver(Driver):
         with self._soap_lock:
             self._preflight()
             scrub_loggers("suds", self._password)  # suds may have made more loggers now
-            try:
+            with self.mapped(f"logging in to {self.host}:{self.port}"):
                 if self._api is None:
                     self._api = vmware_api.VMwareAPISession(
                         self.host, self.user, self._password, self.retry_count,
@@ -484,18 +474,14 @@ class VMwareDriver(Driver):
                 else:  # oslo.vmware skips a login while SessionIsActive says yes: force it
                     self._api._session_id = None
                     self._api._create_session()
-            except Exception as exc:
-                raise self.map_error(exc, f"logging in to {self.host}:{self.port}") from None
             self.logins += 1
 
     def _preflight(self) -> None:
         """Fail fast on TLS or connection errors: oslo.vmware retries a login for ever."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         url = f"https://{host}:{self.port}/sdk/vimServiceVersions.xml"
-        try:
+        with self.mapped(f"connecting to {self.host}:{self.port}"):
             self.http.get(url, verify=self.verify, timeout=(30, 60)).close()
-        except requests.RequestException as exc:
-            raise self.map_error(exc, f"connecting to {self.host}:{self.port}") from None
 
     def _current_cookie(self) -> str | None:
         api = self._api
@@ -517,11 +503,10 @@ class VMwareDriver(Driver):
     def invoke(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one SOAP call (oslo.vmware re-logs in on NotAuthenticated); map its errors."""
         api = self._session()
-        with self._soap_lock:
-            try:
-                return fn(api, *args, **kwargs)
-            except Exception as exc:
-                raise self.map_error(exc, what) from None
+        with self._soap_lock, self.mapped(what):
+            return fn(api, *args, **kwargs)
+
+    chain_errors = False
 
     def map_error(self, exc: BaseException, what: str) -> ImgstoreError:
         """An imgstore exception for an oslo.vmware or requests error (the core scrubs and
@@ -683,13 +668,11 @@ class VMwareDriver(Driver):
         session and sends the request once more, but for a body, which the first try took."""
 
         def send(cookie: str) -> requests.Response:
-            try:
+            with self.mapped(what):
                 resp = self.http.request(
                     method, loc.https_url(), headers={**(headers or {}), "Cookie": cookie},
                     verify=self.verify, allow_redirects=False, timeout=(30, 300), **kwargs,
                 )  # fmt: skip
-            except Exception as exc:
-                raise self.map_error(exc, what) from None
             if resp.status_code == 401:
                 resp.close()
                 raise SessionExpired
@@ -721,7 +704,7 @@ class VMwareDriver(Driver):
         spec = self.select_datastore(size)
         loc = self.datastore_location(image_id, spec)
         if self.exists(loc, f"checking {loc.redacted()}"):
-            raise Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+            raise self.duplicate(image_id)
         temp = self.datastore_location(partial_name(image_id), spec)
         return VMwarePutWriter(self, loc, temp, size)
 
@@ -983,9 +966,7 @@ class VMwarePutWriter(Writer):
         resp = drv.request("PUT", self._temp, doing, headers, data=self._request.body)
         resp.close()
         if resp.status_code == 409:
-            raise Duplicate(
-                f"image {self._location.image_id} already exists in backend {drv.backend!r}"
-            )
+            raise drv.duplicate(self._location.image_id)
         drv.expect(resp, doing, 200, 201)
 
     @property
@@ -1009,7 +990,7 @@ class VMwarePutWriter(Writer):
         try:
             drv.move_file(self._temp, self._location, what)
         except Duplicate:
-            raise Duplicate(f"image {image_id} already exists in backend {drv.backend!r}") from None
+            raise drv.duplicate(image_id) from None
         except NotFound as exc:  # the uploaded file was removed meanwhile
             raise BackendError(f"{exc}: the upload of image {image_id} was lost") from None
         LOG.debug(

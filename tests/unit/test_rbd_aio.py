@@ -243,5 +243,5 @@ def test_the_rbd_driver_maps_a_failed_aio_call_by_its_errno(
     driver = rbd_driver.RbdDriver.__new__(rbd_driver.RbdDriver)  # no cluster needed
     driver.backend = "ceph"
     with pytest.raises(kind, match=r"^backend 'ceph': writing image img: \w+: \[Errno "):
-        with driver._errors("writing image", "img"):
+        with driver.mapped("writing image img"):
             raise OSError(err, os.strerror(err))  # what AioWindow.check raises
