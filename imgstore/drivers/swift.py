@@ -97,7 +97,7 @@ from imgstore.location import (
     split_once,
     unquote_path,
 )
-from imgstore.parallel import PieceBody, Pieces, PiecesWriting, piece_size
+from imgstore.parallel import PieceBody, Pieces, PiecesWriting
 from imgstore.streaming import FedRequest, SizedFedBody
 
 LOG = logging.getLogger(__name__)
@@ -1098,9 +1098,7 @@ class SwiftStream(ReadStream):
         drv = self._driver
         req: dict[str, str] = {}
         if self._end is not None:
-            req["Range"] = f"bytes={self._pos}-{self._end - 1}"
-        elif self._pos:
-            req["Range"] = f"bytes={self._pos}-"
+            req["Range"] = f"bytes={self._pos}-{self._end - 1}"  # open() sets an offset's count
         # retries=0: not swiftclient's resume of a broken body; the core's
         conn = drv.connection(self._account, retries=0)
         try:
@@ -1248,19 +1246,6 @@ def _listing_time(entry: dict[str, Any]) -> datetime.datetime:
     except (KeyError, ValueError):
         return datetime.datetime.now(tz=datetime.timezone.utc)  # unknown: count it as fresh
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.timezone.utc)
-
-
-def segment_size(
-    number: int,
-    base: int,
-    total: int | None,
-    limit: int = MAX_SEGMENTS,
-    largest: int = MAX_FILE_SIZE,
-    every: int | None = None,
-) -> int:
-    """:func:`imgstore.parallel.piece_size` with Swift's default limits
-    (``max_manifest_segments`` and ``max_file_size``)."""
-    return piece_size(number, base, total, limit, largest, every)
 
 
 class SwiftSegmentWriter(PiecesWriting, _ImageWriter):

@@ -966,7 +966,6 @@ class VMwarePutWriter(Writer):
         self._driver = driver
         self._location = location
         self._temp = temp
-        self._size = size
         self._shown = location.redacted()
         self._temp_shown = temp.redacted()
         body = SizedFedBody(size, _QUEUE_DEPTH) if size is not None else FedBody(_QUEUE_DEPTH)
@@ -1024,7 +1023,7 @@ class VMwarePutWriter(Writer):
         self._request.abort()
         self._remove_partial(linger=0.0 if stored else _CLEANUP_WAIT)
 
-    def _remove_partial(self, linger: float = _CLEANUP_WAIT) -> None:
+    def _remove_partial(self, linger: float) -> None:
         """Delete the temporary file; watch ``linger`` s for a file the server creates late."""
         drv, loc = self._driver, self._temp
         quiet_since = time.monotonic()
