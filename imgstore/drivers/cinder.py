@@ -109,7 +109,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, after_scheme, register, shown
-from imgstore.sessions import MOST_MARGIN, renew_margin
+from imgstore.sessions import MOST_MARGIN, acting_as, renew_margin
 from imgstore.threads import import_here
 
 try:
@@ -207,19 +207,6 @@ class _Caller:
 _CALLER: contextvars.ContextVar[_Caller | None] = contextvars.ContextVar(
     "imgstore_cinder_caller", default=None
 )
-
-
-@contextlib.contextmanager
-def _acting_as(caller: _Caller | None) -> Iterator[None]:
-    """Run the block with ``caller``'s credentials (None: as it is)."""
-    if caller is None:
-        yield
-        return
-    reset = _CALLER.set(caller)
-    try:
-        yield
-    finally:
-        _CALLER.reset(reset)
 
 
 class _RbdIO:
@@ -570,7 +557,7 @@ class CinderDriver(Driver):
                 f"backend {self.backend!r} acts with the caller's credentials: a token "
                 "and a project id are needed"
             )
-        with _acting_as(_Caller(_Secret(token), self._endpoint_for(project_id, catalog))):
+        with acting_as(_CALLER, _Caller(_Secret(token), self._endpoint_for(project_id, catalog))):
             yield
 
     def _templated(self, project_id: str) -> str:
@@ -593,16 +580,12 @@ class CinderDriver(Driver):
         if c.cinder_endpoint_template:
             return self._templated(project_id)
         service_type, name, interface = self._catalog_info()
-        url = keystone_catalog.endpoint_url(
-            catalog, service_type, interface, c.cinder_os_region_name, name
-        )
-        if url is None:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: the caller's service catalog has no "
-                f"{c.cinder_catalog_info!r} endpoint (cinder_catalog_info, "
-                "cinder_os_region_name), and no cinder_endpoint_template is set"
-            )
-        return url
+        return keystone_catalog.required_endpoint(
+            catalog, service_type, interface, c.cinder_os_region_name, name,
+            missing=f"backend {self.backend!r}: the caller's service catalog has no "
+            f"{c.cinder_catalog_info!r} endpoint (cinder_catalog_info, "
+            "cinder_os_region_name), and no cinder_endpoint_template is set",
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<CinderDriver backend={self.backend!r}>"
@@ -1147,7 +1130,7 @@ class CinderWriter(Writer):
     def write(self, chunk: memoryview) -> None:
         n = len(chunk)
         if self._offset + n > self._size_gb * GiB:
-            with _acting_as(self._caller):
+            with acting_as(_CALLER, self._caller):
                 self._grow(self._offset + n)
         assert self._att is not None
         try:
@@ -1160,7 +1143,7 @@ class CinderWriter(Writer):
 
     def commit(self, size: int) -> Written:
         drv, vid = self._driver, self._volume_id
-        with _acting_as(self._caller):
+        with acting_as(_CALLER, self._caller):
             self._flush_and_detach()
             cinder = drv._cinder()
             drv._wait(vid, ("detaching", "in-use"), "available")
@@ -1181,7 +1164,7 @@ class CinderWriter(Writer):
 
     def abort(self) -> None:
         att, self._att = self._att, None
-        with _acting_as(self._caller):
+        with acting_as(_CALLER, self._caller):
             if att is not None:
                 self._driver._detach(self._volume_id, att)
             self._driver._remove_volume(self._volume_id)
@@ -1206,7 +1189,7 @@ class CinderStream(ReadStream):
         if self.size == 0:
             return
         drv = self._driver
-        with _acting_as(self._caller):
+        with acting_as(_CALLER, self._caller):
             self._shared, att = drv._acquire_ro(self._volume_id)
         self._reads = att.io.chunks(self._offset, self.size, self._chunk)
         try:
@@ -1221,7 +1204,7 @@ class CinderStream(ReadStream):
                 reads.close()  # the reads in flight finish before the volume is detached
         shared, self._shared = self._shared, None
         if shared is not None:
-            with _acting_as(self._caller):
+            with acting_as(_CALLER, self._caller):
                 self._driver._release_ro(self._volume_id, shared)
 
     def __repr__(self) -> str:

@@ -98,6 +98,7 @@ from imgstore.location import (
     unquote_path,
 )
 from imgstore.parallel import PieceBody, Pieces, PiecesWriting
+from imgstore.sessions import acting_as
 from imgstore.streaming import FedRequest, SizedFedBody
 
 LOG = logging.getLogger(__name__)
@@ -574,16 +575,13 @@ class SwiftDriver(Driver):
         del project_id  # the storage URL names the account
         c = self.conf
         if not storage_url:
-            storage_url = keystone_catalog.endpoint_url(
+            storage_url = keystone_catalog.required_endpoint(
                 catalog, c.swift_store_service_type, c.swift_store_endpoint_type,
                 c.swift_store_region,
+                missing=f"backend {self.backend!r}: no storage URL was given and the caller's "
+                f"service catalog has no {c.swift_store_service_type!r} endpoint "
+                "(swift_store_service_type, swift_store_endpoint_type, swift_store_region)",
             )  # fmt: skip
-            if storage_url is None:
-                raise BadConfiguration(
-                    f"backend {self.backend!r}: no storage URL was given and the caller's "
-                    f"service catalog has no {c.swift_store_service_type!r} endpoint "
-                    "(swift_store_service_type, swift_store_endpoint_type, swift_store_region)"
-                )
         if not token:
             raise AuthenticationFailed(
                 f"backend {self.backend!r} acts with the caller's credentials: a token is needed"
@@ -596,11 +594,8 @@ class SwiftDriver(Driver):
             [storage_url, *keystone_catalog.endpoint_urls(catalog, c.swift_store_service_type)]
         )
         account = Account(storage_url=storage_url.rstrip("/"), token=token, trusted=trusted.urls)
-        reset = _CONTEXT.set(account)
-        try:
+        with acting_as(_CONTEXT, account):
             yield
-        finally:
-            _CONTEXT.reset(reset)
 
     def _current(self) -> Account:
         ctx = _CONTEXT.get()
