@@ -99,7 +99,7 @@ from imgstore.location import (
 )
 from imgstore.parallel import PieceBody, Pieces, PiecesWriting
 from imgstore.sessions import acting_as
-from imgstore.streaming import FedRequest, SizedFedBody
+from imgstore.streaming import FedRequest, FedWriting, SizedFedBody
 
 LOG = logging.getLogger(__name__)
 
@@ -1173,7 +1173,7 @@ class _ImageWriter(Writer):
         self._driver.settle(self._account, self._location, self._token, exc)
 
 
-class SwiftPutWriter(_ImageWriter):
+class SwiftPutWriter(FedWriting, _ImageWriter):
     """An image of known size as one streaming PUT; the last chunk waits for commit."""
 
     def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
@@ -1184,12 +1184,6 @@ class SwiftPutWriter(_ImageWriter):
             self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self._shown}"
         )
         self._pending: bytes | None = None
-
-    @property
-    def accepted(self) -> int:
-        """Bytes the PUT has sent (the last chunk waits for commit, and counts once the
-        server has answered)."""
-        return self._request.accepted
 
     def _send(self) -> None:
         # fresh: a new token, as a refused one would only show after the whole body

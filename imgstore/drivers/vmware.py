@@ -114,7 +114,7 @@ from imgstore.location import (
 )
 from imgstore.scrubbing import scrub_loggers
 from imgstore.sessions import Renewal, SessionExpired
-from imgstore.streaming import FedBody, FedRequest, SizedFedBody
+from imgstore.streaming import FedBody, FedRequest, FedWriting, SizedFedBody
 from imgstore.threads import import_here
 
 LOG = logging.getLogger(__name__)
@@ -955,7 +955,7 @@ def _age(modified: Any, now: Any) -> float | None:
 # -- writing --------------------------------------------------------------------------------
 
 
-class VMwarePutWriter(Writer):
+class VMwarePutWriter(FedWriting, Writer):
     """One streaming PUT of a temporary file, fed from another thread; commit moves the
     file to the image's name."""
 
@@ -986,14 +986,6 @@ class VMwarePutWriter(Writer):
                 f"image {self._location.image_id} already exists in backend {drv.backend!r}"
             )
         drv.expect(resp, doing, 200, 201)
-
-    @property
-    def accepted(self) -> int:
-        """Bytes the PUT has sent; its last chunk once the server has answered."""
-        return self._request.accepted
-
-    def write(self, chunk: memoryview) -> None:
-        self._request.feed(bytes(chunk))  # the core reuses its buffer: copy
 
     def commit(self, size: int) -> Written:
         self._request.finish()
