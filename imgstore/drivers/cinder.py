@@ -1016,11 +1016,8 @@ class CinderDriver(Driver):
             started = (vol.metadata or {}).get(WRITING_KEY)
             if started is None or vol.status in _GOING:
                 continue
-            try:
-                age: float | None = now - float(started)
-            except ValueError:
-                age = None
-            if age is None or age >= older_than:
+            listed, age = Leftover.aged(started, now, older_than)
+            if listed:
                 yield Leftover(
                     self.backend, "unfinished volume", f"volume {vol.id} ({vol.name})", age,
                     int(vol.size) * GiB, vol.id,

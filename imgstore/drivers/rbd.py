@@ -533,11 +533,8 @@ class RbdDriver(Driver):
             except (rbd.Error, rados.Error) as exc:
                 LOG.warning("backend %r: cannot inspect image %s: %s", self.backend, name, exc)
                 continue
-            try:
-                age = now - float(started)
-            except ValueError:
-                age = None
-            if age is None or age >= older_than:
+            listed, age = Leftover.aged(started, now, older_than)
+            if listed:
                 yield Leftover(
                     self.backend, "unfinished image", f"{self.pool}/{name}", age, size, name
                 )
