@@ -28,6 +28,7 @@ from typing import Any
 from oslo_config import cfg
 
 from imgstore.driver import (
+    DEFAULT_CHUNK_SIZE,
     Driver,
     Leftover,
     ReadStream,
@@ -56,7 +57,6 @@ from imgstore.location import (
     urlsplit,
 )
 
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 WRITEBACK_BYTES = 32 * 1024 * 1024
 """A writer asks the kernel to start writing back every this many bytes."""
 DIRECT_ALIGN = 4096

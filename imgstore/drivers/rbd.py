@@ -50,6 +50,7 @@ from imgstore.exceptions import (
     NotFound,
 )
 from imgstore.location import Location, after_scheme, register, require_utf8, shown
+from imgstore.parallel import MiB
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -65,7 +66,6 @@ SNAPSHOT = "snap"
 WRITING_KEY = "imgstore.writing"
 """Image metadata set while an add writes the image (its start time); removed on commit."""
 
-MiB = 1024 * 1024
 DEFAULT_POOL = "images"
 DEFAULT_CONF = "/etc/ceph/ceph.conf"
 DEFAULT_CHUNK_MIB = 8

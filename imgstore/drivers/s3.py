@@ -80,11 +80,10 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, check_part, naming, register, shown, split_once
-from imgstore.parallel import PieceBody, Pieces, PiecesWriting
+from imgstore.parallel import MiB, PieceBody, Pieces, PiecesWriting
 
 LOG = logging.getLogger(__name__)
 
-MiB = 1 << 20
 MAX_PART_SIZE = 5 * 1024 * MiB
 """S3's largest part."""
 MAX_PARTS = 10_000

@@ -97,13 +97,12 @@ from imgstore.location import (
     split_once,
     unquote_path,
 )
-from imgstore.parallel import PieceBody, Pieces, PiecesWriting
+from imgstore.parallel import MiB, PieceBody, Pieces, PiecesWriting
 from imgstore.sessions import acting_as
 from imgstore.streaming import FedRequest, FedWriting, SizedFedBody
 
 LOG = logging.getLogger(__name__)
 
-MiB = 1 << 20
 READ_CHUNK_SIZE = 1 * MiB
 MAX_SEGMENTS = 1000
 """Swift's default ``max_manifest_segments`` for an SLO."""
