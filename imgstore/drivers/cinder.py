@@ -83,6 +83,7 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog
 from imgstore.backoff import poll
+from imgstore.config import read_option_file
 from imgstore.driver import (
     Driver,
     Leftover,
@@ -483,14 +484,8 @@ class CinderDriver(Driver):
         self._keyring: _Secret | None = None
         self._keys: list[str] = []
         if c.cinder_rbd_keyring:
-            try:
-                with open(c.cinder_rbd_keyring, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as exc:
-                raise BadConfiguration(
-                    f"backend {self.backend!r}: cannot read cinder_rbd_keyring "
-                    f"{c.cinder_rbd_keyring!r}: {exc.strerror}"
-                ) from None
+            keyring = c.cinder_rbd_keyring
+            text = read_option_file(self.backend, "cinder_rbd_keyring", keyring, lambda f: f.read())
             self._keys = re.findall(r"^\s*key\s*=\s*(\S+)", text, re.MULTILINE)
             # os-brick writes this text after "[global]" and the monitors into the
             # ceph.conf it generates: the timeout lands in [global]

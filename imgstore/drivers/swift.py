@@ -57,6 +57,7 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog, telemetry
 from imgstore.backoff import Backoff, retry
+from imgstore.config import read_option_file
 from imgstore.driver import (
     IMAGE_ID_RE,
     Driver,
@@ -216,13 +217,9 @@ _CONTEXT: contextvars.ContextVar[Account | None] = contextvars.ContextVar(
 )
 
 
-def _read_references(path: str) -> dict[str, dict[str, str]]:
+def _read_references(backend: str, path: str) -> dict[str, dict[str, str]]:
     parser = configparser.RawConfigParser()
-    try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
-    except (OSError, configparser.Error) as exc:
-        raise BadConfiguration(f"cannot read swift_store_config_file {path}: {exc}") from None
+    read_option_file(backend, "swift_store_config_file", path, parser.read_file, configparser.Error)
     return {name: dict(parser.items(name)) for name in parser.sections()}
 
 
@@ -477,7 +474,8 @@ class SwiftDriver(Driver):
         self.reference: str | None = None
         self.account: Account | None = None
         if conf.swift_store_config_file:
-            for name, section in _read_references(conf.swift_store_config_file).items():
+            references = _read_references(self.backend, conf.swift_store_config_file)
+            for name, section in references.items():
                 self._accounts[name] = self._account(section, reference=name)
             self.reference = conf.default_swift_reference
             if not self.multi_tenant:
