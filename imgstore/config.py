@@ -28,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, TypeVar
 
 from oslo_config import cfg
 from stevedore import driver as stevedore_driver
@@ -430,3 +430,26 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         (STORE_GROUP, [*store_opts, *inspection_opts, *ordered]),
         (DEFAULTS_GROUP, [*inspection_opts, *ordered]),
     ]
+
+
+T = TypeVar("T")
+
+
+def read_option_file(
+    backend: str,
+    option: str,
+    path: str,
+    read: Callable[[TextIO], T],
+    errors: type[Exception] | tuple[type[Exception], ...] = (),
+) -> T:
+    """``read`` of the file at ``path``, named by ``backend``'s ``option``: a file that
+    cannot be opened or read (or whose text ``read`` refuses with one of ``errors``) is
+    :class:`BadConfiguration`, ``backend 'b': cannot read <option> <path>: <why>``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return read(f)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    except errors as exc:
+        why = str(exc)
+    raise BadConfiguration(f"backend {backend!r}: cannot read {option} {path}: {why}") from None

@@ -122,6 +122,17 @@ class Leftover:
     ref: Any = dataclasses.field(default=None, compare=False, repr=False)
     """The driver's own handle for :meth:`Driver.remove_leftover`."""
 
+    @staticmethod
+    def aged(started: Any, now: float, older_than: float) -> tuple[bool, float | None]:
+        """Whether :meth:`Driver.leftovers` lists what a write begun at ``started`` (a
+        ``time.time()`` stamp, as a number or text) left, and its age at ``now``. An
+        unreadable stamp is an unknown age: listed, as nothing says the write is recent."""
+        try:
+            age: float | None = now - float(started)
+        except (TypeError, ValueError):
+            age = None
+        return age is None or age >= older_than, age
+
 
 @dataclasses.dataclass(frozen=True)
 class WriteLimits:

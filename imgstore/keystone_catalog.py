@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from imgstore.exceptions import BadConfiguration
+
 _V2_INTERFACES = ("publicURL", "internalURL", "adminURL")
 _V3_INTERFACES = {"public": "publicURL", "internal": "internalURL", "admin": "adminURL"}
 
@@ -55,6 +57,23 @@ def endpoint_url(
         if url:
             return str(url)
     return None
+
+
+def required_endpoint(
+    catalog: Iterable[Any] | None,
+    service_type: str,
+    interface: str = "publicURL",
+    region: str | None = None,
+    service_name: str | None = None,
+    *,
+    missing: str,
+) -> str:
+    """:func:`endpoint_url`, where a catalog without it is :class:`BadConfiguration`
+    (``missing``: its message)."""
+    url = endpoint_url(catalog, service_type, interface, region, service_name)
+    if url is None:
+        raise BadConfiguration(missing)
+    return url
 
 
 def endpoint_urls(catalog: Iterable[Any] | None, service_type: str) -> list[str]:

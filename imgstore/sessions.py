@@ -1,4 +1,5 @@
-"""Sessions that end, renewed in one way for every driver that logs in.
+"""Sessions that end, renewed in one way for every driver that logs in; a request's own
+credentials, set for a block (:func:`acting_as`).
 
 A driver whose backend hands out a session (a vSphere session cookie, a Keystone
 token) renews it ahead of its end where it knows that end (:func:`renew_margin`), and
@@ -9,9 +10,11 @@ with the new session. A second refusal is :class:`AuthenticationFailed`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from imgstore import telemetry
@@ -35,6 +38,20 @@ def renew_margin(lifetime: float, most: int = MOST_MARGIN) -> int:
     its lifetime, at most ``most``, at least 1 (so a short session is reused for three
     quarters of its life, not renewed before every use)."""
     return int(max(1, min(most, lifetime // 4)))
+
+
+@contextlib.contextmanager
+def acting_as(var: contextvars.ContextVar[T | None], value: T | None) -> Iterator[None]:
+    """Run the block with ``var`` set to ``value`` (a request's own credentials) and
+    reset after it; None leaves ``var`` as it is."""
+    if value is None:
+        yield
+        return
+    reset = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(reset)
 
 
 class Renewal(Generic[S]):

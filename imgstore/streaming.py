@@ -192,3 +192,20 @@ class FedRequest:
     def started(self) -> bool:
         """Whether the request was started."""
         return self._thread is not None
+
+
+class FedWriting:
+    """What a writer whose bytes go through a :class:`FedRequest` (its ``_request``) gives
+    of them: ``write``, feeding a copy of each chunk, and ``accepted`` (mix in before
+    :class:`~imgstore.driver.Writer`)."""
+
+    _request: FedRequest
+
+    @property
+    def accepted(self) -> int:
+        """Bytes the request has sent; its last chunk once the server has answered."""
+        return self._request.accepted
+
+    def write(self, chunk: memoryview) -> None:
+        """Feed ``chunk`` to the request, copied: the core reuses its buffer."""
+        self._request.feed(bytes(chunk))

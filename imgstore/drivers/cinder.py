@@ -83,6 +83,7 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog
 from imgstore.backoff import poll
+from imgstore.config import read_option_file
 from imgstore.driver import (
     Driver,
     Leftover,
@@ -111,7 +112,7 @@ from imgstore.exceptions import (
 )
 from imgstore.location import Location, after_scheme, register, shown
 from imgstore.parallel import Space
-from imgstore.sessions import MOST_MARGIN, renew_margin
+from imgstore.sessions import MOST_MARGIN, acting_as, renew_margin
 
 try:
     from cinderclient import api_versions
@@ -208,19 +209,6 @@ class _Caller:
 _CALLER: contextvars.ContextVar[_Caller | None] = contextvars.ContextVar(
     "imgstore_cinder_caller", default=None
 )
-
-
-@contextlib.contextmanager
-def _acting_as(caller: _Caller | None) -> Iterator[None]:
-    """Run the block with ``caller``'s credentials (None: as it is)."""
-    if caller is None:
-        yield
-        return
-    reset = _CALLER.set(caller)
-    try:
-        yield
-    finally:
-        _CALLER.reset(reset)
 
 
 class _RbdIO:
@@ -495,14 +483,8 @@ class CinderDriver(Driver):
         self._keyring: _Secret | None = None
         self._keys: list[str] = []
         if c.cinder_rbd_keyring:
-            try:
-                with open(c.cinder_rbd_keyring, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as exc:
-                raise BadConfiguration(
-                    f"backend {self.backend!r}: cannot read cinder_rbd_keyring "
-                    f"{c.cinder_rbd_keyring!r}: {exc.strerror}"
-                ) from None
+            keyring = c.cinder_rbd_keyring
+            text = read_option_file(self.backend, "cinder_rbd_keyring", keyring, lambda f: f.read())
             self._keys = re.findall(r"^\s*key\s*=\s*(\S+)", text, re.MULTILINE)
             # os-brick writes this text after "[global]" and the monitors into the
             # ceph.conf it generates: the timeout lands in [global]
@@ -563,7 +545,7 @@ class CinderDriver(Driver):
                 f"backend {self.backend!r} acts with the caller's credentials: a token "
                 "and a project id are needed"
             )
-        with _acting_as(_Caller(_Secret(token), self._endpoint_for(project_id, catalog))):
+        with acting_as(_CALLER, _Caller(_Secret(token), self._endpoint_for(project_id, catalog))):
             yield
 
     def _templated(self, project_id: str) -> str:
@@ -586,16 +568,12 @@ class CinderDriver(Driver):
         if c.cinder_endpoint_template:
             return self._templated(project_id)
         service_type, name, interface = self._catalog_info()
-        url = keystone_catalog.endpoint_url(
-            catalog, service_type, interface, c.cinder_os_region_name, name
-        )
-        if url is None:
-            raise BadConfiguration(
-                f"backend {self.backend!r}: the caller's service catalog has no "
-                f"{c.cinder_catalog_info!r} endpoint (cinder_catalog_info, "
-                "cinder_os_region_name), and no cinder_endpoint_template is set"
-            )
-        return url
+        return keystone_catalog.required_endpoint(
+            catalog, service_type, interface, c.cinder_os_region_name, name,
+            missing=f"backend {self.backend!r}: the caller's service catalog has no "
+            f"{c.cinder_catalog_info!r} endpoint (cinder_catalog_info, "
+            "cinder_os_region_name), and no cinder_endpoint_template is set",
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"<CinderDriver backend={self.backend!r}>"
@@ -1033,11 +1011,8 @@ class CinderDriver(Driver):
             started = (vol.metadata or {}).get(WRITING_KEY)
             if started is None or vol.status in _GOING:
                 continue
-            try:
-                age: float | None = now - float(started)
-            except ValueError:
-                age = None
-            if age is None or age >= older_than:
+            listed, age = Leftover.aged(started, now, older_than)
+            if listed:
                 yield Leftover(
                     self.backend, "unfinished volume", f"volume {vol.id} ({vol.name})", age,
                     int(vol.size) * GiB, vol.id,
@@ -1150,7 +1125,7 @@ class CinderWriter(Writer):
     def write(self, chunk: memoryview) -> None:
         n = len(chunk)
         if self._offset + n > self._size_gb * GiB:
-            with _acting_as(self._caller):
+            with acting_as(_CALLER, self._caller):
                 self._grow(self._offset + n)
         assert self._att is not None
         try:
@@ -1163,7 +1138,7 @@ class CinderWriter(Writer):
 
     def commit(self, size: int) -> Written:
         drv, vid = self._driver, self._volume_id
-        with _acting_as(self._caller):
+        with acting_as(_CALLER, self._caller):
             self._flush_and_detach()
             cinder = drv._cinder()
             drv._wait(vid, ("detaching", "in-use"), "available")
@@ -1186,7 +1161,7 @@ class CinderWriter(Writer):
 
     def abort(self) -> None:
         att, self._att = self._att, None
-        with _acting_as(self._caller):
+        with acting_as(_CALLER, self._caller):
             if att is not None:
                 self._driver._detach(self._volume_id, att)
             self._driver._remove_volume(self._volume_id)
@@ -1211,21 +1186,13 @@ class CinderStream(ReadStream):
         if self.size == 0:
             return
         drv = self._driver
-        with _acting_as(self._caller):
+        with acting_as(_CALLER, self._caller):
             self._shared, att = drv._acquire_ro(self._volume_id)
         self._reads = att.io.chunks(self._offset, self.size, self._chunk)
-        done = 0
         try:
-            for data in self._reads:
-                yield data
-                done += len(data)
+            yield from self._reads  # a volume ending short: the core's reader reports it
         except OSError as exc:
             raise _io_error(exc, drv.backend, f"reading volume {self._volume_id}") from None
-        if done < self.size:
-            raise BackendError(
-                f"backend {drv.backend!r}: volume {self._volume_id} ended at "
-                f"{self._offset + done}, before the recorded image size"
-            )
 
     def close(self) -> None:
         reads, self._reads = self._reads, None
@@ -1234,7 +1201,7 @@ class CinderStream(ReadStream):
                 reads.close()  # the reads in flight finish before the volume is detached
         shared, self._shared = self._shared, None
         if shared is not None:
-            with _acting_as(self._caller):
+            with acting_as(_CALLER, self._caller):
                 self._driver._release_ro(self._volume_id, shared)
 
     def __repr__(self) -> str:

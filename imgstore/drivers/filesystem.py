@@ -27,7 +27,9 @@ from typing import Any
 
 from oslo_config import cfg
 
+from imgstore.config import read_option_file
 from imgstore.driver import (
+    DEFAULT_CHUNK_SIZE,
     Driver,
     Leftover,
     RangeStream,
@@ -56,7 +58,6 @@ from imgstore.location import (
     urlsplit,
 )
 
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 WRITEBACK_BYTES = 32 * 1024 * 1024
 """A writer asks the kernel to start writing back every this many bytes."""
 DIRECT_ALIGN = 4096
@@ -228,13 +229,8 @@ class FilesystemDriver(Driver):
     def _load_metadata(self, path: str | None) -> Any:
         if not path:
             return {}
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise BadConfiguration(
-                f"cannot read filesystem_store_metadata_file {path}: {exc}"
-            ) from None
+        option = "filesystem_store_metadata_file"
+        data = read_option_file(self.backend, option, path, json.load, ValueError)
         if isinstance(data, dict) or (
             isinstance(data, list) and all(isinstance(x, dict) and "mountpoint" in x for x in data)
         ):

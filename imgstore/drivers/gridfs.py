@@ -388,7 +388,7 @@ class GridFSDriver(Driver):
         Chunks under an unmarked chunk 0 are another writer's and are left alone.
         A maintenance task: it lists the ids of the chunks collection.
         """
-        now = datetime.datetime.now(tz=datetime.timezone.utc)
+        now = datetime.datetime.now(tz=datetime.timezone.utc).timestamp()
         owners = self.call_mapped("listing the chunks' files", self.chunks.distinct, "files_id")
         for file_id in owners:
             kind = self._unfinished(file_id)
@@ -404,8 +404,8 @@ class GridFSDriver(Driver):
             if newest is None:
                 continue  # removed meanwhile
             made = getattr(newest["_id"], "generation_time", None)  # an ObjectId's, tz-aware
-            age = (now - made).total_seconds() if made is not None else None
-            if age is None or age >= older_than:
+            listed, age = Leftover.aged(made and made.timestamp(), now, older_than)
+            if listed:
                 where = f"{self.bucket_name}/{file_id}"
                 yield Leftover(self.backend, kind, where, age, None, (file_id, newest["_id"]))
 

@@ -59,6 +59,7 @@ from urllib3.exceptions import (
 from urllib3.util import connection as urllib3_connection
 
 from imgstore.backoff import Backoff, retry
+from imgstore.config import read_option_file
 from imgstore.driver import (
     DEFAULT_CHUNK_SIZE,
     Driver,
@@ -330,15 +331,8 @@ class HttpDriver(Driver):
     def configure(self) -> None:
         conf = self.conf
         ca_file = conf.https_ca_certificates_file
-        if ca_file:
-            try:
-                with open(ca_file, "rb"):
-                    pass
-            except OSError as exc:
-                raise BadConfiguration(
-                    f"backend {self.backend!r}: cannot read https_ca_certificates_file "
-                    f"{ca_file}: {exc.strerror}"
-                ) from None
+        if ca_file:  # readable: opened, not read
+            read_option_file(self.backend, "https_ca_certificates_file", ca_file, lambda f: None)
         self.verify: bool | str = False if conf.https_insecure else (ca_file or True)
         if conf.https_insecure:
             LOG.warning("backend %r: TLS certificates are not verified", self.backend)

@@ -50,7 +50,7 @@ from imgstore.exceptions import (
     NotFound,
 )
 from imgstore.location import Location, after_scheme, register, require_utf8, shown
-from imgstore.parallel import Space
+from imgstore.parallel import MiB, Space
 
 try:  # Debian's python3-rados / python3-rbd
     import rados
@@ -66,7 +66,6 @@ SNAPSHOT = "snap"
 WRITING_KEY = "imgstore.writing"
 """Image metadata set while an add writes the image (its start time); removed on commit."""
 
-MiB = 1024 * 1024
 DEFAULT_POOL = "images"
 DEFAULT_CONF = "/etc/ceph/ceph.conf"
 DEFAULT_CHUNK_MIB = 8
@@ -533,11 +532,8 @@ class RbdDriver(Driver):
             except (rbd.Error, rados.Error) as exc:
                 LOG.warning("backend %r: cannot inspect image %s: %s", self.backend, name, exc)
                 continue
-            try:
-                age = now - float(started)
-            except ValueError:
-                age = None
-            if age is None or age >= older_than:
+            listed, age = Leftover.aged(started, now, older_than)
+            if listed:
                 yield Leftover(
                     self.backend, "unfinished image", f"{self.pool}/{name}", age, size, name
                 )

@@ -9,10 +9,10 @@ so an existing ``[glance_store]`` section works unchanged.
   go up as a multipart upload on the core's bounded uploader
   (:mod:`imgstore.parallel`): parts of ``s3_store_large_object_chunk_size``, grown
   to fit ``s3_store_max_parts`` (S3 cannot ask a server for its limit; see
-  :func:`part_size`), go up on ``s3_store_thread_pools`` threads while the next
-  part fills, so an add holds at most ``(threads + 1)`` part buffers. A server
-  that refuses a part number is a :class:`BadConfiguration` naming that option.
-  Any failure aborts the upload after the parts in flight have finished, so no
+  :func:`imgstore.parallel.piece_size`), go up on ``s3_store_thread_pools``
+  threads while the next part fills, so an add holds at most ``(threads + 1)``
+  part buffers. A server that refuses a part number is a :class:`BadConfiguration`
+  naming that option. Any failure aborts the upload after the parts in flight have finished, so no
   part and no object is left behind. The object is created with
   ``If-None-Match: *`` (and checked by HEAD before a multipart commit, for
   servers that ignore the header there),
@@ -83,13 +83,10 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, check_part, naming, register, shown, split_once
-from imgstore.parallel import PieceBody, Pieces, PiecesWriting, capacity, piece_size
+from imgstore.parallel import MiB, PieceBody, Pieces, PiecesWriting
 
 LOG = logging.getLogger(__name__)
 
-MiB = 1 << 20
-MIN_PART_SIZE = 5 * MiB
-"""S3's smallest part (all but the last)."""
 MAX_PART_SIZE = 5 * 1024 * MiB
 """S3's largest part."""
 MAX_PARTS = 10_000
@@ -117,19 +114,6 @@ _BY_CODE: dict[str, type[ImgstoreError]] = {
 """S3 error codes of a known kind, whatever their HTTP status (some come with a 400);
 any other code is classed by its status (:func:`imgstore.exceptions.for_status`)."""
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-
-
-def part_size(part_number: int, base: int, total: int | None, limit: int = MAX_PARTS) -> int:
-    """The size of part ``part_number`` (1-based) of a multipart upload of at most
-    ``limit`` parts (``s3_store_max_parts``) of at most 5 GiB, as
-    :func:`imgstore.parallel.piece_size` grows them: AWS's 10,000 parts hold 9.8 TiB
-    of unknown size at the default 10 MiB (4.9 TiB at the 5 MiB minimum)."""
-    return piece_size(part_number, base, total, limit, MAX_PART_SIZE)
-
-
-def max_total(base: int, total: int | None = None, limit: int = MAX_PARTS) -> int:
-    """The largest image that :func:`part_size` fits in ``limit`` parts."""
-    return capacity(base, limit, MAX_PART_SIZE, total)
 
 
 _PART_LIMIT = re.compile(r"between 1 and (\d+)")

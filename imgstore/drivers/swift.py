@@ -57,6 +57,7 @@ from oslo_config import cfg
 
 from imgstore import keystone_catalog, telemetry
 from imgstore.backoff import Backoff, retry
+from imgstore.config import read_option_file
 from imgstore.driver import (
     IMAGE_ID_RE,
     Driver,
@@ -99,12 +100,12 @@ from imgstore.location import (
     split_once,
     unquote_path,
 )
-from imgstore.parallel import PieceBody, Pieces, PiecesWriting, piece_size
-from imgstore.streaming import FedRequest, SizedFedBody
+from imgstore.parallel import MiB, PieceBody, Pieces, PiecesWriting
+from imgstore.sessions import acting_as
+from imgstore.streaming import FedRequest, FedWriting, SizedFedBody
 
 LOG = logging.getLogger(__name__)
 
-MiB = 1 << 20
 READ_CHUNK_SIZE = 1 * MiB
 MAX_SEGMENTS = 1000
 """Swift's default ``max_manifest_segments`` for an SLO."""
@@ -218,13 +219,9 @@ _CONTEXT: contextvars.ContextVar[Account | None] = contextvars.ContextVar(
 )
 
 
-def _read_references(path: str) -> dict[str, dict[str, str]]:
+def _read_references(backend: str, path: str) -> dict[str, dict[str, str]]:
     parser = configparser.RawConfigParser()
-    try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
-    except (OSError, configparser.Error) as exc:
-        raise BadConfiguration(f"cannot read swift_store_config_file {path}: {exc}") from None
+    read_option_file(backend, "swift_store_config_file", path, parser.read_file, configparser.Error)
     return {name: dict(parser.items(name)) for name in parser.sections()}
 
 
@@ -479,7 +476,8 @@ class SwiftDriver(Driver):
         self.reference: str | None = None
         self.account: Account | None = None
         if conf.swift_store_config_file:
-            for name, section in _read_references(conf.swift_store_config_file).items():
+            references = _read_references(self.backend, conf.swift_store_config_file)
+            for name, section in references.items():
                 self._accounts[name] = self._account(section, reference=name)
             self.reference = conf.default_swift_reference
             if not self.multi_tenant:
@@ -568,16 +566,13 @@ class SwiftDriver(Driver):
         del project_id  # the storage URL names the account
         c = self.conf
         if not storage_url:
-            storage_url = keystone_catalog.endpoint_url(
+            storage_url = keystone_catalog.required_endpoint(
                 catalog, c.swift_store_service_type, c.swift_store_endpoint_type,
                 c.swift_store_region,
+                missing=f"backend {self.backend!r}: no storage URL was given and the caller's "
+                f"service catalog has no {c.swift_store_service_type!r} endpoint "
+                "(swift_store_service_type, swift_store_endpoint_type, swift_store_region)",
             )  # fmt: skip
-            if storage_url is None:
-                raise BadConfiguration(
-                    f"backend {self.backend!r}: no storage URL was given and the caller's "
-                    f"service catalog has no {c.swift_store_service_type!r} endpoint "
-                    "(swift_store_service_type, swift_store_endpoint_type, swift_store_region)"
-                )
         if not token:
             raise AuthenticationFailed(
                 f"backend {self.backend!r} acts with the caller's credentials: a token is needed"
@@ -590,11 +585,8 @@ class SwiftDriver(Driver):
             [storage_url, *keystone_catalog.endpoint_urls(catalog, c.swift_store_service_type)]
         )
         account = Account(storage_url=storage_url.rstrip("/"), token=token, trusted=trusted.urls)
-        reset = _CONTEXT.set(account)
-        try:
+        with acting_as(_CONTEXT, account):
             yield
-        finally:
-            _CONTEXT.reset(reset)
 
     def _current(self) -> Account:
         ctx = _CONTEXT.get()
@@ -1074,9 +1066,7 @@ class SwiftStream(ReadStream):
         drv = self._driver
         req: dict[str, str] = {}
         if self._end is not None:
-            req["Range"] = f"bytes={self._pos}-{self._end - 1}"
-        elif self._pos:
-            req["Range"] = f"bytes={self._pos}-"
+            req["Range"] = f"bytes={self._pos}-{self._end - 1}"  # open() sets an offset's count
         # retries=0: not swiftclient's resume of a broken body; the core's
         conn = drv.connection(self._account, retries=0)
         try:
@@ -1111,9 +1101,7 @@ class SwiftStream(ReadStream):
                     if self._pos >= end:
                         break
         finally:
-            self.close()
-        if self._pos < end:
-            raise BackendUnavailable(f"{self._doing}: the connection ended after {self._pos} bytes")
+            self.close()  # ended short: the core's reader resumes or reports it
 
     def close(self) -> None:
         conn, self._conn, self._body = self._conn, None, None
@@ -1155,7 +1143,7 @@ class _ImageWriter(Writer):
         self._driver.settle(self._account, self._location, self._token, exc)
 
 
-class SwiftPutWriter(_ImageWriter):
+class SwiftPutWriter(FedWriting, _ImageWriter):
     """An image of known size as one streaming PUT; the last chunk waits for commit."""
 
     def __init__(self, driver: SwiftDriver, account: Account, location: SwiftLocation,
@@ -1166,12 +1154,6 @@ class SwiftPutWriter(_ImageWriter):
             self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self._shown}"
         )
         self._pending: bytes | None = None
-
-    @property
-    def accepted(self) -> int:
-        """Bytes the PUT has sent (the last chunk waits for commit, and counts once the
-        server has answered)."""
-        return self._request.accepted
 
     def _send(self) -> None:
         # fresh: a new token, as a refused one would only show after the whole body
@@ -1221,19 +1203,6 @@ def _listing_time(entry: dict[str, Any]) -> datetime.datetime:
     except (KeyError, ValueError):
         return datetime.datetime.now(tz=datetime.timezone.utc)  # unknown: count it as fresh
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.timezone.utc)
-
-
-def segment_size(
-    number: int,
-    base: int,
-    total: int | None,
-    limit: int = MAX_SEGMENTS,
-    largest: int = MAX_FILE_SIZE,
-    every: int | None = None,
-) -> int:
-    """:func:`imgstore.parallel.piece_size` with Swift's default limits
-    (``max_manifest_segments`` and ``max_file_size``)."""
-    return piece_size(number, base, total, limit, largest, every)
 
 
 class SwiftSegmentWriter(PiecesWriting, _ImageWriter):

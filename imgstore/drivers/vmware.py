@@ -114,7 +114,7 @@ from imgstore.location import (
 )
 from imgstore.scrubbing import scrub_loggers
 from imgstore.sessions import Renewal, SessionExpired
-from imgstore.streaming import FedBody, FedRequest, SizedFedBody
+from imgstore.streaming import FedBody, FedRequest, FedWriting, SizedFedBody
 from imgstore.threads import import_here
 
 LOG = logging.getLogger(__name__)
@@ -938,7 +938,7 @@ def _age(modified: Any, now: Any) -> float | None:
 # -- writing --------------------------------------------------------------------------------
 
 
-class VMwarePutWriter(Writer):
+class VMwarePutWriter(FedWriting, Writer):
     """One streaming PUT of a temporary file, fed from another thread; commit moves the
     file to the image's name."""
 
@@ -949,7 +949,6 @@ class VMwarePutWriter(Writer):
         self._driver = driver
         self._location = location
         self._temp = temp
-        self._size = size
         self._shown = location.redacted()
         self._temp_shown = temp.redacted()
         body = SizedFedBody(size, _QUEUE_DEPTH) if size is not None else FedBody(_QUEUE_DEPTH)
@@ -968,14 +967,6 @@ class VMwarePutWriter(Writer):
         if resp.status_code == 409:
             raise drv.duplicate(self._location.image_id)
         drv.expect(resp, doing, 200, 201)
-
-    @property
-    def accepted(self) -> int:
-        """Bytes the PUT has sent; its last chunk once the server has answered."""
-        return self._request.accepted
-
-    def write(self, chunk: memoryview) -> None:
-        self._request.feed(bytes(chunk))  # the core reuses its buffer: copy
 
     def commit(self, size: int) -> Written:
         self._request.finish()
@@ -1005,7 +996,7 @@ class VMwarePutWriter(Writer):
         self._request.abort()
         self._remove_partial(linger=0.0 if stored else _CLEANUP_WAIT)
 
-    def _remove_partial(self, linger: float = _CLEANUP_WAIT) -> None:
+    def _remove_partial(self, linger: float) -> None:
         """Delete the temporary file; watch ``linger`` s for a file the server creates late."""
         drv, loc = self._driver, self._temp
         quiet_since = time.monotonic()

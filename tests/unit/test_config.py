@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import tempfile
@@ -507,3 +508,27 @@ def test_default_backend_name_is_validated_by_the_api(tmp_path: pathlib.Path) ->
             stores.add("x", b"", backend="file")
         with pytest.raises(InvalidArgument):
             stores.add("../x", b"")
+
+
+def test_a_file_an_option_names_is_read_or_refused_naming_the_option(
+    tmp_path: pathlib.Path,
+) -> None:
+    good = tmp_path / "refs.json"
+    good.write_text('{"a": 1}', encoding="utf-8")
+    read = config.read_option_file
+    assert read("b1", "some_file", str(good), lambda f: f.read()) == '{"a": 1}'
+    missing = tmp_path / "nope"
+    with pytest.raises(BadConfiguration) as info:
+        read("b1", "some_file", str(missing), lambda f: f.read())
+    assert (
+        str(info.value)
+        == f"backend 'b1': cannot read some_file {missing}: No such file or directory"
+    )
+    with pytest.raises(BadConfiguration, match=r"cannot read some_file .*: Is a directory"):
+        read("b1", "some_file", str(tmp_path), lambda f: f.read())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(BadConfiguration, match=r"^backend 'b1': cannot read some_file .*: Expect"):
+        read("b1", "some_file", str(bad), json.load, ValueError)
+    with pytest.raises(ValueError):  # an error the caller did not name passes unchanged
+        read("b1", "some_file", str(bad), json.load)

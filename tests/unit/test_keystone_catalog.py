@@ -3,7 +3,10 @@ it to Glance, and v3 entries)."""
 
 from __future__ import annotations
 
-from imgstore.keystone_catalog import endpoint_url, endpoint_urls
+import pytest
+
+from imgstore.exceptions import BadConfiguration
+from imgstore.keystone_catalog import endpoint_url, endpoint_urls, required_endpoint
 
 V2 = [
     {"type": "identity", "name": "keystone", "endpoints": [{"publicURL": "http://k:5000"}]},
@@ -58,3 +61,15 @@ def test_every_url_of_a_service_type() -> None:
     ]
     assert endpoint_urls(V3, "volumev3") == ["http://c:8776/v3/p", "http://10.0.0.2:8776/v3/p"]
     assert endpoint_urls([{"type": "object-store"}, "junk"], "object-store") == []
+
+
+def test_a_required_endpoint_is_found_or_refused_with_the_callers_words() -> None:
+    found = required_endpoint(V2, "object-store", "internalURL", "east", missing="unused")
+    assert found == "http://10.0.0.1:8080/v1/AUTH_p"
+    assert required_endpoint(V3, "volumev3", service_name="cinderv3", missing="-") == (
+        "http://c:8776/v3/p"
+    )
+    with pytest.raises(BadConfiguration, match=r"^no volumev3 here$"):
+        required_endpoint(V2, "volumev3", missing="no volumev3 here")
+    with pytest.raises(BadConfiguration):
+        required_endpoint(V2, "object-store", region="north", missing="none in north")

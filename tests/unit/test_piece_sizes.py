@@ -19,19 +19,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgstore import BackendUnavailable, BadConfiguration, InvalidArgument, Stores
-from imgstore.drivers.s3 import MAX_PART_SIZE, S3Driver, S3Location, S3Writer, max_total, part_size
+from imgstore.drivers.s3 import MAX_PART_SIZE, MAX_PARTS, S3Driver, S3Location, S3Writer
 from imgstore.drivers.swift import (
     MAX_FILE_SIZE,
     MAX_SEGMENTS,
     Account,
     SwiftDriver,
     SwiftLimits,
-    segment_size,
 )
 from imgstore.parallel import capacity, growth_every, piece_size
 
 MiB = 1 << 20
 GiB = 1 << 30
+SWIFT = (MAX_SEGMENTS, MAX_FILE_SIZE)  # Swift's default max_manifest_segments, max_file_size
 
 limits = st.integers(min_value=1, max_value=12_000)
 largests = st.integers(min_value=1, max_value=64).map(lambda n: n * MiB) | st.integers(
@@ -111,23 +111,23 @@ def test_huge_doublings_stop_at_the_largest() -> None:
 def test_swift_segments_at_the_lowered_limits_of_the_test_proxy() -> None:
     # max_file_size 16 MiB, max_manifest_segments 4 (tests/functional/test_server_limits.py)
     small, largest = 16 * MiB, 16 * MiB
-    assert segment_size(1, 200 * MiB, 17 * MiB, 4, largest) == largest  # never above it
-    assert segment_size(1, MiB, 6 * MiB + 5, 4, largest) == 2 * MiB
-    assert [segment_size(n, MiB, None, 4, largest) for n in range(1, 6)] == [
+    assert piece_size(1, 200 * MiB, 17 * MiB, 4, largest) == largest  # never above it
+    assert piece_size(1, MiB, 6 * MiB + 5, 4, largest) == 2 * MiB
+    assert [piece_size(n, MiB, None, 4, largest) for n in range(1, 6)] == [
         MiB, 2 * MiB, 4 * MiB, 8 * MiB, small,
     ]  # fmt: skip
     assert capacity(MiB, 4, largest) == 15 * MiB
     # a DLO grows every 100 segments whatever its limit
-    assert segment_size(100, MiB, None, 99_999, largest, every=100) == MiB
-    assert segment_size(101, MiB, None, 99_999, largest, every=100) == 2 * MiB
+    assert piece_size(100, MiB, None, 99_999, largest, every=100) == MiB
+    assert piece_size(101, MiB, None, 99_999, largest, every=100) == 2 * MiB
 
 
 def test_swift_defaults_are_unchanged_below_the_5_gib_object() -> None:
     base = 200 * MiB
-    assert segment_size(101, base, None) == 2 * base
-    assert segment_size(1000, base, None) == MAX_FILE_SIZE  # 200 MiB x 2**9 is capped
-    assert segment_size(1, base, 1000 * GiB) == 1024 * MiB
-    assert segment_size(1, base, 6 * 1024 * GiB) == MAX_FILE_SIZE  # too big: capped
+    assert piece_size(101, base, None, *SWIFT) == 2 * base
+    assert piece_size(1000, base, None, *SWIFT) == MAX_FILE_SIZE  # 200 MiB x 2**9 is capped
+    assert piece_size(1, base, 1000 * GiB, *SWIFT) == 1024 * MiB
+    assert piece_size(1, base, 6 * 1024 * GiB, *SWIFT) == MAX_FILE_SIZE  # too big: capped
 
 
 def test_limits_from_info() -> None:
@@ -292,12 +292,14 @@ def test_an_image_that_cannot_fit_is_refused_before_any_request(
 
 def test_s3_part_sizes_follow_the_part_limit() -> None:
     five = 5 * MiB
-    assert part_size(1, five, 18 * MiB + 7, 3) == 7 * MiB
-    assert [part_size(n, five, None, 3) for n in (1, 2, 3)] == [five, 2 * five, 4 * five]
-    assert part_size(1, five, 18 * MiB + 7) == five  # AWS's 10,000 by default
-    assert max_total(five, None, 3) == 35 * MiB
-    assert max_total(five, None, 1) == five
-    assert part_size(1, five, 3 * MAX_PART_SIZE + 1, 3) == MAX_PART_SIZE  # does not fit
+    assert piece_size(1, five, 18 * MiB + 7, 3, MAX_PART_SIZE) == 7 * MiB
+    sizes = [piece_size(n, five, None, 3, MAX_PART_SIZE) for n in (1, 2, 3)]
+    assert sizes == [five, 2 * five, 4 * five]
+    aws = (MAX_PARTS, MAX_PART_SIZE)
+    assert piece_size(1, five, 18 * MiB + 7, *aws) == five  # AWS's 10,000 by default
+    assert capacity(five, 3, MAX_PART_SIZE) == 35 * MiB
+    assert capacity(five, 1, MAX_PART_SIZE) == five
+    assert piece_size(1, five, 3 * MAX_PART_SIZE + 1, 3, MAX_PART_SIZE) == MAX_PART_SIZE
 
 
 def _s3_stores(tmp_path: Path, **options: Any) -> Stores:

@@ -11,25 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgstore import BadConfiguration, BadLocation, Stores
-from imgstore.drivers.s3 import (
-    MAX_PART_SIZE,
-    MAX_PARTS,
-    MIN_PART_SIZE,
-    MiB,
-    S3Location,
-    max_total,
-    part_size,
-)
+from imgstore.drivers.s3 import MAX_PART_SIZE, MAX_PARTS, S3Location
 from imgstore.location import parse
+from imgstore.parallel import MiB, capacity, piece_size
 
 TiB = 1 << 40
+MIN_PART_SIZE = 5 * MiB  # S3's smallest part (all but the last)
+AWS = (MAX_PARTS, MAX_PART_SIZE)  # piece_size's and capacity's limit and largest for S3
 bases = st.integers(min_value=5, max_value=5120).map(lambda n: n * MiB)
 
 
 @given(base=bases, total=st.integers(min_value=0, max_value=MAX_PARTS * MAX_PART_SIZE))
 def test_known_size_fits_in_10000_parts(base: int, total: int) -> None:
-    size = part_size(1, base, total)
-    assert all(part_size(n, base, total) == size for n in (2, 999, 10_000))
+    size = piece_size(1, base, total, *AWS)
+    assert all(piece_size(n, base, total, *AWS) == size for n in (2, 999, 10_000))
     assert MIN_PART_SIZE <= base <= size <= MAX_PART_SIZE
     assert size % MiB == 0
     assert math.ceil(total / size) <= MAX_PARTS
@@ -39,40 +34,40 @@ def test_known_size_fits_in_10000_parts(base: int, total: int) -> None:
 
 def test_known_size_examples() -> None:
     ten = 10 * MiB
-    assert part_size(1, ten, 1 << 30) == ten  # 1 GiB: 103 parts of the base size
-    assert part_size(1, ten, 10_000 * ten) == ten  # exactly 10,000 parts
-    assert part_size(1, ten, 10_000 * ten + 1) == 11 * MiB
-    assert part_size(1, ten, TiB) == 105 * MiB  # 1 TiB / 10,000 = 104.86 MiB
-    assert part_size(1, ten, 5 * TiB) == 525 * MiB
+    assert piece_size(1, ten, 1 << 30, *AWS) == ten  # 1 GiB: 103 parts of the base size
+    assert piece_size(1, ten, 10_000 * ten, *AWS) == ten  # exactly 10,000 parts
+    assert piece_size(1, ten, 10_000 * ten + 1, *AWS) == 11 * MiB
+    assert piece_size(1, ten, TiB, *AWS) == 105 * MiB  # 1 TiB / 10,000 = 104.86 MiB
+    assert piece_size(1, ten, 5 * TiB, *AWS) == 525 * MiB
 
 
 def test_unknown_size_doubles_every_1000_parts() -> None:
     ten = 10 * MiB
-    assert [part_size(n, ten, None) for n in (1, 1000, 1001, 2000, 2001, 3001)] == [
+    assert [piece_size(n, ten, None, *AWS) for n in (1, 1000, 1001, 2000, 2001, 3001)] == [
         ten, ten, 2 * ten, 2 * ten, 4 * ten, 8 * ten,
     ]  # fmt: skip
-    assert part_size(10_000, ten, None) == MAX_PART_SIZE  # 10 MiB x 2**9 = 5 GiB, the cap
-    assert part_size(10_000, 100 * MiB, None) == MAX_PART_SIZE
+    assert piece_size(10_000, ten, None, *AWS) == MAX_PART_SIZE  # 10 MiB x 2**9 = 5 GiB, the cap
+    assert piece_size(10_000, 100 * MiB, None, *AWS) == MAX_PART_SIZE
 
 
 @settings(deadline=None, max_examples=30)
 @given(base=bases)
 def test_unknown_size_parts_stay_legal_and_hold_terabytes(base: int) -> None:
-    sizes = [part_size(n, base, None) for n in range(1, MAX_PARTS + 1)]
+    sizes = [piece_size(n, base, None, *AWS) for n in range(1, MAX_PARTS + 1)]
     assert sizes == sorted(sizes)
     assert all(MIN_PART_SIZE <= s <= MAX_PART_SIZE for s in sizes)
-    assert sum(sizes) == max_total(base)
-    assert max_total(base) >= max_total(MIN_PART_SIZE) >= 4.8 * TiB
+    assert sum(sizes) == capacity(base, *AWS)
+    assert capacity(base, *AWS) >= capacity(MIN_PART_SIZE, *AWS) >= 4.8 * TiB
 
 
 def test_unknown_size_default_holds_s3s_largest_object() -> None:
-    assert max_total(10 * MiB) >= 5 * TiB
-    assert max_total(5 * MiB) >= 4.8 * TiB
+    assert capacity(10 * MiB, *AWS) >= 5 * TiB
+    assert capacity(5 * MiB, *AWS) >= 4.8 * TiB
 
 
 def test_part_numbers_start_at_one() -> None:
     with pytest.raises(ValueError):
-        part_size(0, 10 * MiB, None)
+        piece_size(0, 10 * MiB, None, *AWS)
 
 
 # -- locations ------------------------------------------------------------------

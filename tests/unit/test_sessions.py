@@ -3,13 +3,14 @@ session is renewed ahead of its end."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 
 import pytest
 
 from imgstore import telemetry
 from imgstore.exceptions import AuthenticationFailed, BackendUnavailable
-from imgstore.sessions import Renewal, SessionExpired, renew_margin
+from imgstore.sessions import Renewal, SessionExpired, acting_as, renew_margin
 
 
 class Server:
@@ -113,3 +114,26 @@ def test_renewal_margin_is_a_quarter_of_the_lifetime_within_bounds(
     lifetime: float, margin: int
 ) -> None:
     assert renew_margin(lifetime) == margin
+
+
+CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("test_caller", default=None)
+
+
+def test_acting_as_sets_a_callers_credentials_for_the_block_only() -> None:
+    with acting_as(CALLER, "alice"):
+        assert CALLER.get() == "alice"
+        with acting_as(CALLER, None):  # None: the credentials stay as they are
+            assert CALLER.get() == "alice"
+        with acting_as(CALLER, "bob"):
+            assert CALLER.get() == "bob"
+        assert CALLER.get() == "alice"
+        with pytest.raises(KeyError), acting_as(CALLER, "carol"):
+            raise KeyError("an error inside the block still resets it")
+        assert CALLER.get() == "alice"
+    assert CALLER.get() is None
+    seen: list[str | None] = []  # another thread sees none of it
+    with acting_as(CALLER, "alice"):
+        thread = threading.Thread(target=lambda: seen.append(CALLER.get()))
+        thread.start()
+        thread.join()
+    assert seen == [None]

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from imgstore.exceptions import BackendError, BackendUnavailable
-from imgstore.streaming import END, FedBody, FedRequest, SizedFedBody
+from imgstore.streaming import END, FedBody, FedRequest, FedWriting, SizedFedBody
 
 
 def test_the_request_reads_what_is_fed_in_order() -> None:
@@ -103,3 +103,34 @@ def test_accepted_counts_what_was_sent_and_the_last_chunk_once_answered(reads: b
     answered.set()
     request.join()
     assert request.sent and request.accepted == 9
+
+
+class _Fed(FedWriting):
+    def __init__(self, request: FedRequest) -> None:
+        self._request = request
+
+
+def test_a_fed_writer_feeds_copies_and_counts_the_last_chunk_once_answered() -> None:
+    got: list[bytes] = []
+    go, read, answer = threading.Event(), threading.Event(), threading.Event()
+    body = FedBody()
+
+    def send() -> None:
+        go.wait(10)  # the client reads the body only after the writer reused its buffer
+        got.extend(body)
+        read.set()
+        answer.wait(10)
+
+    writer = _Fed(FedRequest(send, body, "t", "writing x"))
+    buffer = bytearray(b"abc")
+    writer.write(memoryview(buffer))
+    buffer[:] = b"def"
+    writer.write(memoryview(buffer))
+    writer._request.feed(END)
+    go.set()
+    assert read.wait(10)
+    assert got == [b"abc", b"def"]
+    assert writer.accepted == 3  # the last chunk counts once the server has answered
+    answer.set()
+    writer._request.finish()
+    assert writer.accepted == 6

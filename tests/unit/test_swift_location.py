@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imgstore import BadLocation, Stores
-from imgstore.drivers.swift import MAX_SEGMENTS, SwiftLocation, segment_size
+from imgstore.drivers.swift import MAX_FILE_SIZE, MAX_SEGMENTS, SwiftLocation
 from imgstore.exceptions import AuthenticationFailed, BadConfiguration
 from imgstore.location import parse
+from imgstore.parallel import piece_size
 
 IMAGE = "0f4b0c4e-1b6a-4b8f-9c1d-2e3f4a5b6c7d"
 MiB = 1 << 20
@@ -91,14 +92,14 @@ def test_round_trip_property(container: str, obj: str) -> None:
 
 def test_segment_size() -> None:
     base = 200 * MiB
-    assert segment_size(1, base, 10 * MiB) == base
+    assert piece_size(1, base, 10 * MiB, MAX_SEGMENTS, MAX_FILE_SIZE) == base
     big = 1000 * 1024 * MiB  # 1000 GiB: 200 MiB x 1000 segments is not enough
-    size = segment_size(1, base, big)
+    size = piece_size(1, base, big, MAX_SEGMENTS, MAX_FILE_SIZE)
     assert size * MAX_SEGMENTS >= big and size % MiB == 0
-    assert segment_size(1, base, None) == base
-    assert segment_size(101, base, None) == 2 * base
+    assert piece_size(1, base, None, MAX_SEGMENTS, MAX_FILE_SIZE) == base
+    assert piece_size(101, base, None, MAX_SEGMENTS, MAX_FILE_SIZE) == 2 * base
     with pytest.raises(ValueError):
-        segment_size(0, base, None)
+        piece_size(0, base, None, MAX_SEGMENTS, MAX_FILE_SIZE)
 
 
 def _stores(tmp_path: Path, **options: object) -> Stores:
