@@ -22,7 +22,7 @@ import logging
 import re
 import secrets
 import ssl
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from oslo_config import cfg
@@ -37,6 +37,7 @@ from imgstore.exceptions import (
     InvalidArgument,
     NotFound,
     NotSupported,
+    StorageFull,
 )
 from imgstore.location import Location, parse
 from imgstore.parallel import Space, capacity
@@ -460,6 +461,20 @@ class Driver(abc.ABC):
     def duplicate(self, image_id: str) -> Duplicate:
         """The error for an add of ``image_id``, which is here already."""
         return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+
+    def with_room(
+        self, places: Sequence[T], rank: Callable[[T], int], free: Callable[[T], int],
+        size: int, what: str,
+    ) -> T:  # fmt: skip
+        """Of ``places`` (data directories, datastores), the one of highest ``rank`` with
+        room for ``size`` bytes; within a rank the one with the most ``free`` bytes (the first
+        of equals). ``free`` is asked of a rank's places only when no place of a higher rank
+        has room; :class:`StorageFull` (``no <what> has room``) when none has."""
+        for top in sorted({rank(p) for p in places}, reverse=True):
+            room, best = max(((free(p), p) for p in places if rank(p) == top), key=lambda r: r[0])
+            if room >= size:
+                return best
+        raise StorageFull(f"backend {self.backend!r}: no {what} has room for {size} bytes")
 
     def location_for(self, image_id: str) -> Location | None:
         """Where :meth:`begin_write` of ``image_id`` puts the image, or None when unknown.

@@ -623,16 +623,9 @@ class VMwareDriver(Driver):
         """Highest weight first; within a weight the most free space; room for ``size``."""
         if not self.datastores:
             raise BadConfiguration(f"backend {self.backend!r}: vmware_datastores is empty")
-        for weight in sorted({s.weight for s in self.datastores}, reverse=True):
-            group = [s for s in self.datastores if s.weight == weight]
-            best, best_free = None, -1
-            for spec in group:
-                free = self.free_space(spec)
-                if free > best_free:
-                    best, best_free = spec, free
-            if best is not None and best_free >= (size or 0):
-                return best
-        raise StorageFull(f"backend {self.backend!r}: no datastore has room for {size or 0} bytes")
+        return self.with_room(
+            self.datastores, lambda s: s.weight, self.free_space, size or 0, "datastore"
+        )
 
     # -- HTTP -----------------------------------------------------------------------------
 

@@ -142,3 +142,24 @@ def test_needs_imports_the_modules_or_says_what_to_install() -> None:
     )
     assert raised.value.__cause__ is None
     assert raised.value.__suppress_context__
+
+
+def test_with_room_takes_the_highest_rank_then_the_most_free_asking_only_ranks_tried() -> None:
+    driver = make(Plain)
+    rank = {"a": 2, "b": 2, "c": 2, "d": 1, "e": 0}
+    room = {"a": 50, "b": 80, "c": 80, "d": 500, "e": 900}
+    asked: list[str] = []
+
+    def free(place: str) -> int:
+        asked.append(place)
+        return room[place]
+
+    places = list(rank)
+    assert driver.with_room(places, rank.__getitem__, free, 80, "disk") == "b"  # b before c
+    assert sorted(asked) == ["a", "b", "c"], "rank 1 and 0 need not be asked"
+    asked.clear()
+    assert driver.with_room(places, rank.__getitem__, free, 81, "disk") == "d"
+    assert sorted(asked) == ["a", "b", "c", "d"]
+    with pytest.raises(StorageFull) as raised:
+        driver.with_room(places, rank.__getitem__, free, 901, "disk")
+    assert str(raised.value) == "backend 'b1': no disk has room for 901 bytes"
