@@ -197,6 +197,12 @@ class Writer(abc.ABC):
     or lend the core its own memory to read them into (:meth:`space`).
     """
 
+    shown: str = ""
+    """Where the image goes, as messages show it (redacted); the repr names it when set."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.shown}>" if self.shown else super().__repr__()
+
     def space(self, size: int) -> Space | None:
         """Memory of the writer's own (at most ``size`` bytes) for the core to read the
         next chunk into, then pass to :meth:`write` as it is, so the writer keeps the

@@ -942,15 +942,10 @@ class VMwarePutWriter(FedWriting, Writer):
         self._driver = driver
         self._location = location
         self._temp = temp
-        self._shown = location.redacted()
+        self.shown = location.redacted()
         self._temp_shown = temp.redacted()
         body = SizedFedBody(size, _QUEUE_DEPTH) if size is not None else FedBody(_QUEUE_DEPTH)
-        self._request = FedRequest(
-            self._send, body, "imgstore-vmware-put", f"writing {self._shown}"
-        )
-
-    def __repr__(self) -> str:
-        return f"<VMwarePutWriter {self._shown}>"
+        self._request = FedRequest(self._send, body, "imgstore-vmware-put", f"writing {self.shown}")
 
     def _send(self) -> None:
         drv, doing = self._driver, f"writing {self._temp_shown}"
@@ -969,7 +964,7 @@ class VMwarePutWriter(FedWriting, Writer):
     def _move_into_place(self) -> None:
         """Move the uploaded file to the image's name, which must not exist."""
         drv, image_id = self._driver, self._location.image_id
-        what = f"moving {self._temp_shown} to {self._shown}"
+        what = f"moving {self._temp_shown} to {self.shown}"
         started = time.monotonic()
         try:
             drv.move_file(self._temp, self._location, what)
@@ -979,7 +974,7 @@ class VMwarePutWriter(FedWriting, Writer):
             raise BackendError(f"{exc}: the upload of image {image_id} was lost") from None
         LOG.debug(
             "backend %r: moved %s into place in %.3f s",
-            drv.backend, self._shown, time.monotonic() - started,
+            drv.backend, self.shown, time.monotonic() - started,
         )  # fmt: skip
 
     def abort(self) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from imgstore.driver import Driver, DriverConf, ReadStream
+from imgstore.driver import Driver, DriverConf, ReadStream, Writer, Written
 from imgstore.drivers.http import HttpLocation
 from imgstore.exceptions import (
     BackendError,
@@ -163,3 +163,17 @@ def test_with_room_takes_the_highest_rank_then_the_most_free_asking_only_ranks_t
     with pytest.raises(StorageFull) as raised:
         driver.with_room(places, rank.__getitem__, free, 901, "disk")
     assert str(raised.value) == "backend 'b1': no disk has room for 901 bytes"
+
+
+def test_a_writer_repr_names_its_class_and_shown_location_when_it_has_one() -> None:
+    class Up(Writer):
+        def write(self, chunk: memoryview) -> None: ...
+        def commit(self, size: int) -> Written:
+            raise NotImplementedError
+
+        def abort(self) -> None: ...
+
+    up = Up()
+    assert repr(up).startswith("<") and " object at 0x" in repr(up)
+    up.shown = "s3://host/bucket/img-1"
+    assert repr(up) == "<Up s3://host/bucket/img-1>"
