@@ -464,6 +464,16 @@ class Driver(abc.ABC):
         """Delete the image; :class:`NotFound` if it is not there."""
         raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot delete images")
 
+    @staticmethod
+    def found(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> bool:
+        """Whether ``fn(*args, **kwargs)`` (a look-up, a delete) found its object: False
+        when it raised :class:`NotFound`; other errors pass."""
+        try:
+            fn(*args, **kwargs)
+        except NotFound:
+            return False
+        return True
+
     def duplicate(self, image_id: str) -> Duplicate:
         """The error for an add of ``image_id``, which is here already."""
         return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")

@@ -449,12 +449,9 @@ class S3Driver(Driver):
     # -- operations --------------------------------------------------------
 
     def _exists(self, key: str, doing: str) -> bool:
-        try:
-            with self.mapped(doing):
-                self.client.head_object(Bucket=self.bucket, Key=key)
-        except NotFound:
-            return False
-        return True
+        return self.found(
+            self.call_mapped, doing, lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+        )
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:

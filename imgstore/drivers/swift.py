@@ -783,11 +783,7 @@ class SwiftDriver(Driver):
         return dict(self.call(account, doing, "head_object", container, obj))
 
     def _exists(self, account: Account, container: str, obj: str, doing: str) -> bool:
-        try:
-            self.head(account, container, obj, doing)
-        except NotFound:
-            return False
-        return True
+        return self.found(self.head, account, container, obj, doing)
 
     def settle(self, account: Account, loc: SwiftLocation, token: str, exc: ImgstoreError) -> None:
         """After the PUT that makes the image (writer ``token``) failed with ``exc``:

@@ -864,10 +864,7 @@ class VMwareDriver(Driver):
             raise BadLocation(
                 f"{leftover.name} is not a partial upload of backend {self.backend!r}: not removed"
             )
-        try:
-            self.delete_file(loc, f"removing the partial upload {loc.redacted()}")
-        except NotFound:
-            pass
+        self.found(self.delete_file, loc, f"removing the partial upload {loc.redacted()}")
 
     def discard(self, image_id: str) -> bool:
         """Delete image ``image_id`` and the temporary files of unfinished uploads of it,
@@ -880,11 +877,7 @@ class VMwareDriver(Driver):
             if self.exists(final, f"checking {final.redacted()}"):
                 doomed.append(final)
             for loc in doomed:
-                try:
-                    self.delete_file(loc, f"discarding {loc.redacted()}")
-                except NotFound:
-                    continue
-                removed = True
+                removed |= self.found(self.delete_file, loc, f"discarding {loc.redacted()}")
         return removed
 
     def close(self) -> None:

@@ -177,3 +177,13 @@ def test_a_writer_repr_names_its_class_and_shown_location_when_it_has_one() -> N
     assert repr(up).startswith("<") and " object at 0x" in repr(up)
     up.shown = "s3://host/bucket/img-1"
     assert repr(up) == "<Up s3://host/bucket/img-1>"
+
+
+def test_found_is_false_only_for_not_found() -> None:
+    calls: list[tuple[Any, ...]] = []
+    assert Driver.found(lambda *a, **k: calls.append((a, k)), 1, x=2)
+    assert calls == [((1,), {"x": 2})]
+    assert make(Plain).found(lambda: None) is True
+    assert make(Plain).found(fail, NotFound("gone")) is False
+    with pytest.raises(BackendError):
+        make(Plain).found(fail, BackendError("down"))
