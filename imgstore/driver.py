@@ -22,7 +22,7 @@ import logging
 import re
 import secrets
 import ssl
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from oslo_config import cfg
@@ -37,6 +37,7 @@ from imgstore.exceptions import (
     InvalidArgument,
     NotFound,
     NotSupported,
+    StorageFull,
 )
 from imgstore.location import Location, parse
 from imgstore.parallel import Space, capacity
@@ -195,6 +196,12 @@ class Writer(abc.ABC):
     once ``write`` returns: a writer that keeps the bytes for later must copy them,
     or lend the core its own memory to read them into (:meth:`space`).
     """
+
+    shown: str = ""
+    """Where the image goes, as messages show it (redacted); the repr names it when set."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.shown}>" if self.shown else super().__repr__()
 
     def space(self, size: int) -> Space | None:
         """Memory of the writer's own (at most ``size`` bytes) for the core to read the
@@ -457,9 +464,33 @@ class Driver(abc.ABC):
         """Delete the image; :class:`NotFound` if it is not there."""
         raise NotSupported(f"backend {self.backend!r} ({self.name}) cannot delete images")
 
+    @staticmethod
+    def found(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> bool:
+        """Whether ``fn(*args, **kwargs)`` (a look-up, a delete) found its object: False
+        when it raised :class:`NotFound`; other errors pass."""
+        try:
+            fn(*args, **kwargs)
+        except NotFound:
+            return False
+        return True
+
     def duplicate(self, image_id: str) -> Duplicate:
         """The error for an add of ``image_id``, which is here already."""
         return Duplicate(f"image {image_id} already exists in backend {self.backend!r}")
+
+    def with_room(
+        self, places: Sequence[T], rank: Callable[[T], int], free: Callable[[T], int],
+        size: int, what: str,
+    ) -> T:  # fmt: skip
+        """Of ``places`` (data directories, datastores), the one of highest ``rank`` with
+        room for ``size`` bytes; within a rank the one with the most ``free`` bytes (the first
+        of equals). ``free`` is asked of a rank's places only when no place of a higher rank
+        has room; :class:`StorageFull` (``no <what> has room``) when none has."""
+        for top in sorted({rank(p) for p in places}, reverse=True):
+            room, best = max(((free(p), p) for p in places if rank(p) == top), key=lambda r: r[0])
+            if room >= size:
+                return best
+        raise StorageFull(f"backend {self.backend!r}: no {what} has room for {size} bytes")
 
     def location_for(self, image_id: str) -> Location | None:
         """Where :meth:`begin_write` of ``image_id`` puts the image, or None when unknown.

@@ -46,7 +46,6 @@ from imgstore.exceptions import (
     BadLocation,
     ImgstoreError,
     NotFound,
-    StorageFull,
 )
 from imgstore.location import (
     Location,
@@ -317,7 +316,11 @@ class FilesystemDriver(Driver):
     def begin_write(self, image_id: str, size: int | None) -> Writer:
         if self._existing(image_id) is not None:
             raise self.duplicate(image_id)
-        return FileWriter(self, self._choose_datadir(size or 0), image_id)
+        free = {d.path: _free_bytes(d.path) for d in self.datadirs}  # every one, then choose
+        datadir = self.with_room(
+            self.datadirs, lambda d: d.priority, lambda d: free[d.path], size or 0, "data directory"
+        )
+        return FileWriter(self, datadir, image_id)
 
     def leftovers(self, older_than: float) -> Iterator[Leftover]:
         """Partial files (``.<id>.<token>.imgstore-partial``) untouched for ``older_than`` s."""
@@ -349,16 +352,6 @@ class FilesystemDriver(Driver):
             pass
         except OSError as exc:
             raise self.os_error(exc, f"remove {leftover.ref}") from None
-
-    def _choose_datadir(self, size: int) -> DataDir:
-        """The directory of highest priority (then most free space) with room for ``size``."""
-        room = [(d.priority, _free_bytes(d.path), d) for d in self.datadirs]
-        room = [r for r in room if r[1] >= size]
-        if not room:
-            raise StorageFull(
-                f"backend {self.backend!r}: no data directory has room for {size} bytes"
-            )
-        return max(room, key=lambda r: r[:2])[2]
 
     def open(self, location: Location, offset: int, length: int | None) -> ReadStream:
         path = self._checked_path(location)

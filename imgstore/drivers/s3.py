@@ -449,12 +449,9 @@ class S3Driver(Driver):
     # -- operations --------------------------------------------------------
 
     def _exists(self, key: str, doing: str) -> bool:
-        try:
-            with self.mapped(doing):
-                self.client.head_object(Bucket=self.bucket, Key=key)
-        except NotFound:
-            return False
-        return True
+        return self.found(
+            self.call_mapped, doing, lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+        )
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -638,7 +635,7 @@ class S3Writer(PiecesWriting, Writer):
         self._driver = driver
         self._location = location
         self._key = location.key
-        self._shown = location.redacted()
+        self.shown = location.redacted()
         self._upload_id: str | None = None
         self._token = secrets_mod.token_hex(16)
         self._pieces = Pieces(
@@ -649,13 +646,10 @@ class S3Writer(PiecesWriting, Writer):
             hold=size is not None and size < driver.large_object_size,
         )  # fmt: skip
 
-    def __repr__(self) -> str:
-        return f"<S3Writer {self._shown}>"
-
     def _start_upload(self) -> None:
         drv = self._driver
         created = drv.call_mapped(
-            f"starting a multipart upload of {self._shown}",
+            f"starting a multipart upload of {self.shown}",
             drv.client.create_multipart_upload,
             Bucket=drv.bucket,
             Key=self._key,
@@ -674,7 +668,7 @@ class S3Writer(PiecesWriting, Writer):
     def _part_error(self, exc: BaseException, number: int) -> BaseException:
         """A failed part's exception, as the imgstore error the writer raises."""
         err = self._part_refused(exc, number) or self._driver.map_error(
-            exc, f"uploading part {number} of {self._shown}"
+            exc, f"uploading part {number} of {self.shown}"
         )
         err.__cause__ = exc
         return err
@@ -693,7 +687,7 @@ class S3Writer(PiecesWriting, Writer):
         found = _PART_LIMIT.search(message)
         limit = f"at most {found.group(1)} parts" if found else "fewer parts"
         return BadConfiguration(
-            f"backend {drv.backend!r}: uploading part {number} of {self._shown}: the S3 "
+            f"backend {drv.backend!r}: uploading part {number} of {self.shown}: the S3 "
             f"server takes {limit} in one upload ({message.strip() or code}), but "
             f"s3_store_max_parts is {drv.max_parts}: set it to the server's limit"
         )
@@ -705,7 +699,7 @@ class S3Writer(PiecesWriting, Writer):
         self._pieces.raise_failure()
         if self._pieces.sent == 0:  # one PUT: a single image, or one smaller than a part
             self._conditional(
-                f"writing {self._shown}",
+                f"writing {self.shown}",
                 drv.client.put_object,
                 Bucket=drv.bucket,
                 Key=self._key,
@@ -715,11 +709,11 @@ class S3Writer(PiecesWriting, Writer):
         else:
             etags = self._pieces.finish()
             # radosgw ignores If-None-Match on CompleteMultipartUpload: look first
-            if drv._exists(self._key, f"checking {self._shown}"):
+            if drv._exists(self._key, f"checking {self.shown}"):
                 raise drv.duplicate(self._key)
             parts = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
             self._conditional(
-                f"completing the multipart upload of {self._shown}",
+                f"completing the multipart upload of {self.shown}",
                 drv.client.complete_multipart_upload,
                 Bucket=drv.bucket,
                 Key=self._key,
@@ -776,5 +770,5 @@ class S3Writer(PiecesWriting, Writer):
             LOG.warning(
                 "backend %r: could not abort the multipart upload of %s (%s); its parts "
                 "remain until `imgstore cleanup` (or the bucket's lifecycle) removes them",
-                self._driver.backend, self._shown, err,
+                self._driver.backend, self.shown, err,
             )  # fmt: skip

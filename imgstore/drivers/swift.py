@@ -783,11 +783,7 @@ class SwiftDriver(Driver):
         return dict(self.call(account, doing, "head_object", container, obj))
 
     def _exists(self, account: Account, container: str, obj: str, doing: str) -> bool:
-        try:
-            self.head(account, container, obj, doing)
-        except NotFound:
-            return False
-        return True
+        return self.found(self.head, account, container, obj, doing)
 
     def settle(self, account: Account, loc: SwiftLocation, token: str, exc: ImgstoreError) -> None:
         """After the PUT that makes the image (writer ``token``) failed with ``exc``:
@@ -1120,11 +1116,8 @@ class _ImageWriter(Writer):
         self._driver = driver
         self._account = account
         self._location = location
-        self._shown = location.redacted()
+        self.shown = location.redacted()
         self._token = secrets_mod.token_hex(16)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._shown}>"
 
     def _put(
         self, conn: Any, body: Any, length: int, headers: dict[str, str] | None = None, **kw: Any
@@ -1151,13 +1144,13 @@ class SwiftPutWriter(FedWriting, _ImageWriter):
         super().__init__(driver, account, location)
         self._size = size
         self._request = FedRequest(
-            self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self._shown}"
+            self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self.shown}"
         )
         self._pending: bytes | None = None
 
     def _send(self) -> None:
         # fresh: a new token, as a refused one would only show after the whole body
-        doing = f"writing {self._shown}"
+        doing = f"writing {self.shown}"
         with self._driver.session(self._account, doing, retries=0, fresh=True) as conn:
             self._put(conn, self._request.body, self._size)
 
@@ -1221,7 +1214,7 @@ class SwiftSegmentWriter(PiecesWriting, _ImageWriter):
 
     def _upload(self, number: int, body: PieceBody) -> dict[str, Any]:
         name = f"{self._prefix}{number:05d}"
-        doing = f"uploading segment {number} of {self._shown}"
+        doing = f"uploading segment {number} of {self.shown}"
         with self._driver.session(self._account, doing) as conn:
             etag = conn.put_object(
                 self._location.container, name, contents=body,
@@ -1237,7 +1230,7 @@ class SwiftSegmentWriter(PiecesWriting, _ImageWriter):
             return Written(loc)
         entries = self._pieces.finish()
         # radosgw ignores If-None-Match on some PUTs: look first
-        if drv._exists(self._account, loc.container, loc.obj, f"checking {self._shown}"):
+        if drv._exists(self._account, loc.container, loc.obj, f"checking {self.shown}"):
             raise drv.duplicate(loc.obj)
         if drv.slo:
             self._put_once("writing the manifest of", PieceBody(json.dumps(entries).encode()),
@@ -1252,7 +1245,7 @@ class SwiftSegmentWriter(PiecesWriting, _ImageWriter):
     def _put_once(self, what: str, body: PieceBody, **kwargs: Any) -> None:
         """PUT the object that makes the image (a manifest, or the only segment), retried
         as swiftclient retries; settled (:meth:`SwiftDriver.settle`) when it fails."""
-        doing = f"{what} {self._shown}"
+        doing = f"{what} {self.shown}"
         try:
             try:
                 with self._driver.session(self._account, doing) as conn:
@@ -1280,5 +1273,5 @@ class SwiftSegmentWriter(PiecesWriting, _ImageWriter):
         finally:
             loc, count, self._pieces.sent = self._location, self._pieces.sent, 0
             names = [(loc.container, f"{self._prefix}{n:05d}") for n in range(1, count + 1)]
-            self._driver.delete_segments(self._account, names, self._shown)
+            self._driver.delete_segments(self._account, names, self.shown)
             self._driver.drop_image_container(self._account, loc)

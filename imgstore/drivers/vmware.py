@@ -623,16 +623,9 @@ class VMwareDriver(Driver):
         """Highest weight first; within a weight the most free space; room for ``size``."""
         if not self.datastores:
             raise BadConfiguration(f"backend {self.backend!r}: vmware_datastores is empty")
-        for weight in sorted({s.weight for s in self.datastores}, reverse=True):
-            group = [s for s in self.datastores if s.weight == weight]
-            best, best_free = None, -1
-            for spec in group:
-                free = self.free_space(spec)
-                if free > best_free:
-                    best, best_free = spec, free
-            if best is not None and best_free >= (size or 0):
-                return best
-        raise StorageFull(f"backend {self.backend!r}: no datastore has room for {size or 0} bytes")
+        return self.with_room(
+            self.datastores, lambda s: s.weight, self.free_space, size or 0, "datastore"
+        )
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -871,10 +864,7 @@ class VMwareDriver(Driver):
             raise BadLocation(
                 f"{leftover.name} is not a partial upload of backend {self.backend!r}: not removed"
             )
-        try:
-            self.delete_file(loc, f"removing the partial upload {loc.redacted()}")
-        except NotFound:
-            pass
+        self.found(self.delete_file, loc, f"removing the partial upload {loc.redacted()}")
 
     def discard(self, image_id: str) -> bool:
         """Delete image ``image_id`` and the temporary files of unfinished uploads of it,
@@ -887,11 +877,7 @@ class VMwareDriver(Driver):
             if self.exists(final, f"checking {final.redacted()}"):
                 doomed.append(final)
             for loc in doomed:
-                try:
-                    self.delete_file(loc, f"discarding {loc.redacted()}")
-                except NotFound:
-                    continue
-                removed = True
+                removed |= self.found(self.delete_file, loc, f"discarding {loc.redacted()}")
         return removed
 
     def close(self) -> None:
@@ -949,15 +935,10 @@ class VMwarePutWriter(FedWriting, Writer):
         self._driver = driver
         self._location = location
         self._temp = temp
-        self._shown = location.redacted()
+        self.shown = location.redacted()
         self._temp_shown = temp.redacted()
         body = SizedFedBody(size, _QUEUE_DEPTH) if size is not None else FedBody(_QUEUE_DEPTH)
-        self._request = FedRequest(
-            self._send, body, "imgstore-vmware-put", f"writing {self._shown}"
-        )
-
-    def __repr__(self) -> str:
-        return f"<VMwarePutWriter {self._shown}>"
+        self._request = FedRequest(self._send, body, "imgstore-vmware-put", f"writing {self.shown}")
 
     def _send(self) -> None:
         drv, doing = self._driver, f"writing {self._temp_shown}"
@@ -976,7 +957,7 @@ class VMwarePutWriter(FedWriting, Writer):
     def _move_into_place(self) -> None:
         """Move the uploaded file to the image's name, which must not exist."""
         drv, image_id = self._driver, self._location.image_id
-        what = f"moving {self._temp_shown} to {self._shown}"
+        what = f"moving {self._temp_shown} to {self.shown}"
         started = time.monotonic()
         try:
             drv.move_file(self._temp, self._location, what)
@@ -986,7 +967,7 @@ class VMwarePutWriter(FedWriting, Writer):
             raise BackendError(f"{exc}: the upload of image {image_id} was lost") from None
         LOG.debug(
             "backend %r: moved %s into place in %.3f s",
-            drv.backend, self._shown, time.monotonic() - started,
+            drv.backend, self.shown, time.monotonic() - started,
         )  # fmt: skip
 
     def abort(self) -> None:

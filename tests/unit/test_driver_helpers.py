@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from imgstore.driver import Driver, DriverConf, ReadStream
+from imgstore.driver import Driver, DriverConf, ReadStream, Writer, Written
 from imgstore.drivers.http import HttpLocation
 from imgstore.exceptions import (
     BackendError,
@@ -142,3 +142,48 @@ def test_needs_imports_the_modules_or_says_what_to_install() -> None:
     )
     assert raised.value.__cause__ is None
     assert raised.value.__suppress_context__
+
+
+def test_with_room_takes_the_highest_rank_then_the_most_free_asking_only_ranks_tried() -> None:
+    driver = make(Plain)
+    rank = {"a": 2, "b": 2, "c": 2, "d": 1, "e": 0}
+    room = {"a": 50, "b": 80, "c": 80, "d": 500, "e": 900}
+    asked: list[str] = []
+
+    def free(place: str) -> int:
+        asked.append(place)
+        return room[place]
+
+    places = list(rank)
+    assert driver.with_room(places, rank.__getitem__, free, 80, "disk") == "b"  # b before c
+    assert sorted(asked) == ["a", "b", "c"], "rank 1 and 0 need not be asked"
+    asked.clear()
+    assert driver.with_room(places, rank.__getitem__, free, 81, "disk") == "d"
+    assert sorted(asked) == ["a", "b", "c", "d"]
+    with pytest.raises(StorageFull) as raised:
+        driver.with_room(places, rank.__getitem__, free, 901, "disk")
+    assert str(raised.value) == "backend 'b1': no disk has room for 901 bytes"
+
+
+def test_a_writer_repr_names_its_class_and_shown_location_when_it_has_one() -> None:
+    class Up(Writer):
+        def write(self, chunk: memoryview) -> None: ...
+        def commit(self, size: int) -> Written:
+            raise NotImplementedError
+
+        def abort(self) -> None: ...
+
+    up = Up()
+    assert repr(up).startswith("<") and " object at 0x" in repr(up)
+    up.shown = "s3://host/bucket/img-1"
+    assert repr(up) == "<Up s3://host/bucket/img-1>"
+
+
+def test_found_is_false_only_for_not_found() -> None:
+    calls: list[tuple[Any, ...]] = []
+    assert Driver.found(lambda *a, **k: calls.append((a, k)), 1, x=2)
+    assert calls == [((1,), {"x": 2})]
+    assert make(Plain).found(lambda: None) is True
+    assert make(Plain).found(fail, NotFound("gone")) is False
+    with pytest.raises(BackendError):
+        make(Plain).found(fail, BackendError("down"))
