@@ -11,7 +11,7 @@ Reads images from any web server, as glance_store's http store did:
   when HEAD is refused or carries no length.
 * Redirects are followed by the driver itself: at most
   ``http_max_redirects`` (default 5), never from https to http, and every hop
-  passes the SSRF guard (:mod:`imgstore.drivers.http_guard`).
+  passes the SSRF guard (:mod:`imgstore.network_guard`).
 * TLS is verified by default (``https_ca_certificates_file`` for a private CA,
   ``https_insecure`` to turn checks off); ``verify=`` is passed on every
   request, and the session ignores the environment (``REQUESTS_CA_BUNDLE``,
@@ -69,7 +69,6 @@ from imgstore.driver import (
     retries_option,
     timeout_option,
 )
-from imgstore.drivers.http_guard import NetworkGuard
 from imgstore.exceptions import (
     AuthenticationFailed,
     BackendError,
@@ -81,6 +80,7 @@ from imgstore.exceptions import (
     for_status,
 )
 from imgstore.location import Location, redact_uri, register, shown, unsafe, urlsplit
+from imgstore.network_guard import NetworkGuard
 
 LOG = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ of its service catalog): the same scheme, host and port, and the same path up to
 the account (``/v1`` of ``/v1/AUTH_<project>``), so another project's account on
 the same cluster is reachable (an image shared with the caller) and nothing else
 is. Hosts are compared as the HTTP driver's network guard reads them
-(:func:`imgstore.drivers.http_guard.parse_ip_literal`): an address written another
+(:func:`imgstore.network_guard.parse_ip_literal`): an address written another
 way (``0x7f.1``, ``[::ffff:127.0.0.1]``) is the same address, never a way around.
 """
 
@@ -20,9 +20,9 @@ import ipaddress
 import urllib.parse
 from collections.abc import Iterable
 
-from imgstore.drivers.http_guard import embedded_ipv4, parse_ip_literal
 from imgstore.exceptions import BadLocation
 from imgstore.location import redact_uri
+from imgstore.network_guard import embedded_ipv4, parse_ip_literal
 
 _PORTS = {"http": 80, "https": 443}
 

@@ -10,8 +10,8 @@ import pytest
 
 from imgstore import BackendUnavailable, BadConfiguration, BadLocation
 from imgstore.drivers.http import HttpLocation, _strip_userinfo
-from imgstore.drivers.http_guard import NetworkGuard, forbidden_reason, parse_ip_literal
 from imgstore.location import parse
+from imgstore.network_guard import NetworkGuard, forbidden_reason, parse_ip_literal
 
 # host as written in a URL -> the address it means, or None when it is not an IP literal
 SPELLINGS = [

@@ -1,4 +1,6 @@
-"""SSRF guard for the HTTP driver: which addresses a user-supplied URL may reach.
+"""SSRF guard: which addresses a user-supplied URL may reach, for every driver that
+connects where a location says (the HTTP driver; Swift's multi-tenant storage URLs,
+through :mod:`imgstore.drivers.swift_endpoints`).
 
 Image services hand user-supplied URLs to the HTTP driver, so by default it
 refuses any target that is not a globally routable unicast address: loopback,
