@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -489,6 +490,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in _GLOBALS[1:]:
         setattr(args, name, bool(getattr(args, name)) or bool(getattr(args, "late_" + name, False)))
     return args
+
+
+PASSWORD_VARIABLES = {"broker": "IMGSTORE_BROKER_PASSWORD", "journal": "IMGSTORE_JOURNAL_PASSWORD"}
+"""Where ``--broker`` / ``--journal`` URLs written without a password find it: every local
+user reads a process's command line (ps), only its owner its environment."""
+
+
+def _passwords_from_environment(args: argparse.Namespace) -> None:
+    """Put the password of :data:`PASSWORD_VARIABLES` into a ``--broker`` or ``--journal``
+    URL that names a user but no password; warn of a password written on the command
+    line."""
+    for option, variable in PASSWORD_VARIABLES.items():
+        url = getattr(args, option, None)
+        if not isinstance(url, str) or "://" not in url:
+            continue  # not given, or a journal file
+        scheme, _, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        userinfo, at, host = netloc.rpartition("@")
+        password = os.environ.get(variable)
+        if ":" in userinfo:
+            LOG.warning(
+                "the --%s URL holds a password, which every local user can read in the "
+                "process list: leave it out of the URL and set %s", option, variable,
+            )  # fmt: skip
+        elif password is not None:
+            if not at:
+                raise UsageError(f"{variable} is set but the --{option} URL names no user")
+            quoted = urllib.parse.quote(password, safe="")
+            setattr(args, option, f"{scheme}://{userinfo}:{quoted}@{host}{slash}{path}")
 
 
 def config_files(args: argparse.Namespace) -> list[str]:
@@ -1214,6 +1244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     setup_logging(args.debug)
+    try:
+        _passwords_from_environment(args)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
     if sys.stdout is None and _prints_to_stdout(args):
         # standard output was closed before we started (>&-): say so before
         # doing anything, rather than adding an image whose location is lost

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,31 @@ def add_images(conf: Path, sizes: list[int], seed: int) -> list[dict[str, Any]]:
     return records
 
 
+def without_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password, and the password (percent-decoded; None: it had none)."""
+    if "://" not in url:
+        return url, None  # a journal file
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url, None
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}@{host}"
+    return parts._replace(netloc=netloc).geturl(), urllib.parse.unquote(parts.password)
+
+
+def passwords_in_environment(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``args`` with the passwords of their --broker and --journal URLs moved into the
+    environment imgstore reads them from (``IMGSTORE_*_PASSWORD``), as the README says
+    to run it: a command line is readable by every local user."""
+    env = dict(os.environ)
+    for n, arg in enumerate(args[:-1]):
+        if arg in ("--broker", "--journal"):
+            args[n + 1], password = without_password(args[n + 1])
+            if password is not None:
+                env[f"IMGSTORE_{arg[2:].upper()}_PASSWORD"] = password
+    return args, env
+
+
 class Workers:
     """``imgstore worker`` processes, each with its own copy of the configuration."""
 
@@ -90,12 +116,15 @@ class Workers:
         own = self.tmp / f"worker{n}.conf"
         own.write_bytes(self.conf.read_bytes())
         log = (self.tmp / f"worker{n}.log").open("wb")
-        proc = subprocess.Popen(
+        args, env = passwords_in_environment(
             [*COMMAND, "--config-file", str(own), "worker", "--broker", self.broker,
-             "--journal", self.journal, "--concurrency", "2", *extra],
-            stdout=log, stderr=subprocess.STDOUT,
+             "--journal", self.journal, "--concurrency", "2", *extra]
         )  # fmt: skip
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append(proc)
+        secrets = [without_password(url)[1] for url in (self.broker, self.journal)]
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert all(s and s.encode() not in cmdline for s in secrets), "a password in ps"
         return proc
 
     def stop(self, timeout: float = 60) -> list[int]:
@@ -136,8 +165,9 @@ def workers(tmp_path: Path, broker: str, journal_url: str) -> Iterator[Any]:
 
 
 def imgstore(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    argv, env = passwords_in_environment([*COMMAND, *args])
     return subprocess.run(
-        [*COMMAND, *args], capture_output=True, text=True, timeout=timeout, check=False
+        argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
 
 

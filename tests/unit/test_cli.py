@@ -630,3 +630,41 @@ def test_exit_code_mapping_covers_the_hierarchy() -> None:
     assert cli.exit_code(e.NotSupported("x")) == 1
     assert cli.exit_code(RuntimeError("x")) == 1
     assert cli.exit_code(cli.UsageError("x")) == 2
+
+
+# -- passwords of --broker / --journal from the environment -----------------------------
+
+
+def test_broker_and_journal_passwords_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("IMGSTORE_BROKER_PASSWORD", "s3cr:t/@")
+    monkeypatch.setenv("IMGSTORE_JOURNAL_PASSWORD", "pw")
+    journal = "mysql+pymysql://imgstore@127.0.0.1/db?charset=utf8"
+    args = cli.parse_args(
+        ["worker", "--broker", "amqp://imgstore@127.0.0.1:5672/vhost", "--journal", journal]
+    )
+    cli._passwords_from_environment(args)
+    assert args.broker == "amqp://imgstore:s3cr%3At%2F%40@127.0.0.1:5672/vhost"
+    assert args.journal == "mysql+pymysql://imgstore:pw@127.0.0.1/db?charset=utf8"
+    assert not caplog.records
+
+
+def test_a_password_on_the_command_line_is_kept_with_a_warning_and_files_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("IMGSTORE_BROKER_PASSWORD", "from-env")
+    monkeypatch.setenv("IMGSTORE_JOURNAL_PASSWORD", "from-env")
+    args = cli.parse_args(["migrate", "in.csv", "--to", "x", "--journal", "run.journal",
+                           "--broker", "amqp://u:given@127.0.0.1/v"])  # fmt: skip
+    cli._passwords_from_environment(args)
+    assert args.broker == "amqp://u:given@127.0.0.1/v" and args.journal == "run.journal"
+    assert "IMGSTORE_BROKER_PASSWORD" in caplog.text and "given" not in caplog.text
+
+
+def test_a_password_variable_with_a_url_naming_no_user_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMGSTORE_JOURNAL_PASSWORD", "pw")
+    assert cli.main(["status", "--journal", "postgresql+psycopg://127.0.0.1/db"]) == cli.EXIT_USAGE
+    assert "names no user" in capsys.readouterr().err
