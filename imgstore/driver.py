@@ -557,14 +557,19 @@ class Driver(abc.ABC):
         return (Exception,)
 
     def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
-        """The imgstore error for ``exc``, raised by the client library while ``doing``
-        (an imgstore error is returned as it is). The default is the core's own:
-        a :class:`BackendError` saying what failed (the core scrubs its message)."""
-        if isinstance(exc, ImgstoreError):
-            return exc
-        return BackendError(
-            f"backend {self.backend!r}: {doing} failed: {type(exc).__name__}: {exc}"
-        )
+        """The imgstore error for ``exc``, raised while ``doing``: an imgstore error as it
+        is, any other as :meth:`classify_error` says."""
+        return exc if isinstance(exc, ImgstoreError) else self.classify_error(exc, doing)
+
+    def classify_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+        """The imgstore error for ``exc``, an exception of the client library raised while
+        ``doing`` (drivers override it with their library's kinds). The default is a
+        :class:`BackendError` with :meth:`failed`'s message (the core scrubs it)."""
+        return BackendError(self.failed(doing, exc))
+
+    def failed(self, doing: str, exc: BaseException) -> str:
+        """``backend 'b': <doing> failed: <exception type>: <exception>``."""
+        return f"backend {self.backend!r}: {doing} failed: {type(exc).__name__}: {exc}"
 
     @contextlib.contextmanager
     def mapped(self, doing: str) -> Iterator[None]:

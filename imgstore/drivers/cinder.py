@@ -697,13 +697,11 @@ class CinderDriver(Driver):
     def library_errors(self) -> tuple[type[BaseException], ...]:
         return (cinder_exc.ClientException, ks_exc.ClientException)
 
-    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+    def classify_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """The imgstore error of a cinderclient/keystoneauth error: of its HTTP status
         (:func:`imgstore.exceptions.for_status`; 413 is Cinder's over-quota), unavailable
         when the server could not be reached (the core scrubs the message)."""
-        if isinstance(exc, ImgstoreError):
-            return exc
-        msg = super().map_error(exc, doing).msg
+        msg = self.failed(doing, exc)
         if isinstance(exc, cinder_exc.ConnectionError | ks_exc.ConnectionError):
             return BackendUnavailable(msg)
         status = int(getattr(exc, "code", None) or getattr(exc, "http_status", None) or 0)

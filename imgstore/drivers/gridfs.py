@@ -238,14 +238,12 @@ class GridFSDriver(Driver):
 
         return (PyMongoError,)
 
-    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+    def classify_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """The imgstore exception for pymongo error ``exc`` while ``doing`` (the core
         scrubs its message)."""
         from gridfs.errors import CorruptGridFile, NoFile
         from pymongo import errors
 
-        if isinstance(exc, ImgstoreError):
-            return exc
         what = f"backend {self.backend!r}: {doing}"
         detail = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, NoFile):

@@ -319,11 +319,9 @@ class RbdDriver(Driver):
         """What librados or librbd raise, and an aio read or write (its :class:`OSError`)."""
         return (rbd.Error, rados.Error, OSError)
 
-    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+    def classify_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """The imgstore error of a rados/rbd exception, of the class its errno says
         (:func:`imgstore.errnos.for_errno`: not found, exists, busy, full, refused...)."""
-        if isinstance(exc, ImgstoreError):
-            return exc
         where = f"backend {self.backend!r}: {doing}"
         return for_errno(getattr(exc, "errno", None))(f"{where}: {type(exc).__name__}: {exc}")
 

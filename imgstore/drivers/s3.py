@@ -402,10 +402,8 @@ class S3Driver(Driver):
 
     # -- errors ------------------------------------------------------------
 
-    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+    def classify_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """An :mod:`imgstore.exceptions` error for a boto3/botocore failure."""
-        if isinstance(exc, ImgstoreError):
-            return exc
         from botocore import exceptions as bx
 
         what = f"backend {self.backend!r}: {doing}"

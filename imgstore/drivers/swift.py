@@ -295,7 +295,7 @@ _DETAILS: dict[type[ImgstoreError], str] = {
     StorageFull: "Swift has no room ({})",
     Duplicate: "the object already exists",
 }
-"""What :meth:`SwiftDriver.map_error` says of a status, by the class it maps to."""
+"""What :meth:`SwiftDriver.classify_error` says of a status, by the class it maps to."""
 _TEMPORARY = ("Connection", "Timeout", "ConnectFailure", "Protocol", "IncompleteRead")
 """Words in the names of exceptions that are a failure of the network, not of Swift."""
 
@@ -659,11 +659,9 @@ class SwiftDriver(Driver):
             with self._lock:
                 self._tokens[account] = (conn.url, conn.token)
 
-    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+    def classify_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         """A swiftclient/keystone/requests exception as an imgstore exception (the core
         scrubs its message)."""
-        if isinstance(exc, ImgstoreError):
-            return exc
         status = _status(exc)
         name = type(exc).__name__
         text = str(exc)

@@ -508,11 +508,9 @@ class VMwareDriver(Driver):
 
     chain_errors = False
 
-    def map_error(self, exc: BaseException, what: str) -> ImgstoreError:
+    def classify_error(self, exc: BaseException, what: str) -> ImgstoreError:
         """An imgstore exception for an oslo.vmware or requests error (the core scrubs and
         trims its message: trimming here could cut a secret in two)."""
-        if isinstance(exc, ImgstoreError):
-            return exc
         from oslo_vmware import exceptions as vexc
 
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0]

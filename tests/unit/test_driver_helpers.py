@@ -45,10 +45,10 @@ class Library(Plain):
     def library_errors(self) -> tuple[type[BaseException], ...]:
         return (LibraryError,)
 
-    def map_error(self, exc: BaseException, doing: str) -> ImgstoreError:
+    def classify_error(self, exc: BaseException, doing: str) -> ImgstoreError:
         if "full" in str(exc):
             return StorageFull(f"{doing}: full")
-        return super().map_error(exc, doing)
+        return super().classify_error(exc, doing)
 
 
 class Blunt(Plain):
