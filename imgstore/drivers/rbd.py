@@ -25,6 +25,7 @@ python3-rbd; ``scripts/setup`` links them into the venv.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -722,6 +723,18 @@ class RbdWriter(Writer):
         self._offset = 0
         self._zero = bytes(driver.chunk_size) if driver.thin else b""
         self._aio = AioWindow(image, driver.window, driver.chunk_size)
+        self._unanswered = False
+        """A step failed as unavailable (the cluster stopped answering, say)."""
+
+    @contextlib.contextmanager
+    def _step(self, doing: str) -> Iterator[None]:
+        """``driver.mapped(doing)``, remembering an unavailable cluster for :meth:`abort`."""
+        try:
+            with self._driver.mapped(doing):
+                yield
+        except BackendUnavailable:
+            self._unanswered = True
+            raise
 
     @property
     def accepted(self) -> int:
@@ -741,7 +754,7 @@ class RbdWriter(Writer):
 
     def write(self, chunk: memoryview) -> None:
         n, offset = len(chunk), self._offset
-        with self._driver.mapped(f"writing image {self._image_id}"):
+        with self._step(f"writing image {self._image_id}"):
             self._aio.check()
             if offset + n > self._image_size:
                 self._grow(offset + n)
@@ -753,9 +766,9 @@ class RbdWriter(Writer):
 
     def commit(self, size: int) -> Written:
         image = self._image
-        with self._driver.mapped(f"writing image {self._image_id}"):
+        with self._step(f"writing image {self._image_id}"):
             self._aio.finish()
-        with self._driver.mapped(f"finishing image {self._image_id}"):
+        with self._step(f"finishing image {self._image_id}"):
             image.flush()
             if image.size() != size:
                 image.resize(size)  # unknown size: trim to what was written
@@ -773,14 +786,31 @@ class RbdWriter(Writer):
         return Written(self._driver._location(self._image_id))
 
     def abort(self) -> None:
+        """Close and remove the image. When the cluster stopped answering, both go on in
+        the background (closing alone waits several op timeouts there, and removing
+        needs it closed); an image still flagged when the process ends is
+        ``imgstore cleanup``'s."""
         image, self._image = self._image, None
-        if image is not None:
-            try:
-                self._aio.drain()
-            finally:
+        closer = self._driver._closer
+        remove = functools.partial(_remove_quietly, self._ioctx, self._image_id, closer)
+        if image is None:
+            remove()
+            return
+        try:
+            self._aio.drain()
+        finally:
+            if self._unanswered:
+                LOG.warning(
+                    "backend %r: the cluster does not answer: closing and removing image %s "
+                    "in the background",
+                    self._driver.backend,
+                    self._image_id,
+                )
+                closer.close_in_background(image, remove)
+            else:
                 with contextlib.suppress(Exception):
-                    self._driver._closer.close(image)
-        _remove_quietly(self._ioctx, self._image_id, self._driver._closer)
+                    closer.close(image)
+                remove()
 
 
 class RbdStream(ReadStream):

@@ -18,7 +18,10 @@ So every image imgstore opens goes through an :class:`ImageCloser`:
   :class:`imgstore.deferred.Deferred`;
 - an image opened for writing holds the exclusive lock and a watch that other clients
   wait for, so it is closed by its user, at once if it has been open ``grace`` seconds,
-  else once it has (a delete's quick snapshot removal, say).
+  else once it has (a delete's quick snapshot removal, say);
+- an image whose cluster stopped answering is closed on that same thread too
+  (:meth:`ImageCloser.close_in_background`): its close flushes, releases the lock and
+  unwatches, each waiting an op timeout, and nobody should stand still for that.
 
 :meth:`ImageCloser.flush` closes what is pending (each at its time) before the cluster
 connection goes.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgstore.backoff import sleep_until
@@ -90,6 +93,21 @@ class ImageCloser:
         else:
             sleep_until(opened_at + self.grace)
             image.close()
+
+    def close_in_background(self, image: Any, then: Callable[[], None]) -> None:
+        """Close ``image`` (from :meth:`open`), then call ``then()``, on the closing
+        thread; the caller waits for neither. A failure of either is logged."""
+        now = time.monotonic()
+        with self._lock:
+            opened_at, _ = self._opened.pop(id(image), (now, False))
+
+        def close_then() -> None:
+            try:
+                image.close()
+            finally:
+                then()
+
+        self._later.call_at(max(now, opened_at + self.grace), close_then)
 
     def flush(self) -> None:
         """Close every image still waiting, each at its time (at most ``grace`` seconds)."""

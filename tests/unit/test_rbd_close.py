@@ -107,3 +107,45 @@ def test_opened_and_closing_close_at_the_end_of_the_block_even_when_it_fails() -
         assert same is other
         raise RuntimeError("boom")
     assert other.closed_at is not None
+
+
+def test_close_in_background_closes_then_calls_on_the_closing_thread() -> None:
+    closer = ImageCloser("t", grace=0.05)
+    image = closer.open(None, "stuck")
+    release = threading.Event()
+    after: list[tuple[float | None, str]] = []
+    slow_close = image.close
+
+    def close() -> None:  # a close that waits, as librbd's does for a cluster not answering
+        release.wait(5)
+        slow_close()
+
+    image.close = close  # type: ignore[method-assign]
+    start = time.monotonic()
+    closer.close_in_background(
+        image, lambda: after.append((image.closed_at, threading.current_thread().name))
+    )
+    assert time.monotonic() - start < 0.1  # the caller does not wait
+    assert image.closed_at is None and not after
+    release.set()
+    closer.flush()
+    assert after == [(image.closed_at, "imgstore-rbd-close-t")]  # closed first, then called
+    assert image.closed_at is not None and image.closed_at - start >= 0.05
+
+
+def test_close_in_background_calls_on_even_when_the_close_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closer = ImageCloser("t", grace=0.0)
+    image = closer.open(None, "bad")
+    called = threading.Event()
+
+    def fail() -> None:
+        raise OSError("timed out")
+
+    image.close = fail  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="imgstore.deferred"):
+        closer.close_in_background(image, called.set)
+        closer.flush()
+    assert called.is_set()
+    assert "rbd-close-t: a deferred call failed" in caplog.text
