@@ -161,11 +161,11 @@ def run_child(name: str, cmd: Sequence[str], imgstore: bool) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def hash_floor(size: int = 256 * MIB) -> float:
-    """CPU seconds per GiB that md5 + sha512 cost on this machine, measured now."""
+def hash_floor(size: int = 256 * MIB, algos: Sequence[str] = ("md5", "sha512")) -> float:
+    """CPU seconds per GiB that ``algos`` (md5 + sha512) cost on this machine, measured now."""
     block = os.urandom(8 * MIB)
     start = usage()
-    for algo in ("md5", "sha512"):
+    for algo in algos:
         h = hashlib.new(algo)
         for _ in range(max(1, size // len(block))):
             h.update(block)
@@ -199,6 +199,11 @@ class Runs:
         """A line: ``name``'s add CPU per GiB outside its hash threads, if measured."""
         values = self.not_hashing.get(name)
         return outside_hashing_line(f"{name} add", values) if values else ""
+
+    def outside_hashing_less(self, name: str, cost: float) -> float:
+        """The median of ``name``'s add CPU per GiB outside its hash threads, less ``cost``
+        (per GiB: a hash its client library must compute besides, say)."""
+        return statistics.median(v - cost for v in self.not_hashing[name])
 
     def mbps(self, name: str, op: str) -> float:
         return statistics.median(self.size / 1e6 / w for w, _ in self.samples[name, op])

@@ -362,7 +362,7 @@ def report(
     glance_info: dict[str, object],
     rss: dict[str, int] | None,
 ) -> int:
-    from imgstore.drivers.filesystem import DEFAULT_CHUNK_SIZE
+    from imgstore.driver import DEFAULT_CHUNK_SIZE
 
     print(
         f"filesystem store, {args.size_mib} MiB of random bytes from the page cache, "
