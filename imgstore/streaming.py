@@ -8,6 +8,11 @@ the writer feeds; the queue between them is short, so memory stays at a few chun
 
 The driver gives the request as a function that sends it and raises an imgstore error
 when it fails; this module owns the thread, the feeding, the end and the abort.
+
+The body lends the core its chunk buffers (:meth:`FedBody.lend`): the core reads a
+chunk into one, the writer feeds that memory as it is, and the buffer comes back once
+the HTTP client has sent it (when it takes the next chunk: clients read and send in
+turn). A chunk read elsewhere is copied once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgstore.exceptions import BackendError
+from imgstore.parallel import Space
 from imgstore.threads import start_without_signals
 
 END = object()
@@ -32,12 +38,23 @@ class Aborted(Exception):
 
 class FedBody:
     """A request body fed chunk by chunk from another thread: a file (``read``) for
-    clients that read, an iterable for those that iterate."""
+    clients that read, an iterable for those that iterate.
+
+    A chunk is fed as ``bytes``, or as a ``memoryview`` of a buffer this body lent
+    (:meth:`lend`, :meth:`kept`), which it takes back once the client has sent it."""
 
     def __init__(self, depth: int = DEPTH) -> None:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._view = memoryview(b"")
         self._ended = False
+        self._sending: Any = None
+        """The chunk the client took last (it is sending it)."""
+        self._lock = threading.Lock()
+        self._free: list[bytearray] = []
+        self._mine: dict[int, bytearray] = {}
+        """The buffers this body allocated, by id."""
+        self._lent: bytearray | None = None
+        self._buffer_size: int | None = None
         self.taken = 0
         """Bytes of the chunks the HTTP client has taken (it sent a chunk before it takes
         the next one)."""
@@ -46,14 +63,55 @@ class FedBody:
         be the body's last: :attr:`FedRequest.accepted` counts it once the server has
         answered)."""
 
-    def _next(self) -> bytes | None:
+    def lend(self, size: int) -> Space | None:
+        """A chunk buffer no chunk of the body's holds, for the core to read the next
+        chunk into (None for another size than the first)."""
+        with self._lock:
+            if self._buffer_size is None:
+                self._buffer_size = size
+            if size != self._buffer_size:
+                return None
+            if self._lent is None:
+                if self._free:
+                    self._lent = self._free.pop()
+                else:
+                    self._lent = bytearray(size)
+                    self._mine[id(self._lent)] = self._lent
+            return Space(self._lent, 0, size)
+
+    @property
+    def buffers_allocated(self) -> int:
+        """How many chunk buffers this body allocated (tests check the memory bound)."""
+        return len(self._mine)
+
+    def kept(self, chunk: memoryview) -> bytes | memoryview:
+        """``chunk`` to feed: as it is when the core read it into the buffer :meth:`lend`
+        gave (taken back once sent), else a copy (the core reuses its own buffers)."""
+        lent, self._lent = self._lent, None
+        if lent is not None and chunk.obj is lent:
+            return chunk
+        if lent is not None:
+            with self._lock:
+                self._free.append(lent)
+        return bytes(chunk)
+
+    def _sent(self) -> None:
+        """The client took the next chunk, so it has sent the last: a lent buffer is free."""
+        item, self._sending = self._sending, None
+        if isinstance(item, memoryview) and self._mine.get(id(item.obj)) is item.obj:
+            with self._lock:
+                self._free.append(self._mine[id(item.obj)])
+
+    def _next(self) -> bytes | memoryview | None:
         item = self.queue.get()
+        self._sent()
         if item is END:
             self._ended = True
             return None
         if isinstance(item, BaseException):
             raise item
-        data = bytes(item)
+        data = item if isinstance(item, memoryview) else bytes(item)
+        self._sending = data
         self.sent = self.taken
         self.taken += len(data)
         return data
@@ -70,7 +128,7 @@ class FedBody:
         data, self._view = self._view[:n], self._view[n:]
         return data
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         while not self._ended:
             item = self._next()
             if item is None:
@@ -206,6 +264,14 @@ class FedWriting:
         """Bytes the request has sent; its last chunk once the server has answered."""
         return self._request.accepted
 
+    def space(self, size: int) -> Space | None:
+        """A chunk buffer of the body's, for the core to read the next chunk into."""
+        return self._request.body.lend(size)
+
+    def kept(self, chunk: memoryview) -> bytes | memoryview:
+        """``chunk`` to feed: as it is where :meth:`space` lent it, else a copy."""
+        return self._request.body.kept(chunk)
+
     def write(self, chunk: memoryview) -> None:
-        """Feed ``chunk`` to the request, copied: the core reuses its buffer."""
-        self._request.feed(bytes(chunk))
+        """Feed ``chunk`` to the request (a copy unless it is in lent memory)."""
+        self._request.feed(self.kept(chunk))

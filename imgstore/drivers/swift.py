@@ -1144,7 +1144,7 @@ class SwiftPutWriter(FedWriting, _ImageWriter):
         self._request = FedRequest(
             self._send, SizedFedBody(size), "imgstore-swift-put", f"writing {self.shown}"
         )
-        self._pending: bytes | None = None
+        self._pending: bytes | memoryview | None = None
 
     def _send(self) -> None:
         # fresh: a new token, as a refused one would only show after the whole body
@@ -1167,7 +1167,7 @@ class SwiftPutWriter(FedWriting, _ImageWriter):
             self._request.start()
             if self._pending is not None:
                 self._request.feed(self._pending)
-        self._pending = bytes(chunk)  # the core reuses its buffer: copy
+        self._pending = self.kept(chunk)
 
     def commit(self, size: int) -> Written:
         with self._settled():

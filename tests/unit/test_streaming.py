@@ -4,6 +4,7 @@ early ends reach the writer, and an abort ends the request without its body."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -134,3 +135,72 @@ def test_a_fed_writer_feeds_copies_and_counts_the_last_chunk_once_answered() -> 
     answer.set()
     writer._request.finish()
     assert writer.accepted == 6
+
+
+def test_a_fed_writer_lends_buffers_feeds_them_as_they_are_and_reuses_them_once_sent() -> None:
+    body = FedBody(depth=2)
+    taken: list[bytes | memoryview] = []
+    sent: list[bytes] = []
+    step = threading.Semaphore(0)
+
+    def send() -> None:  # a client that takes a chunk, sends it, then takes the next
+        for chunk in body:
+            taken.append(chunk)
+            sent.append(bytes(chunk))
+            step.acquire()
+
+    writer = _Fed(FedRequest(send, body, "t", "writing x"))
+    first = writer.space(4)
+    again = writer.space(4)  # lent until written
+    assert first is not None and again is not None and again.buffer is first.buffer
+    first.view()[:] = b"abcd"
+    writer.write(first.view())
+    second = writer.space(4)
+    assert second is not None and second.buffer is not first.buffer  # the first is in use
+    second.view()[:3] = b"efg"
+    writer.write(second.view()[:3])  # a short last chunk, still in place
+    deadline = time.monotonic() + 5
+    while len(taken) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isinstance(taken[0], memoryview) and taken[0].obj is first.buffer  # not copied
+    third = writer.space(4)
+    assert third is not None and third.buffer is not first.buffer  # not sent yet
+    step.release()  # the client takes the second chunk: the first was sent
+    deadline = time.monotonic() + 5
+    while len(taken) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.kept(memoryview(b"zz"))  # the third goes unused: back to the pool, copied
+    fourth = writer.space(4)
+    assert fourth is not None and fourth.buffer in (first.buffer, third.buffer)
+    writer._request.feed(END)
+    step.release()
+    writer._request.finish()
+    assert sent == [b"abcd", b"efg"]
+    assert body.buffers_allocated == 3
+
+
+def test_a_fed_writer_copies_a_chunk_read_elsewhere_and_keeps_its_memory_bounded() -> None:
+    body = SizedFedBody(300 * 7, depth=3)
+    got = bytearray()
+
+    def send() -> None:
+        while chunk := body.read(5):  # a client reading in small blocks
+            got.extend(chunk)
+
+    writer = _Fed(FedRequest(send, body, "t", "writing x"))
+    expected = bytearray()
+    for n in range(300):
+        data = bytes([n % 251]) * 7
+        expected += data
+        space = writer.space(7)
+        assert space is not None
+        if n % 10 == 0:  # now and then the core reads into a buffer of its own
+            writer.write(memoryview(bytearray(data)))
+            continue
+        space.view()[:] = data
+        writer.write(space.view())
+    writer._request.finish()
+    assert got == expected
+    # the queue's 3, the one the client sends, the one lent: never more
+    assert body.buffers_allocated <= 3 + 2
+    assert writer.space(8) is None  # another size: the core uses its own buffer
