@@ -112,7 +112,7 @@ def test_opened_and_closing_close_at_the_end_of_the_block_even_when_it_fails() -
 def test_close_in_background_closes_then_calls_on_the_closing_thread() -> None:
     closer = ImageCloser("t", grace=0.05)
     image = closer.open(None, "stuck")
-    release = threading.Event()
+    release, called = threading.Event(), threading.Event()
     after: list[tuple[float | None, str]] = []
     slow_close = image.close
 
@@ -120,15 +120,18 @@ def test_close_in_background_closes_then_calls_on_the_closing_thread() -> None:
         release.wait(5)
         slow_close()
 
+    def then() -> None:
+        after.append((image.closed_at, threading.current_thread().name))
+        called.set()
+
     image.close = close  # type: ignore[method-assign]
     start = time.monotonic()
-    closer.close_in_background(
-        image, lambda: after.append((image.closed_at, threading.current_thread().name))
-    )
+    closer.close_in_background(image, then)
     assert time.monotonic() - start < 0.1  # the caller does not wait
     assert image.closed_at is None and not after
     release.set()
-    closer.flush()
+    # waited for, not flushed: a flush makes what is due on the flushing thread
+    assert called.wait(5)
     assert after == [(image.closed_at, "imgstore-rbd-close-t")]  # closed first, then called
     assert image.closed_at is not None and image.closed_at - start >= 0.05
 
