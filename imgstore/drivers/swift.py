@@ -1007,15 +1007,21 @@ class SwiftDriver(Driver):
     def delete_segments(
         self, account: Account, segments: list[tuple[str, str]], shown: str
     ) -> None:
-        """Delete ``segments`` (missing ones are fine); log what could not be deleted."""
+        """Delete ``segments`` (missing ones are fine); log what could not be deleted.
+        Once Swift does not answer, the rest are not tried (each would wait a timeout);
+        an add's segments are then ``imgstore cleanup``'s (it finds them by name)."""
         left = []
-        for container, obj in segments:
+        for n, (container, obj) in enumerate(segments):
             try:
                 self.call(
                     account, f"deleting a segment of {shown}", "delete_object", container, obj
                 )
             except NotFound:
                 pass
+            except BackendUnavailable as exc:
+                left.extend(name for _, name in segments[n:])
+                LOG.warning("backend %r: %s; not trying the other segments", self.backend, exc)
+                break
             except ImgstoreError as exc:
                 left.append(obj)
                 LOG.warning("backend %r: %s", self.backend, exc)
