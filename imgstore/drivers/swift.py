@@ -1010,7 +1010,7 @@ class SwiftDriver(Driver):
         """Delete ``segments`` (missing ones are fine); log what could not be deleted.
         Once Swift does not answer, the rest are not tried (each would wait a timeout);
         an add's segments are then ``imgstore cleanup``'s (it finds them by name)."""
-        left = []
+        left: list[str] = []
         for n, (container, obj) in enumerate(segments):
             try:
                 self.call(
