@@ -146,6 +146,37 @@ class BufferPool:
             self._free.clear()
 
 
+class Lending:
+    """One buffer at a time lent to the core (:meth:`imgstore.driver.Writer.space`), from
+    a :class:`BufferPool`, of the size first asked for; :meth:`taken` says whether the
+    core read the chunk it wrote into it."""
+
+    def __init__(self) -> None:
+        self.pool = BufferPool()
+        self._lent: PieceBuffer | None = None
+        self._size: int | None = None
+
+    def space(self, size: int) -> Space | None:
+        """The lent buffer (a pooled one if none is lent); None for another size."""
+        if self._size is None:
+            self._size = size
+        if size != self._size:
+            return None
+        if self._lent is None:
+            self._lent = self.pool.take(size)
+        return Space(self._lent, 0, size)
+
+    def taken(self, chunk: memoryview) -> PieceBuffer | None:
+        """The lent buffer when ``chunk`` lies in it (the writer keeps it, and gives it
+        back to :attr:`pool` once done); else None, and a lent buffer goes back."""
+        lent, self._lent = self._lent, None
+        if lent is not None and chunk.obj is lent:
+            return lent
+        if lent is not None:
+            self.pool.give(lent)
+        return None
+
+
 class BoundedUploader:
     """Runs upload tasks on ``workers`` threads, at most ``workers`` at a time."""
 

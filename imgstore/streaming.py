@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgstore.exceptions import BackendError
-from imgstore.parallel import Space
+from imgstore.parallel import Lending, PieceBuffer, Space
 from imgstore.threads import start_without_signals
 
 END = object()
@@ -49,12 +49,7 @@ class FedBody:
         self._ended = False
         self._sending: Any = None
         """The chunk the client took last (it is sending it)."""
-        self._lock = threading.Lock()
-        self._free: list[bytearray] = []
-        self._mine: dict[int, bytearray] = {}
-        """The buffers this body allocated, by id."""
-        self._lent: bytearray | None = None
-        self._buffer_size: int | None = None
+        self._lending = Lending()
         self.taken = 0
         """Bytes of the chunks the HTTP client has taken (it sent a chunk before it takes
         the next one)."""
@@ -66,41 +61,23 @@ class FedBody:
     def lend(self, size: int) -> Space | None:
         """A chunk buffer no chunk of the body's holds, for the core to read the next
         chunk into (None for another size than the first)."""
-        with self._lock:
-            if self._buffer_size is None:
-                self._buffer_size = size
-            if size != self._buffer_size:
-                return None
-            if self._lent is None:
-                if self._free:
-                    self._lent = self._free.pop()
-                else:
-                    self._lent = bytearray(size)
-                    self._mine[id(self._lent)] = self._lent
-            return Space(self._lent, 0, size)
+        return self._lending.space(size)
 
     @property
     def buffers_allocated(self) -> int:
         """How many chunk buffers this body allocated (tests check the memory bound)."""
-        return len(self._mine)
+        return self._lending.pool.allocated
 
     def kept(self, chunk: memoryview) -> bytes | memoryview:
         """``chunk`` to feed: as it is when the core read it into the buffer :meth:`lend`
         gave (taken back once sent), else a copy (the core reuses its own buffers)."""
-        lent, self._lent = self._lent, None
-        if lent is not None and chunk.obj is lent:
-            return chunk
-        if lent is not None:
-            with self._lock:
-                self._free.append(lent)
-        return bytes(chunk)
+        return chunk if self._lending.taken(chunk) is not None else bytes(chunk)
 
     def _sent(self) -> None:
         """The client took the next chunk, so it has sent the last: a lent buffer is free."""
         item, self._sending = self._sending, None
-        if isinstance(item, memoryview) and self._mine.get(id(item.obj)) is item.obj:
-            with self._lock:
-                self._free.append(self._mine[id(item.obj)])
+        if isinstance(item, memoryview) and isinstance(item.obj, PieceBuffer):
+            self._lending.pool.give(item.obj)
 
     def _next(self) -> bytes | memoryview | None:
         item = self.queue.get()

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Generator
 from typing import Any
 
-from imgstore.parallel import Space
+from imgstore.parallel import Lending, PieceBuffer, Space
 
 READ_DEPTH = 4
 """Reads in flight at most (more do not read faster)."""
@@ -74,8 +74,7 @@ class AioWindow:
         self._buffer_size = buffer_size
         self._cond = threading.Condition()
         self._inflight: dict[int, list[Any]] = {}  # seq -> [completion, buffer]
-        self._free: list[bytearray] = []
-        self._lent: bytearray | None = None
+        self._lending = Lending()  # its pool also holds the buffers of copied chunks
         self._failure = 0
         self._seq = 0
         self._stored = 0
@@ -94,21 +93,15 @@ class AioWindow:
     def space(self, size: int) -> Space | None:
         """A full-sized buffer no write holds, for the core to read the next chunk into
         (None before the first write, or for another size)."""
-        if size != self._buffer_size:
-            return None
-        with self._cond:
-            buffer = self._lent or (self._free.pop() if self._free else bytearray(size))
-            self._lent = buffer
-        return Space(buffer, 0, size)
+        return self._lending.space(size) if size == self._buffer_size else None
 
     def _taken(self, chunk: memoryview) -> bytearray | None:
         """The lent buffer when ``chunk`` is all of it; a lent buffer not used so goes back."""
-        lent, self._lent = self._lent, None
-        if lent is None or (chunk.obj is lent and len(chunk) == len(lent)):
-            return lent
-        with self._cond:
-            self._free.append(lent)
-        return None
+        lent = self._lending.taken(chunk)
+        if lent is not None and len(chunk) != len(lent):
+            self._lending.pool.give(lent)
+            return None
+        return lent
 
     def skip(self, count: int, chunk: memoryview | None = None) -> None:
         """Count ``count`` bytes as stored without writing them (a range left thin;
@@ -130,12 +123,11 @@ class AioWindow:
             while len(self._inflight) >= self._depth:
                 self._cond.wait()
             self.check()
-            buffer = self._free.pop() if reuse and self._free else None
             self._seq += 1
             seq = self._seq
             self._inflight[seq] = entry
         if reuse:
-            buffer = buffer if buffer is not None else bytearray(len(chunk))
+            buffer = self._lending.pool.take(len(chunk))
             buffer[:] = chunk  # our own copy
             entry[1] = buffer
         elif lent is None:
@@ -159,8 +151,8 @@ class AioWindow:
             if entry is not None:
                 if ret >= 0:
                     self._stored += len(entry[1])
-                if isinstance(entry[1], bytearray):
-                    self._free.append(entry[1])
+                if isinstance(entry[1], PieceBuffer):
+                    self._lending.pool.give(entry[1])
             if ret < 0 and not self._failure:
                 self._failure = -ret
             self._cond.notify_all()

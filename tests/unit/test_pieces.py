@@ -11,7 +11,7 @@ import pytest
 
 from imgstore.driver import Writer, Written
 from imgstore.location import parse
-from imgstore.parallel import PieceBody, PieceBuffer, Pieces, PiecesWriting, piece_size
+from imgstore.parallel import Lending, PieceBody, PieceBuffer, Pieces, PiecesWriting, piece_size
 
 KiB = 1 << 10
 
@@ -230,3 +230,18 @@ def test_a_held_image_lends_room_up_to_its_size_and_then_none() -> None:
     pieces.write(space.view())
     assert pieces.space(64) is None
     assert bytes(pieces.held().read()) == b"a" * 64 + b"b" * 36
+
+
+def test_lending_lends_one_pooled_buffer_of_one_size_and_takes_it_back_unless_used() -> None:
+    lending = Lending()
+    space = lending.space(8)
+    again = lending.space(8)
+    assert space is not None and again is not None and again.buffer is space.buffer
+    assert lending.space(4) is None  # another size
+    assert lending.taken(space.view()[:3]) is space.buffer  # read into it: the writer's
+    other = lending.space(8)
+    assert other is not None and other.buffer is not space.buffer
+    assert lending.taken(memoryview(bytearray(8))) is None  # read elsewhere: back to the pool
+    back = lending.space(8)
+    assert back is not None and back.buffer is other.buffer
+    assert lending.pool.allocated == 2
