@@ -228,3 +228,56 @@ def test_cli_status_of_unknown_and_down_servers() -> None:
     )
     assert out.returncode == 2
     assert "unknown server" in out.stderr
+
+
+def test_diagnose_names_a_dead_process_and_its_last_lines(ctx: Context) -> None:
+    from tests.functional.services import diagnose
+
+    assert diagnose(ctx.name) == []  # never brought up: nothing to say
+    ctx.start("server", _sleeper())
+    _common.write_details(ctx, {"url": "http://127.0.0.1:1"})
+    assert diagnose(ctx.name) == []  # up and running
+    pid = ctx.start("worker", [sys.executable, "-c", "print('boom: disk full')"])
+    _common.write_details(ctx, {"url": "http://127.0.0.1:1"})
+    for _ in range(100):
+        if _gone(pid):
+            break
+        time.sleep(0.05)
+    found = diagnose(ctx.name)
+    assert found[0].endswith("worker no longer runs"), found
+    assert "  worker.log: boom: disk full" in found
+
+
+def test_resource_watch_names_a_server_process_that_ended(ctx: Context, tmp_path: Any) -> None:
+    """A recorded server process that ends while its PID file still names it (a crash, a
+    kill) is named in the report, with when; one the harness stops is not."""
+    script = _common.REPO_ROOT / "scripts" / "resource-watch"
+    workdir = tmp_path / "repo"
+    (workdir / ".cache").mkdir(parents=True)
+    (workdir / ".cache" / "services").symlink_to(_common.STATE_ROOT)
+    crashing = ctx.start("crashing", _sleeper())
+    ctx.start("stopped", _sleeper())
+    env = {**os.environ, "IMGSTORE_RESOURCE_INTERVAL": "1"}
+    log = tmp_path / "resources.log"
+    watch = subprocess.Popen(
+        [sys.executable, str(script), str(log), str(tmp_path)],
+        cwd=workdir, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(100):  # seen running: one sample written
+            if log.exists() and log.read_text():
+                break
+            time.sleep(0.05)
+        os.kill(crashing, signal.SIGKILL)
+        ctx.stop("stopped")  # removes its PID file within 0.05 s of the end
+        for _ in range(200):
+            if "crashing" in log.read_text():
+                break
+            time.sleep(0.05)
+        time.sleep(2.5)  # two samples more: "stopped" is never named
+    finally:
+        watch.terminate()
+        _out, err = watch.communicate(timeout=10)
+    ended = [line for line in err.splitlines() if " ended by " in line]
+    assert len(ended) == 1, err
+    assert f"{ctx.name}/crashing (pid {crashing}) ended by" in ended[0]

@@ -5,10 +5,13 @@ Usage (from the repository root)::
     .venv/bin/python -m tests.functional.services up [NAME ...]
     .venv/bin/python -m tests.functional.services status [NAME ...]
     .venv/bin/python -m tests.functional.services down [NAME ...]
+    .venv/bin/python -m tests.functional.services diagnose [NAME ...]
 
 No NAME means every server in :data:`SERVICES`. Each server is one module
 here with ``up(ctx) -> dict`` (install, start on 127.0.0.1, wait until it
-answers, return the connection details) and ``down(ctx)``; the generic parts
+answers, return the connection details), ``down(ctx)`` and optionally
+``diagnose(ctx, details) -> list[str]`` (what is wrong with it, for a failed run's
+log: :func:`diagnose`); the generic parts
 (apt, venvs, PID files, waiting, ``details.json``) are in ``_common``. To add
 a server: write ``<name>.py`` and add one line to :data:`SERVICES`.
 
@@ -28,6 +31,7 @@ from typing import Any
 from tests.functional.services._common import (
     Context,
     ServiceError,
+    log_tail,
     remove_details,
     service_status,
     write_details,
@@ -129,3 +133,28 @@ def _stop(mod: ModuleType, ctx: Context) -> None:
 def bring_down(name: str) -> None:
     """Stop server ``name`` (nothing happens when it is not running)."""
     _stop(module(name), Context(name))
+
+
+def diagnose(name: str) -> list[str]:
+    """What is wrong with server ``name``, in a few lines (none when nothing is): its
+    recorded processes that no longer run, with their last log lines, then what its
+    module's ``diagnose(ctx, details)`` finds (a Ceph cluster's health, blocked ops...).
+    For the log of a failed run: it never raises."""
+    ctx = Context(name)
+    up, reason, details = service_status(name)
+    if details is None:
+        return []  # never brought up: its tests said so
+    lines: list[str] = []
+    if not up:
+        lines.append(reason)
+        for key in details.get("pids") or {}:
+            if ctx.pid(key) is None:
+                tail = log_tail(ctx.path(f"{key}.log"), 8)
+                lines += [f"  {key}.log: {line}" for line in tail.splitlines() if line.strip()]
+    check = getattr(module(name), "diagnose", None) if name in SERVICES else None
+    if check is not None:
+        try:
+            lines += check(ctx, details)
+        except Exception as exc:  # a diagnosis must not hide the run's own failure
+            lines.append(f"diagnosis failed: {type(exc).__name__}: {exc}")
+    return lines

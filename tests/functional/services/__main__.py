@@ -1,4 +1,4 @@
-"""``python -m tests.functional.services up|down|status [NAME ...]``."""
+"""``python -m tests.functional.services up|down|status|diagnose [NAME ...]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from tests.functional.services import NEEDS, SERVICES, bring_down, bring_up, install
+from tests.functional.services import NEEDS, SERVICES, bring_down, bring_up, diagnose, install
 from tests.functional.services._common import ServiceError, service_status
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.functional.services",
         description="Start, stop or show the real servers the functional tests use.",
     )
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "diagnose"])
     parser.add_argument("names", nargs="*", help=f"servers (default: all: {' '.join(SERVICES)})")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             except (ServiceError, OSError) as exc:
                 failed.append(name)
                 logging.error("%s failed to stop: %s", name, exc)
+    elif args.action == "diagnose":
+        # what is wrong with each server that was brought up, for a failed run's log
+        for name in names:
+            found = diagnose(name)
+            if found:
+                failed.append(name)
+                print("\n".join(f"services: diagnose {name}: {line}" for line in found))
     else:
         for name in names:
             up, reason, details = service_status(name)

@@ -48,6 +48,7 @@ from tests.functional.services._common import (
     Context,
     ServiceError,
     apt_install,
+    log_tail,
     port_open,
     wait_for_http,
     wait_for_port,
@@ -174,6 +175,15 @@ osd op num threads per shard = 1
 # had open until they time out: 10 s here instead of 30 s (live clients ping theirs
 # every 5 s), so a removal after a kill waits less
 osd client watch timeout = 10
+# Read leases: a PG whose lease ran out while the OSD was stalled (no CPU for longer than
+# the lease, or a lease renewal queued late) turns laggy, and with one OSD nothing ever
+# clears it: every op on that PG blocks until the PG re-peers (Ceph tracker 80404;
+# measured here: a 20 s SIGSTOP wedged it, 13 s did not; a wedged cluster fails every
+# test that uses it, as one CI run showed). The lease is heartbeat grace (20 s) x this
+# ratio: an hour, the whole run's deadline, so neither a stall of a loaded machine nor a
+# lost renewal outlives it. A lease only matters when a PG's primary moves to another
+# OSD, which a one-OSD cluster never does ("osd down 0" re-peers at once: measured).
+osd pool default read lease ratio = 180
 
 [client.rgw.x]
 admin socket = {run}/$name.asok
@@ -442,7 +452,7 @@ def health_problems(cluster: Any) -> list[str]:
 
 
 def wait_healthy(
-    details: dict[str, Any], timeout: float = 120.0, repeer_after: float = 15.0
+    details: dict[str, Any], timeout: float = 120.0, repeer_after: float | None = 15.0
 ) -> float:
     """Wait until the cluster of ``details`` is healthy (:func:`health_problems` is empty);
     return the seconds it took.
@@ -451,7 +461,8 @@ def wait_healthy(
     blocked for as long as nothing re-peers it. When the cluster is not healthy after
     ``repeer_after`` seconds, the OSD is marked down once (``ceph osd down 0``): it is
     running, so it at once reports itself up again and re-peers its PGs, which clears
-    both. :class:`ServiceError` with the problems when it is not healthy in ``timeout``.
+    both (``None``: never; the cluster must heal by itself). :class:`ServiceError` with
+    the problems when it is not healthy in ``timeout``.
     """
     import rados
 
@@ -470,7 +481,11 @@ def wait_healthy(
                 problems = [f"no answer: {exc}"]
             if not problems:
                 return time.monotonic() - started
-            if not repeered and time.monotonic() - started > repeer_after:
+            if (
+                not repeered
+                and repeer_after is not None
+                and time.monotonic() - started > repeer_after
+            ):
                 LOG.warning("ceph: re-peering osd.0 to clear: %s", "; ".join(problems))
                 with contextlib.suppress(ServiceError, rados.Error):
                     _command(cluster, {"prefix": "osd down", "ids": ["0"]})
@@ -482,6 +497,57 @@ def wait_healthy(
         f"ceph: not healthy {timeout:.0f} s after the fault"
         f"{' (osd.0 re-peered)' if repeered else ''}: {'; '.join(problems)}"
     )
+
+
+def diagnose(ctx: Context, details: dict[str, Any]) -> list[str]:
+    """What is wrong with the cluster, for a failed run's log ([] when healthy): its health
+    checks, PG states other than ``active+clean`` (counted), the OSD's blocked ops (the
+    oldest three; ops wait there before the health checks say so) and then the last
+    warnings of the cluster log."""
+    import rados
+
+    lines: list[str] = []
+    cluster = rados.Rados(conffile=details["ceph_conf"], name="client.admin")
+    cluster.conf_set("client_mount_timeout", "10")
+    try:
+        cluster.connect(timeout=10)
+        problems = health_problems(cluster)
+    except (ServiceError, rados.Error) as exc:
+        problems = [f"no answer from the cluster: {exc}"]
+    finally:
+        cluster.shutdown()
+    states: dict[str, int] = {}
+    for problem in problems:
+        if problem.startswith("pg ") and " is " in problem:
+            state = problem.split(" is ", 1)[1]
+            states[state] = states.get(state, 0) + 1
+        else:
+            lines.append(problem)
+    lines += [f"{count} PGs {state}" for state, count in sorted(states.items())]
+    asok = Path(details["run_dir"]) / "osd.0.asok"
+    try:
+        out = _tool(["ceph", "--admin-daemon", str(asok), "dump_blocked_ops"], "blocked ops", 15)
+        blocked = json.loads(out or "{}")
+        ops = blocked.get("ops") or []
+        if ops:
+            lines.append(f"osd.0: {blocked.get('num_blocked_ops', len(ops))} blocked ops")
+        for op in ops[:3]:
+            events = (op.get("type_data") or {}).get("events") or [{}]
+            lines.append(
+                f"  {op.get('age', 0):.0f} s old, {events[-1].get('event', '?')}: "
+                f"{op.get('description', '')[:160]}"
+            )
+    except (ServiceError, ValueError) as exc:
+        lines.append(f"osd.0 blocked ops: {exc}")
+    if not lines:
+        return []
+    warnings = [
+        line
+        for line in log_tail(ctx.path("log", "cluster.log"), 2000).splitlines()
+        if "[WRN]" in line or "[ERR]" in line
+    ]
+    lines += [f"cluster.log: {line[:200]}" for line in warnings[-5:]]
+    return lines
 
 
 def down(ctx: Context) -> None:
