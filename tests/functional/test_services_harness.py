@@ -264,13 +264,12 @@ def test_resource_watch_names_a_server_process_that_ended(ctx: Context, tmp_path
         cwd=workdir, env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        for _ in range(100):  # seen running: one sample written
-            if log.exists() and log.read_text():
-                break
-            time.sleep(0.05)
+        # seen running: a sample's line is written before it looks at the servers, so
+        # the second line means the first sample saw them (clean run 41 killed first)
+        _wait_for_lines(log, 2)
         os.kill(crashing, signal.SIGKILL)
         ctx.stop("stopped")  # removes its PID file within 0.05 s of the end
-        for _ in range(200):
+        for _ in range(600):
             if "crashing" in log.read_text():
                 break
             time.sleep(0.05)
@@ -281,3 +280,12 @@ def test_resource_watch_names_a_server_process_that_ended(ctx: Context, tmp_path
     ended = [line for line in err.splitlines() if " ended by " in line]
     assert len(ended) == 1, err
     assert f"{ctx.name}/crashing (pid {crashing}) ended by" in ended[0]
+
+
+def _wait_for_lines(path: Any, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} has fewer than {count} lines after {timeout:.0f} s")
