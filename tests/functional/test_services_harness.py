@@ -31,7 +31,7 @@ def _sleeper() -> list[str]:
 
 
 def _gone(pid: int) -> bool:
-    return _common._start_time(pid) is None
+    return _common.start_time(pid) is None
 
 
 def test_start_records_and_stop_ends_only_that_pid(ctx: Context) -> None:

@@ -212,8 +212,9 @@ def log_tail(path: Path, lines: int = 30) -> str:
 # -- processes ------------------------------------------------------------
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel start time of ``pid`` (None if gone or a zombie)."""
+def start_time(pid: int) -> str | None:
+    """The kernel start time of ``pid`` (None if gone or a zombie): with the PID, what
+    tells a process from a later one that reuses its PID."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -222,6 +223,16 @@ def _start_time(pid: int) -> str | None:
     if fields[0] in ("Z", "X"):
         return None
     return fields[19]  # field 22 of /proc/PID/stat
+
+
+def read_pidfile(path: Path) -> tuple[int, str] | None:
+    """``(pid, start time)`` a harness PID file records (None when there is none): the
+    process may have ended since."""
+    try:
+        pid, start, _seq = path.read_text().split()
+        return int(pid), start
+    except (OSError, ValueError):
+        return None
 
 
 def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
@@ -300,7 +311,7 @@ class Context:
 
     def record_pid(self, key: str, pid: int) -> None:
         """Record ``pid`` (started by us) under ``key`` so :meth:`stop` can end it."""
-        start = _start_time(pid)
+        start = start_time(pid)
         if start is None:
             raise ServiceError(f"{self.name}: process {key} (pid {pid}) exited at once")
         seq = (
@@ -318,12 +329,11 @@ class Context:
 
     def pid(self, key: str) -> int | None:
         """The recorded PID of ``key`` if that very process still runs."""
-        try:
-            pid_s, start, _seq = self._pidfile(key).read_text().split()
-        except (OSError, ValueError):
+        recorded = read_pidfile(self._pidfile(key))
+        if recorded is None:
             return None
-        pid = int(pid_s)
-        return pid if _start_time(pid) == start else None
+        pid, start = recorded
+        return pid if start_time(pid) == start else None
 
     def pids(self) -> dict[str, int]:
         """Every recorded process that still runs, by key."""
@@ -394,16 +404,16 @@ class Context:
         if pid is None:
             pidfile.unlink(missing_ok=True)
             return False
-        start = _start_time(pid)
+        start = start_time(pid)
         _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _start_time(pid) == start:
+        while time.monotonic() < deadline and start_time(pid) == start:
             time.sleep(0.05)
-        if _start_time(pid) == start:
+        if start_time(pid) == start:
             LOG.warning("%s: %s (pid %d) ignored SIGTERM; sending SIGKILL", self.name, key, pid)
             _signal(pid, signal.SIGKILL)
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _start_time(pid) == start:
+            while time.monotonic() < deadline and start_time(pid) == start:
                 time.sleep(0.05)
         pidfile.unlink(missing_ok=True)
         return True
