@@ -111,7 +111,7 @@ def _ceph_healthy(details: dict[str, Any], rgw: bool = False) -> Callable[[], No
             # by itself: a PG left laggy by a stall longer than its read lease stayed
             # laggy (every op on it blocked) until re-peered; the harness's lease (an
             # hour) outlives any stall, and this shows it (services/ceph.py)
-            wait_healthy(details, timeout=HEAL_SECONDS, repeer_after=None)
+            wait_healthy(details, timeout=HEAL_SECONDS)
         except ServiceError as exc:
             pytest.fail(str(exc), pytrace=False)
         # what a failed CI run prints about the cluster: nothing once healthy

@@ -29,7 +29,6 @@ hanging forever.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import sys
 import sysconfig
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -435,7 +435,8 @@ def check(ctx: Context, details: dict[str, Any]) -> bool:
 
 def health_problems(cluster: Any) -> list[str]:
     """Why the cluster is not healthy: every health check raised (slow ops among them) and
-    every PG that is not exactly ``active+clean`` (``laggy``, peering...); [] when healthy."""
+    how many PGs are in each state other than exactly ``active+clean`` (``laggy``,
+    peering...); [] when healthy."""
     health = _command(cluster, {"prefix": "health", "detail": "detail"}) or {}
     problems = [
         f"{name}: {check.get('summary', {}).get('message', '')}"
@@ -443,27 +444,17 @@ def health_problems(cluster: Any) -> list[str]:
     ]
     dump = _command(cluster, {"prefix": "pg dump", "dumpcontents": ["pgs_brief"]}, mgr=True)
     stats = dump.get("pg_stats", []) if isinstance(dump, dict) else dump or []
-    problems += [
-        f"pg {pg['pgid']} is {pg['state']}" for pg in stats if pg["state"] != "active+clean"
-    ]
+    states = Counter(pg["state"] for pg in stats if pg["state"] != "active+clean")
+    problems += [f"{count} PGs {state}" for state, count in sorted(states.items())]
     if not stats:
         problems.append("the mgr reports no PG yet")
     return problems
 
 
-def wait_healthy(
-    details: dict[str, Any], timeout: float = 120.0, repeer_after: float | None = 15.0
-) -> float:
-    """Wait until the cluster of ``details`` is healthy (:func:`health_problems` is empty);
-    return the seconds it took.
-
-    An OSD that was stopped (SIGSTOP) and continued can leave a PG ``laggy`` and ops
-    blocked for as long as nothing re-peers it. When the cluster is not healthy after
-    ``repeer_after`` seconds, the OSD is marked down once (``ceph osd down 0``): it is
-    running, so it at once reports itself up again and re-peers its PGs, which clears
-    both (``None``: never; the cluster must heal by itself). :class:`ServiceError` with
-    the problems when it is not healthy in ``timeout``.
-    """
+def wait_healthy(details: dict[str, Any], timeout: float = 120.0) -> float:
+    """Wait until the cluster of ``details`` is healthy (:func:`health_problems` is empty),
+    by itself: nothing re-peers it; return the seconds it took. :class:`ServiceError` with
+    the problems when it is not healthy in ``timeout``."""
     import rados
 
     started = time.monotonic()
@@ -471,7 +462,6 @@ def wait_healthy(
     cluster = rados.Rados(conffile=details["ceph_conf"], name="client.admin")
     cluster.conf_set("client_mount_timeout", "20")
     cluster.connect(timeout=20)
-    repeered = False
     problems = ["not asked yet"]
     try:
         while time.monotonic() < deadline:
@@ -481,49 +471,28 @@ def wait_healthy(
                 problems = [f"no answer: {exc}"]
             if not problems:
                 return time.monotonic() - started
-            if (
-                not repeered
-                and repeer_after is not None
-                and time.monotonic() - started > repeer_after
-            ):
-                LOG.warning("ceph: re-peering osd.0 to clear: %s", "; ".join(problems))
-                with contextlib.suppress(ServiceError, rados.Error):
-                    _command(cluster, {"prefix": "osd down", "ids": ["0"]})
-                repeered = True
             time.sleep(0.5)
     finally:
         cluster.shutdown()
-    raise ServiceError(
-        f"ceph: not healthy {timeout:.0f} s after the fault"
-        f"{' (osd.0 re-peered)' if repeered else ''}: {'; '.join(problems)}"
-    )
+    raise ServiceError(f"ceph: not healthy {timeout:.0f} s after the fault: {'; '.join(problems)}")
 
 
 def diagnose(ctx: Context, details: dict[str, Any]) -> list[str]:
     """What is wrong with the cluster, for a failed run's log ([] when healthy): its health
-    checks, PG states other than ``active+clean`` (counted), the OSD's blocked ops (the
+    checks and PG states (:func:`health_problems`), the OSD's blocked ops (the
     oldest three; ops wait there before the health checks say so) and then the last
     warnings of the cluster log."""
     import rados
 
-    lines: list[str] = []
     cluster = rados.Rados(conffile=details["ceph_conf"], name="client.admin")
     cluster.conf_set("client_mount_timeout", "10")
     try:
         cluster.connect(timeout=10)
-        problems = health_problems(cluster)
+        lines = health_problems(cluster)
     except (ServiceError, rados.Error) as exc:
-        problems = [f"no answer from the cluster: {exc}"]
+        lines = [f"no answer from the cluster: {exc}"]
     finally:
         cluster.shutdown()
-    states: dict[str, int] = {}
-    for problem in problems:
-        if problem.startswith("pg ") and " is " in problem:
-            state = problem.split(" is ", 1)[1]
-            states[state] = states.get(state, 0) + 1
-        else:
-            lines.append(problem)
-    lines += [f"{count} PGs {state}" for state, count in sorted(states.items())]
     asok = Path(details["run_dir"]) / "osd.0.asok"
     try:
         out = _tool(["ceph", "--admin-daemon", str(asok), "dump_blocked_ops"], "blocked ops", 15)
